@@ -1,0 +1,173 @@
+//! Bilinear resampling on the host with the centre-aligned rule (`align_corners=False`):
+//! dense upsampling forward and backward, and the sparse hypercolumn gather forward and its
+//! backward scatter. The CPU reference for `kernels/upsample.ptx` and `kernels/gather.ptx`.
+
+use rayon::prelude::*;
+
+use crate::backend::{GatherSpec, Nchw, SamplePoint};
+use crate::error::{Error, Result};
+
+/// The two source indices and weights of one output coordinate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lerp {
+    pub i0: usize,
+    pub i1: usize,
+    pub w0: f32,
+    pub w1: f32,
+}
+
+impl Lerp {
+    /// Output coordinate `dst` of an axis resampled from `in_len` to `out_len` samples:
+    /// `src = (dst + 0.5) * in_len / out_len - 0.5`, clamped below at 0, the upper neighbour
+    /// clamped to the last sample.
+    #[inline]
+    pub fn new(dst: usize, in_len: usize, out_len: usize) -> Lerp {
+        let scale = in_len as f32 / out_len as f32;
+        let src = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src as usize).min(in_len - 1);
+        let i1 = if i0 + 1 < in_len { i0 + 1 } else { i0 };
+        let w1 = src - i0 as f32;
+        Lerp { i0, i1, w0: 1.0 - w1, w1 }
+    }
+}
+
+fn axis(in_len: usize, out_len: usize) -> Vec<Lerp> {
+    (0..out_len).map(|d| Lerp::new(d, in_len, out_len)).collect()
+}
+
+pub fn upsample_forward(x: &[f32], d: Nchw, out_h: usize, out_w: usize) -> Vec<f32> {
+    let (ly, lx) = (axis(d.h, out_h), axis(d.w, out_w));
+    let mut y = vec![0.0; d.n * d.c * out_h * out_w];
+    if out_h * out_w == 0 {
+        return y;
+    }
+    y.par_chunks_mut(out_h * out_w).enumerate().for_each(|(p, out)| {
+        let plane = &x[p * d.h * d.w..(p + 1) * d.h * d.w];
+        for (oy, a) in ly.iter().enumerate() {
+            let (r0, r1) = (&plane[a.i0 * d.w..(a.i0 + 1) * d.w], &plane[a.i1 * d.w..(a.i1 + 1) * d.w]);
+            for (ox, b) in lx.iter().enumerate() {
+                out[oy * out_w + ox] =
+                    a.w0 * (b.w0 * r0[b.i0] + b.w1 * r0[b.i1]) + a.w1 * (b.w0 * r1[b.i0] + b.w1 * r1[b.i1]);
+            }
+        }
+    });
+    y
+}
+
+pub fn upsample_backward(dy: &[f32], d: Nchw, out_h: usize, out_w: usize) -> Vec<f32> {
+    let (ly, lx) = (axis(d.h, out_h), axis(d.w, out_w));
+    let mut dx = vec![0.0; d.len()];
+    if d.h * d.w == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(d.h * d.w).enumerate().for_each(|(p, plane)| {
+        let g = &dy[p * out_h * out_w..(p + 1) * out_h * out_w];
+        for (oy, a) in ly.iter().enumerate() {
+            for (ox, b) in lx.iter().enumerate() {
+                let v = g[oy * out_w + ox];
+                plane[a.i0 * d.w + b.i0] += a.w0 * b.w0 * v;
+                plane[a.i0 * d.w + b.i1] += a.w0 * b.w1 * v;
+                plane[a.i1 * d.w + b.i0] += a.w1 * b.w0 * v;
+                plane[a.i1 * d.w + b.i1] += a.w1 * b.w1 * v;
+            }
+        }
+    });
+    dx
+}
+
+/// Checks tap lengths and point coordinates against a gather spec.
+pub fn check_gather(tap_lens: impl ExactSizeIterator<Item = usize>, points: &[SamplePoint], g: &GatherSpec) -> Result<()> {
+    if tap_lens.len() != g.taps.len() {
+        return Err(Error::bad_shape("gather", format!("{} taps given, spec has {}", tap_lens.len(), g.taps.len())));
+    }
+    for (i, (len, &(c, h, w))) in tap_lens.zip(&g.taps).enumerate() {
+        if len != g.n * c * h * w || h == 0 || w == 0 {
+            return Err(Error::bad_shape("gather", format!("tap {i} has {len} elements, expected {}x{c}x{h}x{w}", g.n)));
+        }
+    }
+    if let Some(p) = points.iter().find(|p| p.image as usize >= g.n || p.y as usize >= g.in_h || p.x as usize >= g.in_w) {
+        return Err(Error::bad_shape(
+            "gather",
+            format!("point {p:?} outside a batch of {} images of {}x{}", g.n, g.in_h, g.in_w),
+        ));
+    }
+    Ok(())
+}
+
+/// The four taps of point `p` in a map of `h x w` inside an input frame of `in_h x in_w`:
+/// `(offset in the plane, weight)`.
+#[inline]
+pub fn point_weights(p: &SamplePoint, h: usize, w: usize, in_h: usize, in_w: usize) -> [(usize, f32); 4] {
+    let a = Lerp::new(p.y as usize, h, in_h);
+    let b = Lerp::new(p.x as usize, w, in_w);
+    [
+        (a.i0 * w + b.i0, a.w0 * b.w0),
+        (a.i0 * w + b.i1, a.w0 * b.w1),
+        (a.i1 * w + b.i0, a.w1 * b.w0),
+        (a.i1 * w + b.i1, a.w1 * b.w1),
+    ]
+}
+
+/// `[points, total_channels]`: row `p` holds every tap bilinearly sampled at point `p`.
+pub fn gather_forward(taps: &[&[f32]], points: &[SamplePoint], g: &GatherSpec) -> Vec<f32> {
+    let ctot = g.total_channels();
+    let mut out = vec![0.0; points.len() * ctot];
+    if ctot == 0 {
+        return out;
+    }
+    out.par_chunks_mut(ctot).zip(points).for_each(|(row, p)| {
+        let mut col = 0;
+        for (tap, &(c, h, w)) in taps.iter().zip(&g.taps) {
+            let wts = point_weights(p, h, w, g.in_h, g.in_w);
+            let img = &tap[p.image as usize * c * h * w..(p.image as usize + 1) * c * h * w];
+            for ch in 0..c {
+                let plane = &img[ch * h * w..(ch + 1) * h * w];
+                row[col + ch] = wts.iter().map(|&(o, wt)| wt * plane[o]).sum();
+            }
+            col += c;
+        }
+    });
+    out
+}
+
+/// One gradient per tap: each point's row scattered back with the forward's weights, points
+/// taken in order (deterministic).
+pub fn gather_backward(grad: &[f32], points: &[SamplePoint], g: &GatherSpec) -> Vec<Vec<f32>> {
+    let ctot = g.total_channels();
+    let mut col = 0;
+    let mut out = Vec::with_capacity(g.taps.len());
+    for &(c, h, w) in &g.taps {
+        let mut dtap = vec![0.0; g.n * c * h * w];
+        let wts: Vec<[(usize, f32); 4]> = points.iter().map(|p| point_weights(p, h, w, g.in_h, g.in_w)).collect();
+        dtap.par_chunks_mut(h * w).enumerate().for_each(|(plane_idx, plane)| {
+            let (img, ch) = (plane_idx / c, plane_idx % c);
+            for (pi, p) in points.iter().enumerate() {
+                if p.image as usize != img {
+                    continue;
+                }
+                let v = grad[pi * ctot + col + ch];
+                for &(o, wt) in &wts[pi] {
+                    plane[o] += wt * v;
+                }
+            }
+        });
+        out.push(dtap);
+        col += c;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lerp_matches_pytorch_align_corners_false() {
+        // 2 -> 4: src = (d + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25.
+        let l: Vec<_> = (0..4).map(|d| Lerp::new(d, 2, 4)).collect();
+        assert_eq!((l[0].i0, l[0].i1, l[0].w1), (0, 1, 0.0));
+        assert_eq!((l[1].i0, l[1].i1, l[1].w1), (0, 1, 0.25));
+        assert_eq!((l[2].i0, l[2].i1, l[2].w1), (0, 1, 0.75));
+        assert_eq!((l[3].i0, l[3].i1), (1, 1));
+    }
+}

@@ -1,0 +1,314 @@
+//! The backend contract: every kernel the engine needs, at the level of raw storage.
+//!
+//! [`BackendStorage`] is implemented once per device (`cpu::CpuStorage`, `cuda::CudaStorage`).
+//! Storage is always contiguous, row-major f32 (other dtypes later); shapes are passed explicitly
+//! as the small spec structs below, so kernels never see a `Tensor`. The tensor layer
+//! (`crate::ops`) checks shapes and devices, then calls these methods; the autograd tape only
+//! ever sees tensors, so a new backend slots in without touching the tape, the ops or the model.
+//!
+//! Every method here has a CPU reference implementation in `backend::cpu`, and the CUDA backend
+//! is tested against it (tests/cuda_parity.rs).
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::dtype::DType;
+use crate::error::Result;
+
+/// Elementwise unary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    Neg,
+    Sqr,
+    Sqrt,
+    Exp,
+    Log,
+    Relu,
+}
+
+/// Elementwise binary operations on two buffers of equal length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// A row-major GEMM: `C[m x n] = op(A) * op(B)`, where `op(A)` is `m x k` (A stored `k x m`
+/// when `trans_a`) and `op(B)` is `k x n` (B stored `n x k` when `trans_b`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// A 2-D convolution over NCHW input `[n, c_in, h, w]` with weights `[c_out, c_in, kh, kw]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvSpec {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvSpec {
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// Multiply-accumulates of the forward pass, times two.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.c_out * self.out_h() * self.out_w() * self.c_in * self.kh * self.kw) as f64
+    }
+}
+
+/// A broadcast over a buffer viewed as `[outer, mid, inner]`, with a vector of `mid` values
+/// (a per-channel bias for NCHW: outer = N, mid = C, inner = H*W; a per-column bias for a
+/// matrix: outer = rows, mid = cols, inner = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BroadcastSpec {
+    pub outer: usize,
+    pub mid: usize,
+    pub inner: usize,
+}
+
+/// A 4-D NCHW extent, used by batch norm, pooling and upsampling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Nchw {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Nchw {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Copies `outer` blocks of `block` elements: block `o` is read at `src_offset + o * src_stride`
+/// and written at `dst_offset + o * dst_stride`. Concatenation and slicing along any axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockCopy {
+    pub outer: usize,
+    pub block: usize,
+    pub src_stride: usize,
+    pub src_offset: usize,
+    pub dst_stride: usize,
+    pub dst_offset: usize,
+}
+
+/// One sampled pixel for the sparse hypercolumn gather: image `image` of the batch, integer
+/// pixel `(y, x)` in the input frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct SamplePoint {
+    pub image: u32,
+    pub y: u32,
+    pub x: u32,
+}
+
+/// The geometry of a sparse gather: the input frame and each tapped map `[n, c_i, h_i, w_i]`.
+/// Tap `i`'s feature coordinate for input pixel x is `u = (x + 0.5) * w_i / in_w - 0.5`,
+/// clamped below at 0 (PyTorch's `align_corners=False`, PixelNet's centre-aligned rule).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GatherSpec {
+    pub n: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    /// `(channels, height, width)` of each tap, in the order of the output columns.
+    pub taps: Vec<(usize, usize, usize)>,
+}
+
+impl GatherSpec {
+    /// Total channels: the width of the gathered matrix.
+    pub fn total_channels(&self) -> usize {
+        self.taps.iter().map(|t| t.0).sum()
+    }
+}
+
+/// Batch-norm forward in training mode: the normalised output and the batch statistics.
+pub struct BatchNormForward<S> {
+    /// `gamma * (x - mean) * invstd + beta`.
+    pub y: S,
+    /// Per-channel batch mean.
+    pub mean: S,
+    /// Per-channel `1 / sqrt(var + eps)`, var being the biased batch variance.
+    pub invstd: S,
+    /// Per-channel unbiased batch variance (for the running statistics).
+    pub var_unbiased: S,
+}
+
+/// Gradients of batch norm in training mode.
+pub struct BatchNormBackward<S> {
+    pub dx: S,
+    pub dgamma: S,
+    pub dbeta: S,
+}
+
+/// Hyper-parameters of one Adam step for one parameter buffer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Decoupled weight decay (AdamW); 0 for plain Adam.
+    pub weight_decay: f32,
+    /// `1 - beta1^t`.
+    pub bias_correction1: f32,
+    /// `1 - beta2^t`.
+    pub bias_correction2: f32,
+}
+
+/// Mixes a 32-bit seed and an element index into a uniform `u32`. The dropout masks of every
+/// backend are built from this exact function so that they agree bit for bit.
+#[inline]
+pub fn hash_u32(seed: u32, index: u32) -> u32 {
+    // A "lowbias32" integer hash of (seed * golden ratio) ^ index.
+    let mut x = index ^ seed.wrapping_mul(0x9E37_79B9);
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7FEB_352D);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846C_A68B);
+    x ^= x >> 16;
+    x
+}
+
+/// The storage of one tensor on one device, and every kernel the engine runs on it.
+///
+/// All buffers are contiguous; lengths and extents are the caller's responsibility (the tensor
+/// layer checks them before calling).
+pub trait BackendStorage: Sized + Send + Sync {
+    /// The element type.
+    fn dtype(&self) -> DType;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// True when the buffer holds no element.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies the contents to host memory as f32.
+    fn to_host_f32(&self) -> Result<Vec<f32>>;
+    /// A copy of the buffer on the same device.
+    fn try_clone(&self) -> Result<Self>;
+    /// A zero-filled buffer of `len` elements on the same device.
+    fn zeros_like_len(&self, len: usize) -> Result<Self>;
+    /// Fills the buffer with `value`.
+    fn fill(&mut self, value: f32) -> Result<()>;
+
+    // ---- elementwise --------------------------------------------------------------------
+    fn unary(&self, op: UnaryOp) -> Result<Self>;
+    /// `x * mul + add`.
+    fn affine(&self, mul: f32, add: f32) -> Result<Self>;
+    fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self>;
+    /// `grad * (y > 0)`, with `self` the ReLU's output (or input: the sign is the same).
+    fn relu_backward(&self, grad: &Self) -> Result<Self>;
+    /// `self += alpha * rhs`.
+    fn add_scaled_assign(&mut self, rhs: &Self, alpha: f32) -> Result<()>;
+    /// Sum of all elements, as a one-element buffer.
+    fn sum_all(&self) -> Result<Self>;
+
+    // ---- broadcasts along the middle axis of [outer, mid, inner] -------------------------
+    /// `out[o, m, i] = self[o, m, i] + v[m]`.
+    fn broadcast_add(&self, v: &Self, s: BroadcastSpec) -> Result<Self>;
+    /// `out[o, m, i] = self[o, m, i] * v[m]`.
+    fn broadcast_mul(&self, v: &Self, s: BroadcastSpec) -> Result<Self>;
+    /// `out[m] = sum over o, i of self[o, m, i]` (bias gradients).
+    fn reduce_to_mid(&self, s: BroadcastSpec) -> Result<Self>;
+
+    // ---- data movement -------------------------------------------------------------------
+    /// Copies blocks of `self` into `dst` (see [`BlockCopy`]).
+    fn copy_blocks_into(&self, dst: &mut Self, c: BlockCopy) -> Result<()>;
+
+    // ---- matrix multiply -------------------------------------------------------------------
+    /// `C = op(A) * op(B)` with `self` as A; returns C (`m x n`).
+    fn gemm(&self, b: &Self, g: GemmSpec) -> Result<Self>;
+
+    // ---- convolution -----------------------------------------------------------------------
+    /// Forward convolution, no bias: `[n, c_out, out_h, out_w]`.
+    fn conv2d(&self, w: &Self, s: &ConvSpec) -> Result<Self>;
+    /// Gradient with respect to the input, `self` being dy.
+    fn conv2d_backward_input(&self, w: &Self, s: &ConvSpec) -> Result<Self>;
+    /// Gradient with respect to the weights, `self` being x.
+    fn conv2d_backward_weight(&self, dy: &Self, s: &ConvSpec) -> Result<Self>;
+
+    // ---- batch norm --------------------------------------------------------------------------
+    /// Training-mode batch norm over `[n, c, h, w]` with batch statistics.
+    fn batch_norm_train(
+        &self,
+        gamma: &Self,
+        beta: &Self,
+        d: Nchw,
+        eps: f32,
+    ) -> Result<BatchNormForward<Self>>;
+    /// Backward of [`BackendStorage::batch_norm_train`], `self` being x.
+    fn batch_norm_backward(
+        &self,
+        dy: &Self,
+        gamma: &Self,
+        mean: &Self,
+        invstd: &Self,
+        d: Nchw,
+    ) -> Result<BatchNormBackward<Self>>;
+
+    // ---- pooling ----------------------------------------------------------------------------------
+    /// 2x2 max pooling, stride 2, floor mode: `[n, c, h/2, w/2]`.
+    fn max_pool2x2(&self, d: Nchw) -> Result<Self>;
+    /// Gradient of 2x2 max pooling, `self` being x; each window's gradient goes to its first
+    /// maximum in row-major order.
+    fn max_pool2x2_backward(&self, dy: &Self, d: Nchw) -> Result<Self>;
+
+    // ---- bilinear resampling (align_corners = false) -----------------------------------------
+    /// Bilinear upsampling of `[n, c, h, w]` to `[n, c, out_h, out_w]`.
+    fn upsample_bilinear(&self, d: Nchw, out_h: usize, out_w: usize) -> Result<Self>;
+    /// Gradient of [`BackendStorage::upsample_bilinear`], `self` being dy.
+    fn upsample_bilinear_backward(&self, d: Nchw, out_h: usize, out_w: usize) -> Result<Self>;
+
+    /// Sparse hypercolumn gather: `[points, total_channels]`, tap `i` filling columns
+    /// `offset_i .. offset_i + c_i`.
+    fn gather_hypercolumns(taps: &[&Self], points: &[SamplePoint], g: &GatherSpec) -> Result<Self>;
+    /// Scatter of the gathered gradient (`self`, `[points, total_channels]`) back into one
+    /// gradient per tap. `deterministic` asks for a bitwise-reproducible reduction.
+    fn gather_hypercolumns_backward(
+        &self,
+        points: &[SamplePoint],
+        g: &GatherSpec,
+        deterministic: bool,
+    ) -> Result<Vec<Self>>;
+
+    // ---- loss ------------------------------------------------------------------------------------
+    /// Softmax cross-entropy of logits `[rows, classes]` against `labels` (one per row),
+    /// weighted mean over rows (`sum w[y] l / sum w[y]`; plain mean without weights).
+    /// Returns the one-element loss and d loss / d logits.
+    fn softmax_cross_entropy(
+        &self,
+        labels: &[u32],
+        classes: usize,
+        class_weights: Option<&[f32]>,
+    ) -> Result<(Self, Self)>;
+
+    // ---- regularisation and optimiser ---------------------------------------------------------
+    /// A dropout mask of `self.len()`-independent length `len`: `1/keep` where
+    /// `hash_u32(seed, i) < keep * 2^32`, else 0.
+    fn dropout_mask(&self, len: usize, keep: f32, seed: u32) -> Result<Self>;
+    /// One Adam step on this parameter buffer, updating the moments in place.
+    fn adam_step(&mut self, grad: &Self, m: &mut Self, v: &mut Self, h: &AdamStep) -> Result<()>;
+}

@@ -1,0 +1,68 @@
+//! 2-D batch norm: training mode (batch statistics, a fused forward and backward kernel) and
+//! eval mode (running statistics, composed from per-channel scale and shift so that autograd
+//! derives its backward).
+
+use super::{when, Grads};
+use crate::backend::Nchw;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// The batch statistics of one training-mode batch-norm call, for the running averages.
+pub struct BatchStats {
+    /// Per-channel mean.
+    pub mean: Tensor,
+    /// Per-channel unbiased variance.
+    pub var_unbiased: Tensor,
+}
+
+fn check(x: &Tensor, params: &[&Tensor], op: &'static str) -> Result<Nchw> {
+    let [n, c, h, w] = x.shape().dims4(op)?;
+    for p in params {
+        x.same_device(p, op)?;
+        if p.dims() != [c] {
+            return Err(Error::ShapeMismatch { op, lhs: vec![c], rhs: p.dims().to_vec() });
+        }
+    }
+    Ok(Nchw { n, c, h, w })
+}
+
+impl Tensor {
+    /// Training-mode batch norm of `self [n, c, h, w]`: normalised with the batch's own
+    /// per-channel statistics, then `gamma * xhat + beta`. Returns the statistics too.
+    pub fn batch_norm_train(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, BatchStats)> {
+        let d = check(self, &[gamma, beta], "batch_norm")?;
+        if d.n * d.h * d.w < 2 {
+            return Err(Error::bad_shape("batch_norm", "training mode needs more than one value per channel"));
+        }
+        let f = self.storage().batch_norm_train(&gamma.storage(), &beta.storage(), d, eps)?;
+        let mean = Tensor::from_storage(f.mean, [d.c])?;
+        let invstd = Tensor::from_storage(f.invstd, [d.c])?;
+        let stats = BatchStats { mean: mean.clone(), var_unbiased: Tensor::from_storage(f.var_unbiased, [d.c])? };
+        let y = Tensor::from_storage(f.y, self.shape().clone())?;
+        let (x, g_) = (self.detach(), gamma.detach());
+        let y = y.record("batch_norm", &[self, gamma, beta], move |g, need| -> Result<Grads> {
+            let b = x.storage().batch_norm_backward(&g.storage(), &g_.storage(), &mean.storage(), &invstd.storage(), d)?;
+            Ok(vec![
+                when(need[0], || Tensor::from_storage(b.dx, x.shape().clone()))?,
+                when(need[1], || Tensor::from_storage(b.dgamma, [d.c]))?,
+                when(need[2], || Tensor::from_storage(b.dbeta, [d.c]))?,
+            ])
+        });
+        Ok((y, stats))
+    }
+
+    /// Eval-mode batch norm: `gamma * (x - running_mean) / sqrt(running_var + eps) + beta`.
+    pub fn batch_norm_eval(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor> {
+        check(self, &[gamma, beta, running_mean, running_var], "batch_norm_eval")?;
+        let scale = gamma.div(&running_var.affine(1.0, eps)?.sqrt()?)?;
+        let shift = beta.sub(&running_mean.mul(&scale)?)?;
+        self.mul_channels(&scale)?.add_channels(&shift)
+    }
+}

@@ -1,0 +1,53 @@
+//! 2-D convolution (NCHW, any kernel, stride and padding, optional bias) and its backward:
+//! the input gradient, the weight gradient and the bias gradient.
+
+use super::{when, Grads};
+use crate::backend::{BroadcastSpec, ConvSpec};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// Convolves `self [n, c_in, h, w]` with `weight [c_out, c_in, kh, kw]`, adding `bias [c_out]`.
+    pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
+        self.same_device(weight, "conv2d")?;
+        let [n, c_in, h, w] = self.shape().dims4("conv2d")?;
+        let [c_out, c_in2, kh, kw] = weight.shape().dims4("conv2d weight")?;
+        if c_in != c_in2 {
+            return Err(Error::ShapeMismatch { op: "conv2d", lhs: self.dims().to_vec(), rhs: weight.dims().to_vec() });
+        }
+        if stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
+            return Err(Error::bad_shape(
+                "conv2d",
+                format!("a {kh}x{kw} kernel with stride {stride} and padding {pad} does not fit a {h}x{w} input"),
+            ));
+        }
+        let s = ConvSpec { n, c_in, h, w, c_out, kh, kw, stride, pad };
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let bs = BroadcastSpec { outer: n, mid: c_out, inner: oh * ow };
+        let mut y = self.storage().conv2d(&weight.storage(), &s)?;
+        if let Some(b) = bias {
+            b.same_device(self, "conv2d")?;
+            if b.dims() != [c_out] {
+                return Err(Error::ShapeMismatch { op: "conv2d bias", lhs: vec![c_out], rhs: b.dims().to_vec() });
+            }
+            y = y.broadcast_add(&b.storage(), bs)?;
+        }
+        let out = Tensor::from_storage(y, [n, c_out, oh, ow])?;
+        let (x, wt) = (self.detach(), weight.detach());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Ok(out.record("conv2d", &inputs, move |g, need| -> Result<Grads> {
+            let gs = g.storage();
+            let mut grads = vec![
+                when(need[0], || Tensor::from_storage(gs.conv2d_backward_input(&wt.storage(), &s)?, [n, c_in, h, w]))?,
+                when(need[1], || {
+                    Tensor::from_storage(x.storage().conv2d_backward_weight(&gs, &s)?, [c_out, c_in, kh, kw])
+                })?,
+            ];
+            if need.len() == 3 {
+                grads.push(when(need[2], || Tensor::from_storage(gs.reduce_to_mid(bs)?, [c_out]))?);
+            }
+            Ok(grads)
+        }))
+    }
+}

@@ -1,0 +1,107 @@
+//! Elementwise ops (add, sub, mul, div, neg, square, sqrt, exp, log, ReLU, affine) and
+//! whole-tensor sums, with their backward.
+
+use super::{when, Grads};
+use crate::backend::{BinaryOp, BroadcastSpec, UnaryOp};
+use crate::error::Result;
+use crate::storage::Storage;
+use crate::tensor::Tensor;
+
+fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
+    a.same_device(b, name)?;
+    a.same_shape(b, name)?;
+    let out = a.storage().binary(&b.storage(), op)?;
+    let (x, y) = (a.detach(), b.detach());
+    Tensor::from_op(out, a.shape().clone(), name, &[a, b], move |g, need| -> Result<Grads> {
+        Ok(match op {
+            BinaryOp::Add => vec![Some(g.clone()), Some(g.clone())],
+            BinaryOp::Sub => vec![Some(g.clone()), when(need[1], || g.neg())?],
+            BinaryOp::Mul => vec![when(need[0], || g.mul(&y))?, when(need[1], || g.mul(&x))?],
+            BinaryOp::Div => vec![
+                when(need[0], || g.div(&y))?,
+                when(need[1], || g.mul(&x)?.div(&y.sqr()?)?.neg())?,
+            ],
+        })
+    })
+}
+
+fn unary(a: &Tensor, op: UnaryOp, name: &'static str) -> Result<Tensor> {
+    let out = Tensor::from_storage(a.storage().unary(op)?, a.shape().clone())?;
+    let (x, y) = (a.detach(), out.clone());
+    Ok(out.record(name, &[a], move |g, _| -> Result<Grads> {
+        let dx = match op {
+            UnaryOp::Neg => g.neg()?,
+            UnaryOp::Sqr => g.mul(&x)?.affine(2.0, 0.0)?,
+            UnaryOp::Sqrt => g.div(&y)?.affine(0.5, 0.0)?,
+            UnaryOp::Exp => g.mul(&y)?,
+            UnaryOp::Log => g.div(&x)?,
+            UnaryOp::Relu => Tensor::from_storage(y.storage().relu_backward(&g.storage())?, g.shape().clone())?,
+        };
+        Ok(vec![Some(dx)])
+    }))
+}
+
+impl Tensor {
+    /// `self + rhs`, same shapes.
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(self, rhs, BinaryOp::Add, "add")
+    }
+    /// `self - rhs`, same shapes.
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(self, rhs, BinaryOp::Sub, "sub")
+    }
+    /// `self * rhs` elementwise, same shapes.
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(self, rhs, BinaryOp::Mul, "mul")
+    }
+    /// `self / rhs` elementwise, same shapes.
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(self, rhs, BinaryOp::Div, "div")
+    }
+    /// `-self`.
+    pub fn neg(&self) -> Result<Tensor> {
+        unary(self, UnaryOp::Neg, "neg")
+    }
+    /// `self * self`.
+    pub fn sqr(&self) -> Result<Tensor> {
+        unary(self, UnaryOp::Sqr, "sqr")
+    }
+    /// Square root.
+    pub fn sqrt(&self) -> Result<Tensor> {
+        unary(self, UnaryOp::Sqrt, "sqrt")
+    }
+    /// `e^self`.
+    pub fn exp(&self) -> Result<Tensor> {
+        unary(self, UnaryOp::Exp, "exp")
+    }
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        unary(self, UnaryOp::Log, "log")
+    }
+    /// `max(self, 0)`.
+    pub fn relu(&self) -> Result<Tensor> {
+        unary(self, UnaryOp::Relu, "relu")
+    }
+
+    /// `self * mul + add`.
+    pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
+        let out = self.storage().affine(mul, add)?;
+        Tensor::from_op(out, self.shape().clone(), "affine", &[self], move |g, _| Ok(vec![Some(g.affine(mul, 0.0)?)]))
+    }
+
+    /// The sum of all elements, as a tensor of shape `[]`.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        let out = self.storage().sum_all()?;
+        let (shape, len) = (self.shape().clone(), self.elem_count());
+        Tensor::from_op(out, ().into(), "sum_all", &[self], move |g, _| {
+            let ones = Storage::zeros(g.device(), len)?;
+            let dx = ones.broadcast_add(&g.storage(), BroadcastSpec { outer: 1, mid: 1, inner: len })?;
+            Ok(vec![Some(Tensor::from_storage(dx, shape.clone())?)])
+        })
+    }
+
+    /// The mean of all elements, as a tensor of shape `[]`.
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.sum_all()?.affine(1.0 / self.elem_count().max(1) as f32, 0.0)
+    }
+}

@@ -1,0 +1,313 @@
+//! [`Storage`]: a tensor's buffer on whichever device holds it, dispatching every kernel of
+//! [`BackendStorage`] to that device's backend. Mixing devices is a typed error.
+
+use crate::backend::cpu::CpuStorage;
+use crate::backend::cuda::CudaStorage;
+use crate::backend::*;
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// A tensor's buffer on one device.
+pub enum Storage {
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
+    Error::DeviceMismatch { op, lhs: a.device().to_string(), rhs: b.device().to_string() }
+}
+
+/// Applies `$body` to the backend storage inside `$s`, rewrapping a returned storage.
+macro_rules! unary_dispatch {
+    ($s:expr, |$x:ident| $body:expr) => {
+        match $s {
+            Storage::Cpu($x) => $body.map(Storage::Cpu),
+            Storage::Cuda($x) => $body.map(Storage::Cuda),
+        }
+    };
+}
+
+/// Same as `unary_dispatch` for two storages that must share a device.
+macro_rules! binary_dispatch {
+    ($op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            (Storage::Cpu($x), Storage::Cpu($y)) => $body.map(Storage::Cpu),
+            (Storage::Cuda($x), Storage::Cuda($y)) => $body.map(Storage::Cuda),
+            (a, b) => Err(mismatch($op, a, b)),
+        }
+    };
+}
+
+impl Storage {
+    /// The device this storage lives on.
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => Device::Cuda(s.device().clone()),
+        }
+    }
+
+    /// Uploads host values to `device`.
+    pub fn from_host(device: &Device, data: &[f32]) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::F32(data.to_vec()))),
+            Device::Cuda(d) => Ok(Storage::Cuda(d.upload(data)?)),
+        }
+    }
+
+    /// Takes ownership of host values (no copy on the CPU).
+    pub fn from_vec(device: &Device, data: Vec<f32>) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::F32(data))),
+            Device::Cuda(d) => Ok(Storage::Cuda(d.upload(&data)?)),
+        }
+    }
+
+    /// A zero-filled buffer of `len` elements on `device`.
+    pub fn zeros(device: &Device, len: usize) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::F32(vec![0.0; len]))),
+            Device::Cuda(d) => Ok(Storage::Cuda(d.zeros(len)?)),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn to_host_f32(&self) -> Result<Vec<f32>> {
+        match self {
+            Storage::Cpu(s) => s.to_host_f32(),
+            Storage::Cuda(s) => s.to_host_f32(),
+        }
+    }
+
+    pub fn try_clone(&self) -> Result<Storage> {
+        unary_dispatch!(self, |s| s.try_clone())
+    }
+
+    pub fn zeros_like_len(&self, len: usize) -> Result<Storage> {
+        unary_dispatch!(self, |s| s.zeros_like_len(len))
+    }
+
+    pub fn fill(&mut self, value: f32) -> Result<()> {
+        match self {
+            Storage::Cpu(s) => s.fill(value),
+            Storage::Cuda(s) => s.fill(value),
+        }
+    }
+
+    pub fn unary(&self, op: UnaryOp) -> Result<Storage> {
+        unary_dispatch!(self, |s| s.unary(op))
+    }
+
+    pub fn affine(&self, mul: f32, add: f32) -> Result<Storage> {
+        unary_dispatch!(self, |s| s.affine(mul, add))
+    }
+
+    pub fn binary(&self, rhs: &Storage, op: BinaryOp) -> Result<Storage> {
+        binary_dispatch!("binary", self, rhs, |a, b| a.binary(b, op))
+    }
+
+    pub fn relu_backward(&self, grad: &Storage) -> Result<Storage> {
+        binary_dispatch!("relu_backward", self, grad, |a, b| a.relu_backward(b))
+    }
+
+    pub fn add_scaled_assign(&mut self, rhs: &Storage, alpha: f32) -> Result<()> {
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => a.add_scaled_assign(b, alpha),
+            (Storage::Cuda(a), Storage::Cuda(b)) => a.add_scaled_assign(b, alpha),
+            (a, b) => Err(mismatch("add_scaled_assign", a, b)),
+        }
+    }
+
+    pub fn sum_all(&self) -> Result<Storage> {
+        unary_dispatch!(self, |s| s.sum_all())
+    }
+
+    pub fn broadcast_add(&self, v: &Storage, s: BroadcastSpec) -> Result<Storage> {
+        binary_dispatch!("broadcast_add", self, v, |a, b| a.broadcast_add(b, s))
+    }
+
+    pub fn broadcast_mul(&self, v: &Storage, s: BroadcastSpec) -> Result<Storage> {
+        binary_dispatch!("broadcast_mul", self, v, |a, b| a.broadcast_mul(b, s))
+    }
+
+    pub fn reduce_to_mid(&self, s: BroadcastSpec) -> Result<Storage> {
+        unary_dispatch!(self, |x| x.reduce_to_mid(s))
+    }
+
+    pub fn copy_blocks_into(&self, dst: &mut Storage, c: BlockCopy) -> Result<()> {
+        match (self, dst) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => a.copy_blocks_into(b, c),
+            (Storage::Cuda(a), Storage::Cuda(b)) => a.copy_blocks_into(b, c),
+            (a, b) => Err(mismatch("copy", a, b)),
+        }
+    }
+
+    pub fn gemm(&self, b: &Storage, g: GemmSpec) -> Result<Storage> {
+        binary_dispatch!("matmul", self, b, |x, y| x.gemm(y, g))
+    }
+
+    pub fn conv2d(&self, w: &Storage, s: &ConvSpec) -> Result<Storage> {
+        binary_dispatch!("conv2d", self, w, |x, y| x.conv2d(y, s))
+    }
+
+    pub fn conv2d_backward_input(&self, w: &Storage, s: &ConvSpec) -> Result<Storage> {
+        binary_dispatch!("conv2d_backward_input", self, w, |x, y| x.conv2d_backward_input(y, s))
+    }
+
+    pub fn conv2d_backward_weight(&self, dy: &Storage, s: &ConvSpec) -> Result<Storage> {
+        binary_dispatch!("conv2d_backward_weight", self, dy, |x, y| x.conv2d_backward_weight(y, s))
+    }
+
+    pub fn batch_norm_train(
+        &self,
+        gamma: &Storage,
+        beta: &Storage,
+        d: Nchw,
+        eps: f32,
+    ) -> Result<BatchNormForward<Storage>> {
+        fn wrap<S>(f: BatchNormForward<S>, w: fn(S) -> Storage) -> BatchNormForward<Storage> {
+            BatchNormForward { y: w(f.y), mean: w(f.mean), invstd: w(f.invstd), var_unbiased: w(f.var_unbiased) }
+        }
+        match (self, gamma, beta) {
+            (Storage::Cpu(x), Storage::Cpu(g), Storage::Cpu(b)) => {
+                Ok(wrap(x.batch_norm_train(g, b, d, eps)?, Storage::Cpu))
+            }
+            (Storage::Cuda(x), Storage::Cuda(g), Storage::Cuda(b)) => {
+                Ok(wrap(x.batch_norm_train(g, b, d, eps)?, Storage::Cuda))
+            }
+            (x, g, b) => Err(mismatch("batch_norm", x, if x.device().same(&g.device()) { b } else { g })),
+        }
+    }
+
+    pub fn batch_norm_backward(
+        &self,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: Nchw,
+    ) -> Result<BatchNormBackward<Storage>> {
+        fn wrap<S>(b: BatchNormBackward<S>, w: fn(S) -> Storage) -> BatchNormBackward<Storage> {
+            BatchNormBackward { dx: w(b.dx), dgamma: w(b.dgamma), dbeta: w(b.dbeta) }
+        }
+        match (self, dy, gamma, mean, invstd) {
+            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i)) => {
+                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d)?, Storage::Cpu))
+            }
+            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i)) => {
+                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d)?, Storage::Cuda))
+            }
+            (x, dy, ..) => Err(mismatch("batch_norm_backward", x, dy)),
+        }
+    }
+
+    pub fn max_pool2x2(&self, d: Nchw) -> Result<Storage> {
+        unary_dispatch!(self, |x| x.max_pool2x2(d))
+    }
+
+    pub fn max_pool2x2_backward(&self, dy: &Storage, d: Nchw) -> Result<Storage> {
+        binary_dispatch!("max_pool_backward", self, dy, |x, y| x.max_pool2x2_backward(y, d))
+    }
+
+    pub fn upsample_bilinear(&self, d: Nchw, out_h: usize, out_w: usize) -> Result<Storage> {
+        unary_dispatch!(self, |x| x.upsample_bilinear(d, out_h, out_w))
+    }
+
+    pub fn upsample_bilinear_backward(&self, d: Nchw, out_h: usize, out_w: usize) -> Result<Storage> {
+        unary_dispatch!(self, |x| x.upsample_bilinear_backward(d, out_h, out_w))
+    }
+
+    pub fn gather_hypercolumns(taps: &[&Storage], points: &[SamplePoint], g: &GatherSpec) -> Result<Storage> {
+        let first = taps.first().ok_or_else(|| Error::bad_shape("gather", "no taps"))?;
+        match first {
+            Storage::Cpu(_) => {
+                let mut v = Vec::with_capacity(taps.len());
+                for t in taps {
+                    match t {
+                        Storage::Cpu(s) => v.push(s),
+                        other => return Err(mismatch("gather", first, other)),
+                    }
+                }
+                CpuStorage::gather_hypercolumns(&v, points, g).map(Storage::Cpu)
+            }
+            Storage::Cuda(_) => {
+                let mut v = Vec::with_capacity(taps.len());
+                for t in taps {
+                    match t {
+                        Storage::Cuda(s) => v.push(s),
+                        other => return Err(mismatch("gather", first, other)),
+                    }
+                }
+                CudaStorage::gather_hypercolumns(&v, points, g).map(Storage::Cuda)
+            }
+        }
+    }
+
+    pub fn gather_hypercolumns_backward(
+        &self,
+        points: &[SamplePoint],
+        g: &GatherSpec,
+        deterministic: bool,
+    ) -> Result<Vec<Storage>> {
+        match self {
+            Storage::Cpu(s) => Ok(s
+                .gather_hypercolumns_backward(points, g, deterministic)?
+                .into_iter()
+                .map(Storage::Cpu)
+                .collect()),
+            Storage::Cuda(s) => Ok(s
+                .gather_hypercolumns_backward(points, g, deterministic)?
+                .into_iter()
+                .map(Storage::Cuda)
+                .collect()),
+        }
+    }
+
+    pub fn softmax_cross_entropy(
+        &self,
+        labels: &[u32],
+        classes: usize,
+        class_weights: Option<&[f32]>,
+    ) -> Result<(Storage, Storage)> {
+        match self {
+            Storage::Cpu(s) => {
+                let (l, g) = s.softmax_cross_entropy(labels, classes, class_weights)?;
+                Ok((Storage::Cpu(l), Storage::Cpu(g)))
+            }
+            Storage::Cuda(s) => {
+                let (l, g) = s.softmax_cross_entropy(labels, classes, class_weights)?;
+                Ok((Storage::Cuda(l), Storage::Cuda(g)))
+            }
+        }
+    }
+
+    pub fn dropout_mask(&self, len: usize, keep: f32, seed: u32) -> Result<Storage> {
+        unary_dispatch!(self, |x| x.dropout_mask(len, keep, seed))
+    }
+
+    pub fn adam_step(&mut self, grad: &Storage, m: &mut Storage, v: &mut Storage, h: &AdamStep) -> Result<()> {
+        match (self, grad, m, v) {
+            (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => p.adam_step(g, m, v, h),
+            (Storage::Cuda(p), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => p.adam_step(g, m, v, h),
+            (p, g, ..) => Err(mismatch("adam", p, g)),
+        }
+    }
+}
