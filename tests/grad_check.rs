@@ -1,0 +1,155 @@
+//! Finite-difference gradient checks for every op of the engine, input and parameter
+//! gradients, on random inputs of odd-sized shapes; each body runs on the CPU and on CUDA.
+//! Tolerance: |analytic - numeric| <= 5e-3 + 2e-2 |numeric| with a step of 1e-2 (f32 forward
+//! passes), unless a test states otherwise.
+
+mod common;
+
+use common::{rand_vec, separated_vec, GradCheck};
+use hyperseg_engine::{concat, gather_hypercolumns, Device, Result, SamplePoint, Tensor};
+
+fn conv_case(dev: &Device, n: usize, c_in: usize, hw: (usize, usize), c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Result<()> {
+    let xs = vec![n, c_in, hw.0, hw.1];
+    let ws = vec![c_out, c_in, k, k];
+    let mut inputs = vec![rand_vec(xs.iter().product(), 1), rand_vec(ws.iter().product(), 2)];
+    let mut shapes = vec![xs, ws];
+    if bias {
+        inputs.push(rand_vec(c_out, 3));
+        shapes.push(vec![c_out]);
+    }
+    GradCheck::default().run(dev, &inputs, &shapes, |t| t[0].conv2d(&t[1], t.get(2), stride, pad))
+}
+
+fn conv_3x3(dev: &Device) -> Result<()> {
+    conv_case(dev, 2, 3, (7, 5), 4, 3, 1, 1, true)
+}
+fn conv_1x1(dev: &Device) -> Result<()> {
+    conv_case(dev, 2, 5, (3, 4), 3, 1, 1, 0, false)
+}
+fn conv_7x7_pad3(dev: &Device) -> Result<()> {
+    conv_case(dev, 1, 2, (7, 7), 3, 7, 1, 3, true)
+}
+fn conv_strided(dev: &Device) -> Result<()> {
+    conv_case(dev, 2, 3, (9, 6), 2, 3, 2, 1, true)
+}
+test_device!(conv_3x3, grad_conv_3x3_cpu, grad_conv_3x3_cuda);
+test_device!(conv_1x1, grad_conv_1x1_cpu, grad_conv_1x1_cuda);
+test_device!(conv_7x7_pad3, grad_conv_7x7_pad3_cpu, grad_conv_7x7_pad3_cuda);
+test_device!(conv_strided, grad_conv_strided_cpu, grad_conv_strided_cuda);
+
+fn batch_norm_train(dev: &Device) -> Result<()> {
+    let (c, shape) = (3, vec![3, 3, 5, 3]);
+    let x: Vec<f32> = rand_vec(135, 4).iter().enumerate().map(|(i, v)| v * 2.0 + (i % 3) as f32).collect();
+    let inputs = vec![x, rand_vec(c, 5).iter().map(|v| v + 1.5).collect(), rand_vec(c, 6)];
+    GradCheck::default().run(dev, &inputs, &[shape, vec![c], vec![c]], |t| Ok(t[0].batch_norm_train(&t[1], &t[2], 1e-5)?.0))
+}
+test_device!(batch_norm_train, grad_batch_norm_train_cpu, grad_batch_norm_train_cuda);
+
+fn batch_norm_eval(dev: &Device) -> Result<()> {
+    let c = 3;
+    let rm = Tensor::from_vec(rand_vec(c, 7), [c], dev)?;
+    let rv = Tensor::from_vec(rand_vec(c, 8).iter().map(|v| v.abs() + 0.5).collect(), [c], dev)?;
+    let inputs = vec![rand_vec(2 * c * 15, 9), rand_vec(c, 10), rand_vec(c, 11)];
+    GradCheck::default().run(dev, &inputs, &[vec![2, c, 3, 5], vec![c], vec![c]], |t| {
+        t[0].batch_norm_eval(&t[1], &t[2], &rm, &rv, 1e-5)
+    })
+}
+test_device!(batch_norm_eval, grad_batch_norm_eval_cpu, grad_batch_norm_eval_cuda);
+
+fn relu(dev: &Device) -> Result<()> {
+    GradCheck::default().run(dev, &[separated_vec(105, 0.03, 12)], &[vec![3, 5, 7]], |t| t[0].relu())
+}
+test_device!(relu, grad_relu_cpu, grad_relu_cuda);
+
+fn max_pool(dev: &Device) -> Result<()> {
+    // Odd height and width: floor mode drops the last row and column.
+    GradCheck::default().run(dev, &[separated_vec(2 * 3 * 7 * 5, 0.03, 13)], &[vec![2, 3, 7, 5]], |t| t[0].max_pool2x2())
+}
+test_device!(max_pool, grad_max_pool_cpu, grad_max_pool_cuda);
+
+fn dropout(dev: &Device) -> Result<()> {
+    GradCheck::default().run(dev, &[rand_vec(3 * 37, 14)], &[vec![3, 37]], |t| t[0].dropout(0.3, 1234))
+}
+test_device!(dropout, grad_dropout_cpu, grad_dropout_cuda);
+
+fn upsample(dev: &Device) -> Result<()> {
+    GradCheck::default().run(dev, &[rand_vec(2 * 3 * 3 * 5, 15)], &[vec![2, 3, 3, 5]], |t| t[0].upsample_bilinear(11, 17))
+}
+test_device!(upsample, grad_upsample_cpu, grad_upsample_cuda);
+
+/// Random points in a batch of `n` images of `h x w`, corners included.
+pub fn sample_points(n: usize, h: usize, w: usize, count: usize, seed: u64) -> Vec<SamplePoint> {
+    use rand::Rng;
+    let mut r = common::rng(seed);
+    let mut pts: Vec<SamplePoint> = (0..count)
+        .map(|_| SamplePoint { image: r.random_range(0..n as u32), y: r.random_range(0..h as u32), x: r.random_range(0..w as u32) })
+        .collect();
+    pts.push(SamplePoint { image: 0, y: 0, x: 0 });
+    pts.push(SamplePoint { image: (n - 1) as u32, y: (h - 1) as u32, x: (w - 1) as u32 });
+    pts
+}
+
+fn gather(dev: &Device) -> Result<()> {
+    // A 13x11 input frame with taps at strides 1, 2 (rounded down) and a 3x3 map.
+    let shapes = vec![vec![2, 3, 13, 11], vec![2, 4, 6, 5], vec![2, 2, 3, 3]];
+    let inputs: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| rand_vec(s.iter().product(), 20 + i as u64)).collect();
+    let points = sample_points(2, 13, 11, 25, 21);
+    GradCheck { samples: 60, ..Default::default() }.run(dev, &inputs, &shapes, |t| {
+        gather_hypercolumns(&[&t[0], &t[1], &t[2]], &points, 13, 11)
+    })
+}
+test_device!(gather, grad_gather_cpu, grad_gather_cuda);
+
+fn linear(dev: &Device) -> Result<()> {
+    let inputs = vec![rand_vec(7 * 5, 30), rand_vec(3 * 5, 31), rand_vec(3, 32)];
+    GradCheck::default().run(dev, &inputs, &[vec![7, 5], vec![3, 5], vec![3]], |t| t[0].linear(&t[1], Some(&t[2])))
+}
+test_device!(linear, grad_linear_cpu, grad_linear_cuda);
+
+fn matmul(dev: &Device) -> Result<()> {
+    let inputs = vec![rand_vec(5 * 7, 33), rand_vec(7 * 3, 34)];
+    GradCheck::default().run(dev, &inputs, &[vec![5, 7], vec![7, 3]], |t| t[0].matmul(&t[1]))
+}
+test_device!(matmul, grad_matmul_cpu, grad_matmul_cuda);
+
+fn softmax_xent(dev: &Device) -> Result<()> {
+    let labels: Vec<u32> = (0..9).map(|i| (i * 7 % 3) as u32).collect();
+    let logits: Vec<f32> = rand_vec(27, 35).iter().map(|v| v * 3.0).collect();
+    GradCheck::default().run(dev, &[logits.clone()], &[vec![9, 3]], |t| t[0].softmax_cross_entropy(&labels, None))?;
+    let weights = [0.5, 2.0, 1.25];
+    GradCheck::default().run(dev, &[logits], &[vec![9, 3]], |t| t[0].softmax_cross_entropy(&labels, Some(&weights)))
+}
+test_device!(softmax_xent, grad_softmax_cross_entropy_cpu, grad_softmax_cross_entropy_cuda);
+
+fn elementwise(dev: &Device) -> Result<()> {
+    let pos: Vec<f32> = rand_vec(21, 36).iter().map(|v| v.abs() + 0.5).collect();
+    let inputs = vec![rand_vec(21, 37), pos];
+    let shapes = vec![vec![3, 7], vec![3, 7]];
+    GradCheck::default().run(dev, &inputs, &shapes, |t| {
+        let a = t[0].add(&t[1])?.mul(&t[0])?.sub(&t[1].log()?)?;
+        let b = t[0].exp()?.div(&t[1].sqrt()?)?.add(&t[0].sqr()?.neg()?)?;
+        a.add(&b)?.affine(1.5, 0.25)
+    })
+}
+test_device!(elementwise, grad_elementwise_cpu, grad_elementwise_cuda);
+
+fn channel_broadcasts(dev: &Device) -> Result<()> {
+    let inputs = vec![rand_vec(2 * 3 * 5, 38), rand_vec(3, 39), rand_vec(3, 40)];
+    let shapes = vec![vec![2, 3, 5], vec![3], vec![3]];
+    GradCheck::default().run(dev, &inputs, &shapes, |t| t[0].mul_channels(&t[1])?.add_channels(&t[2]))?;
+    GradCheck::default().run(dev, &inputs[..1], &shapes[..1], |t| t[0].sum_channels())
+}
+test_device!(channel_broadcasts, grad_channel_broadcast_cpu, grad_channel_broadcast_cuda);
+
+fn concat_narrow(dev: &Device) -> Result<()> {
+    let inputs = vec![rand_vec(2 * 3 * 4, 41), rand_vec(2 * 5 * 4, 42)];
+    GradCheck::default().run(dev, &inputs, &[vec![2, 3, 4], vec![2, 5, 4]], |t| {
+        concat(&[&t[0], &t[1]], 1)?.narrow(1, 2, 4)?.reshape([8, 4])
+    })
+}
+test_device!(concat_narrow, grad_concat_narrow_reshape_cpu, grad_concat_narrow_reshape_cuda);
+
+fn reductions(dev: &Device) -> Result<()> {
+    GradCheck::default().run(dev, &[rand_vec(3 * 11, 43)], &[vec![3, 11]], |t| t[0].sqr()?.mean_all())
+}
+test_device!(reductions, grad_sum_mean_cpu, grad_sum_mean_cuda);

@@ -1,0 +1,73 @@
+//! Misuse of the engine is a typed error, never a panic.
+
+use hyperseg_engine::{no_grad, Device, Error, Tensor};
+
+#[test]
+fn shape_mismatch_is_an_error() {
+    let a = Tensor::zeros([2, 3], &Device::Cpu).unwrap();
+    let b = Tensor::zeros([3, 2], &Device::Cpu).unwrap();
+    assert!(matches!(a.add(&b), Err(Error::ShapeMismatch { op: "add", .. })));
+    assert!(matches!(a.matmul(&a), Err(Error::ShapeMismatch { op: "matmul", .. })));
+    let x = Tensor::zeros([1, 3, 4, 4], &Device::Cpu).unwrap();
+    let w = Tensor::zeros([2, 5, 3, 3], &Device::Cpu).unwrap();
+    assert!(matches!(x.conv2d(&w, None, 1, 1), Err(Error::ShapeMismatch { op: "conv2d", .. })));
+    assert!(matches!(a.conv2d(&w, None, 1, 1), Err(Error::BadShape { .. })));
+    assert!(matches!(Tensor::from_vec(vec![1.0; 5], [2, 3], &Device::Cpu), Err(Error::BadShape { .. })));
+}
+
+#[test]
+fn bad_labels_and_points_are_errors() {
+    let logits = Tensor::zeros([2, 2], &Device::Cpu).unwrap();
+    assert!(matches!(logits.softmax_cross_entropy(&[0, 2], None), Err(Error::InvalidValue { .. })));
+    assert!(matches!(logits.softmax_cross_entropy(&[0], None), Err(Error::BadShape { .. })));
+    let tap = Tensor::zeros([1, 2, 4, 4], &Device::Cpu).unwrap();
+    let outside = [hyperseg_engine::SamplePoint { image: 0, y: 8, x: 0 }];
+    assert!(hyperseg_engine::gather_hypercolumns(&[&tap], &outside, 8, 8).is_err());
+    assert!(matches!(tap.dropout(1.0, 0), Err(Error::InvalidValue { .. })));
+}
+
+#[test]
+fn backward_without_graph_is_an_error() {
+    let x = Tensor::full(2.0, [3], &Device::Cpu).unwrap();
+    assert!(matches!(x.sum_all().unwrap().backward(), Err(Error::NoGraph)));
+    let v = x.to_variable().unwrap();
+    let y = no_grad(|| v.sqr().unwrap().sum_all().unwrap());
+    assert!(matches!(y.backward(), Err(Error::NoGraph)));
+    assert!(matches!(v.sqr().unwrap().backward(), Err(Error::NonScalarLoss(_))));
+}
+
+#[test]
+fn wrong_device_is_an_error() {
+    // Without a GPU, asking for one is the error; with one, mixing devices is.
+    match Device::cuda(0) {
+        Err(e) => assert!(matches!(e, Error::CudaUnavailable(_)), "{e}"),
+        Ok(gpu) => {
+            let a = Tensor::zeros([4], &Device::Cpu).unwrap();
+            let b = Tensor::zeros([4], &gpu).unwrap();
+            assert!(matches!(a.add(&b), Err(Error::DeviceMismatch { .. })));
+            assert!(matches!(b.mul(&a), Err(Error::DeviceMismatch { .. })));
+        }
+    }
+}
+
+#[test]
+fn gradients_accumulate_until_zeroed() {
+    let v = Tensor::from_vec(vec![1.0, -2.0, 3.0], [3], &Device::Cpu).unwrap().to_variable().unwrap();
+    for _ in 0..2 {
+        v.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    }
+    assert_eq!(v.grad().unwrap().to_vec().unwrap(), vec![4.0, -8.0, 12.0]);
+    v.zero_grad();
+    assert!(v.grad().is_none());
+    // A tensor used twice gets both contributions.
+    v.mul(&v).unwrap().add(&v).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(v.grad().unwrap().to_vec().unwrap(), vec![3.0, -3.0, 7.0]);
+}
+
+#[test]
+fn no_grad_records_nothing() {
+    let v = Tensor::zeros([3], &Device::Cpu).unwrap().to_variable().unwrap();
+    let y = no_grad(|| v.relu().unwrap());
+    assert!(!y.requires_grad());
+    assert!(v.relu().unwrap().requires_grad());
+}
