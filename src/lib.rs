@@ -15,12 +15,17 @@ pub mod backend;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod fsutil;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod settings;
 pub mod shape;
 pub mod storage;
 pub mod tensor;
+pub mod data;
+pub mod metrics;
+pub mod model;
 
 pub use autograd::{no_grad, NoGradGuard};
 pub use backend::SamplePoint;

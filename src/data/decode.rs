@@ -35,14 +35,18 @@ pub(crate) fn image_error(path: &Path, err: ImageError) -> Error {
 /// Opens and decodes any supported picture (format guessed from the contents, not the extension).
 pub fn open_image(path: &Path) -> Result<DynamicImage> {
     let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
     reader.decode().map_err(|e| image_error(path, e))
 }
 
 /// Width and height of a picture, read from its header only.
 pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
     let reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = reader.with_guessed_format().map_err(|e| Error::io(path, e))?;
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
     reader.into_dimensions().map_err(|e| image_error(path, e))
 }
 
@@ -76,7 +80,9 @@ pub fn resize_mask(mask: &GrayImage, size: u32) -> GrayImage {
         s.min(n - 1)
     };
     let xs: Vec<u32> = (0..size).map(|x| src(x, w)).collect();
-    GrayImage::from_fn(size, size, |x, y| *mask.get_pixel(xs[x as usize], src(y, h)))
+    GrayImage::from_fn(size, size, |x, y| {
+        *mask.get_pixel(xs[x as usize], src(y, h))
+    })
 }
 
 /// Mask values to labels: `> 127` is lesion (1), the rest background (0).
@@ -103,7 +109,12 @@ pub fn decode_sample(sample: &Sample, size: u32) -> Result<Decoded> {
     let rgb = read_rgb(&sample.image_path)?;
     let mask = read_gray(&sample.mask_path)?;
     if rgb.dimensions() != mask.dimensions() {
-        return Err(size_mismatch(&sample.mask_path, mask.dimensions(), &sample.image_path, rgb.dimensions()));
+        return Err(size_mismatch(
+            &sample.mask_path,
+            mask.dimensions(),
+            &sample.image_path,
+            rgb.dimensions(),
+        ));
     }
     Ok(Decoded {
         size,
@@ -113,7 +124,12 @@ pub fn decode_sample(sample: &Sample, size: u32) -> Result<Decoded> {
 }
 
 /// The error for a mask whose size differs from its image's; names both files.
-pub(crate) fn size_mismatch(mask: &Path, mask_dims: (u32, u32), image: &Path, image_dims: (u32, u32)) -> Error {
+pub(crate) fn size_mismatch(
+    mask: &Path,
+    mask_dims: (u32, u32),
+    image: &Path,
+    image_dims: (u32, u32),
+) -> Error {
     Error::bad_file(
         mask,
         format!(
@@ -130,7 +146,10 @@ pub(crate) fn size_mismatch(mask: &Path, mask_dims: (u32, u32), image: &Path, im
 /// Rejects a model size of 0 or one too large to index.
 pub(crate) fn check_size(size: u32) -> Result<()> {
     if size == 0 || size > 16384 {
-        return Err(Error::InvalidValue { name: "size", msg: format!("model input size must be 1..=16384, got {size}") });
+        return Err(Error::InvalidValue {
+            name: "size",
+            msg: format!("model input size must be 1..=16384, got {size}"),
+        });
     }
     Ok(())
 }

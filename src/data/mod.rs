@@ -13,7 +13,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod atomic;
 pub mod augment;
 pub mod batch;
 pub mod cache;

@@ -12,6 +12,7 @@ pub use conv::Conv2d;
 pub use init::kaiming_normal;
 pub use linear::Linear;
 
+
 use crate::tensor::Tensor;
 
 /// A named tensor of a model: a trainable parameter or a buffer (running statistics).
@@ -39,7 +40,7 @@ pub trait Module {
 }
 
 /// `prefix.name`, or `name` when the prefix is empty.
-pub(crate) fn join(prefix: &str, name: &str) -> String {
+pub fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else {

@@ -1,5 +1,6 @@
-//! Atomic file writes: write to a temporary file beside the target, sync it, then rename it over the target, so
-//! that a reader never sees a half-written cache, mask or report.
+//! Crash-safe file writes: everything the engine saves (checkpoints, metrics, plots, masks, caches, reports) goes
+//! to a temporary file beside the target, is synced, then renamed over it, so that a crash or a reader never sees a
+//! torn file: only the old one or the new one.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -14,6 +15,9 @@ pub fn write_atomic<F>(path: &Path, fill: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let tmp = temp_path(path);
     let result = (|| {
         let file = File::create(&tmp)?;
@@ -31,9 +35,17 @@ where
     })
 }
 
+/// Writes `bytes` to `path` atomically (see [`write_atomic`]).
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |w| w.write_all(bytes))
+}
+
 /// `dir/.name.<pid>.tmp` for target `dir/name`.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 

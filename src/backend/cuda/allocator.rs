@@ -1,0 +1,398 @@
+//! The caching device allocator: size-bucketed free lists under a hard byte cap.
+//!
+//! Every [`CudaStorage`](super::CudaStorage) takes its memory from here and gives it back on
+//! drop; blocks are kept in per-size-class free lists and handed out again without a driver
+//! call (a training step allocates the same sizes every iteration). All device work runs on
+//! the device's single stream, so a block freed by the host can be reused by the next kernel
+//! in stream order without synchronising.
+//!
+//! Size classes ([`size_class`]): up to 1 MiB, multiples of 512 B; above, eight classes per
+//! power of two (at most 12.5 % waste).
+//!
+//! The cap (default: the smaller of the card's memory and 12 GiB; the environment variable
+//! `HYPERSEG_MEM_LIMIT` overrides it, in bytes or with a unit such as `12GiB`, `800MiB`,
+//! `1.5GB`, see [`parse_bytes`]; [`CudaDevice::set_memory_cap`](super::CudaDevice::set_memory_cap)
+//! changes it at run time) bounds the bytes reserved from the driver (in use plus cached).
+//! A request that would pass it first releases cached blocks; if the bytes in use alone would
+//! pass it, or the driver itself runs out, the request fails with
+//! [`Error::OutOfMemory`](crate::error::Error::OutOfMemory).
+//!
+//! [`Pool`] holds the pure accounting and is generic over [`RawMemory`] (the driver calls),
+//! so the logic is unit-tested on the CPU with a fake.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// Granularity of the small size classes.
+pub const SMALL_GRANULE: usize = 512;
+/// Requests up to this size use [`SMALL_GRANULE`] classes; larger ones use octave classes.
+pub const LARGE_THRESHOLD: usize = 1 << 20;
+/// log2 of the number of classes per power of two above [`LARGE_THRESHOLD`].
+const CLASS_BITS: u32 = 3;
+/// The largest cap applied by default.
+pub const DEFAULT_CAP_LIMIT: usize = 12 << 30;
+/// The environment variable that overrides the cap.
+pub const MEM_LIMIT_ENV: &str = "HYPERSEG_MEM_LIMIT";
+
+/// Bytes the allocator has handed out, at most, and may hand out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes in live buffers (rounded up to their size class).
+    pub current_bytes: usize,
+    /// The most `current_bytes` has been since the device was made or [`reset_peak`](super::CudaDevice::reset_peak).
+    pub peak_bytes: usize,
+    /// The cap on reserved bytes.
+    pub cap_bytes: usize,
+    /// Bytes held from the driver: live buffers plus cached free blocks.
+    pub reserved_bytes: usize,
+}
+
+/// The size class of a request of `bytes` bytes: the block size actually reserved. `None`
+/// when the rounding overflows `usize`.
+pub fn size_class(bytes: usize) -> Option<usize> {
+    let b = bytes.max(1);
+    if b <= LARGE_THRESHOLD {
+        return Some(b.div_ceil(SMALL_GRANULE) * SMALL_GRANULE);
+    }
+    let top = usize::BITS - 1 - b.leading_zeros(); // floor(log2 b) >= 20
+    let step = 1usize << (top - CLASS_BITS);
+    b.checked_next_multiple_of(step)
+}
+
+/// Parses a byte count: a plain integer (`12884901888`), or a number with a unit: `KiB`,
+/// `MiB`, `GiB`, `TiB` (and `K`, `M`, `G`, `T`) are powers of 1024; `KB`, `MB`, `GB`, `TB` are
+/// powers of 1000; `B` is bytes. Case-insensitive, spaces allowed, decimals allowed
+/// (`1.5GiB`).
+pub fn parse_bytes(s: &str) -> Option<usize> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return None;
+    }
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => return None,
+    };
+    if unit.is_empty() {
+        return num.parse::<usize>().ok();
+    }
+    let v: f64 = num.parse().ok()?;
+    let bytes = (v * mult).round();
+    (bytes.is_finite() && bytes >= 0.0 && bytes < usize::MAX as f64).then_some(bytes as usize)
+}
+
+/// The cap to apply on a card with `total_mem` bytes: `HYPERSEG_MEM_LIMIT` when set (an error
+/// when it cannot be parsed), else the smaller of the card's memory and 12 GiB.
+pub fn default_cap(total_mem: usize) -> Result<usize> {
+    match std::env::var(MEM_LIMIT_ENV) {
+        Ok(v) => parse_bytes(&v).ok_or_else(|| Error::InvalidValue {
+            name: MEM_LIMIT_ENV,
+            msg: format!("cannot read {v:?} as a byte count (examples: 12GiB, 800MiB, 1.5GB, 4294967296)"),
+        }),
+        Err(_) => Ok(total_mem.min(DEFAULT_CAP_LIMIT)),
+    }
+}
+
+/// A block of device memory: its address and its size class in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The device address (`CUdeviceptr`).
+    pub ptr: u64,
+    /// The reserved size (the size class), in bytes.
+    pub bytes: usize,
+}
+
+/// Why a raw allocation failed.
+#[derive(Debug)]
+pub enum RawError {
+    /// The driver is out of memory.
+    OutOfMemory,
+    /// Any other failure, already turned into an engine error.
+    Other(Error),
+}
+
+/// The driver calls the pool needs.
+pub trait RawMemory {
+    /// Reserves `bytes` bytes from the driver.
+    fn alloc(&mut self, bytes: usize) -> std::result::Result<u64, RawError>;
+    /// Returns cached blocks to the driver (after waiting for queued work that may use them).
+    fn free(&mut self, blocks: &[Block]);
+}
+
+/// Accounting of one device's memory: the free lists and the byte counters.
+#[derive(Debug)]
+pub struct Pool {
+    free: BTreeMap<usize, Vec<u64>>,
+    cached: usize,
+    in_use: usize,
+    peak: usize,
+    cap: usize,
+}
+
+impl Pool {
+    /// An empty pool with this cap.
+    pub fn new(cap: usize) -> Pool {
+        Pool { free: BTreeMap::new(), cached: 0, in_use: 0, peak: 0, cap }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            current_bytes: self.in_use,
+            peak_bytes: self.peak,
+            cap_bytes: self.cap,
+            reserved_bytes: self.in_use + self.cached,
+        }
+    }
+
+    /// Restarts the peak from the bytes in use now.
+    pub fn reset_peak(&mut self) {
+        self.peak = self.in_use;
+    }
+
+    /// Sets the cap; cached blocks above it are released at the next allocation.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+    }
+
+    fn oom(&self, requested: usize) -> Error {
+        Error::OutOfMemory { requested, cap: self.cap, in_use: self.in_use }
+    }
+
+    /// A block for `bytes` bytes: from the cache when a block of its class is free, else from
+    /// the driver, releasing cached blocks first when the cap or the driver demands it.
+    pub fn allocate(&mut self, raw: &mut impl RawMemory, bytes: usize) -> Result<Block> {
+        let class = size_class(bytes).ok_or_else(|| self.oom(bytes))?;
+        if self.in_use.saturating_add(class) > self.cap {
+            return Err(self.oom(bytes));
+        }
+        if let Some(ptr) = self.free.get_mut(&class).and_then(|v| v.pop()) {
+            self.cached -= class;
+            return Ok(self.hand_out(ptr, class));
+        }
+        let over = (self.in_use + self.cached + class).saturating_sub(self.cap);
+        if over > 0 {
+            self.release_cached(raw, over);
+        }
+        let ptr = match raw.alloc(class) {
+            Ok(p) => p,
+            Err(RawError::OutOfMemory) if self.cached > 0 => {
+                self.release_cached(raw, usize::MAX);
+                match raw.alloc(class) {
+                    Ok(p) => p,
+                    Err(RawError::OutOfMemory) => return Err(self.oom(bytes)),
+                    Err(RawError::Other(e)) => return Err(e),
+                }
+            }
+            Err(RawError::OutOfMemory) => return Err(self.oom(bytes)),
+            Err(RawError::Other(e)) => return Err(e),
+        };
+        Ok(self.hand_out(ptr, class))
+    }
+
+    fn hand_out(&mut self, ptr: u64, class: usize) -> Block {
+        self.in_use += class;
+        self.peak = self.peak.max(self.in_use);
+        Block { ptr, bytes: class }
+    }
+
+    /// Takes a block back into the cache.
+    pub fn release(&mut self, block: Block) {
+        self.in_use -= block.bytes.min(self.in_use);
+        self.cached += block.bytes;
+        self.free.entry(block.bytes).or_default().push(block.ptr);
+    }
+
+    /// Returns at least `want` cached bytes to the driver (all of them for `usize::MAX`),
+    /// largest blocks first. Returns the bytes released.
+    pub fn release_cached(&mut self, raw: &mut impl RawMemory, want: usize) -> usize {
+        let mut blocks = Vec::new();
+        let mut released = 0;
+        while released < want {
+            let Some(mut entry) = self.free.last_entry() else { break };
+            let class = *entry.key();
+            match entry.get_mut().pop() {
+                Some(ptr) => {
+                    blocks.push(Block { ptr, bytes: class });
+                    released += class;
+                }
+                None => {
+                    entry.remove();
+                }
+            }
+        }
+        self.free.retain(|_, v| !v.is_empty());
+        self.cached -= released;
+        if !blocks.is_empty() {
+            raw.free(&blocks);
+        }
+        released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake driver with `capacity` bytes.
+    struct Fake {
+        next: u64,
+        live: usize,
+        capacity: usize,
+        allocs: usize,
+        frees: usize,
+    }
+
+    impl Fake {
+        fn new(capacity: usize) -> Fake {
+            Fake { next: 0x1000, live: 0, capacity, allocs: 0, frees: 0 }
+        }
+    }
+
+    impl RawMemory for Fake {
+        fn alloc(&mut self, bytes: usize) -> std::result::Result<u64, RawError> {
+            if self.live + bytes > self.capacity {
+                return Err(RawError::OutOfMemory);
+            }
+            self.live += bytes;
+            self.allocs += 1;
+            self.next += bytes as u64;
+            Ok(self.next)
+        }
+        fn free(&mut self, blocks: &[Block]) {
+            for b in blocks {
+                self.live -= b.bytes;
+                self.frees += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn small_classes_round_to_512_bytes() {
+        assert_eq!(size_class(0), Some(512));
+        assert_eq!(size_class(1), Some(512));
+        assert_eq!(size_class(512), Some(512));
+        assert_eq!(size_class(513), Some(1024));
+        assert_eq!(size_class(1 << 20), Some(1 << 20));
+    }
+
+    #[test]
+    fn large_classes_waste_at_most_an_eighth() {
+        assert_eq!(size_class((1 << 20) + 1), Some((1 << 20) + (1 << 17)));
+        assert_eq!(size_class(3 << 29), Some(3 << 29));
+        for b in [(1usize << 20) + 1, 5_000_000, 123_456_789, 802_816 * 4096, (1 << 33) - 1] {
+            let c = size_class(b).unwrap();
+            assert!(c >= b && (c - b) * 8 <= b, "{b} -> {c}");
+            assert_eq!(c % SMALL_GRANULE, 0);
+            assert_eq!(size_class(c), Some(c), "classes are fixed points");
+        }
+        assert_eq!(size_class(usize::MAX), None);
+    }
+
+    #[test]
+    fn parses_byte_counts_with_units() {
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("12GiB"), Some(12 << 30));
+        assert_eq!(parse_bytes(" 12 gib "), Some(12 << 30));
+        assert_eq!(parse_bytes("800MiB"), Some(800 << 20));
+        assert_eq!(parse_bytes("1.5G"), Some(3 << 29));
+        assert_eq!(parse_bytes("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_bytes("64k"), Some(65536));
+        assert_eq!(parse_bytes("12 bananas"), None);
+        assert_eq!(parse_bytes("GiB"), None);
+        assert_eq!(parse_bytes(""), None);
+    }
+
+    #[test]
+    fn freed_blocks_are_reused_without_a_driver_call() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(1 << 30);
+        let a = pool.allocate(&mut raw, 1000).unwrap();
+        assert_eq!(a.bytes, 1024);
+        pool.release(a);
+        let b = pool.allocate(&mut raw, 600).unwrap();
+        assert_eq!(b.ptr, a.ptr);
+        assert_eq!(raw.allocs, 1);
+        let s = pool.stats();
+        assert_eq!((s.current_bytes, s.peak_bytes, s.reserved_bytes), (1024, 1024, 1024));
+    }
+
+    #[test]
+    fn counts_current_and_peak() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(1 << 30);
+        let a = pool.allocate(&mut raw, 4 << 20).unwrap();
+        let b = pool.allocate(&mut raw, 2 << 20).unwrap();
+        pool.release(a);
+        let s = pool.stats();
+        assert_eq!(s.current_bytes, 2 << 20);
+        assert_eq!(s.peak_bytes, 6 << 20);
+        assert_eq!(s.reserved_bytes, 6 << 20);
+        pool.reset_peak();
+        assert_eq!(pool.stats().peak_bytes, 2 << 20);
+        pool.release(b);
+        assert_eq!(pool.stats().current_bytes, 0);
+    }
+
+    #[test]
+    fn exceeding_the_cap_with_live_buffers_is_out_of_memory() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(8 << 20);
+        let _a = pool.allocate(&mut raw, 6 << 20).unwrap();
+        match pool.allocate(&mut raw, 4 << 20) {
+            Err(Error::OutOfMemory { requested, cap, in_use }) => {
+                assert_eq!((requested, cap, in_use), (4 << 20, 8 << 20, 6 << 20));
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cap_releases_cached_blocks_before_failing() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(8 << 20);
+        let a = pool.allocate(&mut raw, 6 << 20).unwrap();
+        pool.release(a);
+        let b = pool.allocate(&mut raw, 4 << 20).unwrap();
+        assert_eq!(raw.frees, 1, "the cached 6 MiB block went back to the driver");
+        assert_eq!(pool.stats().reserved_bytes, 4 << 20);
+        assert_eq!(b.bytes, 4 << 20);
+    }
+
+    #[test]
+    fn driver_out_of_memory_retries_after_emptying_the_cache() {
+        let mut raw = Fake::new(10 << 20);
+        let mut pool = Pool::new(1 << 30);
+        let a = pool.allocate(&mut raw, 6 << 20).unwrap();
+        pool.release(a);
+        let _b = pool.allocate(&mut raw, 5 << 20).unwrap();
+        assert_eq!(raw.frees, 1);
+        assert!(matches!(pool.allocate(&mut raw, 6 << 20), Err(Error::OutOfMemory { .. })));
+    }
+
+    #[test]
+    fn lowering_the_cap_trims_the_cache_on_the_next_allocation() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(1 << 30);
+        let blocks: Vec<_> = (0..4).map(|_| pool.allocate(&mut raw, 2 << 20).unwrap()).collect();
+        for b in blocks {
+            pool.release(b);
+        }
+        pool.set_cap(3 << 20);
+        let _c = pool.allocate(&mut raw, 1 << 20).unwrap();
+        let reserved = pool.stats().reserved_bytes;
+        assert!(reserved <= 3 << 20);
+        assert_eq!(pool.release_cached(&mut raw, usize::MAX), reserved - (1 << 20));
+        assert_eq!(pool.stats().reserved_bytes, 1 << 20);
+    }
+}

@@ -1,0 +1,746 @@
+//! 2-D convolutions through cuDNN (legacy convolution API, NCHW, f32): forward, backward
+//! data (the input gradient) and backward filter (the weight gradient).
+//!
+//! Algorithm choice, once per (shape, direction, TF32, deterministic, benchmark) and cached:
+//! - default ("benchmark", like PyTorch's `cudnn.benchmark`): `cudnnFind*AlgorithmEx` times
+//!   every algorithm on the real buffers with a workspace bounded by the memory budget;
+//! - deterministic mode ([`crate::settings::deterministic`]), or benchmark off
+//!   (`HYPERSEG_CUDNN_BENCHMARK=0` or [`set_cudnn_benchmark`]): the `*_v7` heuristics, which
+//!   give the same choice every run; in deterministic mode only algorithms cuDNN reports as
+//!   deterministic are kept (never BWD_DATA_ALGO_0, BWD_FILTER_ALGO_0 or _3, which use atomics).
+//!
+//! A workspace never exceeds [`MAX_WORKSPACE`] nor the room left under the allocator's cap;
+//! algorithms needing more are skipped, and one that fails to run makes way for the next.
+//! Math: `CUDNN_FMA_MATH` (true fp32) unless [`crate::settings::allow_tf32`], then the math
+//! type cuDNN reports for the chosen algorithm (TF32 tensor cores allowed).
+
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use cudarc::cudnn::{result, sys};
+use cudarc::driver::CudaStream;
+
+use super::device::CudaDevice;
+use super::error::{cuda_error, CudaResultExt};
+use super::storage::CudaStorage;
+use crate::backend::ConvSpec;
+use crate::error::{Error, Result};
+
+/// The largest workspace any convolution may take (the budget under the cap may be smaller).
+pub const MAX_WORKSPACE: usize = 256 << 20;
+/// The environment variable that turns algorithm benchmarking off (`0`, `false`, `off`).
+pub const BENCHMARK_ENV: &str = "HYPERSEG_CUDNN_BENCHMARK";
+
+static BENCHMARK: AtomicU8 = AtomicU8::new(0); // 0 unset, 1 off, 2 on
+
+/// Chooses cuDNN algorithms by timing them (on, the default) or by cuDNN's heuristics (off).
+/// Deterministic mode always uses the heuristics.
+pub fn set_cudnn_benchmark(on: bool) {
+    BENCHMARK.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether algorithms are chosen by timing them.
+pub fn cudnn_benchmark() -> bool {
+    match BENCHMARK.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let off = std::env::var(BENCHMARK_ENV)
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"))
+                .unwrap_or(false);
+            let _ = BENCHMARK.compare_exchange(0, if off { 1 } else { 2 }, Ordering::Relaxed, Ordering::Relaxed);
+            BENCHMARK.load(Ordering::Relaxed) == 2
+        }
+    }
+}
+
+/// Which of the three convolution computations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// `y = conv(x, w)`.
+    Forward,
+    /// `dx` from `dy` and `w`.
+    BackwardData,
+    /// `dw` from `x` and `dy`.
+    BackwardFilter,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Forward => "cudnn.conv_fwd",
+            Direction::BackwardData => "cudnn.conv_bwd_data",
+            Direction::BackwardFilter => "cudnn.conv_bwd_filter",
+        }
+    }
+
+    fn algo_count(self) -> usize {
+        match self {
+            Direction::Forward => 8,
+            Direction::BackwardData => 6,
+            Direction::BackwardFilter => 7,
+        }
+    }
+
+    /// Algorithms that accumulate with atomics, excluded in deterministic mode whatever cuDNN
+    /// reports.
+    fn uses_atomics(self, algo: u32) -> bool {
+        match self {
+            Direction::Forward => false,
+            Direction::BackwardData => algo == 0,
+            Direction::BackwardFilter => algo == 0 || algo == 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct AlgoKey {
+    spec: ConvSpec,
+    dir: Direction,
+    tf32: bool,
+    deterministic: bool,
+    benchmark: bool,
+}
+
+/// An algorithm and the math type to run it with (raw cuDNN enum values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Candidate {
+    algo: u32,
+    math: u32,
+}
+
+/// The layout shared by the three `cudnnConvolution*AlgoPerf_t` structs, with plain integers
+/// in place of enums so that a value this binding does not know cannot be undefined behaviour.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct RawPerf {
+    algo: u32,
+    status: u32,
+    time: f32,
+    memory: usize,
+    determinism: u32,
+    math_type: u32,
+    reserved: [c_int; 3],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<RawPerf>() == std::mem::size_of::<sys::cudnnConvolutionFwdAlgoPerf_t>());
+    assert!(std::mem::size_of::<RawPerf>() == std::mem::size_of::<sys::cudnnConvolutionBwdDataAlgoPerf_t>());
+    assert!(std::mem::size_of::<RawPerf>() == std::mem::size_of::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>());
+};
+
+const MATH_DEFAULT: u32 = 0;
+const MATH_FMA: u32 = 3;
+
+fn math_type(v: u32) -> sys::cudnnMathType_t {
+    use sys::cudnnMathType_t::*;
+    match v {
+        1 => CUDNN_TENSOR_OP_MATH,
+        2 => CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+        3 => CUDNN_FMA_MATH,
+        _ => CUDNN_DEFAULT_MATH,
+    }
+}
+
+fn fwd_algo(v: u32) -> Option<sys::cudnnConvolutionFwdAlgo_t> {
+    use sys::cudnnConvolutionFwdAlgo_t::*;
+    Some(match v {
+        0 => CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        1 => CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+        2 => CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+        3 => CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+        4 => CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+        5 => CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+        6 => CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+        7 => CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+        _ => return None,
+    })
+}
+
+fn bwd_data_algo(v: u32) -> Option<sys::cudnnConvolutionBwdDataAlgo_t> {
+    use sys::cudnnConvolutionBwdDataAlgo_t::*;
+    Some(match v {
+        0 => CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+        1 => CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+        2 => CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+        3 => CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+        4 => CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+        5 => CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+        _ => return None,
+    })
+}
+
+fn bwd_filter_algo(v: u32) -> Option<sys::cudnnConvolutionBwdFilterAlgo_t> {
+    use sys::cudnnConvolutionBwdFilterAlgo_t::*;
+    Some(match v {
+        0 => CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+        1 => CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+        2 => CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+        3 => CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+        4 => CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
+        5 => CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+        6 => CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+        _ => return None,
+    })
+}
+
+fn known_algo(dir: Direction, v: u32) -> bool {
+    match dir {
+        Direction::Forward => fwd_algo(v).is_some(),
+        Direction::BackwardData => bwd_data_algo(v).is_some(),
+        Direction::BackwardFilter => bwd_filter_algo(v).is_some(),
+    }
+}
+
+/// Keeps the usable results, in cuDNN's order (fastest or most promising first).
+fn usable(dir: Direction, perfs: &[RawPerf], tf32: bool, deterministic: bool) -> Vec<Candidate> {
+    perfs
+        .iter()
+        .filter(|p| p.status == 0 && known_algo(dir, p.algo))
+        .filter(|p| !deterministic || (p.determinism == 1 && !dir.uses_atomics(p.algo)))
+        .filter(|p| tf32 || p.math_type == MATH_FMA || p.math_type == MATH_DEFAULT)
+        .map(|p| Candidate { algo: p.algo, math: if tf32 { p.math_type } else { MATH_FMA } })
+        .fold(Vec::new(), |mut v, c| {
+            if !v.contains(&c) {
+                v.push(c);
+            }
+            v
+        })
+}
+
+/// The cuDNN handle (bound to the device's stream) and the algorithm cache.
+pub(crate) struct Dnn {
+    handle: sys::cudnnHandle_t,
+    choices: HashMap<AlgoKey, Candidate>,
+}
+
+// SAFETY: the handle is only used under the device's mutex, one thread at a time, as cuDNN
+// requires.
+unsafe impl Send for Dnn {}
+
+impl Drop for Dnn {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once.
+        let _ = unsafe { result::destroy_handle(self.handle) };
+    }
+}
+
+impl Dnn {
+    /// A handle on `stream` (the context must be current: it is, right after creation).
+    pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Dnn> {
+        stream.context().bind_to_thread().ctx("binding the CUDA context")?;
+        let handle = result::create_handle().ctx("cudnnCreate")?;
+        let dnn = Dnn { handle, choices: HashMap::new() };
+        // SAFETY: a live handle and the device's stream.
+        unsafe { result::set_stream(dnn.handle, stream.cu_stream() as sys::cudaStream_t) }.ctx("cudnnSetStream")?;
+        Ok(dnn)
+    }
+
+}
+
+/// The cuDNN library version, e.g. 91400 for 9.14.0.
+pub(crate) fn version() -> usize {
+    result::get_version()
+}
+
+struct TensorDesc(sys::cudnnTensorDescriptor_t);
+struct FilterDesc(sys::cudnnFilterDescriptor_t);
+struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
+
+impl Drop for TensorDesc {
+    fn drop(&mut self) {
+        // SAFETY: created once, destroyed once.
+        let _ = unsafe { result::destroy_tensor_descriptor(self.0) };
+    }
+}
+impl Drop for FilterDesc {
+    fn drop(&mut self) {
+        // SAFETY: created once, destroyed once.
+        let _ = unsafe { result::destroy_filter_descriptor(self.0) };
+    }
+}
+impl Drop for ConvDesc {
+    fn drop(&mut self) {
+        // SAFETY: created once, destroyed once.
+        let _ = unsafe { result::destroy_convolution_descriptor(self.0) };
+    }
+}
+
+fn int(v: usize) -> Result<c_int> {
+    c_int::try_from(v).map_err(|_| Error::bad_shape("conv2d", format!("extent {v} is beyond cuDNN's 32-bit range")))
+}
+
+fn tensor4d(dims: [usize; 4]) -> Result<TensorDesc> {
+    let d = TensorDesc(result::create_tensor_descriptor().ctx("cudnnCreateTensorDescriptor")?);
+    let dims = [int(dims[0])?, int(dims[1])?, int(dims[2])?, int(dims[3])?];
+    // SAFETY: a live descriptor.
+    unsafe {
+        result::set_tensor4d_descriptor(
+            d.0,
+            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+            sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            dims,
+        )
+    }
+    .ctx("cudnnSetTensor4dDescriptor")?;
+    Ok(d)
+}
+
+/// The four descriptors of one convolution.
+struct Descriptors {
+    x: TensorDesc,
+    w: FilterDesc,
+    y: TensorDesc,
+    conv: ConvDesc,
+}
+
+impl Descriptors {
+    fn new(s: &ConvSpec) -> Result<Descriptors> {
+        let x = tensor4d([s.n, s.c_in, s.h, s.w])?;
+        let y = tensor4d([s.n, s.c_out, s.out_h(), s.out_w()])?;
+        let w = FilterDesc(result::create_filter_descriptor().ctx("cudnnCreateFilterDescriptor")?);
+        let wd = [int(s.c_out)?, int(s.c_in)?, int(s.kh)?, int(s.kw)?];
+        // SAFETY: live descriptors.
+        unsafe {
+            result::set_filter4d_descriptor(
+                w.0,
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                wd,
+            )
+        }
+        .ctx("cudnnSetFilter4dDescriptor")?;
+        let conv = ConvDesc(result::create_convolution_descriptor().ctx("cudnnCreateConvolutionDescriptor")?);
+        let (p, st) = (int(s.pad)?, int(s.stride)?);
+        // SAFETY: a live descriptor.
+        unsafe {
+            result::set_convolution2d_descriptor(
+                conv.0,
+                p,
+                p,
+                st,
+                st,
+                1,
+                1,
+                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            )
+        }
+        .ctx("cudnnSetConvolution2dDescriptor")?;
+        Ok(Descriptors { x, w, y, conv })
+    }
+
+    fn set_math(&self, math: u32) -> Result<()> {
+        // SAFETY: a live descriptor.
+        unsafe { result::set_convolution_math_type(self.conv.0, math_type(math)) }.ctx("cudnnSetConvolutionMathType")
+    }
+}
+
+/// Device addresses of x, w and y (for the backward passes, dx = x, dw = w, dy = y).
+#[derive(Clone, Copy)]
+struct Operands {
+    x: u64,
+    w: u64,
+    y: u64,
+}
+
+fn ptr(p: u64) -> *mut c_void {
+    p as *mut c_void
+}
+
+/// The workspace `algo` needs, in bytes.
+fn workspace_size(h: sys::cudnnHandle_t, dir: Direction, d: &Descriptors, algo: u32) -> Result<usize> {
+    let bad = || cuda_error(dir.name(), format!("unknown algorithm {algo}"));
+    // SAFETY: live handle and descriptors.
+    unsafe {
+        match dir {
+            Direction::Forward => {
+                result::get_convolution_forward_workspace_size(h, d.x.0, d.w.0, d.conv.0, d.y.0, fwd_algo(algo).ok_or_else(bad)?)
+            }
+            Direction::BackwardData => result::get_convolution_backward_data_workspace_size(
+                h,
+                d.w.0,
+                d.y.0,
+                d.conv.0,
+                d.x.0,
+                bwd_data_algo(algo).ok_or_else(bad)?,
+            ),
+            Direction::BackwardFilter => result::get_convolution_backward_filter_workspace_size(
+                h,
+                d.x.0,
+                d.y.0,
+                d.conv.0,
+                d.w.0,
+                bwd_filter_algo(algo).ok_or_else(bad)?,
+            ),
+        }
+    }
+    .ctx(&format!("{} workspace size", dir.name()))
+}
+
+/// cuDNN's heuristic ranking (`*_v7`), no work on the device.
+fn heuristics(h: sys::cudnnHandle_t, dir: Direction, d: &Descriptors) -> Result<Vec<RawPerf>> {
+    let mut perfs = [RawPerf::default(); 8];
+    let mut n: c_int = 0;
+    let req = dir.algo_count() as c_int;
+    // SAFETY: `perfs` has room for `req` results of the shared layout (checked at compile time).
+    unsafe {
+        match dir {
+            Direction::Forward => {
+                result::get_convolution_forward_algorithm(h, d.x.0, d.w.0, d.conv.0, d.y.0, req, &mut n, perfs.as_mut_ptr().cast())
+            }
+            Direction::BackwardData => result::get_convolution_backward_data_algorithm(
+                h,
+                d.w.0,
+                d.y.0,
+                d.conv.0,
+                d.x.0,
+                req,
+                &mut n,
+                perfs.as_mut_ptr().cast(),
+            ),
+            Direction::BackwardFilter => result::get_convolution_backward_filter_algorithm(
+                h,
+                d.x.0,
+                d.y.0,
+                d.conv.0,
+                d.w.0,
+                req,
+                &mut n,
+                perfs.as_mut_ptr().cast(),
+            ),
+        }
+    }
+    .ctx(&format!("{} heuristics", dir.name()))?;
+    Ok(perfs[..(n.max(0) as usize).min(perfs.len())].to_vec())
+}
+
+/// Times every algorithm on the real buffers (`cudnnFind*AlgorithmEx`), with a workspace of
+/// at most `budget` bytes; writes garbage into the output buffer, which the real run
+/// overwrites.
+fn benchmark(dev: &CudaDevice, h: sys::cudnnHandle_t, dir: Direction, d: &Descriptors, o: Operands, budget: usize) -> Result<Vec<RawPerf>> {
+    // The largest workspace we can get, down to none.
+    let mut size = budget;
+    let ws = loop {
+        if size < (1 << 20) {
+            break None;
+        }
+        match dev.alloc(size / 4) {
+            Ok(b) => break Some(b),
+            Err(Error::OutOfMemory { .. }) => size /= 4,
+            Err(e) => return Err(e),
+        }
+    };
+    let (ws_ptr, ws_bytes) = match &ws {
+        Some(b) => (ptr(b.raw_ptr()), b.len() * 4),
+        None => (std::ptr::null_mut(), 0),
+    };
+    let mut perfs = [RawPerf::default(); 8];
+    let mut n: c_int = 0;
+    let req = dir.algo_count() as c_int;
+    // SAFETY: live handle and descriptors; the buffers match the descriptors (checked by the
+    // callers); `perfs` has room for `req` results of the shared layout.
+    unsafe {
+        match dir {
+            Direction::Forward => sys::cudnnFindConvolutionForwardAlgorithmEx(
+                h,
+                d.x.0,
+                ptr(o.x),
+                d.w.0,
+                ptr(o.w),
+                d.conv.0,
+                d.y.0,
+                ptr(o.y),
+                req,
+                &mut n,
+                perfs.as_mut_ptr().cast(),
+                ws_ptr,
+                ws_bytes,
+            ),
+            Direction::BackwardData => sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                h,
+                d.w.0,
+                ptr(o.w),
+                d.y.0,
+                ptr(o.y),
+                d.conv.0,
+                d.x.0,
+                ptr(o.x),
+                req,
+                &mut n,
+                perfs.as_mut_ptr().cast(),
+                ws_ptr,
+                ws_bytes,
+            ),
+            Direction::BackwardFilter => sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                h,
+                d.x.0,
+                ptr(o.x),
+                d.y.0,
+                ptr(o.y),
+                d.conv.0,
+                d.w.0,
+                ptr(o.w),
+                req,
+                &mut n,
+                perfs.as_mut_ptr().cast(),
+                ws_ptr,
+                ws_bytes,
+            ),
+        }
+    }
+    .result()
+    .ctx(&format!("{} algorithm search", dir.name()))?;
+    drop(ws);
+    let mut v = perfs[..(n.max(0) as usize).min(perfs.len())].to_vec();
+    v.retain(|p| p.memory <= ws_bytes);
+    Ok(v)
+}
+
+/// Runs one candidate. `Ok(false)` when its workspace does not fit the budget.
+fn execute(
+    dev: &CudaDevice,
+    h: sys::cudnnHandle_t,
+    dir: Direction,
+    d: &Descriptors,
+    o: Operands,
+    c: Candidate,
+    budget: usize,
+) -> Result<bool> {
+    d.set_math(c.math)?;
+    let need = workspace_size(h, dir, d, c.algo)?;
+    if need > budget {
+        return Ok(false);
+    }
+    let ws = if need > 0 {
+        match dev.alloc(need.div_ceil(4)) {
+            Ok(b) => Some(b),
+            Err(Error::OutOfMemory { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    let ws_ptr = ws.as_ref().map_or(std::ptr::null_mut(), |b| ptr(b.raw_ptr()));
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (a, b) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
+    let bad = || cuda_error(dir.name(), format!("unknown algorithm {}", c.algo));
+    // SAFETY: live handle and descriptors; buffers match the descriptors; the workspace holds
+    // `need` bytes; alpha and beta are f32 as cuDNN expects for float data.
+    unsafe {
+        match dir {
+            Direction::Forward => result::convolution_forward(
+                h,
+                a,
+                d.x.0,
+                ptr(o.x),
+                d.w.0,
+                ptr(o.w),
+                d.conv.0,
+                fwd_algo(c.algo).ok_or_else(bad)?,
+                ws_ptr,
+                need,
+                b,
+                d.y.0,
+                ptr(o.y),
+            ),
+            Direction::BackwardData => result::convolution_backward_data(
+                h,
+                a,
+                d.w.0,
+                ptr(o.w),
+                d.y.0,
+                ptr(o.y),
+                d.conv.0,
+                bwd_data_algo(c.algo).ok_or_else(bad)?,
+                ws_ptr,
+                need,
+                b,
+                d.x.0,
+                ptr(o.x),
+            ),
+            Direction::BackwardFilter => result::convolution_backward_filter(
+                h,
+                a,
+                d.x.0,
+                ptr(o.x),
+                d.y.0,
+                ptr(o.y),
+                d.conv.0,
+                bwd_filter_algo(c.algo).ok_or_else(bad)?,
+                ws_ptr,
+                need,
+                b,
+                d.w.0,
+                ptr(o.w),
+            ),
+        }
+    }
+    .ctx(&format!("{} (algorithm {}, math {})", dir.name(), c.algo, c.math))?;
+    // The workspace goes back to the pool now; the next user is queued after this call on
+    // the same stream.
+    drop(ws);
+    Ok(true)
+}
+
+/// Chooses (or recalls) an algorithm and runs one convolution.
+fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()> {
+    let _r = super::nvtx::range(dir.name());
+    let tf32 = crate::settings::allow_tf32();
+    let deterministic = crate::settings::deterministic();
+    let bench = cudnn_benchmark() && !deterministic;
+    let key = AlgoKey { spec: *s, dir, tf32, deterministic, benchmark: bench };
+    let base_math = if tf32 { MATH_DEFAULT } else { MATH_FMA };
+    dev.bind()?;
+    let mut dnn = dev.dnn();
+    let h = dnn.handle;
+    let d = Descriptors::new(s)?;
+    let budget = dev.workspace_budget(MAX_WORKSPACE);
+    if let Some(c) = dnn.choices.get(&key).copied() {
+        if let Ok(true) = execute(dev, h, dir, &d, o, c, budget) {
+            return Ok(());
+        }
+        dnn.choices.remove(&key);
+    }
+    d.set_math(base_math)?;
+    // The timed search first (when on); if it fails or leaves nothing usable (it needs memory
+    // too), cuDNN's heuristics.
+    let mut candidates = Vec::new();
+    if bench {
+        if let Ok(p) = benchmark(dev, h, dir, &d, o, budget) {
+            candidates = usable(dir, &p, tf32, deterministic);
+        }
+    }
+    if candidates.is_empty() {
+        d.set_math(base_math)?;
+        candidates = usable(dir, &heuristics(h, dir, &d)?, tf32, deterministic);
+    }
+    let mut last_err = None;
+    for c in candidates {
+        match execute(dev, h, dir, &d, o, c, budget) {
+            Ok(true) => {
+                dnn.choices.insert(key, c);
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        cuda_error(
+            dir.name(),
+            format!(
+                "no usable cuDNN algorithm for {s:?} (deterministic: {deterministic}, TF32: {tf32}, workspace budget {budget} bytes)"
+            ),
+        )
+    }))
+}
+
+fn check(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::bad_shape(op, format!("{what} has {got} elements, expected {want}")));
+    }
+    Ok(())
+}
+
+/// Checks a spec cuDNN will accept; `Ok(false)` when some extent is zero (empty result).
+fn check_spec(op: &'static str, s: &ConvSpec) -> Result<bool> {
+    if s.stride == 0 || s.h + 2 * s.pad < s.kh || s.w + 2 * s.pad < s.kw {
+        return Err(Error::bad_shape(op, format!("{s:?}: the kernel does not fit the padded input, or stride 0")));
+    }
+    Ok(s.n > 0 && s.c_in > 0 && s.c_out > 0 && s.kh > 0 && s.kw > 0)
+}
+
+fn same(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
+    if a.device().same_device(b.device()) {
+        Ok(())
+    } else {
+        Err(cuda_error(op, "operands on different CUDA devices"))
+    }
+}
+
+/// Forward convolution, no bias: `y [n, c_out, out_h, out_w]` from `x [n, c_in, h, w]` and
+/// `w [c_out, c_in, kh, kw]`.
+pub fn conv2d(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
+    let op = "conv2d";
+    let nonempty = check_spec(op, s)?;
+    check(op, "input", x.len(), s.n * s.c_in * s.h * s.w)?;
+    check(op, "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
+    same(op, x, w)?;
+    let out_len = s.n * s.c_out * s.out_h() * s.out_w();
+    if !nonempty {
+        return x.device().zeros(out_len);
+    }
+    let y = x.device().alloc(out_len)?;
+    run(x.device(), Direction::Forward, s, Operands { x: x.raw_ptr(), w: w.raw_ptr(), y: y.raw_ptr() })?;
+    Ok(y)
+}
+
+/// Gradient with respect to the input: `dx [n, c_in, h, w]` from `dy` and `w`.
+pub fn conv2d_backward_input(dy: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
+    let op = "conv2d_backward_input";
+    let nonempty = check_spec(op, s)?;
+    check(op, "dy", dy.len(), s.n * s.c_out * s.out_h() * s.out_w())?;
+    check(op, "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
+    same(op, dy, w)?;
+    let out_len = s.n * s.c_in * s.h * s.w;
+    if !nonempty {
+        return dy.device().zeros(out_len);
+    }
+    let dx = dy.device().alloc(out_len)?;
+    run(dy.device(), Direction::BackwardData, s, Operands { x: dx.raw_ptr(), w: w.raw_ptr(), y: dy.raw_ptr() })?;
+    Ok(dx)
+}
+
+/// Gradient with respect to the weights: `dw [c_out, c_in, kh, kw]` from `x` and `dy`.
+pub fn conv2d_backward_weight(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
+    let op = "conv2d_backward_weight";
+    let nonempty = check_spec(op, s)?;
+    check(op, "input", x.len(), s.n * s.c_in * s.h * s.w)?;
+    check(op, "dy", dy.len(), s.n * s.c_out * s.out_h() * s.out_w())?;
+    same(op, x, dy)?;
+    let out_len = s.c_out * s.c_in * s.kh * s.kw;
+    if !nonempty {
+        return x.device().zeros(out_len);
+    }
+    let dw = x.device().alloc(out_len)?;
+    run(x.device(), Direction::BackwardFilter, s, Operands { x: x.raw_ptr(), w: dw.raw_ptr(), y: dy.raw_ptr() })?;
+    Ok(dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn perf(algo: u32, status: u32, det: u32, math: u32) -> RawPerf {
+        RawPerf { algo, status, determinism: det, math_type: math, ..Default::default() }
+    }
+
+    #[test]
+    fn deterministic_mode_drops_atomic_algorithms() {
+        let perfs = [perf(0, 0, 0, 3), perf(0, 0, 1, 3), perf(1, 0, 1, 3), perf(3, 0, 1, 3)];
+        let c = usable(Direction::BackwardFilter, &perfs, false, true);
+        assert_eq!(c, vec![Candidate { algo: 1, math: MATH_FMA }]);
+        let c = usable(Direction::BackwardFilter, &perfs, false, false);
+        assert_eq!(c.iter().map(|c| c.algo).collect::<Vec<_>>(), vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn fp32_mode_never_runs_tensor_op_math() {
+        let perfs = [perf(1, 0, 1, 1), perf(1, 0, 1, 3), perf(0, 0, 1, 0), perf(6, 9, 1, 3), perf(42, 0, 1, 3)];
+        let c = usable(Direction::Forward, &perfs, false, false);
+        assert_eq!(c, vec![Candidate { algo: 1, math: MATH_FMA }, Candidate { algo: 0, math: MATH_FMA }]);
+        let c = usable(Direction::Forward, &perfs, true, false);
+        assert_eq!(c[0], Candidate { algo: 1, math: 1 });
+    }
+
+    #[test]
+    fn bad_specs_are_errors_not_panics() {
+        let s = ConvSpec { n: 1, c_in: 1, h: 2, w: 2, c_out: 1, kh: 5, kw: 5, stride: 1, pad: 0 };
+        assert!(check_spec("conv2d", &s).is_err());
+        let s = ConvSpec { stride: 0, kh: 1, kw: 1, ..s };
+        assert!(check_spec("conv2d", &s).is_err());
+    }
+}

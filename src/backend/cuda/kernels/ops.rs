@@ -1,0 +1,1168 @@
+//! Launch wrappers for the hand-written PTX kernels: one free function per
+//! [`BackendStorage`](crate::backend::BackendStorage) method (same name, the storage first),
+//! plus fused extras for the MLP ([`bias_relu_forward`], [`bias_relu_backward`]) and the
+//! optimiser ([`adam_step_multi`]).
+//!
+//! Every wrapper checks lengths the way the CPU backend does (`backend::cpu`), refuses buffers
+//! of 2^31 elements or more (the kernels index with u32), and launches on the device's one
+//! stream. Launch shapes are documented per function and must match the header comment of the
+//! kernel's `.ptx` file. Scratch buffers for f64 partial sums come from the device's pool (a
+//! buffer of `2 k` f32 holds `k` f64; pool blocks are whole driver allocations, so 8-byte
+//! alignment holds); small integer tables (points, labels, orders) are copied into pool
+//! buffers as raw u32/u64 bits.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::entry;
+use crate::backend::cuda::error::CudaResultExt;
+use crate::backend::cuda::{nvtx, CudaDevice, CudaStorage};
+use crate::backend::*;
+use crate::error::{Error, Result};
+
+/// Threads per block of the 1-D and reduction kernels.
+const BLOCK: u32 = 256;
+/// Cap on the blocks of a 1-D grid-stride launch.
+const MAX_GRID_1D: u32 = 65535;
+/// Cap on gridDim.y (the kernels loop over y by gridDim.y beyond it).
+const MAX_GRID_Y: u32 = 65535;
+/// Blocks of the first pass of sum_all / softmax cross-entropy (fixed, so sums are reproducible).
+const MAX_SUM_BLOCKS: u32 = 1024;
+/// Elements one block reduces in the per-channel partial kernels (batch norm, reduce_to_mid).
+const PLANE_CHUNK: u32 = 2048;
+/// Elements of one tensor one block of the multi-tensor Adam updates.
+const ADAM_CHUNK: u32 = 16384;
+/// Largest element count any kernel indexes (u32 indices, grid-stride steps that never wrap).
+const MAX_ELEMS: usize = i32::MAX as usize;
+
+// ---- helpers -------------------------------------------------------------------------------
+
+/// Launches `$entry` on `$dev`'s stream with `$cfg` and the given arguments, in order.
+/// Scalar arguments must be references to locals (the launch reads them through pointers).
+macro_rules! launch {
+    ($dev:expr, $entry:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let func = $dev.function($entry)?;
+        let stream = $dev.stream();
+        let mut builder = stream.launch_builder(&func);
+        $( builder.arg($arg); )+
+        // SAFETY: the argument list matches the kernel's .param list (see its .ptx header),
+        // buffers are live for the launch (stream-ordered pool) and sized by the checks above.
+        unsafe { builder.launch($cfg) }.ctx($entry).map(|_| ())
+    }};
+}
+
+fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::bad_shape(op, format!("{what} has {got} elements, expected {want}")));
+    }
+    Ok(())
+}
+
+/// `n` as a kernel element count (< 2^31).
+fn count(op: &'static str, n: usize) -> Result<u32> {
+    if n > MAX_ELEMS {
+        return Err(Error::bad_shape(op, format!("{n} elements: the CUDA kernels take at most {MAX_ELEMS}")));
+    }
+    Ok(n as u32)
+}
+
+fn same_device(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
+    if !a.device().same_device(b.device()) {
+        return Err(Error::DeviceMismatch {
+            op,
+            lhs: format!("cuda:{}", a.device().ordinal()),
+            rhs: format!("cuda:{}", b.device().ordinal()),
+        });
+    }
+    Ok(())
+}
+
+fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// A 1-D grid-stride launch over `n > 0` elements: block 256, up to 65535 blocks.
+fn grid_1d(n: u32) -> LaunchConfig {
+    cfg((n.div_ceil(BLOCK).clamp(1, MAX_GRID_1D), 1, 1), BLOCK)
+}
+
+/// Threads for a kernel whose block covers `n` items along x: a multiple of 32, at most 256.
+fn block_for(n: u32) -> u32 {
+    n.clamp(1, BLOCK).next_multiple_of(32)
+}
+
+/// A pool buffer holding `k` f64 (as `2 k` f32).
+fn scratch_f64(dev: &CudaDevice, k: usize) -> Result<CudaStorage> {
+    let s = dev.alloc(2 * k.max(1))?;
+    if s.raw_ptr() % 8 != 0 {
+        return Err(crate::backend::cuda::error::cuda_error("scratch buffer", "pool block is not 8-byte aligned"));
+    }
+    Ok(s)
+}
+
+/// A pool buffer holding a copy of `data` as raw u32 bits.
+fn upload_u32(dev: &CudaDevice, data: &[u32]) -> Result<CudaStorage> {
+    let mut s = dev.alloc(data.len().max(1))?;
+    if !data.is_empty() {
+        // SAFETY: the buffer holds at least data.len() 4-byte elements.
+        let mut view = unsafe { s.slice_mut().transmute_mut::<u32>(data.len()) }
+            .ok_or_else(|| crate::backend::cuda::error::cuda_error("upload u32", "buffer too small"))?;
+        dev.stream().memcpy_htod(data, &mut view).ctx("upload (host to device copy)")?;
+    }
+    Ok(s)
+}
+
+/// A pool buffer holding a copy of `data` as raw u64 bits.
+fn upload_u64(dev: &CudaDevice, data: &[u64]) -> Result<CudaStorage> {
+    let mut s = scratch_f64(dev, data.len())?;
+    if !data.is_empty() {
+        // SAFETY: the buffer holds at least data.len() 8-byte elements, 8-byte aligned.
+        let mut view = unsafe { s.slice_mut().transmute_mut::<u64>(data.len()) }
+            .ok_or_else(|| crate::backend::cuda::error::cuda_error("upload u64", "buffer too small"))?;
+        dev.stream().memcpy_htod(data, &mut view).ctx("upload (host to device copy)")?;
+    }
+    Ok(s)
+}
+
+/// The integer threshold a hash is compared with for a keep probability (as
+/// `cpu::elementwise::keep_threshold`).
+fn keep_threshold(keep: f32) -> u64 {
+    ((keep as f64) * 4294967296.0) as u64
+}
+
+// ---- fill and elementwise --------------------------------------------------------------------
+
+/// `x[i] = value`. Kernel `fill_f32`, 1-D grid (block 256).
+pub fn fill(x: &mut CudaStorage, value: f32) -> Result<()> {
+    let _r = nvtx::range("fill");
+    let n = count("fill", x.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let dev = x.device().clone();
+    launch!(dev, entry::FILL_F32, grid_1d(n), x.slice_mut(), &n, &value)
+}
+
+/// Elementwise unary map. Kernels `{neg,sqr,sqrt,exp,log,relu}_f32`, 1-D grid (block 256).
+pub fn unary(x: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
+    let _r = nvtx::range("unary");
+    let n = count("unary", x.len())?;
+    let dev = x.device().clone();
+    let mut out = dev.alloc(x.len())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let k = match op {
+        UnaryOp::Neg => entry::NEG_F32,
+        UnaryOp::Sqr => entry::SQR_F32,
+        UnaryOp::Sqrt => entry::SQRT_F32,
+        UnaryOp::Exp => entry::EXP_F32,
+        UnaryOp::Log => entry::LOG_F32,
+        UnaryOp::Relu => entry::RELU_F32,
+    };
+    launch!(dev, k, grid_1d(n), out.slice_mut(), x.slice(), &n)?;
+    Ok(out)
+}
+
+/// `x * mul + add`. Kernel `affine_f32`, 1-D grid.
+pub fn affine(x: &CudaStorage, mul: f32, add: f32) -> Result<CudaStorage> {
+    let _r = nvtx::range("affine");
+    let n = count("affine", x.len())?;
+    let dev = x.device().clone();
+    let mut out = dev.alloc(x.len())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    launch!(dev, entry::AFFINE_F32, grid_1d(n), out.slice_mut(), x.slice(), &n, &mul, &add)?;
+    Ok(out)
+}
+
+/// Elementwise binary map of two equal-length buffers. Kernels `{add,sub,mul,div}_f32`.
+pub fn binary(x: &CudaStorage, rhs: &CudaStorage, op: BinaryOp) -> Result<CudaStorage> {
+    let _r = nvtx::range("binary");
+    check_len("binary", "rhs", rhs.len(), x.len())?;
+    same_device("binary", x, rhs)?;
+    let n = count("binary", x.len())?;
+    let dev = x.device().clone();
+    let mut out = dev.alloc(x.len())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let k = match op {
+        BinaryOp::Add => entry::ADD_F32,
+        BinaryOp::Sub => entry::SUB_F32,
+        BinaryOp::Mul => entry::MUL_F32,
+        BinaryOp::Div => entry::DIV_F32,
+    };
+    launch!(dev, k, grid_1d(n), out.slice_mut(), x.slice(), rhs.slice(), &n)?;
+    Ok(out)
+}
+
+/// `grad * (y > 0)` with `y` the ReLU output. Kernel `relu_backward_f32` (a = y, b = grad).
+pub fn relu_backward(y: &CudaStorage, grad: &CudaStorage) -> Result<CudaStorage> {
+    let _r = nvtx::range("relu_backward");
+    check_len("relu_backward", "grad", grad.len(), y.len())?;
+    same_device("relu_backward", y, grad)?;
+    let n = count("relu_backward", y.len())?;
+    let dev = y.device().clone();
+    let mut out = dev.alloc(y.len())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    launch!(dev, entry::RELU_BACKWARD_F32, grid_1d(n), out.slice_mut(), y.slice(), grad.slice(), &n)?;
+    Ok(out)
+}
+
+/// `x += alpha * rhs`, in place. Kernel `add_scaled_assign_f32`, 1-D grid.
+pub fn add_scaled_assign(x: &mut CudaStorage, rhs: &CudaStorage, alpha: f32) -> Result<()> {
+    let _r = nvtx::range("add_scaled_assign");
+    check_len("add_scaled_assign", "rhs", rhs.len(), x.len())?;
+    same_device("add_scaled_assign", x, rhs)?;
+    let n = count("add_scaled_assign", x.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let dev = x.device().clone();
+    launch!(dev, entry::ADD_SCALED_ASSIGN_F32, grid_1d(n), x.slice_mut(), rhs.slice(), &n, &alpha)
+}
+
+/// The sum of all elements (f64 accumulation), as a one-element buffer. Kernels
+/// `sum_partial_f32` (grid G = min(ceil(n/256), 1024), block 256) then `sum_final_f64`
+/// (grid 1, block 256). Deterministic.
+pub fn sum_all(x: &CudaStorage) -> Result<CudaStorage> {
+    let _r = nvtx::range("sum_all");
+    let n = count("sum_all", x.len())?;
+    let dev = x.device().clone();
+    if n == 0 {
+        return dev.zeros(1);
+    }
+    let g = n.div_ceil(BLOCK).clamp(1, MAX_SUM_BLOCKS);
+    let mut partial = scratch_f64(&dev, g as usize)?;
+    launch!(dev, entry::SUM_PARTIAL_F32, cfg((g, 1, 1), BLOCK), partial.slice_mut(), x.slice(), &n)?;
+    let mut out = dev.alloc(1)?;
+    let scale = 1.0f64;
+    launch!(dev, entry::SUM_FINAL_F64, cfg((1, 1, 1), BLOCK), out.slice_mut(), partial.slice(), &g, &scale)?;
+    Ok(out)
+}
+
+// ---- broadcasts and reductions along the middle axis -----------------------------------------
+
+fn broadcast(op: &'static str, k: &'static str, x: &CudaStorage, v: &CudaStorage, s: BroadcastSpec) -> Result<CudaStorage> {
+    let _r = nvtx::range(op);
+    check_len(op, "input", x.len(), s.outer * s.mid * s.inner)?;
+    check_len(op, "vector", v.len(), s.mid)?;
+    same_device(op, x, v)?;
+    let n = count(op, x.len())?;
+    let dev = x.device().clone();
+    let mut out = dev.alloc(x.len())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let (mid, inner) = (s.mid as u32, s.inner as u32);
+    launch!(dev, k, grid_1d(n), out.slice_mut(), x.slice(), v.slice(), &n, &mid, &inner)?;
+    Ok(out)
+}
+
+/// `out[o, m, i] = x[o, m, i] + v[m]`. Kernel `broadcast_add_f32`, 1-D grid.
+pub fn broadcast_add(x: &CudaStorage, v: &CudaStorage, s: BroadcastSpec) -> Result<CudaStorage> {
+    broadcast("broadcast_add", entry::BROADCAST_ADD_F32, x, v, s)
+}
+
+/// `out[o, m, i] = x[o, m, i] * v[m]`. Kernel `broadcast_mul_f32`, 1-D grid.
+pub fn broadcast_mul(x: &CudaStorage, v: &CudaStorage, s: BroadcastSpec) -> Result<CudaStorage> {
+    broadcast("broadcast_mul", entry::BROADCAST_MUL_F32, x, v, s)
+}
+
+/// Column sums of `x [rows, cols]` (f64, deterministic) into `out [cols]`:
+/// `reduce_cols_partial_f32` on grid (ceil(cols/256), chunks), then `reduce_cols_final_f64`.
+fn column_sums(dev: &CudaDevice, out: &mut CudaStorage, x: &CudaStorage, rows: u32, cols: u32) -> Result<()> {
+    let (chunks, rpc) = row_chunks(rows, cols);
+    let mut partial = scratch_f64(dev, chunks as usize * cols as usize)?;
+    let colblocks = cols.div_ceil(BLOCK);
+    launch!(
+        dev,
+        entry::REDUCE_COLS_PARTIAL_F32,
+        cfg((colblocks, chunks, 1), BLOCK),
+        partial.slice_mut(),
+        x.slice(),
+        &rows,
+        &cols,
+        &rpc
+    )?;
+    launch!(
+        dev,
+        entry::REDUCE_COLS_FINAL_F64,
+        cfg((colblocks.min(MAX_GRID_1D), 1, 1), BLOCK),
+        out.slice_mut(),
+        partial.slice(),
+        &cols,
+        &chunks
+    )
+}
+
+/// How to cut `rows` into chunks for a column reduction: (chunks, rows per chunk), aiming at
+/// about 1024 blocks in all, chunks <= 65535.
+fn row_chunks(rows: u32, cols: u32) -> (u32, u32) {
+    let colblocks = cols.div_ceil(BLOCK).max(1);
+    let want = (1024 / colblocks).max(1);
+    let chunks0 = want.min(rows).clamp(1, MAX_GRID_Y);
+    let rpc = rows.div_ceil(chunks0).max(1);
+    (rows.div_ceil(rpc).max(1), rpc)
+}
+
+/// `out[m] = sum over o, i of x[o, m, i]` (f64, deterministic). inner == 1: the column
+/// reduction above; inner > 1: `reduce_mid_partial_f32` on grid (outer * nchunk, min(mid, 65535))
+/// with nchunk = ceil(inner / 2048), block min(256, inner rounded up to 32), then
+/// `reduce_cols_final_f64` over the [outer * nchunk, mid] partials.
+pub fn reduce_to_mid(x: &CudaStorage, s: BroadcastSpec) -> Result<CudaStorage> {
+    let _r = nvtx::range("reduce_to_mid");
+    check_len("reduce_to_mid", "input", x.len(), s.outer * s.mid * s.inner)?;
+    count("reduce_to_mid", x.len())?;
+    let dev = x.device().clone();
+    if s.mid == 0 {
+        return dev.alloc(0);
+    }
+    if s.outer == 0 || s.inner == 0 {
+        return dev.zeros(s.mid);
+    }
+    let mut out = dev.alloc(s.mid)?;
+    let (outer, mid, inner) = (s.outer as u32, s.mid as u32, s.inner as u32);
+    if inner == 1 {
+        column_sums(&dev, &mut out, x, outer, mid)?;
+        return Ok(out);
+    }
+    let nchunk = inner.div_ceil(PLANE_CHUNK);
+    let pieces = count("reduce_to_mid", outer as usize * nchunk as usize)?;
+    count("reduce_to_mid", pieces as usize * mid as usize)?;
+    let mut partial = scratch_f64(&dev, pieces as usize * mid as usize)?;
+    let block = block_for(inner.min(PLANE_CHUNK));
+    let chunk = PLANE_CHUNK;
+    launch!(
+        dev,
+        entry::REDUCE_MID_PARTIAL_F32,
+        cfg((pieces, mid.min(MAX_GRID_Y), 1), block),
+        partial.slice_mut(),
+        x.slice(),
+        &outer,
+        &mid,
+        &inner,
+        &chunk,
+        &nchunk
+    )?;
+    launch!(
+        dev,
+        entry::REDUCE_COLS_FINAL_F64,
+        cfg((mid.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK),
+        out.slice_mut(),
+        partial.slice(),
+        &mid,
+        &pieces
+    )?;
+    Ok(out)
+}
+
+// ---- data movement -------------------------------------------------------------------------
+
+/// Copies `c.outer` blocks of `c.block` elements from `src` into `dst`. Kernel
+/// `copy_blocks_f32`, 1-D grid over outer * block elements.
+pub fn copy_blocks_into(src: &CudaStorage, dst: &mut CudaStorage, c: BlockCopy) -> Result<()> {
+    let _r = nvtx::range("copy_blocks");
+    same_device("copy", src, dst)?;
+    if c.outer == 0 || c.block == 0 {
+        return Ok(());
+    }
+    let src_end = c.src_offset + (c.outer - 1) * c.src_stride + c.block;
+    let dst_end = c.dst_offset + (c.outer - 1) * c.dst_stride + c.block;
+    if src_end > src.len() || dst_end > dst.len() {
+        return Err(Error::bad_shape("copy", format!("{c:?} out of bounds")));
+    }
+    count("copy", src.len())?;
+    count("copy", dst.len())?;
+    let total = count("copy", c.outer * c.block)?;
+    let (block, ss, so, ds, dof) =
+        (c.block as u32, c.src_stride as u32, c.src_offset as u32, c.dst_stride as u32, c.dst_offset as u32);
+    let dev = src.device().clone();
+    launch!(dev, entry::COPY_BLOCKS_F32, grid_1d(total), dst.slice_mut(), src.slice(), &total, &block, &ss, &so, &ds, &dof)
+}
+
+// ---- batch norm ----------------------------------------------------------------------------
+
+/// The per-channel work split of the batch-norm partial kernels: (nchunk, pieces P, block).
+fn bn_split(op: &'static str, d: Nchw) -> Result<(u32, u32, u32)> {
+    let hw = count(op, d.h * d.w)?;
+    let nchunk = hw.div_ceil(PLANE_CHUNK);
+    let pieces = count(op, d.n * nchunk as usize)?;
+    count(op, pieces as usize * d.c)?;
+    Ok((nchunk, pieces, block_for(hw.min(PLANE_CHUNK))))
+}
+
+/// The launch of the per-plane kernels (normalise, dx): grid (ceil(HW/B) capped, planes capped).
+fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
+    let block = block_for(hw);
+    cfg((hw.div_ceil(block).clamp(1, MAX_GRID_1D), planes.clamp(1, MAX_GRID_Y), 1), block)
+}
+
+/// Training-mode batch norm over `[n, c, h, w]`. Kernels: `bn_stats_partial_f32`
+/// (grid (N * nchunk, min(C, 65535)), block min(256, HW rounded up to 32), nchunk =
+/// ceil(HW / 2048)), `bn_stats_final_f32` (grid ceil(C/256), block 256), `bn_normalize_f32`
+/// (grid (ceil(HW/B), min(N*C, 65535)), block B = min(256, HW rounded up to 32)).
+pub fn batch_norm_train(
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    d: Nchw,
+    eps: f32,
+) -> Result<BatchNormForward<CudaStorage>> {
+    let _r = nvtx::range("batch_norm");
+    check_len("batch_norm", "input", x.len(), d.len())?;
+    check_len("batch_norm", "gamma", gamma.len(), d.c)?;
+    check_len("batch_norm", "beta", beta.len(), d.c)?;
+    same_device("batch_norm", x, gamma)?;
+    same_device("batch_norm", x, beta)?;
+    count("batch_norm", x.len())?;
+    let dev = x.device().clone();
+    let mut y = dev.alloc(x.len())?;
+    let mut mean = dev.alloc(d.c)?;
+    let mut invstd = dev.alloc(d.c)?;
+    let mut var_unbiased = dev.alloc(d.c)?;
+    if d.c == 0 {
+        return Ok(BatchNormForward { y, mean, invstd, var_unbiased });
+    }
+    if d.n * d.h * d.w == 0 {
+        // No sample: the CPU's statistics are 0/0.
+        for s in [&mut mean, &mut invstd, &mut var_unbiased] {
+            fill(s, f32::NAN)?;
+        }
+        return Ok(BatchNormForward { y, mean, invstd, var_unbiased });
+    }
+    let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
+    let planes = count("batch_norm", d.n * d.c)?;
+    let (nchunk, pieces, block) = bn_split("batch_norm", d)?;
+    let chunk = PLANE_CHUNK;
+    let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
+    launch!(
+        dev,
+        entry::BN_STATS_PARTIAL_F32,
+        cfg((pieces, c.min(MAX_GRID_Y), 1), block),
+        partial.slice_mut(),
+        x.slice(),
+        &c,
+        &hw,
+        &chunk,
+        &nchunk
+    )?;
+    let count_f = (d.n * d.h * d.w) as f64;
+    launch!(
+        dev,
+        entry::BN_STATS_FINAL_F32,
+        cfg((c.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK),
+        mean.slice_mut(),
+        invstd.slice_mut(),
+        var_unbiased.slice_mut(),
+        partial.slice(),
+        x.slice(),
+        &c,
+        &hw,
+        &pieces,
+        &count_f,
+        &eps
+    )?;
+    launch!(
+        dev,
+        entry::BN_NORMALIZE_F32,
+        plane_cfg(hw, planes),
+        y.slice_mut(),
+        x.slice(),
+        mean.slice(),
+        invstd.slice(),
+        gamma.slice(),
+        beta.slice(),
+        &c,
+        &hw,
+        &planes
+    )?;
+    Ok(BatchNormForward { y, mean, invstd, var_unbiased })
+}
+
+/// Backward of [`batch_norm_train`]. Kernels: `bn_bwd_partial_f32` (grid as the stats),
+/// `bn_bwd_final_f32` (grid ceil(C/256), block 256; writes dgamma, dbeta and an f64
+/// coefficient table [C, 8]), `bn_bwd_dx_f32` (grid as the normalisation).
+pub fn batch_norm_backward(
+    x: &CudaStorage,
+    dy: &CudaStorage,
+    gamma: &CudaStorage,
+    mean: &CudaStorage,
+    invstd: &CudaStorage,
+    d: Nchw,
+) -> Result<BatchNormBackward<CudaStorage>> {
+    let _r = nvtx::range("batch_norm_backward");
+    check_len("batch_norm_backward", "input", x.len(), d.len())?;
+    check_len("batch_norm_backward", "dy", dy.len(), d.len())?;
+    check_len("batch_norm_backward", "gamma", gamma.len(), d.c)?;
+    check_len("batch_norm_backward", "mean", mean.len(), d.c)?;
+    check_len("batch_norm_backward", "invstd", invstd.len(), d.c)?;
+    for o in [dy, gamma, mean, invstd] {
+        same_device("batch_norm_backward", x, o)?;
+    }
+    count("batch_norm_backward", x.len())?;
+    let dev = x.device().clone();
+    let mut dx = dev.alloc(x.len())?;
+    if d.c == 0 {
+        return Ok(BatchNormBackward { dx, dgamma: dev.alloc(0)?, dbeta: dev.alloc(0)? });
+    }
+    if d.n * d.h * d.w == 0 {
+        return Ok(BatchNormBackward { dx, dgamma: dev.zeros(d.c)?, dbeta: dev.zeros(d.c)? });
+    }
+    let mut dgamma = dev.alloc(d.c)?;
+    let mut dbeta = dev.alloc(d.c)?;
+    let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
+    let planes = count("batch_norm_backward", d.n * d.c)?;
+    let (nchunk, pieces, block) = bn_split("batch_norm_backward", d)?;
+    let chunk = PLANE_CHUNK;
+    let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
+    let mut coef = scratch_f64(&dev, d.c * 8)?;
+    launch!(
+        dev,
+        entry::BN_BWD_PARTIAL_F32,
+        cfg((pieces, c.min(MAX_GRID_Y), 1), block),
+        partial.slice_mut(),
+        x.slice(),
+        dy.slice(),
+        mean.slice(),
+        &c,
+        &hw,
+        &chunk,
+        &nchunk
+    )?;
+    let count_f = (d.n * d.h * d.w) as f64;
+    launch!(
+        dev,
+        entry::BN_BWD_FINAL_F32,
+        cfg((c.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK),
+        dgamma.slice_mut(),
+        dbeta.slice_mut(),
+        coef.slice_mut(),
+        partial.slice(),
+        mean.slice(),
+        invstd.slice(),
+        gamma.slice(),
+        &c,
+        &pieces,
+        &count_f
+    )?;
+    launch!(
+        dev,
+        entry::BN_BWD_DX_F32,
+        plane_cfg(hw, planes),
+        dx.slice_mut(),
+        x.slice(),
+        dy.slice(),
+        coef.slice(),
+        &c,
+        &hw,
+        &planes,
+        &count_f
+    )?;
+    Ok(BatchNormBackward { dx, dgamma, dbeta })
+}
+
+// ---- pooling ---------------------------------------------------------------------------------
+
+/// 2x2 max pooling, stride 2, floor mode. Kernel `max_pool2x2_f32`, one thread per output,
+/// 1-D grid.
+pub fn max_pool2x2(x: &CudaStorage, d: Nchw) -> Result<CudaStorage> {
+    let _r = nvtx::range("max_pool2x2");
+    check_len("max_pool2x2", "input", x.len(), d.len())?;
+    count("max_pool2x2", x.len())?;
+    let (oh, ow) = (d.h / 2, d.w / 2);
+    let dev = x.device().clone();
+    let total = count("max_pool2x2", d.n * d.c * oh * ow)?;
+    let mut y = dev.alloc(total as usize)?;
+    if total == 0 {
+        return Ok(y);
+    }
+    let (h, w, oh, ow) = (d.h as u32, d.w as u32, oh as u32, ow as u32);
+    launch!(dev, entry::MAX_POOL2X2_F32, grid_1d(total), y.slice_mut(), x.slice(), &total, &h, &w, &oh, &ow)?;
+    Ok(y)
+}
+
+/// Gradient of 2x2 max pooling (first maximum in row-major order). Kernel
+/// `max_pool2x2_backward_f32`, one thread per window, 1-D grid; dx is zero-filled first only
+/// when h or w is odd (otherwise the windows cover it).
+pub fn max_pool2x2_backward(x: &CudaStorage, dy: &CudaStorage, d: Nchw) -> Result<CudaStorage> {
+    let _r = nvtx::range("max_pool2x2_backward");
+    check_len("max_pool2x2_backward", "input", x.len(), d.len())?;
+    check_len("max_pool2x2_backward", "dy", dy.len(), d.n * d.c * (d.h / 2) * (d.w / 2))?;
+    same_device("max_pool2x2_backward", x, dy)?;
+    count("max_pool2x2_backward", x.len())?;
+    let (oh, ow) = (d.h / 2, d.w / 2);
+    let dev = x.device().clone();
+    let total = count("max_pool2x2_backward", d.n * d.c * oh * ow)?;
+    let mut dx = if total == 0 || d.h % 2 == 1 || d.w % 2 == 1 { dev.zeros(x.len())? } else { dev.alloc(x.len())? };
+    if total == 0 {
+        return Ok(dx);
+    }
+    let (h, w, oh, ow) = (d.h as u32, d.w as u32, oh as u32, ow as u32);
+    launch!(
+        dev,
+        entry::MAX_POOL2X2_BACKWARD_F32,
+        grid_1d(total),
+        dx.slice_mut(),
+        x.slice(),
+        dy.slice(),
+        &total,
+        &h,
+        &w,
+        &oh,
+        &ow
+    )?;
+    Ok(dx)
+}
+
+// ---- bilinear resampling -----------------------------------------------------------------------
+
+/// Bilinear upsampling (align_corners = false). Kernel `upsample_bilinear_f32`, one thread per
+/// output, 1-D grid; scale = in / out as f32, computed here exactly as `Lerp::new` does.
+pub fn upsample_bilinear(x: &CudaStorage, d: Nchw, out_h: usize, out_w: usize) -> Result<CudaStorage> {
+    let _r = nvtx::range("upsample_bilinear");
+    check_len("upsample_bilinear", "input", x.len(), d.len())?;
+    count("upsample_bilinear", x.len())?;
+    let dev = x.device().clone();
+    let total = count("upsample_bilinear", d.n * d.c * out_h * out_w)?;
+    let mut y = dev.alloc(total as usize)?;
+    if total == 0 {
+        return Ok(y);
+    }
+    if d.h == 0 || d.w == 0 {
+        return Err(Error::bad_shape("upsample_bilinear", format!("cannot upsample an empty {}x{} map", d.h, d.w)));
+    }
+    let (h, w, oh, ow) = (d.h as u32, d.w as u32, out_h as u32, out_w as u32);
+    let scale_h = d.h as f32 / out_h as f32;
+    let scale_w = d.w as f32 / out_w as f32;
+    launch!(
+        dev,
+        entry::UPSAMPLE_BILINEAR_F32,
+        grid_1d(total),
+        y.slice_mut(),
+        x.slice(),
+        &total,
+        &h,
+        &w,
+        &oh,
+        &ow,
+        &scale_h,
+        &scale_w
+    )?;
+    Ok(y)
+}
+
+/// Gradient of [`upsample_bilinear`], `dy` being `[n, c, out_h, out_w]`: a deterministic
+/// gather in two separable passes of `upsample_bwd_axis_f32` (1-D grids): along x into a
+/// `[n*c, out_h, w]` temporary, then along y into dx.
+pub fn upsample_bilinear_backward(dy: &CudaStorage, d: Nchw, out_h: usize, out_w: usize) -> Result<CudaStorage> {
+    let _r = nvtx::range("upsample_bilinear_backward");
+    check_len("upsample_bilinear_backward", "dy", dy.len(), d.n * d.c * out_h * out_w)?;
+    count("upsample_bilinear_backward", dy.len())?;
+    let dev = dy.device().clone();
+    let planes = d.n * d.c;
+    let total_dx = count("upsample_bilinear_backward", d.len())?;
+    if total_dx == 0 || out_h * out_w == 0 {
+        return dev.zeros(d.len());
+    }
+    let total_tmp = count("upsample_bilinear_backward", planes * out_h * d.w)?;
+    let mut tmp = dev.alloc(total_tmp as usize)?;
+    let mut dx = dev.alloc(d.len())?;
+    let (h, w, oh, ow) = (d.h as u32, d.w as u32, out_h as u32, out_w as u32);
+    // Pass 1, along x: src [planes*out_h, out_w] -> tmp [planes*out_h, w].
+    let (inner1, scale1, ratio1) = (1u32, d.w as f32 / out_w as f32, out_w as f32 / d.w as f32);
+    launch!(
+        dev,
+        entry::UPSAMPLE_BWD_AXIS_F32,
+        grid_1d(total_tmp),
+        tmp.slice_mut(),
+        dy.slice(),
+        &total_tmp,
+        &w,
+        &ow,
+        &inner1,
+        &scale1,
+        &ratio1
+    )?;
+    // Pass 2, along y: tmp [planes, out_h, w] -> dx [planes, h, w].
+    let (scale2, ratio2) = (d.h as f32 / out_h as f32, out_h as f32 / d.h as f32);
+    launch!(
+        dev,
+        entry::UPSAMPLE_BWD_AXIS_F32,
+        grid_1d(total_dx),
+        dx.slice_mut(),
+        tmp.slice(),
+        &total_dx,
+        &h,
+        &oh,
+        &w,
+        &scale2,
+        &ratio2
+    )?;
+    Ok(dx)
+}
+
+// ---- sparse hypercolumn gather -----------------------------------------------------------------
+
+/// Checks tap lengths and point coordinates against a gather spec (as
+/// `cpu::resample::check_gather`).
+fn check_gather(tap_lens: &[usize], points: &[SamplePoint], g: &GatherSpec) -> Result<()> {
+    if tap_lens.len() != g.taps.len() {
+        return Err(Error::bad_shape("gather", format!("{} taps given, spec has {}", tap_lens.len(), g.taps.len())));
+    }
+    for (i, (&len, &(c, h, w))) in tap_lens.iter().zip(&g.taps).enumerate() {
+        if len != g.n * c * h * w || h == 0 || w == 0 {
+            return Err(Error::bad_shape("gather", format!("tap {i} has {len} elements, expected {}x{c}x{h}x{w}", g.n)));
+        }
+    }
+    check_points(points, g)
+}
+
+fn check_points(points: &[SamplePoint], g: &GatherSpec) -> Result<()> {
+    if let Some(p) = points.iter().find(|p| p.image as usize >= g.n || p.y as usize >= g.in_h || p.x as usize >= g.in_w) {
+        return Err(Error::bad_shape(
+            "gather",
+            format!("point {p:?} outside a batch of {} images of {}x{}", g.n, g.in_h, g.in_w),
+        ));
+    }
+    Ok(())
+}
+
+/// The points as u32 triples (image, y, x).
+fn points_u32(points: &[SamplePoint]) -> Vec<u32> {
+    points.iter().flat_map(|p| [p.image, p.y, p.x]).collect()
+}
+
+/// Per-tap launch geometry shared by the gather kernels.
+struct TapGeom {
+    col_off: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    scale_h: f32,
+    scale_w: f32,
+}
+
+fn tap_geoms(g: &GatherSpec) -> Result<Vec<TapGeom>> {
+    let mut col = 0usize;
+    let mut out = Vec::with_capacity(g.taps.len());
+    for &(c, h, w) in &g.taps {
+        count("gather", g.n * c * h * w)?;
+        out.push(TapGeom {
+            col_off: col as u32,
+            c: c as u32,
+            h: h as u32,
+            w: w as u32,
+            // As Lerp::new(y, h, in_h): h as f32 / in_h as f32.
+            scale_h: h as f32 / g.in_h as f32,
+            scale_w: w as f32 / g.in_w as f32,
+        });
+        col += c;
+    }
+    Ok(out)
+}
+
+/// Sparse hypercolumn gather: `[points, total_channels]`. Kernel `gather_fwd_f32`, one launch
+/// per tap: grid (ceil(c/B), min(P, 65535)), block B = min(256, c rounded up to 32); thread =
+/// (point, channel), consecutive threads write consecutive columns.
+pub fn gather_hypercolumns(taps: &[&CudaStorage], points: &[SamplePoint], g: &GatherSpec) -> Result<CudaStorage> {
+    let _r = nvtx::range("gather_hypercolumns");
+    let Some(first) = taps.first() else {
+        return Err(Error::bad_shape("gather", "no taps"));
+    };
+    let lens: Vec<usize> = taps.iter().map(|t| t.len()).collect();
+    check_gather(&lens, points, g)?;
+    for t in taps {
+        same_device("gather", first, t)?;
+    }
+    let dev = first.device().clone();
+    let ctot = g.total_channels();
+    let total = count("gather", points.len() * ctot)?;
+    let mut out = dev.alloc(total as usize)?;
+    if total == 0 {
+        return Ok(out);
+    }
+    let pts = upload_u32(&dev, &points_u32(points))?;
+    let (np, ctot) = (points.len() as u32, ctot as u32);
+    for (tap, t) in taps.iter().zip(tap_geoms(g)?) {
+        if t.c == 0 {
+            continue;
+        }
+        let block = block_for(t.c);
+        launch!(
+            dev,
+            entry::GATHER_FWD_F32,
+            cfg((t.c.div_ceil(block), np.min(MAX_GRID_Y), 1), block),
+            out.slice_mut(),
+            tap.slice(),
+            pts.slice(),
+            &np,
+            &ctot,
+            &t.col_off,
+            &t.c,
+            &t.h,
+            &t.w,
+            &t.scale_h,
+            &t.scale_w
+        )?;
+    }
+    Ok(out)
+}
+
+/// Scatter of the gathered gradient back into one zero-initialised gradient per tap.
+/// `deterministic == false`: `gather_bwd_atomic_f32` (red.global.add.f32), grid as the forward.
+/// `deterministic == true`: `gather_bwd_det_f32`, bit-exact with the CPU: the point indices are
+/// stably sorted by image on the host; grid (ceil(c/B), min(n, 65535)), block B =
+/// min(256, c rounded up to 32), one thread per (image, channel) plane.
+pub fn gather_hypercolumns_backward(
+    grad: &CudaStorage,
+    points: &[SamplePoint],
+    g: &GatherSpec,
+    deterministic: bool,
+) -> Result<Vec<CudaStorage>> {
+    let _r = nvtx::range(if deterministic { "gather_backward_deterministic" } else { "gather_backward" });
+    check_len("gather_backward", "grad", grad.len(), points.len() * g.total_channels())?;
+    check_points(points, g)?;
+    count("gather_backward", grad.len())?;
+    let dev = grad.device().clone();
+    let geoms = tap_geoms(g)?;
+    let mut outs = Vec::with_capacity(g.taps.len());
+    for &(c, h, w) in &g.taps {
+        outs.push(dev.zeros(g.n * c * h * w)?);
+    }
+    if points.is_empty() || g.n == 0 {
+        return Ok(outs);
+    }
+    let pts = upload_u32(&dev, &points_u32(points))?;
+    let (np, ctot, n) = (points.len() as u32, g.total_channels() as u32, g.n as u32);
+    if deterministic {
+        // Point indices grouped by image, each group in the original order.
+        let mut starts = vec![0u32; g.n + 1];
+        for p in points {
+            starts[p.image as usize + 1] += 1;
+        }
+        for i in 0..g.n {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill_at = starts.clone();
+        let mut order = vec![0u32; points.len()];
+        for (i, p) in points.iter().enumerate() {
+            let slot = &mut fill_at[p.image as usize];
+            order[*slot as usize] = i as u32;
+            *slot += 1;
+        }
+        let order_d = upload_u32(&dev, &order)?;
+        let starts_d = upload_u32(&dev, &starts)?;
+        for (dtap, t) in outs.iter_mut().zip(&geoms) {
+            if t.c == 0 || t.h * t.w == 0 {
+                continue;
+            }
+            let block = block_for(t.c);
+            launch!(
+                dev,
+                entry::GATHER_BWD_DET_F32,
+                cfg((t.c.div_ceil(block), n.min(MAX_GRID_Y), 1), block),
+                dtap.slice_mut(),
+                grad.slice(),
+                pts.slice(),
+                order_d.slice(),
+                starts_d.slice(),
+                &n,
+                &ctot,
+                &t.col_off,
+                &t.c,
+                &t.h,
+                &t.w,
+                &t.scale_h,
+                &t.scale_w
+            )?;
+        }
+    } else {
+        for (dtap, t) in outs.iter_mut().zip(&geoms) {
+            if t.c == 0 || t.h * t.w == 0 {
+                continue;
+            }
+            let block = block_for(t.c);
+            launch!(
+                dev,
+                entry::GATHER_BWD_ATOMIC_F32,
+                cfg((t.c.div_ceil(block), np.min(MAX_GRID_Y), 1), block),
+                dtap.slice_mut(),
+                grad.slice(),
+                pts.slice(),
+                &np,
+                &ctot,
+                &t.col_off,
+                &t.c,
+                &t.h,
+                &t.w,
+                &t.scale_h,
+                &t.scale_w
+            )?;
+        }
+    }
+    Ok(outs)
+}
+
+// ---- loss --------------------------------------------------------------------------------------
+
+/// As `cpu::loss::check_softmax_xent`.
+fn check_softmax_xent(len: usize, labels: &[u32], classes: usize, weights: Option<&[f32]>) -> Result<()> {
+    if classes == 0 || len != labels.len() * classes {
+        return Err(Error::bad_shape(
+            "softmax_cross_entropy",
+            format!("{len} logits for {} labels of {classes} classes", labels.len()),
+        ));
+    }
+    if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(Error::InvalidValue { name: "label", msg: format!("{l} is not below the {classes} classes") });
+    }
+    if let Some(w) = weights {
+        if w.len() != classes {
+            return Err(Error::bad_shape("softmax_cross_entropy", format!("{} class weights for {classes} classes", w.len())));
+        }
+    }
+    Ok(())
+}
+
+/// Softmax cross-entropy with its gradient, fused: kernel `softmax_xent_f32` (grid
+/// G = min(ceil(rows/256), 1024), block 256, one thread per row) writes the gradient and per-block
+/// f64 loss sums; `sum_final_f64` (grid 1, block 256, scale = 1 / sum of weights) gives the
+/// loss. Returns (loss [1], dlogits [rows, classes]).
+pub fn softmax_cross_entropy(
+    logits: &CudaStorage,
+    labels: &[u32],
+    classes: usize,
+    class_weights: Option<&[f32]>,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let _r = nvtx::range("softmax_cross_entropy");
+    check_softmax_xent(logits.len(), labels, classes, class_weights)?;
+    count("softmax_cross_entropy", logits.len())?;
+    let dev = logits.device().clone();
+    let rows = labels.len();
+    let mut grad = dev.alloc(logits.len())?;
+    if rows == 0 {
+        return Ok((dev.zeros(1)?, grad));
+    }
+    let wt = |y: u32| class_weights.map_or(1.0, |w| w[y as usize]);
+    let norm: f64 = labels.iter().map(|&y| wt(y) as f64).sum();
+    let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+    let weights = match class_weights {
+        Some(w) => dev.upload(w)?,
+        None => dev.upload(&vec![1.0f32; classes])?,
+    };
+    let labels_d = upload_u32(&dev, labels)?;
+    let (rows32, k) = (rows as u32, classes as u32);
+    let g = rows32.div_ceil(BLOCK).clamp(1, MAX_SUM_BLOCKS);
+    let mut partial = scratch_f64(&dev, g as usize)?;
+    launch!(
+        dev,
+        entry::SOFTMAX_XENT_F32,
+        cfg((g, 1, 1), BLOCK),
+        grad.slice_mut(),
+        partial.slice_mut(),
+        logits.slice(),
+        labels_d.slice(),
+        weights.slice(),
+        &rows32,
+        &k,
+        &inv
+    )?;
+    let mut loss = dev.alloc(1)?;
+    launch!(dev, entry::SUM_FINAL_F64, cfg((1, 1, 1), BLOCK), loss.slice_mut(), partial.slice(), &g, &inv)?;
+    Ok((loss, grad))
+}
+
+// ---- MLP pieces (not in the backend contract) --------------------------------------------------
+
+/// `y = max(y + b[col], 0)` in place on `y [rows, cols]`. Kernel `bias_relu_fwd_f32`, 1-D grid.
+pub fn bias_relu_forward(y: &mut CudaStorage, b: &CudaStorage, rows: usize, cols: usize) -> Result<()> {
+    let _r = nvtx::range("bias_relu_forward");
+    check_len("bias_relu_forward", "input", y.len(), rows * cols)?;
+    check_len("bias_relu_forward", "bias", b.len(), cols)?;
+    same_device("bias_relu_forward", y, b)?;
+    let n = count("bias_relu_forward", y.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let cols = cols as u32;
+    let dev = y.device().clone();
+    launch!(dev, entry::BIAS_RELU_FWD_F32, grid_1d(n), y.slice_mut(), b.slice(), &n, &cols)
+}
+
+/// Backward of [`bias_relu_forward`] given its output `y` and the incoming gradient `dy`:
+/// returns (dz = dy * (y > 0), db = column sums of dz). Kernels `bias_relu_bwd_partial_f32`
+/// (grid (ceil(cols/256), chunks), block 256) and `reduce_cols_final_f64`.
+pub fn bias_relu_backward(
+    y: &CudaStorage,
+    dy: &CudaStorage,
+    rows: usize,
+    cols: usize,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let _r = nvtx::range("bias_relu_backward");
+    check_len("bias_relu_backward", "output", y.len(), rows * cols)?;
+    check_len("bias_relu_backward", "dy", dy.len(), rows * cols)?;
+    same_device("bias_relu_backward", y, dy)?;
+    count("bias_relu_backward", y.len())?;
+    let dev = y.device().clone();
+    let mut dz = dev.alloc(y.len())?;
+    if cols == 0 {
+        return Ok((dz, dev.alloc(0)?));
+    }
+    if rows == 0 {
+        return Ok((dz, dev.zeros(cols)?));
+    }
+    let mut db = dev.alloc(cols)?;
+    let (rows, cols) = (rows as u32, cols as u32);
+    let (chunks, rpc) = row_chunks(rows, cols);
+    let mut partial = scratch_f64(&dev, chunks as usize * cols as usize)?;
+    let colblocks = cols.div_ceil(BLOCK);
+    launch!(
+        dev,
+        entry::BIAS_RELU_BWD_PARTIAL_F32,
+        cfg((colblocks, chunks, 1), BLOCK),
+        dz.slice_mut(),
+        partial.slice_mut(),
+        dy.slice(),
+        y.slice(),
+        &rows,
+        &cols,
+        &rpc
+    )?;
+    launch!(
+        dev,
+        entry::REDUCE_COLS_FINAL_F64,
+        cfg((colblocks.min(MAX_GRID_1D), 1, 1), BLOCK),
+        db.slice_mut(),
+        partial.slice(),
+        &cols,
+        &chunks
+    )?;
+    Ok((dz, db))
+}
+
+// ---- regularisation and optimiser -------------------------------------------------------------
+
+/// A dropout mask of `len` elements: `1/keep` where `hash_u32(seed, i) < keep * 2^32`, else 0.
+/// Kernel `dropout_mask_f32`, 1-D grid.
+pub fn dropout_mask(like: &CudaStorage, len: usize, keep: f32, seed: u32) -> Result<CudaStorage> {
+    let _r = nvtx::range("dropout_mask");
+    let n = count("dropout_mask", len)?;
+    let dev = like.device().clone();
+    let mut out = dev.alloc(len)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let threshold = keep_threshold(keep);
+    let scale = 1.0f32 / keep;
+    launch!(dev, entry::DROPOUT_MASK_F32, grid_1d(n), out.slice_mut(), &n, &seed, &threshold, &scale)?;
+    Ok(out)
+}
+
+/// One Adam step on one parameter buffer. Kernel `adam_f32`, 1-D grid.
+pub fn adam_step(
+    p: &mut CudaStorage,
+    grad: &CudaStorage,
+    m: &mut CudaStorage,
+    v: &mut CudaStorage,
+    h: &AdamStep,
+) -> Result<()> {
+    let _r = nvtx::range("adam_step");
+    check_len("adam", "grad", grad.len(), p.len())?;
+    check_len("adam", "m", m.len(), p.len())?;
+    check_len("adam", "v", v.len(), p.len())?;
+    same_device("adam", p, grad)?;
+    same_device("adam", p, m)?;
+    same_device("adam", p, v)?;
+    let n = count("adam", p.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let dev = p.device().clone();
+    launch!(
+        dev,
+        entry::ADAM_F32,
+        grid_1d(n),
+        p.slice_mut(),
+        grad.slice(),
+        m.slice_mut(),
+        v.slice_mut(),
+        &n,
+        &h.lr,
+        &h.beta1,
+        &h.beta2,
+        &h.eps,
+        &h.weight_decay,
+        &h.bias_correction1,
+        &h.bias_correction2
+    )
+}
+
+/// One parameter buffer of a multi-tensor Adam step.
+pub struct AdamGroup<'a> {
+    pub p: &'a mut CudaStorage,
+    pub grad: &'a CudaStorage,
+    pub m: &'a mut CudaStorage,
+    pub v: &'a mut CudaStorage,
+}
+
+/// One Adam step on many parameter buffers in a single launch (same hyper-parameters).
+/// Kernel `adam_multi_f32`: a table of (p, g, m, v, n) per tensor and a (tensor, chunk) pair
+/// per block, uploaded here; grid (number of 16384-element chunks over all tensors), block 256.
+pub fn adam_step_multi(groups: &mut [AdamGroup<'_>], h: &AdamStep) -> Result<()> {
+    let _r = nvtx::range("adam_step_multi");
+    let Some(first) = groups.first() else {
+        return Ok(());
+    };
+    let dev = first.p.device().clone();
+    let mut table: Vec<u64> = Vec::with_capacity(groups.len() * 5);
+    let mut blocks: Vec<u32> = Vec::new();
+    for (t, gr) in groups.iter().enumerate() {
+        let n = gr.p.len();
+        check_len("adam", "grad", gr.grad.len(), n)?;
+        check_len("adam", "m", gr.m.len(), n)?;
+        check_len("adam", "v", gr.v.len(), n)?;
+        for o in [&*gr.p, gr.grad, &*gr.m, &*gr.v] {
+            if !o.device().same_device(&dev) {
+                return Err(Error::DeviceMismatch {
+                    op: "adam",
+                    lhs: format!("cuda:{}", dev.ordinal()),
+                    rhs: format!("cuda:{}", o.device().ordinal()),
+                });
+            }
+        }
+        let n32 = count("adam", n)?;
+        table.extend([gr.p.raw_ptr(), gr.grad.raw_ptr(), gr.m.raw_ptr(), gr.v.raw_ptr(), n as u64]);
+        for c in 0..n32.div_ceil(ADAM_CHUNK) {
+            blocks.extend([t as u32, c]);
+        }
+    }
+    let nblocks = count("adam", blocks.len() / 2)?;
+    if nblocks == 0 {
+        return Ok(());
+    }
+    if nblocks > i32::MAX as u32 {
+        return Err(Error::bad_shape("adam", "too many blocks"));
+    }
+    let table_d = upload_u64(&dev, &table)?;
+    let blocks_d = upload_u32(&dev, &blocks)?;
+    let chunk = ADAM_CHUNK;
+    launch!(
+        dev,
+        entry::ADAM_MULTI_F32,
+        cfg((nblocks, 1, 1), BLOCK),
+        table_d.slice(),
+        blocks_d.slice(),
+        &chunk,
+        &h.lr,
+        &h.beta1,
+        &h.beta2,
+        &h.eps,
+        &h.weight_decay,
+        &h.bias_correction1,
+        &h.bias_correction2
+    )
+}
