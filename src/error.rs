@@ -45,6 +45,9 @@ pub enum Error {
     /// The device allocator would exceed its cap.
     #[error("out of device memory: a request of {requested} bytes would exceed the cap of {cap} bytes ({in_use} in use); lower the batch size, the sampled pixels or the tile size, or raise --mem-limit")]
     OutOfMemory { requested: usize, cap: usize, in_use: usize },
+    /// Training produced a loss or gradient that is not finite.
+    #[error("training diverged: the loss became {value} at step {step} (epoch {epoch}); the last good checkpoint is kept; lower the learning rate or check the data")]
+    Diverged { step: u64, epoch: usize, value: f32 },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

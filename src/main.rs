@@ -1,5 +1,16 @@
-//! The `hyperseg-engine` command line.
+//! The `hyperseg-engine` command line: train, eval, predict, score, bench, info.
+//!
+//! Every failure is printed as one sentence naming the file or value at fault, with a
+//! non-zero exit code; user mistakes never show a panic trace.
+
+mod cli;
+
+use clap::Parser;
 
 fn main() {
-    println!("hyperseg-engine {}", env!("CARGO_PKG_VERSION"));
+    let args = cli::Cli::parse();
+    if let Err(e) = cli::run(args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

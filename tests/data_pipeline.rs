@@ -155,9 +155,9 @@ fn discovers_official_isic_layout() {
 #[test]
 fn discovers_the_bundled_sample() {
     let train = Dataset::discover(sample_dir("train")).unwrap();
-    assert_eq!(train.len(), 16);
+    assert_eq!(train.len(), 160);
     let val = Dataset::discover(sample_dir("val")).unwrap();
-    assert_eq!(val.len(), 6);
+    assert_eq!(val.len(), 30);
     let d = decode_sample(&val.samples()[0], 224).unwrap(); // ISIC_0001852, 512x342
     assert_eq!((d.rgb.len(), d.mask.len()), (224 * 224 * 3, 224 * 224));
     let lesion = d.mask.iter().filter(|&&v| v == 1).count();

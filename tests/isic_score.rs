@@ -372,7 +372,7 @@ fn empty_truth_folder_is_an_error() {
 fn bundled_sample_scores_perfectly_against_itself() {
     let val = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sample/val");
     let r = score_dirs(val.join("masks"), &val).unwrap();
-    assert_eq!(r.n_images, 6);
+    assert_eq!(r.n_images, 30);
     for v in [
         r.jaccard,
         r.threshold_jaccard,

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod infer;
 pub mod loader;
 pub mod output;
+pub mod overlay;
 
 pub use augment::{Augment, AugmentParams};
 pub use batch::Batch;

@@ -1,7 +1,8 @@
 //! 2-D convolutions through cuDNN (legacy convolution API, NCHW, f32): forward, backward
 //! data (the input gradient) and backward filter (the weight gradient).
 //!
-//! Algorithm choice, once per (shape, direction, TF32, deterministic, benchmark) and cached:
+//! Algorithm choice, once per (shape, direction, TF32, deterministic, benchmark) and cached
+//! with its descriptors and workspace size (a repeated convolution is one cuDNN call):
 //! - default ("benchmark", like PyTorch's `cudnn.benchmark`): `cudnnFind*AlgorithmEx` times
 //!   every algorithm on the real buffers with a workspace bounded by the memory budget;
 //! - deterministic mode ([`crate::settings::deterministic`]), or benchmark off
@@ -213,7 +214,15 @@ fn usable(dir: Direction, perfs: &[RawPerf], tf32: bool, deterministic: bool) ->
 /// The cuDNN handle (bound to the device's stream) and the algorithm cache.
 pub(crate) struct Dnn {
     handle: sys::cudnnHandle_t,
-    choices: HashMap<AlgoKey, Candidate>,
+    plans: HashMap<AlgoKey, Plan>,
+}
+
+/// A chosen algorithm with its descriptors (math type already set) and workspace size, so
+/// that a repeated convolution makes no cuDNN call but the convolution itself.
+struct Plan {
+    desc: Descriptors,
+    cand: Candidate,
+    workspace: usize,
 }
 
 // SAFETY: the handle is only used under the device's mutex, one thread at a time, as cuDNN
@@ -232,7 +241,7 @@ impl Dnn {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Dnn> {
         stream.context().bind_to_thread().ctx("binding the CUDA context")?;
         let handle = result::create_handle().ctx("cudnnCreate")?;
-        let dnn = Dnn { handle, choices: HashMap::new() };
+        let dnn = Dnn { handle, plans: HashMap::new() };
         // SAFETY: a live handle and the device's stream.
         unsafe { result::set_stream(dnn.handle, stream.cu_stream() as sys::cudaStream_t) }.ctx("cudnnSetStream")?;
         Ok(dnn)
@@ -499,21 +508,25 @@ fn benchmark(dev: &CudaDevice, h: sys::cudnnHandle_t, dir: Direction, d: &Descri
     Ok(v)
 }
 
-/// Runs one candidate. `Ok(false)` when its workspace does not fit the budget.
-fn execute(
+/// Sets a candidate's math type and returns its workspace size, `None` when that does not
+/// fit the budget.
+fn prepare(h: sys::cudnnHandle_t, dir: Direction, d: &Descriptors, c: Candidate, budget: usize) -> Result<Option<usize>> {
+    d.set_math(c.math)?;
+    let need = workspace_size(h, dir, d, c.algo)?;
+    Ok((need <= budget).then_some(need))
+}
+
+/// Runs one prepared candidate with a workspace of `need` bytes. `Ok(false)` when the
+/// workspace cannot be allocated.
+fn launch(
     dev: &CudaDevice,
     h: sys::cudnnHandle_t,
     dir: Direction,
     d: &Descriptors,
     o: Operands,
     c: Candidate,
-    budget: usize,
+    need: usize,
 ) -> Result<bool> {
-    d.set_math(c.math)?;
-    let need = workspace_size(h, dir, d, c.algo)?;
-    if need > budget {
-        return Ok(false);
-    }
     let ws = if need > 0 {
         match dev.alloc(need.div_ceil(4)) {
             Ok(b) => Some(b),
@@ -579,8 +592,8 @@ fn execute(
         }
     }
     .ctx(&format!("{} (algorithm {}, math {})", dir.name(), c.algo, c.math))?;
-    // The workspace goes back to the pool now; the next user is queued after this call on
-    // the same stream.
+    // The workspace goes back to the pool now; its next user is queued after this call on the
+    // same stream.
     drop(ws);
     Ok(true)
 }
@@ -596,14 +609,17 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()
     dev.bind()?;
     let mut dnn = dev.dnn();
     let h = dnn.handle;
-    let d = Descriptors::new(s)?;
     let budget = dev.workspace_budget(MAX_WORKSPACE);
-    if let Some(c) = dnn.choices.get(&key).copied() {
-        if let Ok(true) = execute(dev, h, dir, &d, o, c, budget) {
-            return Ok(());
+    if let Some(p) = dnn.plans.get(&key) {
+        if p.workspace <= budget {
+            if let Ok(true) = launch(dev, h, dir, &p.desc, o, p.cand, p.workspace) {
+                return Ok(());
+            }
         }
-        dnn.choices.remove(&key);
+        // Out of room (or failed): choose again under today's budget.
+        dnn.plans.remove(&key);
     }
+    let d = Descriptors::new(s)?;
     d.set_math(base_math)?;
     // The timed search first (when on); if it fails or leaves nothing usable (it needs memory
     // too), cuDNN's heuristics.
@@ -619,9 +635,17 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()
     }
     let mut last_err = None;
     for c in candidates {
-        match execute(dev, h, dir, &d, o, c, budget) {
+        let need = match prepare(h, dir, &d, c, budget) {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        match launch(dev, h, dir, &d, o, c, need) {
             Ok(true) => {
-                dnn.choices.insert(key, c);
+                dnn.plans.insert(key, Plan { desc: d, cand: c, workspace: need });
                 return Ok(());
             }
             Ok(false) => {}

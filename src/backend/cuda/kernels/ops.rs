@@ -12,6 +12,7 @@
 //! buffers as raw u32/u64 bits.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
 
 use super::entry;
 use crate::backend::cuda::error::CudaResultExt;
@@ -812,11 +813,98 @@ pub fn gather_hypercolumns(taps: &[&CudaStorage], points: &[SamplePoint], g: &Ga
     Ok(out)
 }
 
+/// `Lerp::new(dst, len, out_len)` of `cpu::resample`, operation by operation in f32 (Rust never
+/// contracts into fma), so the host reproduces the CPU's indices and weights bit for bit:
+/// (i0, i1, w0, w1).
+fn lerp(dst: u32, len: usize, out_len: usize) -> (usize, usize, f32, f32) {
+    let scale = len as f32 / out_len as f32;
+    let src = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+    let i0 = (src as usize).min(len - 1);
+    let i1 = if i0 + 1 < len { i0 + 1 } else { i0 };
+    let w1 = src - i0 as f32;
+    (i0, i1, 1.0 - w1, w1)
+}
+
+/// The contributions of the points to one tap of `h x w` as CSR over the touched locations:
+/// (locs: image, offset pairs; starts: L + 1 entries; entries: point index, weight bits pairs),
+/// each location's entries in (point, corner) order, as `cpu::resample::gather_backward` adds
+/// them.
+fn tap_csr(points: &[SamplePoint], h: usize, w: usize, in_h: usize, in_w: usize) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    // One key per contribution: (image * hw + offset) << 32 | (point * 4 + corner). Sorting the
+    // keys groups the locations and keeps each location's contributions in (point, corner)
+    // order. Locations fit 31 bits (a tap has < 2^31 elements) and the sequence numbers 32
+    // (the wrapper checks points.len() < 2^30).
+    let hw = (h * w) as u64;
+    let mut keys: Vec<u64> = Vec::with_capacity(points.len() * 4);
+    let mut weights: Vec<f32> = Vec::with_capacity(points.len() * 4);
+    for (pi, p) in points.iter().enumerate() {
+        let (a0, a1, aw0, aw1) = lerp(p.y, h, in_h);
+        let (b0, b1, bw0, bw1) = lerp(p.x, w, in_w);
+        let corners = [(a0 * w + b0, aw0 * bw0), (a0 * w + b1, aw0 * bw1), (a1 * w + b0, aw1 * bw0), (a1 * w + b1, aw1 * bw1)];
+        for (k, (o, wt)) in corners.into_iter().enumerate() {
+            let loc = p.image as u64 * hw + o as u64;
+            keys.push(loc << 32 | (pi * 4 + k) as u64);
+            weights.push(wt);
+        }
+    }
+    // The keys are generated in (point, corner) order, so a stable sort on the location bits
+    // alone suffices: an LSD radix sort, 11 bits a pass (one or two passes for the model's taps).
+    let loc_bits = 64 - ((hw * (max_image(points) + 1)).max(2) - 1).leading_zeros();
+    radix_sort_high(&mut keys, loc_bits);
+    let mut locs = Vec::new();
+    let mut starts = Vec::new();
+    let mut entries = Vec::with_capacity(keys.len() * 2);
+    let mut prev = u64::MAX;
+    for (i, &key) in keys.iter().enumerate() {
+        let (loc, seq) = (key >> 32, (key & 0xFFFF_FFFF) as usize);
+        if loc != prev {
+            locs.extend([(loc / hw) as u32, (loc % hw) as u32]);
+            starts.push(i as u32);
+            prev = loc;
+        }
+        entries.extend([(seq / 4) as u32, weights[seq].to_bits()]);
+    }
+    starts.push(keys.len() as u32);
+    (locs, starts, entries)
+}
+
+/// The largest image index of the points (0 when there are none).
+fn max_image(points: &[SamplePoint]) -> u64 {
+    points.iter().map(|p| p.image as u64).max().unwrap_or(0)
+}
+
+/// Stable LSD radix sort of `keys` by their bits `32 .. 32 + bits` (the low 32 bits ride along
+/// in their original order).
+fn radix_sort_high(keys: &mut Vec<u64>, bits: u32) {
+    const DIGIT: u32 = 11;
+    const BUCKETS: usize = 1 << DIGIT;
+    let mut tmp = vec![0u64; keys.len()];
+    let mut shift = 32;
+    while shift < 32 + bits {
+        let mut at = [0usize; BUCKETS + 1];
+        for &k in keys.iter() {
+            at[((k >> shift) as usize & (BUCKETS - 1)) + 1] += 1;
+        }
+        for i in 0..BUCKETS {
+            at[i + 1] += at[i];
+        }
+        for &k in keys.iter() {
+            let b = (k >> shift) as usize & (BUCKETS - 1);
+            tmp[at[b]] = k;
+            at[b] += 1;
+        }
+        std::mem::swap(keys, &mut tmp);
+        shift += DIGIT;
+    }
+}
+
 /// Scatter of the gathered gradient back into one zero-initialised gradient per tap.
 /// `deterministic == false`: `gather_bwd_atomic_f32` (red.global.add.f32), grid as the forward.
-/// `deterministic == true`: `gather_bwd_det_f32`, bit-exact with the CPU: the point indices are
-/// stably sorted by image on the host; grid (ceil(c/B), min(n, 65535)), block B =
-/// min(256, c rounded up to 32), one thread per (image, channel) plane.
+/// `deterministic == true`: `gather_bwd_csr_f32`, no atomics, bit-exact with the CPU: the host
+/// lists each tap's touched locations and their ordered (point, weight) contributions
+/// ([`tap_csr`], the CPU's f32 lerp), uploaded once for all taps; grid (ceil(c/B),
+/// min(locations, 65535)), block B = min(256, c rounded up to 32), one thread per
+/// (location, channel) summing in a register and writing once.
 pub fn gather_hypercolumns_backward(
     grad: &CudaStorage,
     points: &[SamplePoint],
@@ -827,6 +915,9 @@ pub fn gather_hypercolumns_backward(
     check_len("gather_backward", "grad", grad.len(), points.len() * g.total_channels())?;
     check_points(points, g)?;
     count("gather_backward", grad.len())?;
+    if points.len() >= 1 << 30 {
+        return Err(Error::bad_shape("gather_backward", format!("{} points: at most 2^30", points.len())));
+    }
     let dev = grad.device().clone();
     let geoms = tap_geoms(g)?;
     let mut outs = Vec::with_capacity(g.taps.len());
@@ -836,51 +927,60 @@ pub fn gather_hypercolumns_backward(
     if points.is_empty() || g.n == 0 {
         return Ok(outs);
     }
-    let pts = upload_u32(&dev, &points_u32(points))?;
-    let (np, ctot, n) = (points.len() as u32, g.total_channels() as u32, g.n as u32);
+    let ctot = g.total_channels() as u32;
     if deterministic {
-        // Point indices grouped by image, each group in the original order.
-        let mut starts = vec![0u32; g.n + 1];
-        for p in points {
-            starts[p.image as usize + 1] += 1;
+        // One upload for every tap's CSR (built in parallel); each tap's three arrays are
+        // addressed inside it, each starting at an even index (8-byte aligned: the kernel reads
+        // locs and entries as u32 pairs; pool blocks are 256-byte aligned).
+        let csrs: Vec<_> = g.taps.par_iter().map(|&(_, h, w)| tap_csr(points, h, w, g.in_h, g.in_w)).collect();
+        let mut table: Vec<u32> = Vec::new();
+        let mut parts = Vec::with_capacity(geoms.len());
+        let push_even = |table: &mut Vec<u32>, part: &[u32]| {
+            let at = table.len();
+            table.extend_from_slice(part);
+            if table.len() % 2 == 1 {
+                table.push(0);
+            }
+            at
+        };
+        for (locs, starts, entries) in &csrs {
+            let n_locs = (starts.len() - 1) as u32;
+            let l_at = push_even(&mut table, locs);
+            let s_at = push_even(&mut table, starts);
+            let e_at = push_even(&mut table, entries);
+            parts.push((n_locs, l_at, s_at, e_at));
         }
-        for i in 0..g.n {
-            starts[i + 1] += starts[i];
-        }
-        let mut fill_at = starts.clone();
-        let mut order = vec![0u32; points.len()];
-        for (i, p) in points.iter().enumerate() {
-            let slot = &mut fill_at[p.image as usize];
-            order[*slot as usize] = i as u32;
-            *slot += 1;
-        }
-        let order_d = upload_u32(&dev, &order)?;
-        let starts_d = upload_u32(&dev, &starts)?;
-        for (dtap, t) in outs.iter_mut().zip(&geoms) {
-            if t.c == 0 || t.h * t.w == 0 {
+        let table_d = upload_u32(&dev, &table)?;
+        let base = table_d.raw_ptr();
+        for ((dtap, t), &(n_locs, l_at, s_at, e_at)) in outs.iter_mut().zip(&geoms).zip(&parts) {
+            if t.c == 0 || n_locs == 0 {
                 continue;
             }
+            let hw = t.h * t.w;
+            let (locs_p, starts_p, entries_p) = (base + 4 * l_at as u64, base + 4 * s_at as u64, base + 4 * e_at as u64);
             let block = block_for(t.c);
             launch!(
                 dev,
-                entry::GATHER_BWD_DET_F32,
-                cfg((t.c.div_ceil(block), n.min(MAX_GRID_Y), 1), block),
+                entry::GATHER_BWD_CSR_F32,
+                cfg((t.c.div_ceil(block), n_locs.min(MAX_GRID_Y), 1), block),
                 dtap.slice_mut(),
                 grad.slice(),
-                pts.slice(),
-                order_d.slice(),
-                starts_d.slice(),
-                &n,
+                &locs_p,
+                &starts_p,
+                &entries_p,
+                &n_locs,
                 &ctot,
                 &t.col_off,
                 &t.c,
-                &t.h,
-                &t.w,
-                &t.scale_h,
-                &t.scale_w
+                &hw
             )?;
         }
+        // Dropping the table returns its pool block; later users of the block are queued after
+        // these launches on the same stream.
+        drop(table_d);
     } else {
+        let pts = upload_u32(&dev, &points_u32(points))?;
+        let np = points.len() as u32;
         for (dtap, t) in outs.iter_mut().zip(&geoms) {
             if t.c == 0 || t.h * t.w == 0 {
                 continue;
@@ -1165,4 +1265,53 @@ pub fn adam_step_multi(groups: &mut [AdamGroup<'_>], h: &AdamStep) -> Result<()>
         &h.bias_correction1,
         &h.bias_correction2
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_csr_lists_every_contribution_in_cpu_order() {
+        let pts = [
+            SamplePoint { image: 1, y: 0, x: 0 },
+            SamplePoint { image: 0, y: 5, x: 7 },
+            SamplePoint { image: 1, y: 0, x: 0 },
+            SamplePoint { image: 0, y: 15, x: 15 },
+        ];
+        let (locs, starts, entries) = tap_csr(&pts, 4, 4, 16, 16);
+        assert_eq!(starts.len() * 2, locs.len() + 2);
+        assert_eq!(*starts.last().unwrap() as usize * 2, entries.len());
+        assert_eq!(entries.len(), pts.len() * 4 * 2);
+        for l in 0..starts.len() - 1 {
+            let e = &entries[starts[l] as usize * 2..starts[l + 1] as usize * 2];
+            let pis: Vec<u32> = e.chunks(2).map(|c| c[0]).collect();
+            assert!(pis.windows(2).all(|w| w[0] <= w[1]), "points out of order at location {l}");
+            for c in e.chunks(2) {
+                assert_eq!(pts[c[0] as usize].image, locs[2 * l]);
+            }
+        }
+        // The bottom-right point clamps: its four corners are one location, in corner order.
+        let last = lerp(15, 4, 16);
+        assert_eq!((last.0, last.1), (3, 3));
+    }
+
+    #[test]
+    fn row_chunks_cover_every_row() {
+        for &(rows, cols) in &[(1600u32, 4096u32), (1, 1), (100_000, 2), (5, 64), (7, 300_000)] {
+            let (chunks, rpc) = row_chunks(rows, cols);
+            assert!(chunks >= 1 && chunks <= MAX_GRID_Y);
+            assert!(chunks * rpc >= rows && (chunks - 1) * rpc < rows.max(1), "{rows} {cols}");
+        }
+    }
+
+    #[test]
+    fn block_sizes_are_warp_multiples() {
+        for n in [1u32, 31, 32, 33, 49, 64, 255, 256, 257, 100_000] {
+            let b = block_for(n);
+            assert!(b % 32 == 0 && (32..=256).contains(&b));
+        }
+        assert_eq!(keep_threshold(1.0), 1 << 32);
+        assert_eq!(keep_threshold(0.5), 1 << 31);
+    }
 }

@@ -1,0 +1,56 @@
+//! Argument parsing (clap) and dispatch to one file per subcommand.
+
+mod device_args;
+mod eval;
+mod info;
+mod predict;
+mod progress;
+mod score;
+mod train;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use device_args::DeviceArgs;
+
+/// Trains and runs the deep-hypercolumn skin-lesion segmentation model.
+#[derive(Parser, Debug)]
+#[command(name = "hyperseg-engine", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (without --data: the bundled ISIC 2017 sample, validated on its val split).
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on an ISIC-style folder with the ISIC 2017 rules.
+    Eval(eval::EvalArgs),
+    /// Segment images: a mask PNG at each image's original size, and an overlay PNG.
+    Predict(predict::PredictArgs),
+    /// Score mask PNGs against ground-truth masks with the ISIC 2017 rules.
+    Score(score::ScoreArgs),
+    /// Show the CUDA devices, driver, cuBLAS and cuDNN found (or why each is absent).
+    Info,
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> hyperseg_engine::Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Info => info::run(),
+    }
+}
+
+/// Writes a JSON report atomically when asked to.
+pub(crate) fn write_json_if(path: &Option<PathBuf>, json: &str) -> hyperseg_engine::Result<()> {
+    match path {
+        Some(p) => hyperseg_engine::fsutil::write_bytes_atomic(p, json.as_bytes()),
+        None => Ok(()),
+    }
+}
