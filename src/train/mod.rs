@@ -22,6 +22,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::backend::cuda::nvtx::range;
 use crate::data::{Augment, Dataset, Loader, LoaderConfig};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -133,15 +134,24 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
             let n = batch.len();
             let x = Tensor::from_vec(batch.images, [n, 3, size, size], device)?;
             let (points, labels) = sample_points(n, size, config.sample_points, &batch.masks, &mut step_rng(state.seed, state.step));
-            let logits = model.forward_sparse(&x, &points, true, state.step as u32)?;
-            let loss = logits.softmax_cross_entropy(&labels, None)?;
+            let loss = {
+                let _range = range("forward");
+                let logits = model.forward_sparse(&x, &points, true, state.step as u32)?;
+                logits.softmax_cross_entropy(&labels, None)?
+            };
             let value = loss.to_scalar()?;
             if !value.is_finite() {
                 return Err(Error::Diverged { step: state.step, epoch, value });
             }
             adam.zero_grad();
-            loss.backward()?;
-            adam.step()?;
+            {
+                let _range = range("backward");
+                loss.backward()?;
+            }
+            {
+                let _range = range("optimizer step");
+                adam.step()?;
+            }
             state.step += 1;
             loss_sum += value as f64;
             steps += 1;
@@ -149,6 +159,7 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
             observer.on_step(epoch, state.step, value, n);
         }
         let train_seconds = started.elapsed().as_secs_f64();
+        let _range = range("validation");
         let val = match &val_set {
             Some(v) => Some(evaluate(&model, v, opts.infer)?),
             None => None,
