@@ -12,6 +12,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod bench;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -1,5 +1,6 @@
 //! Argument parsing (clap) and dispatch to one file per subcommand.
 
+mod bench;
 mod device_args;
 mod eval;
 mod info;
@@ -32,6 +33,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Score mask PNGs against ground-truth masks with the ISIC 2017 rules.
     Score(score::ScoreArgs),
+    /// Time a training step and dense inference (or write the PyTorch parity dump).
+    Bench(bench::BenchArgs),
     /// Show the CUDA devices, driver, cuBLAS and cuDNN found (or why each is absent).
     Info,
 }
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> hyperseg_engine::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Score(a) => score::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Info => info::run(),
     }
 }

@@ -1,4 +1,5 @@
-//! `hyperseg-engine predict`: a mask PNG (original size, 0/255) and an overlay PNG per image.
+//! `hyperseg-engine predict`: per image, a mask PNG (original size, 0/255) in the output folder
+//! (ready for `score --pred`) and an overlay PNG in its `overlays/` subfolder.
 
 use std::path::{Path, PathBuf};
 
@@ -48,7 +49,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         let seg = segment_file(&model, path, InferOptions::default())?;
         let mask_path = a.out.join(format!("{stem}_segmentation.png"));
         write_mask_png(&mask_path, seg.width, seg.height, &seg.mask)?;
-        write_overlay(&a.out.join(format!("{stem}_overlay.png")), path, &seg.mask, seg.width, seg.height)?;
+        write_overlay(&a.out.join("overlays").join(format!("{stem}_overlay.png")), path, &seg.mask, seg.width, seg.height)?;
         println!("{}", mask_path.display());
     }
     Ok(())

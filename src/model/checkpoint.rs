@@ -145,11 +145,13 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<(HypercolumnNet, 
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let model = HypercolumnNet::new(config.clone(), &mut rng, device)?;
     let named = model.named();
-    if st.len() != named.len() {
-        return Err(Error::bad_file(path, format!("holds {} tensors, the model has {}", st.len(), named.len())));
-    }
     for n in &named {
         n.tensor.copy_from_host(&mapped.read(&st, &n.name, n.tensor.dims())?)?;
+    }
+    if st.len() != named.len() {
+        let known: std::collections::HashSet<&str> = named.iter().map(|n| n.name.as_str()).collect();
+        let extra: Vec<&str> = st.names().into_iter().filter(|n| !known.contains(n)).collect();
+        return Err(Error::bad_file(path, format!("holds tensors the model does not have: {}", extra.join(", "))));
     }
     let json_path = sidecar(path, ".json");
     let checkpoint = match std::fs::read(&json_path) {

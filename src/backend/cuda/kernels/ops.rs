@@ -1300,7 +1300,7 @@ mod tests {
     fn row_chunks_cover_every_row() {
         for &(rows, cols) in &[(1600u32, 4096u32), (1, 1), (100_000, 2), (5, 64), (7, 300_000)] {
             let (chunks, rpc) = row_chunks(rows, cols);
-            assert!(chunks >= 1 && chunks <= MAX_GRID_Y);
+            assert!((1..=MAX_GRID_Y).contains(&chunks));
             assert!(chunks * rpc >= rows && (chunks - 1) * rpc < rows.max(1), "{rows} {cols}");
         }
     }
@@ -1309,7 +1309,7 @@ mod tests {
     fn block_sizes_are_warp_multiples() {
         for n in [1u32, 31, 32, 33, 49, 64, 255, 256, 257, 100_000] {
             let b = block_for(n);
-            assert!(b % 32 == 0 && (32..=256).contains(&b));
+            assert!(b & 31 == 0 && (32..=256).contains(&b));
         }
         assert_eq!(keep_threshold(1.0), 1 << 32);
         assert_eq!(keep_threshold(0.5), 1 << 31);

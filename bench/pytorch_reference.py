@@ -1,0 +1,555 @@
+#!/usr/bin/env python3
+"""The deep-hypercolumn model in PyTorch: the reference that hyperseg-engine is timed and checked against.
+
+The model is the engine's, layer for layer, with the engine's parameter names (so that its safetensors
+checkpoints load as they are):
+- VGG16-BN from scratch: 3x3 convs, pad 1, no bias, BatchNorm2d(eps 1e-5, momentum 0.1), ReLU, 2x2 max-pool;
+  fc6 and fc7 as 1x1 convs (fc6 7x7 pad 3 when the config says so), no bias, + BN + ReLU.
+  Names: backbone.conv1_1.conv.weight, backbone.conv1_1.bn.{weight,bias,running_mean,running_var}, ...,
+  backbone.fc6.conv.weight, backbone.fc7.bn.bias, ...
+- Taps: conv1_2, conv2_2, conv3_3, conv4_3, conv5_3, fc7 (post-ReLU).
+- Sparse bilinear gather with index arithmetic (not grid_sample): u = (x + 0.5) * w_tap / in_w - 0.5, clamped at 0,
+  lower index floor(u) (at most w_tap - 1), upper index + 1 clamped to the last sample (align_corners=False).
+- MLP: mlp.fc1 Linear(5568, 4096) - ReLU - mlp.fc2 Linear(4096, 2048) - ReLU - mlp.fc3 Linear(2048, 2), with bias.
+- Loss: cross-entropy, mean over the sampled pixels. Optimiser: Adam, lr 1e-3, betas (0.9, 0.999), eps 1e-8.
+
+Modes:
+  --bench        time a training step (fp32, tf32, bf16 autocast) and dense inference of one 224x224 image (naive:
+                 every tap upsampled to full size, concatenated, MLP on every pixel; and factored); median of --iters
+                 after --warmup, the device synchronised around each iteration (wall clock, as the engine's bench);
+                 JSON with the engine bench's keys (train_step_ms, dense_infer_ms, peak_mem_bytes, device, precision,
+                 preset, train_step_tflops, dense_infer_tflops, iters, dense_factored_ms).
+  --parity DIR   replay `hyperseg-engine bench --parity-dump DIR`: same weights, inputs and steps; compare the step-0
+                 logits and loss, every parameter's step-0 gradient, the batch-norm running statistics after step 0,
+                 and the loss of every later step, printing max relative errors and PASS/FAIL (exit 1 on a failure).
+
+Relative error of a tensor: max |torch - engine| / max |engine| (a scalar: |torch - engine| / |engine|).
+Tolerances, fp32 with TF32 off on both sides:
+  - logits, step-0 loss, running statistics: 1e-4. Both sides compute in fp32 but sum in different orders (cuDNN or
+    oneDNN vs the engine's kernels, cuBLAS split-K...); one fp32 dot product of length K has a relative rounding error
+    of about sqrt(K) * 6e-8 (5e-6 for K = 5568), and 16 conv/BN layers compound it to ~1e-5: 1e-4 leaves a 10x margin.
+  - gradients: 1e-3. Backward goes through the same 16 layers again, with batch-norm backward subtracting means of
+    products (cancellation), and the gather's atomics sum in a run-dependent order: an order of magnitude more room.
+  - losses of steps >= 1: 5e-3. Adam's first update is about lr * sign(g) for every component: a gradient component at
+    rounding-noise level can take the other sign on the other side and move its weight by 2 * lr, so after one step the
+    two models differ by far more than rounding; the loss still agrees to a few 1e-3.
+With a dump made with TF32 on (metadata tf32=true) TF32 is enabled here too and the tolerances are 1e-2, 5e-2, 5e-2.
+
+Examples:
+  python3 bench/pytorch_reference.py --bench --device cuda --preset paper --json torch.json
+  python3 bench/pytorch_reference.py --bench --device cpu --preset tiny --precision fp32 --iters 3 --warmup 1
+  hyperseg-engine bench --device cuda --preset paper --parity-dump /tmp/parity
+  python3 bench/pytorch_reference.py --parity /tmp/parity --device cuda
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+PRESETS = {
+    "paper": {
+        "preset": "paper", "input_size": 224, "block_widths": [64, 128, 256, 512, 512], "fc_width": 4096,
+        "fc6_kernel": 1, "mlp_hidden": [4096, 2048], "classes": 2, "mlp_dropout": 0.0, "batch_size": 5,
+        "sample_points": 1600, "learning_rate": 1e-3,
+    },
+    "tiny": {
+        "preset": "tiny", "input_size": 64, "block_widths": [8, 16, 32, 32, 32], "fc_width": 64,
+        "fc6_kernel": 1, "mlp_hidden": [64, 32], "classes": 2, "mlp_dropout": 0.0, "batch_size": 5,
+        "sample_points": 1600, "learning_rate": 1e-3,
+    },
+}
+BLOCK_DEPTHS = [2, 2, 3, 3, 3]
+
+# Tolerances of --parity: (forward, gradients, later steps), see the module doc.
+TOL_FP32 = (1e-4, 1e-3, 5e-3)
+TOL_TF32 = (1e-2, 5e-2, 5e-2)
+
+
+# ---- FLOP count (the same formula as hyperseg_engine::bench::flops) ----------------------------------------------
+
+def backbone_convs(cfg):
+    """(c_in, c_out, k, size) of every conv of the backbone for one image."""
+    convs, c_in, s = [], 3, cfg["input_size"]
+    for depth, width in zip(BLOCK_DEPTHS, cfg["block_widths"]):
+        for _ in range(depth):
+            convs.append((c_in, width, 3, s))
+            c_in = width
+        s //= 2
+    convs.append((c_in, cfg["fc_width"], cfg["fc6_kernel"], s))
+    convs.append((cfg["fc_width"], cfg["fc_width"], 1, s))
+    return convs
+
+
+def mlp_layers(cfg):
+    dims = [sum(cfg["block_widths"]) + cfg["fc_width"]] + list(cfg["mlp_hidden"]) + [cfg["classes"]]
+    return list(zip(dims[:-1], dims[1:]))
+
+
+def flops(cfg):
+    """(train_step_flops, dense_naive_flops, dense_factored_flops); 2 FLOPs per multiply-accumulate."""
+    backbone = sum(2.0 * s * s * co * ci * k * k for ci, co, k, s in backbone_convs(cfg))
+    layers = mlp_layers(cfg)
+    mlp = sum(2.0 * i * o for i, o in layers)
+    pixels = float(cfg["input_size"] ** 2)
+    train = 3.0 * (cfg["batch_size"] * backbone + cfg["sample_points"] * mlp)
+    naive = backbone + pixels * mlp
+    chans = list(cfg["block_widths"]) + [cfg["fc_width"]]
+    first = sum(2.0 * c * (cfg["input_size"] >> i) ** 2 * layers[0][1] for i, c in enumerate(chans))
+    factored = backbone + first + pixels * sum(2.0 * i * o for i, o in layers[1:])
+    return train, naive, factored
+
+
+# ---- the model ----------------------------------------------------------------------------------------------------
+
+def build_model_classes():
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class ConvBnRelu(nn.Module):
+        def __init__(self, c_in, c_out, k):
+            super().__init__()
+            self.conv = nn.Conv2d(c_in, c_out, k, stride=1, padding=k // 2, bias=False)
+            self.bn = nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.1)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x)))
+
+    class Vgg16Bn(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            c_in = 3
+            self.block_names = []
+            for b, (depth, width) in enumerate(zip(BLOCK_DEPTHS, cfg["block_widths"])):
+                names = []
+                for i in range(depth):
+                    name = f"conv{b + 1}_{i + 1}"
+                    setattr(self, name, ConvBnRelu(c_in, width, 3))
+                    names.append(name)
+                    c_in = width
+                self.block_names.append(names)
+            self.fc6 = ConvBnRelu(c_in, cfg["fc_width"], cfg["fc6_kernel"])
+            self.fc7 = ConvBnRelu(cfg["fc_width"], cfg["fc_width"], 1)
+
+        def forward(self, x):
+            taps = []
+            for names in self.block_names:
+                for name in names:
+                    x = getattr(self, name)(x)
+                taps.append(x)
+                x = F.max_pool2d(x, 2, 2)
+            taps.append(self.fc7(self.fc6(x)))
+            return taps
+
+    class Mlp(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.names = []
+            for i, (a, b) in enumerate(mlp_layers(cfg)):
+                name = f"fc{i + 1}"
+                setattr(self, name, nn.Linear(a, b, bias=True))
+                self.names.append(name)
+
+        def forward_from_first(self, z1):
+            x = z1
+            for name in self.names[1:]:
+                x = getattr(self, name)(F.relu(x))
+            return x
+
+        def forward(self, x):
+            return self.forward_from_first(self.fc1(x))
+
+    def lerp(coord, in_len, out_len):
+        """Source indices and weights of input-frame coordinates `coord` (long) on an axis of `in_len` samples."""
+        scale = (torch.tensor(float(in_len), dtype=torch.float32) / torch.tensor(float(out_len), dtype=torch.float32)).item()
+        src = ((coord.to(torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)
+        i0 = src.to(torch.long).clamp_max(in_len - 1)  # truncation is floor here: src >= 0
+        i1 = torch.where(i0 + 1 < in_len, i0 + 1, i0)
+        w1 = src - i0.to(torch.float32)
+        return i0, i1, 1.0 - w1, w1
+
+    def gather_hypercolumns(taps, points, in_h, in_w):
+        """[P, sum c_i]: every tap bilinearly sampled at points [P, 3] = (image, y, x), long."""
+        img, y, x = points[:, 0], points[:, 1], points[:, 2]
+        cols = []
+        for t in taps:
+            _, _, h, w = t.shape
+            y0, y1, wy0, wy1 = lerp(y, h, in_h)
+            x0, x1, wx0, wx1 = lerp(x, w, in_w)
+            tl = t.permute(0, 2, 3, 1)  # [n, h, w, c]: indexing gives [P, c]
+            v = (tl[img, y0, x0] * (wy0 * wx0)[:, None] + tl[img, y0, x1] * (wy0 * wx1)[:, None]
+                 + tl[img, y1, x0] * (wy1 * wx0)[:, None] + tl[img, y1, x1] * (wy1 * wx1)[:, None])
+            cols.append(v)
+        return torch.cat(cols, dim=1)
+
+    class HypercolumnNet(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.cfg = cfg
+            self.backbone = Vgg16Bn(cfg)
+            self.mlp = Mlp(cfg)
+
+        def forward(self, images, points):
+            """Logits [P, classes] at the sampled pixels (the engine's forward_sparse)."""
+            s = self.cfg["input_size"]
+            return self.mlp(gather_hypercolumns(self.backbone(images), points, s, s))
+
+        def dense_naive(self, image):
+            """Lesion probability of every pixel of one image [1, 3, s, s]: taps upsampled, concatenated, MLP."""
+            s = self.cfg["input_size"]
+            ups = [F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False) for t in self.backbone(image)]
+            hc = torch.cat(ups, dim=1).flatten(2).transpose(1, 2)[0]  # [s*s, C]
+            return torch.softmax(self.mlp(hc).float(), dim=1)[:, 1]
+
+        def dense_factored(self, image):
+            """The same with the first MLP layer applied per tap at the tap's resolution, then upsampled and summed."""
+            s = self.cfg["input_size"]
+            w1, off, z = self.mlp.fc1.weight, 0, None
+            for t in self.backbone(image):
+                c = t.shape[1]
+                u = F.interpolate(F.conv2d(t, w1[:, off:off + c, None, None].to(t.dtype)), size=(s, s),
+                                  mode="bilinear", align_corners=False)
+                z = u if z is None else z + u
+                off += c
+            z = z.flatten(2).transpose(1, 2)[0] + self.mlp.fc1.bias.to(z.dtype)
+            return torch.softmax(self.mlp.forward_from_first(z).float(), dim=1)[:, 1]
+
+    def init_like_engine(model, seed):
+        """He-normal weights (std sqrt(2 / fan_in)), zero biases, BN gamma 1 and beta 0: the engine's init."""
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    fan_in = m.weight[0].numel()
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                    if m.bias is not None:
+                        m.bias.zero_()
+
+    return HypercolumnNet, init_like_engine
+
+
+def engine_state_dict(model):
+    """The model's tensors under the engine's names (PyTorch's num_batches_tracked dropped)."""
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+
+def pick_device(name):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn, warmup, iters, device):
+    """Wall-clock ms of `iters` calls after `warmup`, the device synchronised around each call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    samples = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def synthetic_batch(cfg, device, gen):
+    """Images uniform in [-120, 135), one disc of lesion per mask, points sampled as the engine does (image i % n)."""
+    import torch
+    n, s, p = cfg["batch_size"], cfg["input_size"], cfg["sample_points"]
+    images = torch.rand((n, 3, s, s), generator=gen) * 255.0 - 120.0
+    yy, xx = torch.meshgrid(torch.arange(s) + 0.5, torch.arange(s) + 0.5, indexing="ij")
+    masks = torch.zeros((n, s, s), dtype=torch.long)
+    for i in range(n):
+        r = s / 8 + torch.rand((), generator=gen).item() * (s / 3 - s / 8)
+        cy, cx = (torch.rand(2, generator=gen) * s).tolist()
+        masks[i] = (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).long()
+    img = torch.arange(p) % n
+    y = torch.randint(0, s, (p,), generator=gen)
+    x = torch.randint(0, s, (p,), generator=gen)
+    labels = masks[img, y, x]
+    points = torch.stack([img, y, x], dim=1)
+    return images.to(device), points.to(device), labels.to(device)
+
+
+def set_tf32(on):
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def write_json_atomic(path, obj):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---- --bench ------------------------------------------------------------------------------------------------------
+
+def bench(args):
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    HypercolumnNet, init_like_engine = build_model_classes()
+    device = pick_device(args.device)
+    cfg = dict(PRESETS[args.preset])
+    torch.backends.cudnn.benchmark = True
+    f_train, f_naive, f_factored = flops(cfg)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    for p in precisions:
+        if p not in ("fp32", "tf32", "bf16"):
+            sys.exit(f"error: unknown precision {p!r} (fp32, tf32, bf16)")
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    runs = []
+    for precision in precisions:
+        set_tf32(precision == "tf32")
+        gen = torch.Generator().manual_seed(args.seed)
+        model = HypercolumnNet(cfg)
+        init_like_engine(model, args.seed)
+        model = model.to(device)
+        images, points, labels = synthetic_batch(cfg, device, gen)
+        opt_kwargs = {"fused": True} if args.fused_adam else {}
+        opt = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"], betas=(0.9, 0.999), eps=1e-8, **opt_kwargs)
+
+        def autocast():
+            if precision == "bf16":
+                return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            return contextlib.nullcontext()
+
+        last = {}
+
+        def train_step():
+            with autocast():
+                logits = model(images, points)
+            loss = F.cross_entropy(logits.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            last["loss"] = loss.detach()
+
+        model.train()
+        for _ in range(args.warmup):
+            train_step()
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        train = time_it(train_step, 0, args.iters, device)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+        last_loss = float(last["loss"].item())
+        opt.zero_grad(set_to_none=True)
+
+        dense = {"naive": None, "factored": None}
+        dense_peak = 0
+        if not args.skip_dense:
+            model.eval()
+            image = images[:1]
+            for path in ("naive", "factored"):
+                fn = model.dense_naive if path == "naive" else model.dense_factored
+
+                def infer():
+                    with torch.inference_mode(), autocast():
+                        fn(image).cpu()
+
+                for _ in range(args.warmup):
+                    infer()
+                sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                dense[path] = time_it(infer, 0, args.iters, device)
+                if device.type == "cuda":
+                    dense_peak = max(dense_peak, torch.cuda.max_memory_allocated(device))
+
+        def med(x):
+            return statistics.median(x) if x else None
+
+        def rate(flop, ms):
+            return flop / (ms * 1e-3) / 1e12 if ms else None
+
+        train_ms, naive_ms, fact_ms = med(train), med(dense["naive"]), med(dense["factored"])
+        run = {
+            "engine": f"pytorch {torch.__version__}",
+            "device": str(device) if device.type == "cpu" else f"cuda:{device.index or 0}",
+            "device_name": device_name,
+            "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+            "precision": precision,
+            "preset": cfg["preset"],
+            "input_size": cfg["input_size"],
+            "batch_size": cfg["batch_size"],
+            "sample_points": cfg["sample_points"],
+            "parameter_count": sum(p.numel() for p in model.parameters()),
+            "fused_adam": bool(args.fused_adam),
+            "warmup": args.warmup,
+            "iters": args.iters,
+            "timing": "wall clock, device synchronised before and after each iteration; median",
+            "train_step_ms": train_ms,
+            "train_step_ms_min": min(train),
+            "train_step_ms_max": max(train),
+            "train_step_samples_ms": train,
+            "train_step_gflop": f_train / 1e9,
+            "train_step_tflops": rate(f_train, train_ms),
+            "last_loss": last_loss,
+            "dense_path": "naive" if naive_ms is not None else None,
+            "dense_infer_ms": naive_ms,
+            "dense_infer_tflops": rate(f_naive, naive_ms),
+            "dense_naive_ms": naive_ms,
+            "dense_naive_gflop": f_naive / 1e9,
+            "dense_naive_tflops": rate(f_naive, naive_ms),
+            "dense_factored_ms": fact_ms,
+            "dense_factored_gflop": f_factored / 1e9,
+            "dense_factored_tflops": rate(f_factored, fact_ms),
+            "peak_mem_bytes": peak,
+            "dense_peak_mem_bytes": dense_peak,
+            "peak_mem_measured": device.type == "cuda",
+        }
+        runs.append(run)
+        dense_txt = "" if naive_ms is None else f", dense naive {naive_ms:.2f} ms, factored {fact_ms:.2f} ms"
+        print(f"[{precision}] train step {train_ms:.2f} ms ({rate(f_train, train_ms):.2f} TFLOP/s){dense_txt}, "
+              f"peak {peak / 2**30:.2f} GiB, loss {last_loss:.4f}", file=sys.stderr)
+        print(json.dumps({k: v for k, v in run.items() if k != "train_step_samples_ms"}), flush=True)
+        del model, opt, images, points, labels, last
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    set_tf32(False)
+    if args.json:
+        write_json_atomic(args.json, runs)
+        print(f"JSON written to {args.json}", file=sys.stderr)
+
+
+# ---- --parity -----------------------------------------------------------------------------------------------------
+
+class Checks:
+    def __init__(self):
+        self.passed, self.failed, self.worst = 0, 0, {}
+
+    def check(self, kind, name, ours, theirs, tol):
+        import torch
+        ours = ours.detach().float().cpu()
+        theirs = theirs.detach().float().cpu().reshape(ours.shape)
+        scale = theirs.abs().max().item()
+        err = (ours - theirs).abs().max().item()
+        rel = err / scale if scale > 0 else err
+        ok = bool(torch.isfinite(ours).all()) and rel <= tol
+        self.passed += ok
+        self.failed += not ok
+        if rel > self.worst.get(kind, (-1.0, ""))[0]:
+            self.worst[kind] = (rel, name)
+        print(f"{'PASS' if ok else 'FAIL'} {name:<46} max rel err {rel:.3e} (tol {tol:.0e}, scale {scale:.3e})")
+        return ok
+
+
+def parity(args):
+    import torch
+    import torch.nn.functional as F
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    HypercolumnNet, _ = build_model_classes()
+    d = args.parity
+    paths = {k: os.path.join(d, f"{k}.safetensors") for k in ("weights", "inputs", "outputs")}
+    for p in paths.values():
+        if not os.path.exists(p):
+            sys.exit(f"error: {p} is missing; write the dump with: hyperseg-engine bench --parity-dump {d}")
+    with safe_open(paths["inputs"], framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != "hyperseg-engine-parity/1":
+        sys.exit(f"error: {paths['inputs']} is not a hyperseg-engine parity dump (format {meta.get('format')!r})")
+    cfg = json.loads(meta["config"])
+    tf32 = meta.get("tf32") == "true"
+    tol_fwd, tol_grad, tol_steps = TOL_TF32 if tf32 else TOL_FP32
+    device = pick_device(args.device)
+    set_tf32(tf32)
+    torch.backends.cudnn.benchmark = False
+    print(f"parity: preset {cfg['preset']}, engine ran on {meta.get('device')} (tf32={tf32}), "
+          f"PyTorch {torch.__version__} on {device}; tolerances fwd {tol_fwd}, grad {tol_grad}, later steps {tol_steps}")
+
+    model = HypercolumnNet(cfg).to(device)
+    weights = load_file(paths["weights"])
+    ours = set(engine_state_dict(model))
+    theirs = set(weights)
+    if ours != theirs:
+        sys.exit(f"error: parameter names differ: only in PyTorch {sorted(ours - theirs)[:10]}, "
+                 f"only in the engine {sorted(theirs - ours)[:10]}")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+
+    inputs = load_file(paths["inputs"])
+    outputs = load_file(paths["outputs"])
+    images = inputs["images"].to(device)
+    points = inputs["points"].round().long().to(device)
+    labels = inputs["labels"].round().long().to(device)
+    steps = outputs["loss"].numel()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"], betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    model.train()
+    c = Checks()
+    for t in range(steps):
+        logits = model(images, points)
+        loss = F.cross_entropy(logits, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t == 0:
+            c.check("logits", "logits (step 0)", logits, outputs["logits"], tol_fwd)
+            c.check("loss", "loss (step 0)", loss, outputs["loss"][0], tol_fwd)
+            for name, p in model.named_parameters():
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                c.check("gradients", f"grad.{name}", grad, outputs[f"grad.{name}"], tol_grad)
+            for name, b in model.named_buffers():
+                if not name.endswith("num_batches_tracked"):
+                    c.check("running statistics", f"state1.{name}", b, outputs[f"state1.{name}"], tol_fwd)
+        else:
+            c.check("later losses", f"loss (step {t})", loss, outputs["loss"][t], tol_steps)
+        opt.step()
+    print("worst per kind: " + "; ".join(f"{k} {v[0]:.2e} ({v[1]})" for k, v in c.worst.items()))
+    print(f"parity: {c.passed} passed, {c.failed} failed")
+    if args.json:
+        write_json_atomic(args.json, {"passed": c.passed, "failed": c.failed, "tf32": tf32, "device": str(device),
+                                      "worst": {k: {"rel_err": v[0], "tensor": v[1]} for k, v in c.worst.items()}})
+    return 0 if c.failed == 0 else 1
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--bench", action="store_true", help="time a training step and dense inference")
+    mode.add_argument("--parity", metavar="DIR", help="replay an engine parity dump and compare")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="--bench only (--parity reads the dump's)")
+    ap.add_argument("--precision", default="fp32,tf32,bf16", help="comma list of fp32, tf32, bf16 (autocast)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-dense", action="store_true")
+    ap.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
+    ap.add_argument("--json", metavar="FILE", help="write the results (a list of runs, or the parity summary)")
+    args = ap.parse_args(argv)
+    if args.iters < 1 or args.warmup < 0:
+        ap.error("--iters must be >= 1 and --warmup >= 0")
+    if args.bench:
+        bench(args)
+        return 0
+    return parity(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

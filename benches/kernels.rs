@@ -1,0 +1,293 @@
+//! Every engine kernel at the paper model's real sizes, through the `Storage` API on the device
+//! under test: CUDA when `Device::cuda(0)` opens (set `HYPERSEG_BENCH_CPU=1` to force the CPU),
+//! else the CPU at reduced sizes (a note says so).
+//!
+//! Throughput is set so that criterion's rates compare with the GPU's limits:
+//! `Elements` = FLOPs (2 per multiply-accumulate) for GEMMs and convolutions ("Gelem/s" reads
+//! GFLOP/s), `Bytes` = the bytes a kernel must at least read and write for memory-bound
+//! kernels. On CUDA every iteration ends with `device.synchronize()`. GEMMs and convolutions
+//! run in fp32 and again with TF32 (suffix `tf32`).
+//!
+//! Run: `cargo bench --bench kernels` (a filter narrows it: `cargo bench --bench kernels -- conv`).
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use criterion::measurement::WallTime;
+use hyperseg_engine::backend::{AdamStep, ConvSpec, GatherSpec, GemmSpec, Nchw, SamplePoint, UnaryOp};
+use hyperseg_engine::storage::Storage;
+use hyperseg_engine::{settings, Device, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The device under test, and whether it gets the full sizes.
+struct Target {
+    dev: Device,
+    full: bool,
+}
+
+fn target() -> Target {
+    // Say which device once, not once per group.
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let quiet = SAID.swap(true, Ordering::Relaxed);
+    let note = |msg: String| {
+        if !quiet {
+            eprintln!("{msg}");
+        }
+    };
+    if std::env::var("HYPERSEG_BENCH_CPU").as_deref() == Ok("1") {
+        note("note: HYPERSEG_BENCH_CPU=1: benchmarking the CPU backend at REDUCED sizes (not the model's)".into());
+        return Target { dev: Device::Cpu, full: false };
+    }
+    match Device::cuda(0) {
+        Ok(dev) => {
+            if let Device::Cuda(d) = &dev {
+                note(format!("benchmarking CUDA device 0 ({}) at the paper model's sizes", d.name()));
+            }
+            Target { dev, full: true }
+        }
+        Err(e) => {
+            note(format!("note: no CUDA device ({e}); benchmarking the CPU backend at REDUCED sizes (not the model's)"));
+            Target { dev: Device::Cpu, full: false }
+        }
+    }
+}
+
+/// Uniform values in [-1, 1) on `dev`.
+fn rand_storage(dev: &Device, len: usize, seed: u64) -> Storage {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Storage::from_vec(dev, v).expect("upload")
+}
+
+/// Uniform values in [lo, hi) on `dev`.
+fn rand_storage_in(dev: &Device, len: usize, lo: f32, hi: f32, seed: u64) -> Storage {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..len).map(|_| rng.random_range(lo..hi)).collect();
+    Storage::from_vec(dev, v).expect("upload")
+}
+
+/// Times `f` (one kernel call and whatever it returns), synchronising the device every
+/// iteration.
+fn run<T>(g: &mut BenchmarkGroup<'_, WallTime>, dev: &Device, name: &str, tp: Throughput, mut f: impl FnMut() -> Result<T>) {
+    g.throughput(tp);
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let out = f().expect(name);
+            dev.synchronize().expect("synchronize");
+            black_box(out)
+        })
+    });
+}
+
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sampling_mode(SamplingMode::Flat);
+    g
+}
+
+const F32: u64 = 4;
+
+fn upsample(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "upsample_bilinear");
+    // conv5_3 of one image to the input size; fc7 to 56x56 (the factored path's first tile scale).
+    let cases: Vec<(&str, Nchw, usize)> = if t.full {
+        vec![
+            ("conv5_3_1x512x14x14_to_224", Nchw { n: 1, c: 512, h: 14, w: 14 }, 224),
+            ("fc7_1x4096x7x7_to_56", Nchw { n: 1, c: 4096, h: 7, w: 7 }, 56),
+        ]
+    } else {
+        vec![
+            ("conv5_3_1x64x14x14_to_224", Nchw { n: 1, c: 64, h: 14, w: 14 }, 224),
+            ("fc7_1x512x7x7_to_56", Nchw { n: 1, c: 512, h: 7, w: 7 }, 56),
+        ]
+    };
+    for (name, d, out) in cases {
+        let x = rand_storage(&t.dev, d.len(), 1);
+        let dy = rand_storage(&t.dev, d.n * d.c * out * out, 2);
+        let bytes = F32 * (d.len() + d.n * d.c * out * out) as u64;
+        run(&mut g, &t.dev, &format!("{name}/forward"), Throughput::Bytes(bytes), || x.upsample_bilinear(d, out, out));
+        run(&mut g, &t.dev, &format!("{name}/backward"), Throughput::Bytes(bytes), || dy.upsample_bilinear_backward(d, out, out));
+    }
+    g.finish();
+}
+
+fn gather(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "gather_hypercolumns");
+    // The paper's taps for a batch of 5 (5568 columns); the CPU gets an eighth of the channels.
+    let div = if t.full { 1 } else { 8 };
+    let (n, s, points) = (5usize, 224usize, 1600usize);
+    let widths = [64, 128, 256, 512, 512, 4096];
+    let spec = GatherSpec {
+        n,
+        in_h: s,
+        in_w: s,
+        taps: widths.iter().enumerate().map(|(i, &w)| (w / div, s >> i, s >> i)).collect(),
+    };
+    let taps: Vec<Storage> = spec.taps.iter().enumerate().map(|(i, &(c, h, w))| rand_storage(&t.dev, n * c * h * w, 10 + i as u64)).collect();
+    let refs: Vec<&Storage> = taps.iter().collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let pts: Vec<SamplePoint> = (0..points)
+        .map(|i| SamplePoint { image: (i % n) as u32, y: rng.random_range(0..s as u32), x: rng.random_range(0..s as u32) })
+        .collect();
+    let ctot = spec.total_channels();
+    let grad = rand_storage(&t.dev, points * ctot, 4);
+    let tap_bytes: u64 = spec.taps.iter().map(|&(c, h, w)| F32 * (n * c * h * w) as u64).sum();
+    // Forward: four reads and one write per output value.
+    let fwd = F32 * 5 * (points * ctot) as u64;
+    // Backward: zeroing every tap gradient, reading the gathered gradient, four updates.
+    let bwd = tap_bytes + F32 * 5 * (points * ctot) as u64;
+    let label = format!("{points}pts_{ctot}cols_batch{n}");
+    run(&mut g, &t.dev, &format!("{label}/forward"), Throughput::Bytes(fwd), || Storage::gather_hypercolumns(&refs, &pts, &spec));
+    run(&mut g, &t.dev, &format!("{label}/backward"), Throughput::Bytes(bwd), || grad.gather_hypercolumns_backward(&pts, &spec, false));
+    run(&mut g, &t.dev, &format!("{label}/backward_deterministic"), Throughput::Bytes(bwd), || {
+        grad.gather_hypercolumns_backward(&pts, &spec, true)
+    });
+    g.finish();
+}
+
+/// The GEMMs of one linear layer `[rows, k] -> [rows, n]` (weight `[n, k]`), as `ops::linear`
+/// issues them: forward, input gradient, weight gradient.
+fn linear_gemms(g: &mut BenchmarkGroup<'_, WallTime>, dev: &Device, name: &str, rows: usize, k: usize, n: usize, suffix: &str) {
+    let x = rand_storage(dev, rows * k, 20);
+    let w = rand_storage(dev, n * k, 21);
+    let dy = rand_storage(dev, rows * n, 22);
+    let fl = Throughput::Elements(2 * (rows * n * k) as u64);
+    let sz = format!("{name}_{rows}x{k}_to_{n}");
+    run(g, dev, &format!("{sz}/forward{suffix}"), fl.clone(), || x.gemm(&w, GemmSpec { m: rows, n, k, trans_a: false, trans_b: true }));
+    run(g, dev, &format!("{sz}/backward_input{suffix}"), fl.clone(), || {
+        dy.gemm(&w, GemmSpec { m: rows, n: k, k: n, trans_a: false, trans_b: false })
+    });
+    run(g, dev, &format!("{sz}/backward_weight{suffix}"), fl, || dy.gemm(&x, GemmSpec { m: n, n: k, k: rows, trans_a: true, trans_b: false }));
+}
+
+fn linear(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "linear_gemm");
+    let (rows, widths): (usize, [usize; 4]) = if t.full { (1600, [5568, 4096, 2048, 2]) } else { (400, [1392, 1024, 512, 2]) };
+    let modes: &[(bool, &str)] = if t.dev.is_cuda() { &[(false, ""), (true, "_tf32")] } else { &[(false, "")] };
+    for &(tf32, suffix) in modes {
+        settings::set_allow_tf32(tf32);
+        for (i, win) in widths.windows(2).enumerate() {
+            linear_gemms(&mut g, &t.dev, &format!("fc{}", i + 1), rows, win[0], win[1], suffix);
+        }
+    }
+    settings::set_allow_tf32(false);
+    g.finish();
+}
+
+fn softmax_xent(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "softmax_cross_entropy");
+    for rows in [1600usize, 224 * 224] {
+        let z = rand_storage(&t.dev, rows * 2, 30);
+        let labels: Vec<u32> = (0..rows as u32).map(|i| i % 2).collect();
+        run(&mut g, &t.dev, &format!("{rows}x2"), Throughput::Elements(rows as u64), || z.softmax_cross_entropy(&labels, 2, None));
+    }
+    g.finish();
+}
+
+fn adam(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "adam");
+    // fc7's weight, 4096 x 4096 (16.8M of the model's 64.8M parameters).
+    let len = if t.full { 4096 * 4096 } else { 1 << 20 };
+    let mut p = rand_storage(&t.dev, len, 40);
+    let grad = rand_storage(&t.dev, len, 41);
+    let mut m = rand_storage(&t.dev, len, 42);
+    let mut v = rand_storage_in(&t.dev, len, 0.0, 1.0, 43);
+    let h = AdamStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        bias_correction1: 0.1,
+        bias_correction2: 0.001,
+    };
+    // Reads p, g, m, v; writes p, m, v.
+    run(&mut g, &t.dev, &format!("{len}_params"), Throughput::Bytes(7 * F32 * len as u64), || p.adam_step(&grad, &mut m, &mut v, &h));
+    g.finish();
+}
+
+fn conv(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "conv3x3");
+    let specs: Vec<(&str, ConvSpec)> = if t.full {
+        vec![
+            ("conv1_2_5x64x224x224", ConvSpec { n: 5, c_in: 64, h: 224, w: 224, c_out: 64, kh: 3, kw: 3, stride: 1, pad: 1 }),
+            ("conv3_3_5x256x56x56", ConvSpec { n: 5, c_in: 256, h: 56, w: 56, c_out: 256, kh: 3, kw: 3, stride: 1, pad: 1 }),
+            ("conv5_3_5x512x14x14", ConvSpec { n: 5, c_in: 512, h: 14, w: 14, c_out: 512, kh: 3, kw: 3, stride: 1, pad: 1 }),
+        ]
+    } else {
+        vec![
+            ("conv1_2_1x64x56x56", ConvSpec { n: 1, c_in: 64, h: 56, w: 56, c_out: 64, kh: 3, kw: 3, stride: 1, pad: 1 }),
+            ("conv3_3_1x256x14x14", ConvSpec { n: 1, c_in: 256, h: 14, w: 14, c_out: 256, kh: 3, kw: 3, stride: 1, pad: 1 }),
+            ("conv5_3_1x512x7x7", ConvSpec { n: 1, c_in: 512, h: 7, w: 7, c_out: 512, kh: 3, kw: 3, stride: 1, pad: 1 }),
+        ]
+    };
+    let modes: &[(bool, &str)] = if t.dev.is_cuda() { &[(false, ""), (true, "_tf32")] } else { &[(false, "")] };
+    for (name, s) in specs {
+        let x = rand_storage(&t.dev, s.n * s.c_in * s.h * s.w, 50);
+        let w = rand_storage(&t.dev, s.c_out * s.c_in * s.kh * s.kw, 51);
+        let dy = rand_storage(&t.dev, s.n * s.c_out * s.out_h() * s.out_w(), 52);
+        let fl = Throughput::Elements(s.flops() as u64);
+        for &(tf32, suffix) in modes {
+            settings::set_allow_tf32(tf32);
+            run(&mut g, &t.dev, &format!("{name}/forward{suffix}"), fl.clone(), || x.conv2d(&w, &s));
+            run(&mut g, &t.dev, &format!("{name}/backward_input{suffix}"), fl.clone(), || dy.conv2d_backward_input(&w, &s));
+            run(&mut g, &t.dev, &format!("{name}/backward_weight{suffix}"), fl.clone(), || x.conv2d_backward_weight(&dy, &s));
+        }
+        settings::set_allow_tf32(false);
+    }
+    g.finish();
+}
+
+fn bn_pool_relu(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "bn_pool_relu");
+    // conv1_2's output, the largest activation of the model.
+    let d = if t.full { Nchw { n: 5, c: 64, h: 224, w: 224 } } else { Nchw { n: 1, c: 64, h: 112, w: 112 } };
+    let label = format!("{}x{}x{}x{}", d.n, d.c, d.h, d.w);
+    let x = rand_storage(&t.dev, d.len(), 60);
+    let dy = rand_storage(&t.dev, d.len(), 61);
+    let gamma = rand_storage_in(&t.dev, d.c, 0.5, 1.5, 62);
+    let beta = rand_storage(&t.dev, d.c, 63);
+    let bytes = F32 * d.len() as u64;
+    // Forward: read x twice (statistics, normalisation), write y.
+    run(&mut g, &t.dev, &format!("batch_norm_train_{label}/forward"), Throughput::Bytes(3 * bytes), || {
+        x.batch_norm_train(&gamma, &beta, d, 1e-5).map(|f| f.y)
+    });
+    let f = x.batch_norm_train(&gamma, &beta, d, 1e-5).expect("batch norm");
+    // Backward: read x and dy twice (reductions, then dx), write dx.
+    run(&mut g, &t.dev, &format!("batch_norm_train_{label}/backward"), Throughput::Bytes(5 * bytes), || {
+        x.batch_norm_backward(&dy, &gamma, &f.mean, &f.invstd, d).map(|b| b.dx)
+    });
+    let dy_pool = rand_storage(&t.dev, d.len() / 4, 64);
+    run(&mut g, &t.dev, &format!("max_pool2x2_{label}/forward"), Throughput::Bytes(bytes + bytes / 4), || x.max_pool2x2(d));
+    run(&mut g, &t.dev, &format!("max_pool2x2_{label}/backward"), Throughput::Bytes(2 * bytes + bytes / 4), || {
+        x.max_pool2x2_backward(&dy_pool, d)
+    });
+    run(&mut g, &t.dev, &format!("relu_{label}/forward"), Throughput::Bytes(2 * bytes), || x.unary(UnaryOp::Relu));
+    run(&mut g, &t.dev, &format!("relu_{label}/backward"), Throughput::Bytes(3 * bytes), || x.relu_backward(&dy));
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1500))
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = kernels;
+    config = config();
+    targets = conv, linear, gather, upsample, bn_pool_relu, softmax_xent, adam
+}
+criterion_main!(kernels);

@@ -1,0 +1,134 @@
+//! `hyperseg-engine bench`: times a training step and dense inference of the model on a device
+//! (see `hyperseg_engine::bench`), or writes the parity dump for `bench/pytorch_reference.py`.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use hyperseg_engine::bench::{dump_parity, run_bench, write_report_json, BenchOptions, Precision};
+use hyperseg_engine::model::ModelConfig;
+use hyperseg_engine::Result;
+
+use super::device_args::DeviceChoice;
+use super::DeviceArgs;
+
+/// Numeric precision. bf16 is not implemented in the engine yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// IEEE fp32, TF32 tensor cores off.
+    Fp32,
+    /// fp32 storage, TF32 tensor cores allowed in cuBLAS and cuDNN.
+    Tf32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PresetArg {
+    /// The paper's model: VGG16-BN at 224x224, batch 5, 1600 pixels, MLP 4096-2048-2.
+    Paper,
+    /// The narrow 64x64 model.
+    Tiny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DensePathArg {
+    /// Full hypercolumns for every pixel (the path PyTorch's reference times).
+    Naive,
+    /// First MLP layer per tap at its own resolution, then upsampled and summed.
+    Factored,
+    /// Both, one after the other.
+    Both,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// fp32 or tf32 (bf16 is not implemented in the engine yet).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    pub precision: PrecisionArg,
+    /// The model to time (random weights).
+    #[arg(long, value_enum, default_value_t = PresetArg::Paper)]
+    pub preset: PresetArg,
+    /// Untimed iterations before the timed ones.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed iterations; the median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Which dense inference path(s) to time; `dense_infer_ms` is the naive one when timed.
+    #[arg(long, value_enum, default_value_t = DensePathArg::Both)]
+    pub dense_path: DensePathArg,
+    /// Do not time dense inference.
+    #[arg(long)]
+    pub skip_dense: bool,
+    /// Pixels per tile of dense inference.
+    #[arg(long, default_value_t = 224 * 28)]
+    pub tile_pixels: usize,
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Bitwise-reproducible algorithms and reductions (slower).
+    #[arg(long)]
+    pub deterministic: bool,
+    /// Cap on device memory, e.g. 12GiB (default: the smaller of the card's memory and 12 GiB).
+    #[arg(long, value_name = "BYTES")]
+    pub mem_limit: Option<String>,
+    /// Instead of timing: write the parity dump (weights, inputs, logits, loss per step, gradients)
+    /// into DIR for `bench/pytorch_reference.py --parity DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub parity_dump: Option<PathBuf>,
+    /// Training steps in the parity dump.
+    #[arg(long, default_value_t = 3)]
+    pub parity_steps: usize,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let precision = match a.precision {
+        PrecisionArg::Fp32 => Precision::Fp32,
+        PrecisionArg::Tf32 => Precision::Tf32,
+    };
+    let config = match a.preset {
+        PresetArg::Paper => ModelConfig::paper(),
+        PresetArg::Tiny => ModelConfig::tiny(),
+    };
+    let device = DeviceArgs {
+        device: a.device,
+        tf32: precision == Precision::Tf32,
+        deterministic: a.deterministic,
+        mem_limit: a.mem_limit.clone(),
+    }
+    .open()?;
+
+    if let Some(dir) = &a.parity_dump {
+        dump_parity(dir, &config, &device, a.parity_steps)?;
+        println!(
+            "parity dump of preset {} ({} steps, {}, {}) written to {}",
+            config.preset,
+            a.parity_steps,
+            device,
+            precision.as_str(),
+            dir.display()
+        );
+        println!("check it with: python3 bench/pytorch_reference.py --parity {} --device {}", dir.display(), if device.is_cuda() { "cuda" } else { "cpu" });
+        return Ok(());
+    }
+
+    let mut opts = BenchOptions::new(config);
+    opts.precision = precision;
+    opts.warmup = a.warmup;
+    opts.iters = a.iters;
+    opts.tile_pixels = a.tile_pixels;
+    opts.seed = a.seed;
+    opts.dense_naive = !a.skip_dense && matches!(a.dense_path, DensePathArg::Naive | DensePathArg::Both);
+    opts.dense_factored = !a.skip_dense && matches!(a.dense_path, DensePathArg::Factored | DensePathArg::Both);
+    let report = run_bench(&opts, &device)?;
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        write_report_json(path, &report)?;
+        println!("JSON written to {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The command line end to end on the bundled sample, and its errors: one sentence naming the
+//! file or value at fault, a non-zero exit code, never a panic trace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hyperseg-engine"))
+}
+
+fn sample(split: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sample").join(split)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails unless the command failed with one `error:` line naming `needle`, without a panic.
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic trace: {err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
+    assert!(line.contains(needle), "error line {line:?} does not name {needle:?}");
+}
+
+#[test]
+fn train_eval_predict_score_resume_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let runp = dir.path().join("run");
+    // Train one epoch on a few images (fast), with validation.
+    let small = dir.path().join("small");
+    for split in ["images", "masks"] {
+        std::fs::create_dir_all(small.join(split)).unwrap();
+    }
+    for entry in std::fs::read_dir(sample("train").join("images")).unwrap().take(10) {
+        let p = entry.unwrap().path();
+        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(&p, small.join("images").join(p.file_name().unwrap())).unwrap();
+        let m = format!("{stem}_segmentation.png");
+        std::fs::copy(sample("train").join("masks").join(&m), small.join("masks").join(&m)).unwrap();
+    }
+    let o = run(bin().args(["train", "--device", "cpu", "--epochs", "1", "--out"]).arg(&runp).arg("--data").arg(&small).arg("--val").arg(sample("val")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("validation Jaccard"), "{out}");
+    for f in ["last.safetensors", "last.json", "last.optim.safetensors", "best.safetensors", "metrics.jsonl", "training.png"] {
+        assert!(runp.join(f).is_file(), "{f} missing");
+    }
+    // Resume to two epochs: the log gains one record.
+    let o = run(bin().args(["train", "--device", "cpu", "--epochs", "2", "--out"]).arg(&runp).arg("--data").arg(&small).arg("--resume").arg(runp.join("last.safetensors")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = std::fs::read_to_string(runp.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+
+    let json = dir.path().join("eval.json");
+    let o = run(bin().args(["eval", "--device", "cpu", "--model"]).arg(runp.join("last.safetensors")).arg("--data").arg(sample("val")).arg("--json").arg(&json));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for k in ["jaccard", "threshold_jaccard", "dice", "accuracy", "sensitivity", "specificity", "n_images"] {
+        assert!(v.get(k).is_some(), "{k} missing from {v}");
+    }
+    assert_eq!(v["n_images"], 30);
+
+    let preds = dir.path().join("preds");
+    let o = run(bin().args(["predict", "--device", "cpu", "--model"]).arg(runp.join("best.safetensors")).arg(sample("val").join("images")).arg("--out").arg(&preds));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mask = image::open(preds.join("ISIC_0001852_segmentation.png")).unwrap();
+    assert_eq!((mask.width(), mask.height()), (512, 342), "mask at the original size");
+    assert!(preds.join("overlays/ISIC_0001852_overlay.png").is_file());
+
+    // Scoring the predictions reproduces eval's Jaccard.
+    let sj = dir.path().join("score.json");
+    let o = run(bin().arg("score").arg("--pred").arg(&preds).arg("--truth").arg(sample("val")).arg("--json").arg(&sj));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sj).unwrap()).unwrap();
+    assert_eq!(s["n_images"], 30);
+}
+
+#[test]
+fn cuda_without_a_gpu_is_one_clear_sentence() {
+    if hyperseg_engine::Device::cuda(0).is_ok() {
+        eprintln!("skipped: a GPU is present");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(bin().args(["train", "--device", "cuda", "--epochs", "1", "--out"]).arg(dir.path()));
+    assert_clean_failure(&o, "--device cpu");
+    let err = stderr(&o);
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+}
+
+#[test]
+fn bad_inputs_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty folder.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run(bin().args(["train", "--device", "cpu", "--out"]).arg(dir.path().join("r")).arg("--data").arg(&empty));
+    assert_clean_failure(&o, "empty");
+    // A missing checkpoint.
+    let o = run(bin().args(["eval", "--device", "cpu", "--model", "no/such/model.safetensors", "--data"]).arg(sample("val")));
+    assert_clean_failure(&o, "model.safetensors");
+    // An unreadable image.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(bad.join("images")).unwrap();
+    std::fs::create_dir_all(bad.join("masks")).unwrap();
+    std::fs::write(bad.join("images/ISIC_0000001.jpg"), b"not a jpeg").unwrap();
+    std::fs::copy(sample("train").join("masks/ISIC_0000001_segmentation.png"), bad.join("masks/ISIC_0000001_segmentation.png")).unwrap();
+    let o = run(bin().args(["train", "--device", "cpu", "--epochs", "1", "--out"]).arg(dir.path().join("r2")).arg("--data").arg(&bad));
+    assert_clean_failure(&o, "ISIC_0000001.jpg");
+    // An unknown preset.
+    let o = run(bin().args(["train", "--preset", "huge", "--out"]).arg(dir.path().join("r3")));
+    assert_clean_failure(&o, "huge");
+}
