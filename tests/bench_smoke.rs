@@ -5,7 +5,6 @@
 
 use hyperseg_engine::bench::{dump_parity, flops, run_bench, write_report_json, BenchOptions, PARITY_FORMAT};
 use hyperseg_engine::model::{HypercolumnNet, ModelConfig};
-use hyperseg_engine::nn::Module;
 use hyperseg_engine::Device;
 use rand::SeedableRng;
 use safetensors::tensor::Dtype;

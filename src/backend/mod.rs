@@ -13,7 +13,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Elementwise unary operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +176,26 @@ pub struct AdamStep {
     pub bias_correction1: f32,
     /// `1 - beta2^t`.
     pub bias_correction2: f32,
+}
+
+/// Checks the arguments of [`BackendStorage::softmax_cross_entropy`] (shared by every backend):
+/// `len` logits for one label per row, labels below `classes`, one weight per class.
+pub(crate) fn check_softmax_xent(len: usize, labels: &[u32], classes: usize, weights: Option<&[f32]>) -> Result<()> {
+    if classes == 0 || len != labels.len() * classes {
+        return Err(Error::bad_shape(
+            "softmax_cross_entropy",
+            format!("{len} logits for {} labels of {classes} classes", labels.len()),
+        ));
+    }
+    if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(Error::InvalidValue { name: "label", msg: format!("{l} is not below the {classes} classes") });
+    }
+    if let Some(w) = weights {
+        if w.len() != classes {
+            return Err(Error::bad_shape("softmax_cross_entropy", format!("{} class weights for {classes} classes", w.len())));
+        }
+    }
+    Ok(())
 }
 
 /// Mixes a 32-bit seed and an element index into a uniform `u32`. The dropout masks of every

@@ -3,25 +3,6 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
-
-pub fn check_softmax_xent(len: usize, labels: &[u32], classes: usize, weights: Option<&[f32]>) -> Result<()> {
-    if classes == 0 || len != labels.len() * classes {
-        return Err(Error::bad_shape(
-            "softmax_cross_entropy",
-            format!("{len} logits for {} labels of {classes} classes", labels.len()),
-        ));
-    }
-    if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
-        return Err(Error::InvalidValue { name: "label", msg: format!("{l} is not below the {classes} classes") });
-    }
-    if let Some(w) = weights {
-        if w.len() != classes {
-            return Err(Error::bad_shape("softmax_cross_entropy", format!("{} class weights for {classes} classes", w.len())));
-        }
-    }
-    Ok(())
-}
 
 /// `loss = sum_r w[y_r] * (logsumexp(z_r) - z_r[y_r]) / sum_r w[y_r]` and
 /// `dz_r = w[y_r] * (softmax(z_r) - onehot(y_r)) / sum_r w[y_r]`.

@@ -231,7 +231,7 @@ impl BackendStorage for CpuStorage {
         classes: usize,
         class_weights: Option<&[f32]>,
     ) -> Result<(Self, Self)> {
-        loss::check_softmax_xent(self.len(), labels, classes, class_weights)?;
+        crate::backend::check_softmax_xent(self.len(), labels, classes, class_weights)?;
         let (l, g) = loss::softmax_cross_entropy(self.as_f32(), labels, classes, class_weights);
         Ok((CpuStorage::F32(vec![l]), CpuStorage::F32(g)))
     }

@@ -1009,25 +1009,6 @@ pub fn gather_hypercolumns_backward(
 
 // ---- loss --------------------------------------------------------------------------------------
 
-/// As `cpu::loss::check_softmax_xent`.
-fn check_softmax_xent(len: usize, labels: &[u32], classes: usize, weights: Option<&[f32]>) -> Result<()> {
-    if classes == 0 || len != labels.len() * classes {
-        return Err(Error::bad_shape(
-            "softmax_cross_entropy",
-            format!("{len} logits for {} labels of {classes} classes", labels.len()),
-        ));
-    }
-    if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
-        return Err(Error::InvalidValue { name: "label", msg: format!("{l} is not below the {classes} classes") });
-    }
-    if let Some(w) = weights {
-        if w.len() != classes {
-            return Err(Error::bad_shape("softmax_cross_entropy", format!("{} class weights for {classes} classes", w.len())));
-        }
-    }
-    Ok(())
-}
-
 /// Softmax cross-entropy with its gradient, fused: kernel `softmax_xent_f32` (grid
 /// G = min(ceil(rows/256), 1024), block 256, one thread per row) writes the gradient and per-block
 /// f64 loss sums; `sum_final_f64` (grid 1, block 256, scale = 1 / sum of weights) gives the
@@ -1039,7 +1020,7 @@ pub fn softmax_cross_entropy(
     class_weights: Option<&[f32]>,
 ) -> Result<(CudaStorage, CudaStorage)> {
     let _r = nvtx::range("softmax_cross_entropy");
-    check_softmax_xent(logits.len(), labels, classes, class_weights)?;
+    crate::backend::check_softmax_xent(logits.len(), labels, classes, class_weights)?;
     count("softmax_cross_entropy", logits.len())?;
     let dev = logits.device().clone();
     let rows = labels.len();
