@@ -19,21 +19,30 @@ Modes:
                  after --warmup, the device synchronised around each iteration (wall clock, as the engine's bench);
                  JSON with the engine bench's keys (train_step_ms, dense_infer_ms, peak_mem_bytes, device, precision,
                  preset, train_step_tflops, dense_infer_tflops, iters, dense_factored_ms).
-  --parity DIR   replay `hyperseg-engine bench --parity-dump DIR`: same weights, inputs and steps; compare the step-0
-                 logits and loss, every parameter's step-0 gradient, the batch-norm running statistics after step 0,
-                 and the loss of every later step, printing max relative errors and PASS/FAIL (exit 1 on a failure).
+  --parity DIR   replay `hyperseg-engine bench --parity-dump DIR` with the same weights, inputs and steps, twice: in
+                 fp32 (TF32 as the dump says) and in fp64 (the reference). Checks the engine's step-0 logits and loss,
+                 every parameter's step-0 gradient, the batch-norm running statistics after step 0, dense-inference
+                 probabilities of image 0 (both paths) and the loss of every later step; PASS/FAIL per tensor, exit 1
+                 on a failure.
 
-Relative error of a tensor: max |torch - engine| / max |engine| (a scalar: |torch - engine| / |engine|).
-Tolerances, fp32 with TF32 off on both sides:
-  - logits, step-0 loss, running statistics: 1e-4. Both sides compute in fp32 but sum in different orders (cuDNN or
-    oneDNN vs the engine's kernels, cuBLAS split-K...); one fp32 dot product of length K has a relative rounding error
-    of about sqrt(K) * 6e-8 (5e-6 for K = 5568), and 16 conv/BN layers compound it to ~1e-5: 1e-4 leaves a 10x margin.
-  - gradients: 1e-3. Backward goes through the same 16 layers again, with batch-norm backward subtracting means of
-    products (cancellation), and the gather's atomics sum in a run-dependent order: an order of magnitude more room.
-  - losses of steps >= 1: 5e-3. Adam's first update is about lr * sign(g) for every component: a gradient component at
-    rounding-noise level can take the other sign on the other side and move its weight by 2 * lr, so after one step the
-    two models differ by far more than rounding; the loss still agrees to a few 1e-3.
-With a dump made with TF32 on (metadata tf32=true) TF32 is enabled here too and the tolerances are 1e-2, 5e-2, 5e-2.
+How parity is judged. A fixed tolerance between two fp32 implementations does not work for the gradients of this
+model: measured on the paper's model (CPU, both sides fp32), PyTorch's own fp32 gradients differ from fp64 by 0.5-1%
+(l2) and up to 10% (max) in the backbone, while the logits agree to 3e-5. The likely cause is cancellation, not a bug (the
+error appears at fc7, 7x7 maps with 245 values per channel: batch-norm backward subtracts the mean of a gradient that
+is nearly the same everywhere at initialisation, leaving a small difference of large fp32 sums). So:
+  error(x)  = ||x - fp64|| / ||fp64||  (l2 relative error against the fp64 replay; |x - fp64| / |fp64| for scalars)
+  PASS when error(engine) <= max(floor, 4 x error(PyTorch fp32)).
+The engine must be about as accurate as PyTorch fp32 (4x leaves room for a different but equally valid summation
+order, e.g. the gather backward's atomics); the floor covers quantities that fp32 gets almost exactly (where 4x a
+tiny error would be noise). Floors, fp32 with TF32 off on both sides:
+  - logits, step-0 loss, running statistics: 1e-4 (one fp32 dot product of length K = 5568 has a relative rounding
+    error of about sqrt(K) * 6e-8 = 5e-6; 16 conv/BN layers compound it to ~1e-5: a 10x margin);
+  - gradients: 1e-3 (backward goes through the same layers again, with cancellation in batch-norm backward);
+  - dense-inference probabilities (eval mode, step-0 weights, running statistics after one update): 1e-3;
+  - losses of steps >= 1: 1e-3 (Adam's first update is about lr * sign(g): a gradient component at rounding-noise
+    level can take the other sign and move its weight by 2 * lr, so trajectories drift apart by more than rounding).
+With a dump made with TF32 on (metadata tf32=true) the fp32 replay enables TF32 too and the floors are 1e-2 (forward),
+5e-2 (gradients, later losses), 1e-1 (dense). The engine-vs-PyTorch-fp32 max relative error is printed for information.
 
 Examples:
   python3 bench/pytorch_reference.py --bench --device cuda --preset paper --json torch.json
@@ -63,9 +72,9 @@ PRESETS = {
 }
 BLOCK_DEPTHS = [2, 2, 3, 3, 3]
 
-# Tolerances of --parity: (forward, gradients, later steps), see the module doc.
-TOL_FP32 = (1e-4, 1e-3, 5e-3)
-TOL_TF32 = (1e-2, 5e-2, 5e-2)
+# Floors of the --parity tolerances: (forward, gradients, losses after Adam steps), see the module doc.
+FLOORS_FP32 = (1e-4, 1e-3, 1e-3)
+FLOORS_TF32 = (1e-2, 5e-2, 5e-2)
 
 
 # ---- FLOP count (the same formula as hyperseg_engine::bench::flops) ----------------------------------------------
@@ -293,6 +302,26 @@ def set_tf32(on):
     torch.backends.cudnn.allow_tf32 = on
 
 
+def load_safetensors(path):
+    """(tensors, metadata) of a safetensors file of F32 tensors, read directly (no `safetensors` package needed):
+    8 bytes little-endian header length, the JSON header, then the raw little-endian data."""
+    import torch
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    meta = header.pop("__metadata__", None) or {}
+    base, out = 8 + n, {}
+    for name, info in header.items():
+        if info["dtype"] != "F32":
+            sys.exit(f"error: {path}: tensor {name} is {info['dtype']}, expected F32")
+        start, end = info["data_offsets"]
+        flat = torch.frombuffer(bytearray(data[base + start:base + end]), dtype=torch.float32) if end > start \
+            else torch.zeros(0, dtype=torch.float32)
+        out[name] = flat.reshape(info["shape"])
+    return out, meta
+
+
 def write_json_atomic(path, obj):
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
@@ -427,7 +456,7 @@ def bench(args):
         print(f"[{precision}] train step {train_ms:.2f} ms ({rate(f_train, train_ms):.2f} TFLOP/s){dense_txt}, "
               f"peak {peak / 2**30:.2f} GiB, loss {last_loss:.4f}", file=sys.stderr)
         print(json.dumps({k: v for k, v in run.items() if k != "train_step_samples_ms"}), flush=True)
-        del model, opt, images, points, labels, last
+        model = opt = images = points = labels = last = None  # free before the next precision
         if device.type == "cuda":
             torch.cuda.empty_cache()
     set_tf32(False)
@@ -438,92 +467,154 @@ def bench(args):
 
 # ---- --parity -----------------------------------------------------------------------------------------------------
 
-class Checks:
-    def __init__(self):
-        self.passed, self.failed, self.worst = 0, 0, {}
-
-    def check(self, kind, name, ours, theirs, tol):
-        import torch
-        ours = ours.detach().float().cpu()
-        theirs = theirs.detach().float().cpu().reshape(ours.shape)
-        scale = theirs.abs().max().item()
-        err = (ours - theirs).abs().max().item()
-        rel = err / scale if scale > 0 else err
-        ok = bool(torch.isfinite(ours).all()) and rel <= tol
-        self.passed += ok
-        self.failed += not ok
-        if rel > self.worst.get(kind, (-1.0, ""))[0]:
-            self.worst[kind] = (rel, name)
-        print(f"{'PASS' if ok else 'FAIL'} {name:<46} max rel err {rel:.3e} (tol {tol:.0e}, scale {scale:.3e})")
-        return ok
+def l2_rel(x, ref):
+    """||x - ref|| / ||ref|| in float64 (|x - ref| / |ref| for scalars); x takes ref's shape."""
+    import torch
+    ref = ref.detach().double().cpu()
+    x = x.detach().double().cpu().reshape(ref.shape)
+    if not bool(torch.isfinite(x).all()):
+        return float("inf")
+    den = ref.norm().item()
+    num = (x - ref).norm().item()
+    return num / den if den > 0 else num
 
 
-def parity(args):
+def max_rel(x, ref):
+    """max |x - ref| / max |ref|."""
+    ref = ref.detach().double().cpu()
+    x = x.detach().double().cpu().reshape(ref.shape)
+    den = ref.abs().max().item()
+    num = (x - ref).abs().max().item()
+    return num / den if den > 0 else num
+
+
+def replay(cfg, weights, inputs, steps, device, dtype, dense):
+    """Replays the dump's steps in PyTorch at `dtype`: step-0 logits, gradients, running statistics and (when
+    `dense`) dense probabilities of image 0, and the loss of every step; everything returned on the host."""
     import torch
     import torch.nn.functional as F
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     HypercolumnNet, _ = build_model_classes()
-    d = args.parity
-    paths = {k: os.path.join(d, f"{k}.safetensors") for k in ("weights", "inputs", "outputs")}
-    for p in paths.values():
-        if not os.path.exists(p):
-            sys.exit(f"error: {p} is missing; write the dump with: hyperseg-engine bench --parity-dump {d}")
-    with safe_open(paths["inputs"], framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "hyperseg-engine-parity/1":
-        sys.exit(f"error: {paths['inputs']} is not a hyperseg-engine parity dump (format {meta.get('format')!r})")
-    cfg = json.loads(meta["config"])
-    tf32 = meta.get("tf32") == "true"
-    tol_fwd, tol_grad, tol_steps = TOL_TF32 if tf32 else TOL_FP32
-    device = pick_device(args.device)
-    set_tf32(tf32)
-    torch.backends.cudnn.benchmark = False
-    print(f"parity: preset {cfg['preset']}, engine ran on {meta.get('device')} (tf32={tf32}), "
-          f"PyTorch {torch.__version__} on {device}; tolerances fwd {tol_fwd}, grad {tol_grad}, later steps {tol_steps}")
-
-    model = HypercolumnNet(cfg).to(device)
-    weights = load_file(paths["weights"])
-    ours = set(engine_state_dict(model))
-    theirs = set(weights)
-    if ours != theirs:
-        sys.exit(f"error: parameter names differ: only in PyTorch {sorted(ours - theirs)[:10]}, "
-                 f"only in the engine {sorted(theirs - ours)[:10]}")
+    model = HypercolumnNet(cfg)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
-
-    inputs = load_file(paths["inputs"])
-    outputs = load_file(paths["outputs"])
-    images = inputs["images"].to(device)
+    model = model.to(device=device, dtype=dtype)
+    images = inputs["images"].to(device=device, dtype=dtype)
     points = inputs["points"].round().long().to(device)
     labels = inputs["labels"].round().long().to(device)
-    steps = outputs["loss"].numel()
     opt = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"], betas=(0.9, 0.999), eps=1e-8, foreach=False)
     model.train()
-    c = Checks()
+    out = {"loss": []}
     for t in range(steps):
         logits = model(images, points)
         loss = F.cross_entropy(logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        out["loss"].append(loss.detach().cpu())
         if t == 0:
-            c.check("logits", "logits (step 0)", logits, outputs["logits"], tol_fwd)
-            c.check("loss", "loss (step 0)", loss, outputs["loss"][0], tol_fwd)
+            out["logits"] = logits.detach().cpu()
             for name, p in model.named_parameters():
-                grad = p.grad if p.grad is not None else torch.zeros_like(p)
-                c.check("gradients", f"grad.{name}", grad, outputs[f"grad.{name}"], tol_grad)
+                out[f"grad.{name}"] = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu()
             for name, b in model.named_buffers():
                 if not name.endswith("num_batches_tracked"):
-                    c.check("running statistics", f"state1.{name}", b, outputs[f"state1.{name}"], tol_fwd)
-        else:
-            c.check("later losses", f"loss (step {t})", loss, outputs["loss"][t], tol_steps)
+                    out[f"state1.{name}"] = b.detach().cpu().clone()
+            if dense:
+                model.eval()
+                with torch.no_grad():
+                    out["dense_naive"] = model.dense_naive(images[:1]).cpu()
+                    out["dense_factored"] = model.dense_factored(images[:1]).cpu()
+                model.train()
         opt.step()
-    print("worst per kind: " + "; ".join(f"{k} {v[0]:.2e} ({v[1]})" for k, v in c.worst.items()))
+    del model, opt, images
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+class Checks:
+    """Each check: err = l2_rel(engine, fp64 reference); PASS when err <= max(floor, FACTOR * PyTorch fp32's own
+    l2_rel against the same reference)."""
+
+    FACTOR = 4.0
+
+    def __init__(self):
+        self.passed, self.failed, self.worst, self.rows = 0, 0, {}, []
+
+    def check(self, kind, name, engine, torch32, ref64, floor):
+        e_eng, e_t32 = l2_rel(engine, ref64), l2_rel(torch32, ref64)
+        limit = max(floor, self.FACTOR * e_t32)
+        ok = e_eng <= limit
+        self.passed += ok
+        self.failed += not ok
+        ratio = e_eng / limit
+        if ratio > self.worst.get(kind, (-1.0, "", 0.0, 0.0))[0]:
+            self.worst[kind] = (ratio, name, e_eng, e_t32)
+        direct = max_rel(engine, torch32)
+        self.rows.append({"name": name, "kind": kind, "engine_err": e_eng, "torch32_err": e_t32, "limit": limit,
+                          "engine_vs_torch32_max_rel": direct, "pass": ok})
+        print(f"{'PASS' if ok else 'FAIL'} {name:<44} engine {e_eng:.2e}  torch32 {e_t32:.2e}  limit {limit:.1e}"
+              f"  | engine-vs-torch32 max-rel {direct:.1e}")
+        return ok
+
+
+def parity(args):
+    import torch
+
+    d = args.parity
+    paths = {k: os.path.join(d, f"{k}.safetensors") for k in ("weights", "inputs", "outputs")}
+    for p in paths.values():
+        if not os.path.exists(p):
+            sys.exit(f"error: {p} is missing; write the dump with: hyperseg-engine bench --parity-dump {d}")
+    inputs, meta = load_safetensors(paths["inputs"])
+    if meta.get("format") != "hyperseg-engine-parity/1":
+        sys.exit(f"error: {paths['inputs']} is not a hyperseg-engine parity dump (format {meta.get('format')!r})")
+    cfg = json.loads(meta["config"])
+    tf32 = meta.get("tf32") == "true"
+    floor_fwd, floor_grad, floor_steps = FLOORS_TF32 if tf32 else FLOORS_FP32
+    device = pick_device(args.device)
+    torch.backends.cudnn.benchmark = False
+    print(f"parity: preset {cfg['preset']}, engine ran on {meta.get('device')} (tf32={tf32}); PyTorch "
+          f"{torch.__version__} on {device} in fp32 (tf32={tf32}) and in fp64 (the reference); error = l2 relative "
+          f"error against fp64; PASS when engine <= max(floor, {Checks.FACTOR:g} x torch32); floors fwd {floor_fwd}, "
+          f"grad {floor_grad}, later losses {floor_steps}")
+
+    weights, _ = load_safetensors(paths["weights"])
+    HypercolumnNet, _ = build_model_classes()
+    names = set(engine_state_dict(HypercolumnNet(cfg)))
+    if names != set(weights):
+        sys.exit(f"error: parameter names differ: only in PyTorch {sorted(names - set(weights))[:10]}, "
+                 f"only in the engine {sorted(set(weights) - names)[:10]}")
+    outputs, _ = load_safetensors(paths["outputs"])
+    steps = outputs["loss"].numel()
+    dense = "dense_naive" in outputs
+
+    set_tf32(tf32)
+    t0 = time.perf_counter()
+    t32 = replay(cfg, weights, inputs, steps, device, torch.float32, dense)
+    set_tf32(False)
+    t1 = time.perf_counter()
+    f64 = replay(cfg, weights, inputs, steps, device, torch.float64, dense)
+    print(f"replayed {steps} steps: fp32 {t1 - t0:.1f} s, fp64 {time.perf_counter() - t1:.1f} s")
+
+    c = Checks()
+    c.check("logits", "logits (step 0)", outputs["logits"], t32["logits"], f64["logits"], floor_fwd)
+    c.check("loss", "loss (step 0)", outputs["loss"][0], t32["loss"][0], f64["loss"][0], floor_fwd)
+    for key in (k for k in f64 if k.startswith("grad.")):
+        c.check("gradients", key, outputs[key], t32[key], f64[key], floor_grad)
+    for key in (k for k in f64 if k.startswith("state1.")):
+        c.check("running statistics", key, outputs[key], t32[key], f64[key], floor_fwd)
+    if dense:
+        for key in ("dense_naive", "dense_factored"):
+            c.check("dense probabilities", f"{key} (image 0)", outputs[key], t32[key], f64["dense_naive"],
+                    10 * floor_fwd)
+    for t in range(1, steps):
+        c.check("later losses", f"loss (step {t})", outputs["loss"][t], t32["loss"][t], f64["loss"][t], floor_steps)
+    print("closest to its limit, per kind: " + "; ".join(
+        f"{k} {v[1]} (engine {v[2]:.1e}, torch32 {v[3]:.1e})" for k, v in c.worst.items()))
     print(f"parity: {c.passed} passed, {c.failed} failed")
     if args.json:
         write_json_atomic(args.json, {"passed": c.passed, "failed": c.failed, "tf32": tf32, "device": str(device),
-                                      "worst": {k: {"rel_err": v[0], "tensor": v[1]} for k, v in c.worst.items()}})
+                                      "factor": Checks.FACTOR, "checks": c.rows})
     return 0 if c.failed == 0 else 1
 
 

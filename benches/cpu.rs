@@ -26,6 +26,8 @@ fn gemm(c: &mut Criterion) {
     let b = rand_storage(k * n, 2);
     let mut g = c.benchmark_group("cpu_gemm");
     g.sampling_mode(SamplingMode::Flat);
+    // About 1-2 s per product on two cores: room for the 10 samples.
+    g.measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
     g.bench_function(format!("{m}x{k}_by_{k}x{n}"), |bch| {
         bch.iter(|| black_box(a.gemm(&b, GemmSpec { m, n, k, trans_a: false, trans_b: false }).expect("gemm")))

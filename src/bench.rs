@@ -269,6 +269,16 @@ fn tflops(flop: f64, ms: f64) -> f64 {
     flop / (ms * 1e-3) / 1e12
 }
 
+/// A FLOP rate for the table: TFLOP/s, or GFLOP/s below 1 TFLOP/s.
+fn rate(flop: f64, ms: f64) -> String {
+    let t = tflops(flop, ms);
+    if t >= 1.0 {
+        format!("{t:.2} TFLOP/s")
+    } else {
+        format!("{:.1} GFLOP/s", t * 1e3)
+    }
+}
+
 impl BenchReport {
     /// `dense_infer_*` refer to this path: naive when it was timed (the path PyTorch's
     /// reference times), else factored.
@@ -330,7 +340,7 @@ impl BenchReport {
             "training step (fwd+bwd+Adam)".into(),
             format!("{:.2} ms", self.train.median_ms()),
             format!("{:.1} GFLOP", self.flops.0 / 1e9),
-            format!("{:.2} TFLOP/s", tflops(self.flops.0, self.train.median_ms())),
+            rate(self.flops.0, self.train.median_ms()),
         ]];
         for (name, t, f) in [("dense, one image, naive", &self.dense_naive, self.flops.1), ("dense, one image, factored", &self.dense_factored, self.flops.2)] {
             if let Some(t) = t {
@@ -338,7 +348,7 @@ impl BenchReport {
                     name.into(),
                     format!("{:.2} ms", t.median_ms()),
                     format!("{:.1} GFLOP", f / 1e9),
-                    format!("{:.2} TFLOP/s", tflops(f, t.median_ms())),
+                    rate(f, t.median_ms()),
                 ]);
             }
         }
@@ -528,7 +538,9 @@ fn write_safetensors(path: &Path, blobs: &[Blob], meta: HashMap<String, String>)
 ///   `labels [P]` (f32);
 /// - `outputs.safetensors`: `logits [P, classes]` of step 0, `loss [steps]` (the loss of step
 ///   t, before its Adam update), `grad.NAME` for every parameter at step 0, and
-///   `state1.NAME` for every batch-norm running statistic after step 0's forward.
+///   `state1.NAME` for every batch-norm running statistic after step 0's forward, and
+///   `dense_naive`, `dense_factored` `[s, s]`: the lesion probability of image 0 by dense
+///   inference (eval mode) with the step-0 weights and those running statistics.
 ///
 /// Metadata of each file: `format`, `config` (JSON), `seed`, `steps`, `tf32`, `device`.
 pub fn dump_parity(dir: &Path, config: &ModelConfig, device: &Device, steps: usize) -> Result<()> {
@@ -570,6 +582,7 @@ pub fn dump_parity(dir: &Path, config: &ModelConfig, device: &Device, steps: usi
         meta.clone(),
     )?;
 
+    let first_image = Tensor::from_slice(&images[..3 * s * s], [1, 3, s, s], device)?;
     let x = Tensor::from_vec(images, [n, 3, s, s], device)?;
     let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
     let named = model.named();
@@ -584,6 +597,12 @@ pub fn dump_parity(dir: &Path, config: &ModelConfig, device: &Device, steps: usi
         loss.backward()?;
         if t == 0 {
             blobs.push(Blob::new("logits", logits.dims().to_vec(), &logits.to_vec()?));
+            // Dense inference of image 0 with these weights and the running statistics after
+            // one update (eval mode), by both paths.
+            for (key, path) in [("dense_naive", DensePath::Naive), ("dense_factored", DensePath::Factored)] {
+                let prob = model.predict_dense(&first_image, path, crate::infer::InferOptions::default().tile_pixels)?.remove(0);
+                blobs.push(Blob::new(key, vec![s, s], &prob));
+            }
             for nt in &named {
                 if nt.trainable {
                     let g = match nt.tensor.grad() {

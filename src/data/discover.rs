@@ -8,7 +8,10 @@
 //! 3. images and `*_segmentation` masks side by side in `DIR` itself.
 //!
 //! Files other than `.jpg`/`.jpeg`/`.png` pictures (metadata CSVs, `*_superpixels.png`, hidden files) are skipped.
-//! Masks without an image are ignored; an image without a mask is an error.
+//! An image without a mask is an error naming it; a mask without an image is skipped with a warning naming it
+//! (see [`super::warn`]). A picture whose file name is not valid UTF-8 is skipped with a warning showing the name
+//! lossily (rename it to use it). An empty folder, or one without pictures, is an error naming it. Pictures whose
+//! header announces more than [`super::decode::MAX_IMAGE_SIDE`] pixels a side are refused here already.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,7 @@ use rayon::prelude::*;
 
 use super::decode::{image_dimensions, size_mismatch};
 use super::ids::{is_image_file, is_mask_stem, match_key, stem};
+use super::warn::warn_once;
 use crate::error::{Error, Result};
 
 /// One image with its ground-truth mask.
@@ -62,6 +66,15 @@ impl Dataset {
             ));
         }
         let masks = keyed_files(&layout.masks, |s| !flat || is_mask_stem(s))?;
+        for (id, mask_path) in &masks {
+            if !images.contains_key(id) {
+                warn_once(
+                    mask_path,
+                    "mask without image",
+                    &format!("mask without an image in {}: skipped", layout.images.display()),
+                );
+            }
+        }
         let mut samples = Vec::with_capacity(images.len());
         for (id, image_path) in images {
             let Some(mask_path) = masks.get(&id) else {
@@ -225,6 +238,14 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 fn keyed_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<BTreeMap<String, PathBuf>> {
     let mut map: BTreeMap<String, PathBuf> = BTreeMap::new();
     for path in list_dir(dir)? {
+        if path.file_name().is_some_and(|n| n.to_str().is_none()) {
+            // Not UTF-8: ids and messages need text, so such a picture is skipped, loudly.
+            let lossy = PathBuf::from(path.to_string_lossy().into_owned());
+            if is_image_file(&lossy) && path.is_file() {
+                warn_once(&path, "non-UTF-8 name", "file name is not valid UTF-8: skipped (rename it to use it)");
+            }
+            continue;
+        }
         if !is_image_file(&path) || !path.is_file() {
             continue;
         }

@@ -1,5 +1,6 @@
 //! The data pipeline: ISIC folder discovery, decoding at the model size, seeded augmentation, batching, a
-//! prefetching loader, a memory-mapped pre-decoded cache, and the image-side helpers of prediction.
+//! prefetching loader, a memory-mapped pre-decoded cache, and the image-side helpers of prediction. Problems that do
+//! not stop a run are reported once per file through [`warn`].
 //!
 //! Typical training use:
 //! ```no_run
@@ -23,6 +24,7 @@ pub mod infer;
 pub mod loader;
 pub mod output;
 pub mod overlay;
+pub mod warn;
 
 pub use augment::{Augment, AugmentParams};
 pub use batch::Batch;

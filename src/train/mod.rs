@@ -6,6 +6,13 @@
 //! epoch `e` (see [`crate::data::Loader`]), and the sampled pixels and dropout masks of step
 //! `t`. So a run resumed from the checkpoint of epoch `e` continues exactly as if it had never
 //! stopped (in deterministic mode, bitwise).
+//!
+//! Failure handling: a loss or any gradient that is not finite stops the run with
+//! [`Error::Diverged`] naming the step, before the optimiser touches the weights, so the last
+//! checkpoint (of the previous epoch) stays the last good one. After each epoch the metrics log
+//! and plot are written before the checkpoint: a crash in between leaves a log one epoch ahead,
+//! which a resumed run trims, and the checkpoint files stay consistent with each other (see
+//! [`crate::model::save_checkpoint`]), so `kill -9` at any moment resumes cleanly.
 
 mod evaluate;
 mod log;
@@ -22,6 +29,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::autograd::no_grad;
 use crate::backend::cuda::nvtx::range;
 use crate::data::{Augment, Dataset, Loader, LoaderConfig};
 use crate::device::Device;
@@ -91,12 +99,39 @@ fn step_rng(seed: u64, step: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
+/// The sum of the sums of every gradient of `params` when it is not finite, else `None`. A NaN or
+/// an infinity anywhere propagates to that one scalar, so the check costs one reduction per
+/// gradient on the device and a single transfer. (Finite gradients whose total exceeds f32's range
+/// also count as diverged.)
+pub fn non_finite_gradient(params: &[Tensor]) -> Result<Option<f32>> {
+    let total = no_grad(|| -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for g in params.iter().filter_map(Tensor::grad) {
+            let s = g.sum_all()?;
+            total = Some(match total {
+                Some(t) => t.add(&s)?,
+                None => s,
+            });
+        }
+        Ok(total)
+    })?;
+    match total {
+        Some(t) => {
+            let v = t.to_scalar()?;
+            Ok((!v.is_finite()).then_some(v))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Trains a model as `opts` says, on `device`.
 pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
+    // Temporary files of a run killed mid-save (complete files are never torn; see crate::fsutil).
+    crate::fsutil::remove_stale_temps(&opts.out);
     let (model, mut state, mut records) = match &opts.resume {
         Some(ckpt) => {
             let (model, c) = load_checkpoint(ckpt, device)?;
-            let state = c.training.ok_or_else(|| Error::bad_file(ckpt, "has no training state to resume from (its .json sidecar is missing)"))?;
+            let state = c.training.ok_or_else(|| Error::bad_file(ckpt, "has no training state to resume from (not saved by a training run, and its .json sidecar is missing)"))?;
             (model, state, read_log(&opts.out.join("metrics.jsonl"))?)
         }
         None => {
@@ -105,6 +140,7 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
             (model, TrainingState { epoch: 0, step: 0, seed: opts.seed, best_jaccard: 0.0 }, Vec::new())
         }
     };
+    // A log ahead of the checkpoint (a crash between the two writes) is trimmed.
     records.retain(|r| r.epoch <= state.epoch);
     let config = model.config.clone();
     let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
@@ -148,6 +184,9 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
                 let _range = range("backward");
                 loss.backward()?;
             }
+            if let Some(value) = non_finite_gradient(adam.params())? {
+                return Err(Error::Diverged { step: state.step, epoch, value });
+            }
             {
                 let _range = range("optimizer step");
                 adam.step()?;
@@ -170,15 +209,42 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
         if let Some(j) = jaccard.filter(|_| improved) {
             state.best_jaccard = j;
         }
+        let record = EpochRecord::new(state.epoch, state.step, loss_sum / steps.max(1) as f64, images as f64 / train_seconds, started.elapsed().as_secs_f64(), val.as_ref());
+        records.push(record.clone());
+        // The log before the checkpoint: after a crash in between, a resumed run trims the log.
+        write_log(&opts.out.join("metrics.jsonl"), &records)?;
+        plot_run(&opts.out.join("training.png"), &records)?;
         save_checkpoint(&last, &model, Some(&adam), Some(&state))?;
         if improved {
             save_checkpoint(&best, &model, None, Some(&state))?;
         }
-        let record = EpochRecord::new(state.epoch, state.step, loss_sum / steps.max(1) as f64, images as f64 / train_seconds, started.elapsed().as_secs_f64(), val.as_ref());
-        records.push(record.clone());
-        write_log(&opts.out.join("metrics.jsonl"), &records)?;
-        plot_run(&opts.out.join("training.png"), &records)?;
         observer.on_epoch(&record);
     }
     Ok(TrainSummary { records, last_checkpoint: last, best_checkpoint: best.exists().then_some(best) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradient_check_sees_nan_and_infinity() {
+        let dev = Device::Cpu;
+        let a = Tensor::from_vec(vec![1.0, 2.0], [2], &dev).unwrap().to_variable().unwrap();
+        let b = Tensor::from_vec(vec![3.0; 3], [3], &dev).unwrap().to_variable().unwrap();
+        assert_eq!(non_finite_gradient(&[a.clone(), b.clone()]).unwrap(), None, "no gradients yet");
+        // loss = sum(a * k) + sum(b * k'): the gradients are k and k'.
+        let run = |ka: Vec<f32>, kb: Vec<f32>| {
+            a.zero_grad();
+            b.zero_grad();
+            let ka = Tensor::from_vec(ka, [2], &dev).unwrap();
+            let kb = Tensor::from_vec(kb, [3], &dev).unwrap();
+            let loss = a.mul(&ka).unwrap().sum_all().unwrap().add(&b.mul(&kb).unwrap().sum_all().unwrap()).unwrap();
+            loss.backward().unwrap();
+            non_finite_gradient(&[a.clone(), b.clone()]).unwrap()
+        };
+        assert_eq!(run(vec![1.0, -1.0], vec![0.5; 3]), None);
+        assert!(run(vec![1.0, f32::NAN], vec![0.5; 3]).unwrap().is_nan());
+        assert_eq!(run(vec![1.0, 1.0], vec![0.5, f32::INFINITY, 0.0]), Some(f32::INFINITY));
+    }
 }
