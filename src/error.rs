@@ -46,7 +46,7 @@ pub enum Error {
     #[error("out of device memory: a request of {requested} bytes would exceed the cap of {cap} bytes ({in_use} in use); lower the batch size, the sampled pixels or the tile size, or raise --mem-limit")]
     OutOfMemory { requested: usize, cap: usize, in_use: usize },
     /// Training produced a loss or gradient that is not finite.
-    #[error("training diverged: the loss became {value} at step {step} (epoch {epoch}); the last good checkpoint is kept; lower the learning rate or check the data")]
+    #[error("training diverged: the loss or a gradient became {value} at step {step} (epoch {epoch}); the last good checkpoint is kept; lower the learning rate or check the data")]
     Diverged { step: u64, epoch: usize, value: f32 },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]

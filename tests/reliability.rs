@@ -307,7 +307,7 @@ fn huge_pictures_are_refused_before_decoding() {
     assert!(e.contains("deep.png") && e.contains("16384x16384") && e.contains("bytes"), "{e}");
     // A real JPEG whose frame header is edited to claim 20000x20000.
     let mut jpeg = std::fs::read(sample("train").join("images/ISIC_0000000.jpg")).unwrap();
-    let sof = (0..jpeg.len() - 1).find(|&i| jpeg[i] == 0xFF && matches!(jpeg[i + 1], 0xC0 | 0xC1 | 0xC2)).expect("a SOF marker");
+    let sof = (0..jpeg.len() - 1).find(|&i| jpeg[i] == 0xFF && matches!(jpeg[i + 1], 0xC0..=0xC2)).expect("a SOF marker");
     jpeg[sof + 5..sof + 9].copy_from_slice(&[0x4E, 0x20, 0x4E, 0x20]);
     let huge_jpeg = d.join("huge.jpg");
     std::fs::write(&huge_jpeg, &jpeg).unwrap();
@@ -458,7 +458,8 @@ fn hostile_configurations_are_refused_before_allocating() {
     let good = dir.path().join("good.safetensors");
     save_checkpoint(&good, &model, None, None).unwrap();
     let started = Instant::now();
-    let cases: Vec<(&str, Box<dyn Fn(&mut ModelConfig)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut ModelConfig)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         ("input.safetensors", Box::new(|c| c.input_size = 8192), "input size 8192"),
         ("wide.safetensors", Box::new(|c| c.fc_width = 1 << 20), "parameters"),
         ("absurd.safetensors", Box::new(|c| c.block_widths = [usize::MAX / 2; 5]), "parameters"),
