@@ -303,6 +303,27 @@ impl Storage {
         unary_dispatch!(self, |x| x.dropout_mask(len, keep, seed))
     }
 
+    /// One Adam step over many parameters: `(param, grad, m, v)` each. On CUDA a single
+    /// multi-tensor launch; on the CPU one update per parameter.
+    pub fn adam_step_all(items: &mut [(&mut Storage, &Storage, &mut Storage, &mut Storage)], h: &AdamStep) -> Result<()> {
+        if items.iter().all(|(p, ..)| matches!(p, Storage::Cuda(_))) {
+            let mut groups = Vec::with_capacity(items.len());
+            for (p, g, m, v) in items.iter_mut() {
+                match (&mut **p, &**g, &mut **m, &mut **v) {
+                    (Storage::Cuda(p), Storage::Cuda(grad), Storage::Cuda(m), Storage::Cuda(v)) => {
+                        groups.push(crate::backend::cuda::kernels::ops::AdamGroup { p, grad, m, v })
+                    }
+                    (p, g, ..) => return Err(mismatch("adam", p, g)),
+                }
+            }
+            return crate::backend::cuda::kernels::ops::adam_step_multi(&mut groups, h);
+        }
+        for (p, g, m, v) in items.iter_mut() {
+            p.adam_step(g, m, v, h)?;
+        }
+        Ok(())
+    }
+
     pub fn adam_step(&mut self, grad: &Storage, m: &mut Storage, v: &mut Storage, h: &AdamStep) -> Result<()> {
         match (self, grad, m, v) {
             (Storage::Cpu(p), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => p.adam_step(g, m, v, h),

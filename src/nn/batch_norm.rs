@@ -1,8 +1,8 @@
 //! A 2-D batch-norm layer with affine parameters and running statistics.
 //!
 //! Training mode normalises with the batch's statistics and updates the running mean and
-//! (unbiased) variance as `running = (1 - momentum) * running + momentum * batch` (PyTorch's
-//! convention, momentum 0.1); eval mode normalises with the running statistics.
+//! (unbiased) variance as `running += momentum * (batch - running)`, i.e. PyTorch's
+//! `(1 - momentum) * running + momentum * batch` with momentum 0.1; eval mode normalises with the running statistics.
 
 use super::{join, Module, Named};
 use crate::autograd::no_grad;
@@ -40,11 +40,12 @@ impl BatchNorm2d {
         }
         let (y, stats) = x.batch_norm_train(&self.gamma, &self.beta, self.eps)?;
         no_grad(|| -> Result<()> {
-            let m = self.momentum;
-            let mean = self.running_mean.affine(1.0 - m, 0.0)?.add(&stats.mean.affine(m, 0.0)?)?;
-            let var = self.running_var.affine(1.0 - m, 0.0)?.add(&stats.var_unbiased.affine(m, 0.0)?)?;
-            self.running_mean.assign(&mean)?;
-            self.running_var.assign(&var)
+            // running += momentum * (batch - running), in place: two kernels per statistic.
+            for (running, batch) in [(&self.running_mean, &stats.mean), (&self.running_var, &stats.var_unbiased)] {
+                let delta = batch.sub(running)?;
+                running.storage_mut().add_scaled_assign(&delta.storage(), self.momentum)?;
+            }
+            Ok(())
         })?;
         Ok(y)
     }
@@ -56,5 +57,26 @@ impl Module for BatchNorm2d {
         out.push(Named { name: join(prefix, "bias"), tensor: self.beta.clone(), trainable: true });
         out.push(Named { name: join(prefix, "running_mean"), tensor: self.running_mean.clone(), trainable: false });
         out.push(Named { name: join(prefix, "running_var"), tensor: self.running_var.clone(), trainable: false });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_statistics_follow_pytorch() {
+        let x: Vec<f32> = (0..2 * 2 * 3).map(|i| ((i * 7 % 5) as f32) * 0.5 - 1.0).collect();
+        let bn = BatchNorm2d::new(2, &Device::Cpu).unwrap();
+        bn.forward(&Tensor::from_vec(x.clone(), [2, 2, 3, 1], &Device::Cpu).unwrap(), true).unwrap();
+        for c in 0..2 {
+            let vals: Vec<f64> = (0..2).flat_map(|n| (0..3).map(move |i| (n * 2 + c) * 3 + i)).map(|i| x[i] as f64).collect();
+            let mean = vals.iter().sum::<f64>() / 6.0;
+            let unbiased = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 5.0;
+            let rm = bn.running_mean.to_vec().unwrap()[c] as f64;
+            let rv = bn.running_var.to_vec().unwrap()[c] as f64;
+            assert!((rm - 0.1 * mean).abs() < 1e-6, "running mean {rm} vs {}", 0.1 * mean);
+            assert!((rv - (0.9 + 0.1 * unbiased)).abs() < 1e-6, "running var {rv} vs {}", 0.9 + 0.1 * unbiased);
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! Adam (Kingma & Ba) with bias correction and optional decoupled weight decay (AdamW). The
-//! moments live on each parameter's device; the update is one backend kernel per parameter.
+//! moments live on each parameter's device; on CUDA one multi-tensor launch updates every
+//! parameter, on the CPU one rayon loop per parameter.
 //! Its state (step count and moments) can be saved and restored for checkpoints.
 
 use crate::backend::AdamStep;
 use crate::error::{Error, Result};
+use crate::storage::Storage;
 use crate::tensor::Tensor;
 
 /// Adam's hyper-parameters.
@@ -90,11 +92,20 @@ impl Adam {
             bias_correction1: 1.0 - c.beta1.powi(t),
             bias_correction2: 1.0 - c.beta2.powi(t),
         };
-        for ((p, m), v) in self.params.iter().zip(&self.m).zip(&self.v) {
-            let Some(g) = p.grad() else { continue };
-            p.storage_mut().adam_step(&g.storage(), &mut m.storage_mut(), &mut v.storage_mut(), &h)?;
-        }
-        Ok(())
+        // Every parameter with a gradient, updated together (one launch on CUDA).
+        let active: Vec<(usize, Tensor)> =
+            self.params.iter().enumerate().filter_map(|(i, p)| p.grad().map(|g| (i, g))).collect();
+        let mut ps: Vec<_> = active.iter().map(|(i, _)| self.params[*i].storage_mut()).collect();
+        let gs: Vec<_> = active.iter().map(|(_, g)| g.storage()).collect();
+        let mut ms: Vec<_> = active.iter().map(|(i, _)| self.m[*i].storage_mut()).collect();
+        let mut vs: Vec<_> = active.iter().map(|(i, _)| self.v[*i].storage_mut()).collect();
+        let mut items: Vec<_> = ps
+            .iter_mut()
+            .zip(&gs)
+            .zip(ms.iter_mut().zip(vs.iter_mut()))
+            .map(|((p, g), (m, v))| (&mut **p, &**g, &mut **m, &mut **v))
+            .collect();
+        Storage::adam_step_all(&mut items, &h)
     }
 
     /// Forgets every parameter's gradient.
