@@ -1,6 +1,6 @@
 //! `hyperseg-engine eval`: a checkpoint scored on a folder with the ISIC 2017 rules.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use hyperseg_engine::data::Dataset;
@@ -36,7 +36,19 @@ pub struct EvalArgs {
     pub device: DeviceArgs,
 }
 
-pub fn print_report(r: &ScoreReport) {
+/// Prints the metrics, and writes them as JSON and per-image CSV where asked.
+pub fn emit_report(r: &ScoreReport, json: Option<&Path>, csv: Option<&Path>) -> Result<()> {
+    print_report(r);
+    if let Some(path) = json {
+        r.write_json(path)?;
+    }
+    if let Some(path) = csv {
+        write_per_image_csv(path, &r.per_image)?;
+    }
+    Ok(())
+}
+
+fn print_report(r: &ScoreReport) {
     println!("images              {}", r.n_images);
     println!("jaccard             {:.4}", r.jaccard);
     println!("threshold jaccard   {:.4}", r.threshold_jaccard);
@@ -52,10 +64,5 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let dataset = Dataset::discover(&a.data)?;
     let opts = InferOptions { path: if a.naive { DensePath::Naive } else { DensePath::Factored }, tile_pixels: a.tile_pixels };
     let report = evaluate(&model, &dataset, opts)?;
-    print_report(&report);
-    super::write_json_if(&a.json, &report.to_json())?;
-    if let Some(csv) = &a.csv {
-        write_per_image_csv(csv, &report.per_image)?;
-    }
-    Ok(())
+    emit_report(&report, a.json.as_deref(), a.csv.as_deref())
 }

@@ -9,8 +9,6 @@ mod progress;
 mod score;
 mod train;
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 pub use device_args::DeviceArgs;
@@ -48,13 +46,5 @@ pub fn run(cli: Cli) -> hyperseg_engine::Result<()> {
         Command::Score(a) => score::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Info => info::run(),
-    }
-}
-
-/// Writes a JSON report atomically when asked to.
-pub(crate) fn write_json_if(path: &Option<PathBuf>, json: &str) -> hyperseg_engine::Result<()> {
-    match path {
-        Some(p) => hyperseg_engine::fsutil::write_bytes_atomic(p, json.as_bytes()),
-        None => Ok(()),
     }
 }

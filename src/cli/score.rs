@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use hyperseg_engine::metrics::{score_dirs, write_per_image_csv};
+use hyperseg_engine::metrics::score_dirs;
 use hyperseg_engine::Result;
 
 #[derive(Args, Debug)]
@@ -24,10 +24,5 @@ pub struct ScoreArgs {
 
 pub fn run(a: ScoreArgs) -> Result<()> {
     let report = score_dirs(&a.pred, &a.truth)?;
-    super::eval::print_report(&report);
-    super::write_json_if(&a.json, &report.to_json())?;
-    if let Some(csv) = &a.csv {
-        write_per_image_csv(csv, &report.per_image)?;
-    }
-    Ok(())
+    super::eval::emit_report(&report, a.json.as_deref(), a.csv.as_deref())
 }
