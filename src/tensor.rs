@@ -299,16 +299,6 @@ impl Tensor {
         Ok(())
     }
 
-    /// Replaces this tensor's values with `src`'s (same shape and device), in place: the
-    /// running statistics of batch norm, checkpoint loading.
-    pub fn assign(&self, src: &Tensor) -> Result<()> {
-        self.same_device(src, "assign")?;
-        self.same_shape(src, "assign")?;
-        let copy = src.storage().try_clone()?;
-        *self.storage_mut() = copy;
-        Ok(())
-    }
-
     /// Errors unless `other` lives on this tensor's device.
     pub(crate) fn same_device(&self, other: &Tensor, op: &'static str) -> Result<()> {
         if self.device().same(other.device()) {

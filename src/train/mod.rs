@@ -198,9 +198,11 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
             observer.on_step(epoch, state.step, value, n);
         }
         let train_seconds = started.elapsed().as_secs_f64();
-        let _range = range("validation");
         let val = match &val_set {
-            Some(v) => Some(evaluate(&model, v, opts.infer)?),
+            Some(v) => {
+                let _range = range("validation");
+                Some(evaluate(&model, v, opts.infer)?)
+            }
             None => None,
         };
         state.epoch = epoch + 1;
