@@ -261,6 +261,9 @@ pub struct BenchReport {
     pub peak_mem_bytes: Option<usize>,
     /// Peak bytes during the timed dense inference (None on the CPU or when skipped).
     pub dense_peak_mem_bytes: Option<usize>,
+    /// Blocks the allocator had to get from the driver during the timed training steps (None
+    /// on the CPU): 0 when, after the warm-up, a step is served entirely from the cache.
+    pub train_driver_allocs: Option<u64>,
     /// [`flops`] of the configuration.
     pub flops: (f64, f64, f64),
 }
@@ -330,6 +333,7 @@ impl BenchReport {
             "peak_mem_bytes": self.peak_mem_bytes.unwrap_or(0),
             "dense_peak_mem_bytes": self.dense_peak_mem_bytes.unwrap_or(0),
             "peak_mem_measured": self.peak_mem_bytes.is_some(),
+            "train_step_driver_allocs": self.train_driver_allocs,
         })
     }
 
@@ -370,6 +374,9 @@ impl BenchReport {
             out += &format!("{:<30} {:>12} {:>14} {:>14}\n", r[0], r[1], r[2], r[3]);
         }
         out += &format!("peak device memory, training: {}\n", gib(self.peak_mem_bytes));
+        if let Some(a) = self.train_driver_allocs {
+            out += &format!("driver allocations during the timed training steps: {a}\n");
+        }
         if self.dense_naive.is_some() || self.dense_factored.is_some() {
             out += &format!("peak device memory, dense inference: {}\n", gib(self.dense_peak_mem_bytes));
         }
@@ -389,6 +396,13 @@ impl Drop for Tf32Guard {
 fn reset_peak(device: &Device) {
     if let Device::Cuda(d) = device {
         d.reset_peak();
+    }
+}
+
+fn driver_allocs(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cuda(d) => Some(d.memory_stats().driver_allocs),
+        Device::Cpu => None,
     }
 }
 
@@ -422,7 +436,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let images = Tensor::from_vec(images, [n, 3, s, s], device)?;
 
     // Training step.
-    let (train, last_loss, peak_mem_bytes) = {
+    let (train, last_loss, peak_mem_bytes, train_driver_allocs) = {
         let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
         let mut step = 0u32;
         let mut last = Tensor::scalar(f32::NAN, device)?;
@@ -441,11 +455,13 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         }
         device.synchronize()?;
         reset_peak(device);
+        let allocs_before = driver_allocs(device);
         let timing = time_iters(device, 0, opts.iters, &mut train_step)?;
         let peak = peak(device);
+        let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
         drop(train_step);
         adam.zero_grad();
-        (timing, last.to_scalar()?, peak)
+        (timing, last.to_scalar()?, peak, allocs)
     };
 
     // Dense inference of one image.
@@ -486,6 +502,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         dense_factored,
         peak_mem_bytes,
         dense_peak_mem_bytes: dense_peak,
+        train_driver_allocs,
         flops: flops(config),
     })
 }

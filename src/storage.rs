@@ -18,6 +18,30 @@ fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
     Error::DeviceMismatch { op, lhs: a.device().to_string(), rhs: b.device().to_string() }
 }
 
+/// A non-empty list of storages, all on one device, unwrapped.
+enum OneDevice<'a> {
+    Cpu(Vec<&'a CpuStorage>),
+    Cuda(Vec<&'a CudaStorage>),
+}
+
+/// Unwraps `list` when every storage is on the device of the first; `op` names the operation
+/// in the error otherwise.
+fn same_device<'a>(op: &'static str, list: &[&'a Storage]) -> Result<OneDevice<'a>> {
+    let first = *list.first().ok_or_else(|| Error::bad_shape(op, "no inputs"))?;
+    let mut out = match first {
+        Storage::Cpu(_) => OneDevice::Cpu(Vec::with_capacity(list.len())),
+        Storage::Cuda(_) => OneDevice::Cuda(Vec::with_capacity(list.len())),
+    };
+    for &s in list {
+        match (&mut out, s) {
+            (OneDevice::Cpu(v), Storage::Cpu(x)) => v.push(x),
+            (OneDevice::Cuda(v), Storage::Cuda(x)) => v.push(x),
+            _ => return Err(mismatch(op, first, s)),
+        }
+    }
+    Ok(out)
+}
+
 /// Applies `$body` to the backend storage inside `$s`, rewrapping a returned storage.
 macro_rules! unary_dispatch {
     ($s:expr, |$x:ident| $body:expr) => {
@@ -236,28 +260,36 @@ impl Storage {
     }
 
     pub fn gather_hypercolumns(taps: &[&Storage], points: &[SamplePoint], g: &GatherSpec) -> Result<Storage> {
-        let first = taps.first().ok_or_else(|| Error::bad_shape("gather", "no taps"))?;
-        match first {
-            Storage::Cpu(_) => {
-                let mut v = Vec::with_capacity(taps.len());
-                for t in taps {
-                    match t {
-                        Storage::Cpu(s) => v.push(s),
-                        other => return Err(mismatch("gather", first, other)),
-                    }
-                }
-                CpuStorage::gather_hypercolumns(&v, points, g).map(Storage::Cpu)
-            }
-            Storage::Cuda(_) => {
-                let mut v = Vec::with_capacity(taps.len());
-                for t in taps {
-                    match t {
-                        Storage::Cuda(s) => v.push(s),
-                        other => return Err(mismatch("gather", first, other)),
-                    }
-                }
-                CudaStorage::gather_hypercolumns(&v, points, g).map(Storage::Cuda)
-            }
+        match same_device("gather", taps)? {
+            OneDevice::Cpu(v) => CpuStorage::gather_hypercolumns(&v, points, g).map(Storage::Cpu),
+            OneDevice::Cuda(v) => CudaStorage::gather_hypercolumns(&v, points, g).map(Storage::Cuda),
+        }
+    }
+
+    pub fn upsample_sum_bias_relu(planes: &[&Storage], bias: &Storage, points: &[SamplePoint], s: &PlaneSumSpec) -> Result<Storage> {
+        const OP: &str = "upsample_sum_bias_relu";
+        match (same_device(OP, planes)?, bias) {
+            (OneDevice::Cpu(v), Storage::Cpu(b)) => CpuStorage::upsample_sum_bias_relu(&v, b, points, s).map(Storage::Cpu),
+            (OneDevice::Cuda(v), Storage::Cuda(b)) => CudaStorage::upsample_sum_bias_relu(&v, b, points, s).map(Storage::Cuda),
+            (_, b) => Err(mismatch(OP, planes[0], b)),
+        }
+    }
+
+    /// `self[r, c] = max(self[r, c] + bias[c], 0)` in place.
+    pub fn bias_relu_assign(&mut self, bias: &Storage, rows: usize, cols: usize) -> Result<()> {
+        match (self, bias) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => a.bias_relu_assign(b, rows, cols),
+            (Storage::Cuda(a), Storage::Cuda(b)) => a.bias_relu_assign(b, rows, cols),
+            (a, b) => Err(mismatch("bias_relu", a, b)),
+        }
+    }
+
+    /// `(dz, db)` of [`Storage::bias_relu_assign`], `self` being its output.
+    pub fn bias_relu_backward(&self, dy: &Storage, rows: usize, cols: usize) -> Result<(Storage, Storage)> {
+        match (self, dy) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => a.bias_relu_backward(b, rows, cols).map(|(z, d)| (Storage::Cpu(z), Storage::Cpu(d))),
+            (Storage::Cuda(a), Storage::Cuda(b)) => a.bias_relu_backward(b, rows, cols).map(|(z, d)| (Storage::Cuda(z), Storage::Cuda(d))),
+            (a, b) => Err(mismatch("bias_relu_backward", a, b)),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Parity of every hand-written PTX kernel with the CPU reference, through the
 //! `BackendStorage` trait (and `kernels::ops` for the extras). Skips, passing, when no CUDA
-//! device can be opened. One test runs everything and prints a table, so that a single run on
-//! a GPU machine shows every result; set `HYPERSEG_KERNEL_TIMINGS=1` for a few timings.
+//! device can be opened (fails instead under HYPERSEG_REQUIRE_GPU=1). One test runs everything
+//! and prints a table, so that a single run on a GPU machine shows every result; set
+//! `HYPERSEG_KERNEL_TIMINGS=1` for a few timings.
 //!
 //! Tolerances: bit-exact where the kernel repeats the CPU's operations in order (noted `exact`);
 //! otherwise |gpu - cpu| <= atol + rtol |cpu| with rtol 1e-5.
@@ -113,6 +114,9 @@ fn cuda_kernels_match_the_cpu_reference() {
     let dev = match CudaDevice::new(0) {
         Ok(d) => d,
         Err(e) => {
+            if std::env::var("HYPERSEG_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("HYPERSEG_REQUIRE_GPU=1 but no CUDA device is usable: {e}");
+            }
             eprintln!("skipping the CUDA kernel parity test: {e}");
             return;
         }
@@ -395,6 +399,44 @@ fn cuda_kernels_match_the_cpu_reference() {
             r.check(&format!("{kind} p n={}", sizes[i]), &host(pg), pc.as_f32(), true, 0.0, 0.0);
             r.check(&format!("{kind} m n={}", sizes[i]), &host(mg), mc.as_f32(), true, 0.0, 0.0);
             r.check(&format!("{kind} v n={}", sizes[i]), &host(vg), vc.as_f32(), true, 0.0, 0.0);
+        }
+    }
+
+    // ---- factored dense first layer: pixel-major planes sampled, summed, biased, clamped ----
+    {
+        // (a) A 64x64 frame with the model's six strides and 4096 columns; (b) two images of a
+        // 13x11 frame, a plane that does not divide it, and a column count that is not a
+        // multiple of 32 (a partial block).
+        let cases: [(usize, usize, usize, usize, Vec<(usize, usize)>, usize); 2] = [
+            (1, 64, 64, 4096, vec![(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)], 3000),
+            (2, 13, 11, 37, vec![(13, 11), (6, 5), (3, 3)], 200),
+        ];
+        for (n, in_h, in_w, cols, dims, count) in cases {
+            let spec = PlaneSumSpec { n, in_h, in_w, cols, planes: dims.clone() };
+            let planes: Vec<Vec<f32>> = dims.iter().map(|&(h, w)| rng.vec(n * h * w * cols, -1.0, 1.0)).collect();
+            let bias = rng.vec(cols, -0.5, 0.5);
+            let mut points: Vec<SamplePoint> = (0..count)
+                .map(|_| SamplePoint { image: rng.below(n as u32), y: rng.below(in_h as u32), x: rng.below(in_w as u32) })
+                .collect();
+            points[0] = SamplePoint { image: 0, y: 0, x: 0 };
+            points[1] = SamplePoint { image: n as u32 - 1, y: in_h as u32 - 1, x: in_w as u32 - 1 };
+            let cpu_planes: Vec<CpuStorage> = planes.iter().map(|p| c(p)).collect();
+            let gpu_planes: Vec<CudaStorage> = planes.iter().map(|p| up(p)).collect();
+            let want = CpuStorage::upsample_sum_bias_relu(&cpu_planes.iter().collect::<Vec<_>>(), &c(&bias), &points, &spec).unwrap();
+            let got = CudaStorage::upsample_sum_bias_relu(&gpu_planes.iter().collect::<Vec<_>>(), &up(&bias), &points, &spec).unwrap();
+            r.check(&format!("upsample_sum_bias_relu {}x{cols}", points.len()), &host(&got), want.as_f32(), true, 0.0, 0.0);
+        }
+        if timings {
+            // The paper model's dense tile: 8192 pixels of a 224x224 frame, 4096 columns.
+            let dims = vec![(224, 224), (112, 112), (56, 56), (28, 28), (14, 14), (7, 7)];
+            let spec = PlaneSumSpec { n: 1, in_h: 224, in_w: 224, cols: 4096, planes: dims.clone() };
+            let planes: Vec<CudaStorage> = dims.iter().map(|&(h, w)| dev.zeros(h * w * 4096).unwrap()).collect();
+            let refs: Vec<&CudaStorage> = planes.iter().collect();
+            let bias = dev.zeros(4096).unwrap();
+            let points: Vec<SamplePoint> = (0..8192u32).map(|p| SamplePoint { image: 0, y: p / 224, x: p % 224 }).collect();
+            timed(&dev, "upsample_sum_bias_relu 8192 x 4096", 20, || {
+                drop(CudaStorage::upsample_sum_bias_relu(&refs, &bias, &points, &spec).unwrap())
+            });
         }
     }
 

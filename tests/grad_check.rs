@@ -106,6 +106,23 @@ fn linear(dev: &Device) -> Result<()> {
 }
 test_device!(linear, grad_linear_cpu, grad_linear_cuda);
 
+/// The fused linear + ReLU. The seeded inputs put every pre-activation at least 0.03 away from
+/// the kink (asserted: a finite step of 1e-2 moves one by at most 1e-2 here, inputs being in
+/// [-1, 1)), and some are negative, so the mask is exercised.
+fn linear_relu(dev: &Device) -> Result<()> {
+    let (m, k, n) = (7, 5, 3);
+    let (x, w) = (rand_vec(m * k, 40), rand_vec(n * k, 41));
+    let z = |b: &[f32]| -> Vec<f32> {
+        (0..m * n).map(|i| (0..k).map(|p| x[i / n * k + p] * w[i % n * k + p]).sum::<f32>() + b[i % n]).collect()
+    };
+    let b = rand_vec(n, 42).iter().map(|v| v * 0.2).collect::<Vec<f32>>();
+    let pre = z(&b);
+    assert!(pre.iter().all(|v| v.abs() > 0.03), "pre-activations too close to 0: {pre:?}");
+    assert!(pre.iter().any(|&v| v < 0.0) && pre.iter().any(|&v| v > 0.0));
+    GradCheck::default().run(dev, &[x.clone(), w.clone(), b], &[vec![m, k], vec![n, k], vec![n]], |t| t[0].linear_relu(&t[1], &t[2]))
+}
+test_device!(linear_relu, grad_linear_relu_cpu, grad_linear_relu_cuda);
+
 fn matmul(dev: &Device) -> Result<()> {
     let inputs = vec![rand_vec(5 * 7, 33), rand_vec(7 * 3, 34)];
     GradCheck::default().run(dev, &inputs, &[vec![5, 7], vec![7, 3]], |t| t[0].matmul(&t[1]))

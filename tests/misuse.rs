@@ -71,3 +71,20 @@ fn no_grad_records_nothing() {
     assert!(!y.requires_grad());
     assert!(v.relu().unwrap().requires_grad());
 }
+
+#[test]
+fn the_fused_plane_sum_refuses_to_be_differentiated() {
+    use hyperseg_engine::ops::upsample_sum_bias_relu;
+    use hyperseg_engine::SamplePoint;
+    let plane = Tensor::from_vec(vec![0.5; 2 * 2 * 3], [1, 2, 2, 3], &Device::Cpu).unwrap().to_variable().unwrap();
+    let bias = Tensor::from_vec(vec![0.1, -0.2, 0.3], [3], &Device::Cpu).unwrap();
+    let points = [SamplePoint { image: 0, y: 1, x: 2 }];
+    assert!(matches!(
+        upsample_sum_bias_relu(&[&plane], &bias, &points, 4, 4),
+        Err(Error::InvalidValue { name: "upsample_sum_bias_relu", .. })
+    ));
+    let y = no_grad(|| upsample_sum_bias_relu(&[&plane], &bias, &points, 4, 4)).unwrap();
+    assert_eq!(y.dims(), [1, 3]);
+    let outside = [SamplePoint { image: 0, y: 4, x: 0 }];
+    assert!(matches!(no_grad(|| upsample_sum_bias_relu(&[&plane], &bias, &outside, 4, 4)), Err(Error::BadShape { .. })));
+}

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{assert_close, rand_vec};
-use hyperseg_engine::{concat, gather_hypercolumns, Device, Result, SamplePoint, Tensor};
+use hyperseg_engine::ops::upsample_sum_bias_relu;
+use hyperseg_engine::{concat, gather_hypercolumns, no_grad, Device, Result, SamplePoint, Tensor};
 use rand::Rng;
 
 fn sparse_equals_dense(dev: &Device) -> Result<()> {
@@ -51,3 +52,51 @@ fn sparse_equals_dense(dev: &Device) -> Result<()> {
     Ok(())
 }
 test_device!(sparse_equals_dense, gather_equals_dense_upsample_cpu, gather_equals_dense_upsample_cuda);
+
+/// The factored first layer: summing `W1_i . tap_i` planes (pixel-major, computed here on the
+/// host) sampled at the points, plus the bias, through ReLU, equals `relu(gather . W1^T + b)`
+/// (tolerance 1e-5 relative: the same sums in another order). One tap is at full resolution,
+/// where three of the four bilinear weights are 0.
+fn plane_sum_equals_first_layer(dev: &Device) -> Result<()> {
+    let (n, h, w, hidden) = (2, 16, 12, 37);
+    let shapes = [[n, 3, 16, 12], [n, 4, 8, 6], [n, 2, 4, 3], [n, 3, 5, 3]];
+    let taps: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| rand_vec(s.iter().product(), 60 + i as u64)).collect();
+    let ctot: usize = shapes.iter().map(|s| s[1]).sum();
+    let w1 = rand_vec(hidden * ctot, 64);
+    let b1: Vec<f32> = rand_vec(hidden, 65).iter().map(|v| v * 0.3).collect();
+    let mut r = common::rng(66);
+    let mut points: Vec<SamplePoint> = (0..50)
+        .map(|_| SamplePoint { image: r.random_range(0..n as u32), y: r.random_range(0..h as u32), x: r.random_range(0..w as u32) })
+        .collect();
+    points.push(SamplePoint { image: 1, y: (h - 1) as u32, x: (w - 1) as u32 });
+
+    let mut planes = Vec::new();
+    let mut off = 0;
+    for (tap, s) in taps.iter().zip(&shapes) {
+        let [_, c, th, tw] = *s;
+        let mut plane = vec![0.0f32; n * th * tw * hidden];
+        for img in 0..n {
+            for px in 0..th * tw {
+                for j in 0..hidden {
+                    plane[(img * th * tw + px) * hidden + j] =
+                        (0..c).map(|ch| w1[j * ctot + off + ch] * tap[(img * c + ch) * th * tw + px]).sum();
+                }
+            }
+        }
+        off += c;
+        planes.push(Tensor::from_vec(plane, [n, th, tw, hidden], dev)?);
+    }
+    let bias = Tensor::from_slice(&b1, [hidden], dev)?;
+    let got = no_grad(|| upsample_sum_bias_relu(&planes.iter().collect::<Vec<_>>(), &bias, &points, h, w))?;
+
+    let tap_tensors: Vec<Tensor> =
+        taps.iter().zip(&shapes).map(|(t, s)| Tensor::from_slice(t, s.to_vec(), dev)).collect::<Result<_>>()?;
+    let hc = gather_hypercolumns(&tap_tensors.iter().collect::<Vec<_>>(), &points, h, w)?;
+    let want = hc.linear(&Tensor::from_slice(&w1, [hidden, ctot], dev)?, Some(&bias))?.relu()?;
+    assert_eq!(got.dims(), want.dims());
+    let want = want.to_vec()?;
+    assert!(want.iter().filter(|&&v| v == 0.0).count() > want.len() / 10, "the ReLU should clamp some values");
+    assert_close(&got.to_vec()?, &want, 1e-5, 1e-5, "plane sum vs gathered first layer");
+    Ok(())
+}
+test_device!(plane_sum_equals_first_layer, plane_sum_equals_first_layer_cpu, plane_sum_equals_first_layer_cuda);

@@ -144,6 +144,43 @@ impl GatherSpec {
     }
 }
 
+/// The geometry of the factored dense first layer
+/// ([`BackendStorage::upsample_sum_bias_relu`]): planes `Z_i` stored pixel-major
+/// `[n, h_i, w_i, cols]` (one row of `cols` values per feature-map pixel), each resampled to
+/// the `in_h x in_w` input frame with the same centre-aligned bilinear rule as [`GatherSpec`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PlaneSumSpec {
+    pub n: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    /// Values per pixel (the first hidden layer's width).
+    pub cols: usize,
+    /// `(height, width)` of each plane, in summation order.
+    pub planes: Vec<(usize, usize)>,
+}
+
+/// Checks the arguments of [`BackendStorage::upsample_sum_bias_relu`] (shared by every
+/// backend): at least one plane, each of `n * h * w * cols` elements with `h, w > 0`, a bias of
+/// `cols`, points inside the frame.
+pub(crate) fn check_plane_sum(plane_lens: &[usize], bias_len: usize, points: &[SamplePoint], s: &PlaneSumSpec) -> Result<()> {
+    const OP: &str = "upsample_sum_bias_relu";
+    if plane_lens.is_empty() || plane_lens.len() != s.planes.len() {
+        return Err(Error::bad_shape(OP, format!("{} planes given, spec has {}", plane_lens.len(), s.planes.len())));
+    }
+    for (i, (&len, &(h, w))) in plane_lens.iter().zip(&s.planes).enumerate() {
+        if h == 0 || w == 0 || len != s.n * h * w * s.cols {
+            return Err(Error::bad_shape(OP, format!("plane {i} has {len} elements, expected {}x{h}x{w}x{}", s.n, s.cols)));
+        }
+    }
+    if bias_len != s.cols {
+        return Err(Error::bad_shape(OP, format!("bias has {bias_len} elements for {} columns", s.cols)));
+    }
+    if let Some(p) = points.iter().find(|p| p.image as usize >= s.n || p.y as usize >= s.in_h || p.x as usize >= s.in_w) {
+        return Err(Error::bad_shape(OP, format!("point {p:?} outside a batch of {} images of {}x{}", s.n, s.in_h, s.in_w)));
+    }
+    Ok(())
+}
+
 /// Batch-norm forward in training mode: the normalised output and the batch statistics.
 pub struct BatchNormForward<S> {
     /// `gamma * (x - mean) * invstd + beta`.
@@ -313,6 +350,19 @@ pub trait BackendStorage: Sized + Send + Sync {
         g: &GatherSpec,
         deterministic: bool,
     ) -> Result<Vec<Self>>;
+
+    /// The factored dense first layer, fused: `out[p, j] = relu(bias[j] + sum_i z_i[p, j])`, where
+    /// `z_i[p, j]` is plane `i` bilinearly sampled at point `p` exactly as the sparse gather
+    /// samples a tap (same four weights, same order: `((w0 v0 + w1 v1) + w2 v2) + w3 v3`), the
+    /// planes added in order starting from `z_0`, then the bias. `[points, cols]`.
+    fn upsample_sum_bias_relu(planes: &[&Self], bias: &Self, points: &[SamplePoint], s: &PlaneSumSpec) -> Result<Self>;
+
+    // ---- fused MLP pieces --------------------------------------------------------------------------
+    /// `self[r, c] = max(self[r, c] + bias[c], 0)` in place, `self` being `[rows, cols]`.
+    fn bias_relu_assign(&mut self, bias: &Self, rows: usize, cols: usize) -> Result<()>;
+    /// Backward of [`BackendStorage::bias_relu_assign`], `self` being its output `y`:
+    /// `(dz = dy * (y > 0), db = column sums of dz)`.
+    fn bias_relu_backward(&self, dy: &Self, rows: usize, cols: usize) -> Result<(Self, Self)>;
 
     // ---- loss ------------------------------------------------------------------------------------
     /// Softmax cross-entropy of logits `[rows, classes]` against `labels` (one per row),

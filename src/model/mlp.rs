@@ -26,24 +26,29 @@ impl Mlp {
         Ok(Mlp { layers, dropout })
     }
 
-    /// The hidden layers after the first linear layer's pre-activation `z1` (used by the
-    /// factored dense path, which computes `z1` another way): ReLU, then the remaining layers.
-    /// `dropout_seed` is `Some` in training.
-    pub fn forward_from_first(&self, z1: &Tensor, dropout_seed: Option<u32>) -> Result<Tensor> {
-        let mut x = z1.clone();
+    /// Logits `[rows, classes]` of hypercolumns `[rows, width]`. `dropout_seed` is `Some` in
+    /// training.
+    pub fn forward(&self, x: &Tensor, dropout_seed: Option<u32>) -> Result<Tensor> {
+        let first = &self.layers[0];
+        if self.layers.len() == 1 {
+            return first.forward(x);
+        }
+        self.forward_after_first(&x.linear_relu(&first.weight, &first.bias)?, dropout_seed)
+    }
+
+    /// The rest of the MLP after the first hidden layer's activation `h1 = relu(W1 x + b1)`
+    /// (the factored dense path computes `h1` another way): dropout, then each remaining layer,
+    /// the hidden ones as fused linear + ReLU, the last one plain.
+    pub fn forward_after_first(&self, h1: &Tensor, dropout_seed: Option<u32>) -> Result<Tensor> {
+        let mut x = h1.clone();
+        let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate().skip(1) {
-            x = x.relu()?;
             if let (Some(seed), true) = (dropout_seed, self.dropout > 0.0) {
                 x = x.dropout(self.dropout, seed.wrapping_add(i as u32))?;
             }
-            x = layer.forward(&x)?;
+            x = if i == last { layer.forward(&x)? } else { x.linear_relu(&layer.weight, &layer.bias)? };
         }
         Ok(x)
-    }
-
-    /// Logits `[rows, classes]` of hypercolumns `[rows, width]`.
-    pub fn forward(&self, x: &Tensor, dropout_seed: Option<u32>) -> Result<Tensor> {
-        self.forward_from_first(&self.layers[0].forward(x)?, dropout_seed)
     }
 }
 

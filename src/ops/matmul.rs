@@ -65,4 +65,34 @@ impl Tensor {
             Ok(grads)
         }))
     }
+
+    /// A fully-connected layer followed by ReLU, fused: `relu(self [m, in] * weight^T + bias)`.
+    /// One GEMM, then one pass that adds the bias and clamps in place (and, backward, one pass
+    /// that masks the gradient and sums the bias gradient), where `linear` then `relu` make
+    /// three passes and keep two `[m, out]` buffers alive for the backward.
+    pub fn linear_relu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.same_device(weight, "linear_relu")?;
+        bias.same_device(self, "linear_relu")?;
+        let [m, k] = self.shape().dims2("linear_relu")?;
+        let [n, k2] = weight.shape().dims2("linear_relu")?;
+        if k != k2 {
+            return Err(Error::ShapeMismatch { op: "linear_relu", lhs: self.dims().to_vec(), rhs: weight.dims().to_vec() });
+        }
+        if bias.dims() != [n] {
+            return Err(Error::ShapeMismatch { op: "linear_relu bias", lhs: vec![n], rhs: bias.dims().to_vec() });
+        }
+        let mut y = self.storage().gemm(&weight.storage(), GemmSpec { m, n, k, trans_a: false, trans_b: true })?;
+        y.bias_relu_assign(&bias.storage(), m, n)?;
+        let out = Tensor::from_storage(y, [m, n])?;
+        let (x, w, y) = (self.detach(), weight.detach(), out.clone());
+        Ok(out.record("linear_relu", &[self, weight, bias], move |g, need| -> Result<Grads> {
+            let (dz, db) = y.storage().bias_relu_backward(&g.storage(), m, n)?;
+            let dz = Tensor::from_storage(dz, [m, n])?;
+            Ok(vec![
+                when(need[0], || gemm(&dz, &w, GemmSpec { m, n: k, k: n, trans_a: false, trans_b: false }))?,
+                when(need[1], || gemm(&dz, &x, GemmSpec { m: n, n: k, k: m, trans_a: true, trans_b: false }))?,
+                when(need[2], || Tensor::from_storage(db, [n]))?,
+            ])
+        }))
+    }
 }

@@ -10,12 +10,14 @@ mod elementwise;
 mod gather;
 mod loss;
 mod matmul;
+mod plane_sum;
 mod pool;
 mod shape_ops;
 mod upsample;
 
 pub use batch_norm::BatchStats;
 pub use gather::gather_hypercolumns;
+pub use plane_sum::upsample_sum_bias_relu;
 pub use shape_ops::concat;
 
 use crate::tensor::Tensor;

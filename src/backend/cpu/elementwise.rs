@@ -53,6 +53,20 @@ pub fn relu_backward(y: &[f32], grad: &[f32]) -> Vec<f32> {
     zip(y, grad, |y, g| if y > 0.0 { g } else { 0.0 })
 }
 
+/// `y[r, c] = max(y[r, c] + bias[c], 0)` in place (the fused bias + ReLU after a linear
+/// layer's GEMM).
+pub fn bias_relu_assign(y: &mut [f32], bias: &[f32]) {
+    let cols = bias.len();
+    if cols == 0 {
+        return;
+    }
+    y.par_chunks_mut(cols).for_each(|row| {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v = (*v + b).max(0.0);
+        }
+    });
+}
+
 pub fn add_scaled_assign(dst: &mut [f32], src: &[f32], alpha: f32) {
     if dst.len() < PAR_MIN {
         dst.iter_mut().zip(src).for_each(|(d, &s)| *d += alpha * s);

@@ -225,6 +225,28 @@ impl BackendStorage for CpuStorage {
         Ok(resample::gather_backward(self.as_f32(), points, g).into_iter().map(CpuStorage::F32).collect())
     }
 
+    fn upsample_sum_bias_relu(planes: &[&Self], bias: &Self, points: &[SamplePoint], s: &PlaneSumSpec) -> Result<Self> {
+        let lens: Vec<usize> = planes.iter().map(|p| p.len()).collect();
+        check_plane_sum(&lens, bias.len(), points, s)?;
+        let slices: Vec<&[f32]> = planes.iter().map(|p| p.as_f32()).collect();
+        Ok(CpuStorage::F32(resample::plane_sum_forward(&slices, bias.as_f32(), points, s)))
+    }
+
+    fn bias_relu_assign(&mut self, bias: &Self, rows: usize, cols: usize) -> Result<()> {
+        check_len("bias_relu", "input", self.len(), rows * cols)?;
+        check_len("bias_relu", "bias", bias.len(), cols)?;
+        elementwise::bias_relu_assign(self.as_f32_mut(), bias.as_f32());
+        Ok(())
+    }
+
+    fn bias_relu_backward(&self, dy: &Self, rows: usize, cols: usize) -> Result<(Self, Self)> {
+        check_len("bias_relu_backward", "output", self.len(), rows * cols)?;
+        check_len("bias_relu_backward", "dy", dy.len(), rows * cols)?;
+        let dz = elementwise::relu_backward(self.as_f32(), dy.as_f32());
+        let db = elementwise::reduce_to_mid(&dz, BroadcastSpec { outer: rows, mid: cols, inner: 1 });
+        Ok((CpuStorage::F32(dz), CpuStorage::F32(db)))
+    }
+
     fn softmax_cross_entropy(
         &self,
         labels: &[u32],

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{GatherSpec, Nchw, SamplePoint};
+use crate::backend::{GatherSpec, Nchw, PlaneSumSpec, SamplePoint};
 use crate::error::{Error, Result};
 
 /// The two source indices and weights of one output coordinate.
@@ -125,6 +125,32 @@ pub fn gather_forward(taps: &[&[f32]], points: &[SamplePoint], g: &GatherSpec) -
                 row[col + ch] = wts.iter().map(|&(o, wt)| wt * plane[o]).sum();
             }
             col += c;
+        }
+    });
+    out
+}
+
+/// `[points, cols]`: `relu(bias + sum_i z_i)`, `z_i` being pixel-major plane `i`
+/// (`[n, h_i, w_i, cols]`) sampled at the point with the gather's four weights and order
+/// ([`point_weights`]); the planes are added in order starting from `z_0`. The CPU reference
+/// for `kernels/hypercolumn_sum.ptx` and the factored dense path's first layer.
+pub fn plane_sum_forward(planes: &[&[f32]], bias: &[f32], points: &[SamplePoint], s: &PlaneSumSpec) -> Vec<f32> {
+    let cols = s.cols;
+    let mut out = vec![0.0; points.len() * cols];
+    if cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(cols).zip(points).for_each(|(row, p)| {
+        for (i, (plane, &(h, w))) in planes.iter().zip(&s.planes).enumerate() {
+            let img = &plane[p.image as usize * h * w * cols..(p.image as usize + 1) * h * w * cols];
+            let wts = point_weights(p, h, w, s.in_h, s.in_w);
+            for (j, acc) in row.iter_mut().enumerate() {
+                let z: f32 = wts.iter().map(|&(o, wt)| wt * img[o * cols + j]).sum();
+                *acc = if i == 0 { z } else { *acc + z };
+            }
+        }
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v = (*v + b).max(0.0);
         }
     });
     out

@@ -46,6 +46,9 @@ pub struct MemoryStats {
     pub cap_bytes: usize,
     /// Bytes held from the driver: live buffers plus cached free blocks.
     pub reserved_bytes: usize,
+    /// Blocks obtained from the driver so far (requests the cache could not serve). Constant
+    /// across a run of steps when those steps allocate nothing new from the driver.
+    pub driver_allocs: u64,
 }
 
 /// The size class of a request of `bytes` bytes: the block size actually reserved. `None`
@@ -137,12 +140,13 @@ pub struct Pool {
     in_use: usize,
     peak: usize,
     cap: usize,
+    driver_allocs: u64,
 }
 
 impl Pool {
     /// An empty pool with this cap.
     pub fn new(cap: usize) -> Pool {
-        Pool { free: BTreeMap::new(), cached: 0, in_use: 0, peak: 0, cap }
+        Pool { free: BTreeMap::new(), cached: 0, in_use: 0, peak: 0, cap, driver_allocs: 0 }
     }
 
     /// The counters.
@@ -152,6 +156,7 @@ impl Pool {
             peak_bytes: self.peak,
             cap_bytes: self.cap,
             reserved_bytes: self.in_use + self.cached,
+            driver_allocs: self.driver_allocs,
         }
     }
 
@@ -197,6 +202,7 @@ impl Pool {
             Err(RawError::OutOfMemory) => return Err(self.oom(bytes)),
             Err(RawError::Other(e)) => return Err(e),
         };
+        self.driver_allocs += 1;
         Ok(self.hand_out(ptr, class))
     }
 
@@ -325,6 +331,10 @@ mod tests {
         assert_eq!(raw.allocs, 1);
         let s = pool.stats();
         assert_eq!((s.current_bytes, s.peak_bytes, s.reserved_bytes), (1024, 1024, 1024));
+        assert_eq!(s.driver_allocs, 1);
+        let c = pool.allocate(&mut raw, 600).unwrap();
+        assert_ne!(c.ptr, b.ptr);
+        assert_eq!((raw.allocs, pool.stats().driver_allocs), (2, 2));
     }
 
     #[test]

@@ -227,6 +227,18 @@ impl BackendStorage for CudaStorage {
         ops::gather_hypercolumns_backward(self, points, g, deterministic)
     }
 
+    fn upsample_sum_bias_relu(planes: &[&Self], bias: &Self, points: &[SamplePoint], s: &PlaneSumSpec) -> Result<Self> {
+        ops::upsample_sum_bias_relu(planes, bias, points, s)
+    }
+
+    fn bias_relu_assign(&mut self, bias: &Self, rows: usize, cols: usize) -> Result<()> {
+        ops::bias_relu_forward(self, bias, rows, cols)
+    }
+
+    fn bias_relu_backward(&self, dy: &Self, rows: usize, cols: usize) -> Result<(Self, Self)> {
+        ops::bias_relu_backward(self, dy, rows, cols)
+    }
+
     fn softmax_cross_entropy(
         &self,
         labels: &[u32],

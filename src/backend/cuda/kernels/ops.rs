@@ -102,7 +102,13 @@ fn scratch_f64(dev: &CudaDevice, k: usize) -> Result<CudaStorage> {
 
 /// A pool buffer holding a copy of `data` as raw u32 bits.
 fn upload_u32(dev: &CudaDevice, data: &[u32]) -> Result<CudaStorage> {
-    let mut s = dev.alloc(data.len().max(1))?;
+    upload_u32_into(dev, data, 0)
+}
+
+/// [`upload_u32`] into a buffer of at least `min_len` elements (a stable size class for data
+/// whose length varies from call to call).
+fn upload_u32_into(dev: &CudaDevice, data: &[u32], min_len: usize) -> Result<CudaStorage> {
+    let mut s = dev.alloc(data.len().max(min_len).max(1))?;
     if !data.is_empty() {
         // SAFETY: the buffer holds at least data.len() 4-byte elements.
         let mut view = unsafe { s.slice_mut().transmute_mut::<u32>(data.len()) }
@@ -950,7 +956,18 @@ pub fn gather_hypercolumns_backward(
             let e_at = push_even(&mut table, entries);
             parts.push((n_locs, l_at, s_at, e_at));
         }
-        let table_d = upload_u32(&dev, &table)?;
+        // The table's length depends on how many locations the points touch; its buffer is
+        // sized for the most they can touch (4 per point, at most the tap's plane), so that
+        // every step with this many points asks the allocator for the same size class.
+        let bound: usize = g
+            .taps
+            .iter()
+            .map(|&(_, h, w)| {
+                let locs = (4 * points.len()).min(g.n * h * w);
+                (2 * locs + 1) + (locs + 2) + (8 * points.len() + 1)
+            })
+            .sum();
+        let table_d = upload_u32_into(&dev, &table, bound)?;
         let base = table_d.raw_ptr();
         for ((dtap, t), &(n_locs, l_at, s_at, e_at)) in outs.iter_mut().zip(&geoms).zip(&parts) {
             if t.c == 0 || n_locs == 0 {
@@ -1246,6 +1263,81 @@ pub fn adam_step_multi(groups: &mut [AdamGroup<'_>], h: &AdamStep) -> Result<()>
         &h.bias_correction1,
         &h.bias_correction2
     )
+}
+
+// ---- factored dense first layer -------------------------------------------------------------
+
+/// The factored dense first layer, fused: `out[p, j] = max(((z_0 + z_1) + ...) + bias[j], 0)`,
+/// `z_i` being plane `i` (pixel-major `[n, h_i, w_i, cols]`) bilinearly sampled at point `p`
+/// with the sparse gather's weights. `[points, cols]`. Kernel `upsample_sum_bias_relu_f32`
+/// (kernels/hypercolumn_sum.ptx), one launch: grid (ceil(cols/B), min(P, 65535)), block B =
+/// min(256, cols rounded up to 32); thread = (point, column), so the plane reads and the
+/// stores are coalesced along the columns. The planes are passed as an uploaded table of
+/// 24-byte records { ptr: u64, h: u32, w: u32, scale_h: f32, scale_w: f32 }.
+/// CPU reference: `cpu::resample::plane_sum_forward` (bit-exact).
+pub fn upsample_sum_bias_relu(
+    planes: &[&CudaStorage],
+    bias: &CudaStorage,
+    points: &[SamplePoint],
+    s: &PlaneSumSpec,
+) -> Result<CudaStorage> {
+    const OP: &str = "upsample_sum_bias_relu";
+    let _r = nvtx::range(OP);
+    let lens: Vec<usize> = planes.iter().map(|z| z.len()).collect();
+    crate::backend::check_plane_sum(&lens, bias.len(), points, s)?;
+    let Some(first) = planes.first() else {
+        return Err(Error::bad_shape(OP, "no planes"));
+    };
+    for z in planes {
+        same_device(OP, first, z)?;
+    }
+    same_device(OP, first, bias)?;
+    for &len in &lens {
+        count(OP, len)?;
+    }
+    let dev = first.device().clone();
+    let total = count(OP, points.len() * s.cols)?;
+    let mut out = dev.alloc(total as usize)?;
+    if total == 0 {
+        return Ok(out);
+    }
+    let table_d = upload_u64(&dev, &plane_table(planes, s))?;
+    let pts = upload_u32(&dev, &points_u32(points))?;
+    let (nt, np, cols) = (planes.len() as u32, points.len() as u32, s.cols as u32);
+    let block = block_for(cols);
+    // The table holds raw pointers to the planes: they are borrowed for this call and the
+    // stream is in order, and table_d / pts (pool buffers) live until the launch is enqueued.
+    launch!(
+        dev,
+        entry::UPSAMPLE_SUM_BIAS_RELU_F32,
+        cfg((cols.div_ceil(block), np.min(MAX_GRID_Y), 1), block),
+        out.slice_mut(),
+        table_d.slice(),
+        &nt,
+        bias.slice(),
+        pts.slice(),
+        &np,
+        &cols
+    )?;
+    Ok(out)
+}
+
+/// The plane descriptors of `upsample_sum_bias_relu_f32`, 24 bytes (three u64) per plane:
+/// { ptr: u64, h: u32, w: u32, scale_h: f32, scale_w: f32 } (little-endian, so the low word of
+/// each u64 is the first field).
+fn plane_table(planes: &[&CudaStorage], s: &PlaneSumSpec) -> Vec<u64> {
+    let mut table = Vec::with_capacity(planes.len() * 3);
+    for (z, &(h, w)) in planes.iter().zip(&s.planes) {
+        // As Lerp::new(y, h, in_h): h as f32 / in_h as f32.
+        let scale_h = h as f32 / s.in_h as f32;
+        let scale_w = w as f32 / s.in_w as f32;
+        table.extend([
+            z.raw_ptr(),
+            (h as u32 as u64) | ((w as u32 as u64) << 32),
+            (scale_h.to_bits() as u64) | ((scale_w.to_bits() as u64) << 32),
+        ]);
+    }
+    table
 }
 
 #[cfg(test)]

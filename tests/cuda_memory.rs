@@ -1,0 +1,66 @@
+//! Memory planning on the GPU: after the first steps, a training step (and a dense inference)
+//! is served entirely from the caching allocator; no block is requested from the driver.
+//! Its own test binary, because it switches the global deterministic setting.
+//! Without a GPU it prints that it was skipped; with HYPERSEG_REQUIRE_GPU=1 it fails.
+
+mod common;
+
+use common::cuda_device;
+use hyperseg_engine::model::{sample_points, DensePath, HypercolumnNet, ModelConfig};
+use hyperseg_engine::nn::Module;
+use hyperseg_engine::optim::{Adam, AdamConfig};
+use hyperseg_engine::{settings, Device, Result, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn driver_allocs(dev: &Device) -> u64 {
+    match dev {
+        Device::Cuda(d) => d.memory_stats().driver_allocs,
+        Device::Cpu => unreachable!("a CUDA device"),
+    }
+}
+
+#[test]
+fn steps_after_the_first_allocate_nothing_from_the_driver() -> Result<()> {
+    let Some(dev) = cuda_device() else { return Ok(()) };
+    for deterministic in [false, true] {
+        settings::set_deterministic(deterministic);
+        let config = ModelConfig::tiny();
+        let (n, s) = (config.batch_size, config.input_size);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let model = HypercolumnNet::new(config.clone(), &mut rng, &dev)?;
+        let mut adam = Adam::new(model.parameters(), AdamConfig::default())?;
+        let mut step = |i: u32, rng: &mut ChaCha8Rng| -> Result<f32> {
+            // New images and new random pixels every step, as in training.
+            let images: Vec<f32> = (0..n * 3 * s * s).map(|_| rng.random_range(-100.0..100.0)).collect();
+            let masks: Vec<u8> = (0..n * s * s).map(|_| if rng.random_bool(0.3) { 255 } else { 0 }).collect();
+            let (points, labels) = sample_points(n, s, config.sample_points, &masks, rng);
+            let images = Tensor::from_vec(images, [n, 3, s, s], &dev)?;
+            let loss = model.forward_sparse(&images, &points, true, i)?.softmax_cross_entropy(&labels, None)?;
+            adam.zero_grad();
+            loss.backward()?;
+            adam.step()?;
+            loss.to_scalar()
+        };
+        for i in 0..2 {
+            step(i, &mut rng)?;
+        }
+        let before = driver_allocs(&dev);
+        for i in 2..6 {
+            assert!(step(i, &mut rng)?.is_finite());
+        }
+        let after = driver_allocs(&dev);
+        assert_eq!(after, before, "deterministic={deterministic}: {} driver allocations in 4 steady training steps", after - before);
+
+        let image = Tensor::from_vec((0..3 * s * s).map(|_| rng.random_range(-100.0..100.0)).collect(), [1, 3, s, s], &dev)?;
+        for path in [DensePath::Naive, DensePath::Factored] {
+            model.predict_dense(&image, path, 1000)?;
+            let before = driver_allocs(&dev);
+            model.predict_dense(&image, path, 1000)?;
+            assert_eq!(driver_allocs(&dev), before, "deterministic={deterministic}: dense {path:?} allocated from the driver");
+        }
+        eprintln!("deterministic={deterministic}: steady training steps and dense inference allocate nothing from the driver");
+    }
+    settings::set_deterministic(false);
+    Ok(())
+}
