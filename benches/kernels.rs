@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use criterion::measurement::WallTime;
-use hyperseg_engine::backend::{AdamStep, ConvSpec, GatherSpec, GemmSpec, Nchw, SamplePoint, UnaryOp};
+use hyperseg_engine::backend::{AdamStep, ConvSpec, GatherSpec, GemmSpec, Nchw, PlaneSumSpec, SamplePoint, UnaryOp};
 use hyperseg_engine::storage::Storage;
 use hyperseg_engine::{settings, Device, Result};
 use rand::{Rng, SeedableRng};
@@ -277,6 +277,36 @@ fn bn_pool_relu(c: &mut Criterion) {
     g.finish();
 }
 
+/// The fused MLP pieces: bias + ReLU after a hidden layer's GEMM (forward in place, backward
+/// with the bias gradient) at the training batch's 1600 rows, and the factored dense path's
+/// fused first layer (six pixel-major planes sampled, summed, biased, clamped) for one tile of
+/// 8192 pixels of a 224x224 image. The CPU gets an eighth of the columns and a 64x64 frame.
+fn mlp_fused(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "mlp_fused");
+    let (rows, cols) = if t.full { (1600, 4096) } else { (1600, 512) };
+    let mut y = rand_storage(&t.dev, rows * cols, 70);
+    let bias = rand_storage(&t.dev, cols, 71);
+    let dy = rand_storage(&t.dev, rows * cols, 72);
+    let bytes = F32 * (rows * cols) as u64;
+    run(&mut g, &t.dev, &format!("bias_relu_{rows}x{cols}/forward"), Throughput::Bytes(2 * bytes), || y.bias_relu_assign(&bias, rows, cols));
+    run(&mut g, &t.dev, &format!("bias_relu_{rows}x{cols}/backward"), Throughput::Bytes(3 * bytes), || y.bias_relu_backward(&dy, rows, cols));
+
+    let (s, tile) = if t.full { (224usize, 8192usize) } else { (64, 1024) };
+    let spec = PlaneSumSpec { n: 1, in_h: s, in_w: s, cols, planes: (0..6).map(|i| (s >> i, s >> i)).collect() };
+    let planes: Vec<Storage> = spec.planes.iter().enumerate().map(|(i, &(h, w))| rand_storage(&t.dev, h * w * cols, 73 + i as u64)).collect();
+    let refs: Vec<&Storage> = planes.iter().collect();
+    let pts: Vec<SamplePoint> = (0..tile as u32).map(|p| SamplePoint { image: 0, y: p / s as u32, x: p % s as u32 }).collect();
+    // At least: the tile's rows of the full-resolution plane, once each coarser plane's touched
+    // rows (counted once: neighbouring pixels share them), and the output.
+    let touched: usize = spec.planes.iter().map(|&(h, w)| (tile * h * w).div_ceil(s * s).max(1)).sum();
+    let plane_bytes = F32 * (touched * cols + tile * cols) as u64;
+    run(&mut g, &t.dev, &format!("upsample_sum_bias_relu_{tile}px_{cols}cols/forward"), Throughput::Bytes(plane_bytes), || {
+        Storage::upsample_sum_bias_relu(&refs, &bias, &pts, &spec)
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -288,6 +318,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = kernels;
     config = config();
-    targets = conv, linear, gather, upsample, bn_pool_relu, softmax_xent, adam
+    targets = conv, linear, gather, upsample, mlp_fused, bn_pool_relu, softmax_xent, adam
 }
 criterion_main!(kernels);
