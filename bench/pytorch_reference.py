@@ -47,6 +47,7 @@ With a dump made with TF32 on (metadata tf32=true) the fp32 replay enables TF32 
 Examples:
   python3 bench/pytorch_reference.py --bench --device cuda --preset paper --json torch.json
   python3 bench/pytorch_reference.py --bench --device cpu --preset tiny --precision fp32 --iters 3 --warmup 1
+  python3 bench/pytorch_reference.py --bench --device cuda --preset paper --precision bf16 --compile --fused-adam
   hyperseg-engine bench --device cuda --preset paper --parity-dump /tmp/parity
   python3 bench/pytorch_reference.py --parity /tmp/parity --device cuda
 """
@@ -358,6 +359,12 @@ def bench(args):
         init_like_engine(model, args.seed)
         model = model.to(device)
         images, points, labels = synthetic_batch(cfg, device, gen)
+        if args.compile:
+            # PyTorch's best: NHWC activations and the compiled training forward (its backward is
+            # compiled through AOTAutograd); dense inference stays eager (channels_last).
+            model = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
         opt_kwargs = {"fused": True} if args.fused_adam else {}
         opt = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"], betas=(0.9, 0.999), eps=1e-8, **opt_kwargs)
 
@@ -370,7 +377,7 @@ def bench(args):
 
         def train_step():
             with autocast():
-                logits = model(images, points)
+                logits = forward(images, points)
             loss = F.cross_entropy(logits.float(), labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -428,6 +435,7 @@ def bench(args):
             "sample_points": cfg["sample_points"],
             "parameter_count": sum(p.numel() for p in model.parameters()),
             "fused_adam": bool(args.fused_adam),
+            "compiled": f"torch.compile(mode={args.compile_mode!r}), channels_last" if args.compile else None,
             "warmup": args.warmup,
             "iters": args.iters,
             "timing": "wall clock, device synchronised before and after each iteration; median",
@@ -456,7 +464,7 @@ def bench(args):
         print(f"[{precision}] train step {train_ms:.2f} ms ({rate(f_train, train_ms):.2f} TFLOP/s){dense_txt}, "
               f"peak {peak / 2**30:.2f} GiB, loss {last_loss:.4f}", file=sys.stderr)
         print(json.dumps({k: v for k, v in run.items() if k != "train_step_samples_ms"}), flush=True)
-        model = opt = images = points = labels = last = None  # free before the next precision
+        model = forward = opt = images = points = labels = last = None  # free before the next precision
         if device.type == "cuda":
             torch.cuda.empty_cache()
     set_tf32(False)
@@ -632,6 +640,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
+    ap.add_argument("--compile", action="store_true",
+                    help="--bench: torch.compile the training forward, channels_last (with bf16: PyTorch's best step)")
+    ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
+                    help="torch.compile mode with --compile (default, reduce-overhead, max-autotune, ...)")
     ap.add_argument("--json", metavar="FILE", help="write the results (a list of runs, or the parity summary)")
     args = ap.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
