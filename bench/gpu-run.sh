@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call that measures everything issue 5 asks for, side by side on one GPU:
 #   1. every test with the GPU required (.gpu/run.sh tests), the PTX kernel parity table with timings;
-#   2. the engine's bench, fp32 and tf32 (and, when .gpu/before/hyperseg-engine exists, the same bench with that
+#   2. the engine's bench, fp32, tf32 and bf16 (and, when .gpu/before/hyperseg-engine exists, the same bench with that
 #      older binary, interleaved, so a change is measured before and after in one run);
 #   3. PyTorch eager fp32/tf32/bf16 and PyTorch compiled (bf16, channels_last, fused Adam).
 # Usage on the GPU machine, from the checkout root, after `bash ../shared/gpu/bundle.sh` here (and optionally
@@ -27,9 +27,10 @@ bench() { # NAME BINARY PRECISION
   echo "rc=$?"
 }
 {
-  for p in fp32 tf32; do
+  for p in fp32 tf32 bf16; do
     bench engine .gpu/bin/bin-hyperseg-engine $p
-    [ -x .gpu/before/hyperseg-engine ] && bench before .gpu/before/hyperseg-engine $p
+    # (binaries older than bf16 GEMMs have no --precision bf16)
+    [ -x .gpu/before/hyperseg-engine ] && [ $p != bf16 ] && bench before .gpu/before/hyperseg-engine $p
   done
   echo "=== pytorch eager"
   env -u LD_LIBRARY_PATH timeout 120 python3 bench/pytorch_reference.py --bench --device cuda --preset paper \

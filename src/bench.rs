@@ -37,21 +37,34 @@ use crate::tensor::Tensor;
 /// Convs per VGG16 block (as in `model::vgg`).
 const BLOCK_DEPTHS: [usize; 5] = [2, 2, 3, 3, 3];
 
-/// Numeric precision of a benchmark run. bf16 is not implemented in the engine yet.
+/// Numeric precision of a benchmark run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     /// IEEE fp32 everywhere (TF32 tensor cores off).
     Fp32,
     /// fp32 storage, TF32 tensor cores allowed in cuBLAS and cuDNN.
     Tf32,
+    /// fp32 storage; GEMMs on bf16-rounded operands ([`settings::bf16_gemm`]), convolutions
+    /// in TF32. Activations are not stored in bf16 (yet).
+    Bf16,
 }
 
 impl Precision {
-    /// `fp32` or `tf32`.
+    /// `fp32`, `tf32` or `bf16`.
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// What the precision means for the engine, in words (for the report).
+    pub fn detail(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32 storage and math",
+            Precision::Tf32 => "fp32 storage, TF32 tensor cores in convolutions and GEMMs",
+            Precision::Bf16 => "fp32 storage, bf16 GEMMs (fp32 accumulation), TF32 convolutions",
         }
     }
 }
@@ -305,6 +318,7 @@ impl BenchReport {
             "device": self.device,
             "device_name": self.device_name,
             "precision": self.precision.as_str(),
+            "precision_detail": self.precision.detail(),
             "preset": self.config.preset,
             "input_size": self.config.input_size,
             "batch_size": self.config.batch_size,
@@ -385,11 +399,15 @@ impl BenchReport {
     }
 }
 
-/// Restores the TF32 setting when dropped.
-struct Tf32Guard(bool);
-impl Drop for Tf32Guard {
+/// Restores the TF32 and bf16 settings when dropped.
+struct SettingsGuard {
+    tf32: bool,
+    bf16_gemm: bool,
+}
+impl Drop for SettingsGuard {
     fn drop(&mut self) {
-        settings::set_allow_tf32(self.0);
+        settings::set_allow_tf32(self.tf32);
+        settings::set_bf16_gemm(self.bf16_gemm);
     }
 }
 
@@ -424,8 +442,9 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     if opts.tile_pixels == 0 {
         return Err(Error::InvalidValue { name: "tile size", msg: "must be positive".into() });
     }
-    let _tf32 = Tf32Guard(settings::allow_tf32());
-    settings::set_allow_tf32(opts.precision == Precision::Tf32);
+    let _restore = SettingsGuard { tf32: settings::allow_tf32(), bf16_gemm: settings::bf16_gemm() };
+    settings::set_allow_tf32(opts.precision != Precision::Fp32);
+    settings::set_bf16_gemm(opts.precision == Precision::Bf16);
 
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let model = HypercolumnNet::new(config.clone(), &mut rng, device)?;

@@ -1,9 +1,10 @@
-//! Process-wide engine settings: deterministic mode and TF32.
+//! Process-wide engine settings: deterministic mode, TF32 and bf16 GEMMs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
 static ALLOW_TF32: AtomicBool = AtomicBool::new(false);
+static BF16_GEMM: AtomicBool = AtomicBool::new(false);
 
 /// Asks every backend for bitwise-reproducible results: deterministic cuDNN algorithms and the
 /// deterministic gather backward (no atomics). Off by default (slower when on).
@@ -25,4 +26,18 @@ pub fn set_allow_tf32(on: bool) {
 /// Whether TF32 is allowed.
 pub fn allow_tf32() -> bool {
     ALLOW_TF32.load(Ordering::Relaxed)
+}
+
+/// Makes every GEMM (the linear layers, `matmul`, the factored path's per-tap products; not the
+/// convolutions) round its two operands to bf16 and accumulate in fp32: bf16 tensor cores on
+/// the GPU (cuBLAS `CUBLAS_COMPUTE_32F_FAST_16BF` on the fp32 buffers), the same rounding
+/// (to nearest, ties to even) then an fp32 GEMM on the CPU. Storage, weights, gradients and the
+/// optimizer state stay fp32. Off by default; about 4e-3 relative error per operand.
+pub fn set_bf16_gemm(on: bool) {
+    BF16_GEMM.store(on, Ordering::Relaxed);
+}
+
+/// Whether GEMMs round their operands to bf16.
+pub fn bf16_gemm() -> bool {
+    BF16_GEMM.load(Ordering::Relaxed)
 }

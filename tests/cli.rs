@@ -118,3 +118,18 @@ fn bad_inputs_name_the_file() {
     let o = run(bin().args(["train", "--preset", "huge", "--out"]).arg(dir.path().join("r3")));
     assert_clean_failure(&o, "huge");
 }
+
+#[test]
+fn bench_runs_every_precision_on_the_cpu_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    for precision in ["fp32", "tf32", "bf16"] {
+        let json = dir.path().join(format!("{precision}.json"));
+        let o = run(bin().args(["bench", "--device", "cpu", "--preset", "tiny", "--warmup", "0", "--iters", "1", "--precision", precision, "--json"]).arg(&json));
+        assert!(o.status.success(), "bench --precision {precision}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(v["precision"], precision);
+        assert!(v["precision_detail"].as_str().is_some_and(|d| !d.is_empty()));
+        assert!(v["train_step_ms"].as_f64().is_some_and(|t| t > 0.0));
+        assert!(v["last_loss"].as_f64().is_some_and(f64::is_finite), "{v}");
+    }
+}

@@ -11,13 +11,15 @@ use hyperseg_engine::Result;
 use super::device_args::DeviceChoice;
 use super::DeviceArgs;
 
-/// Numeric precision. bf16 is not implemented in the engine yet.
+/// Numeric precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
     /// IEEE fp32, TF32 tensor cores off.
     Fp32,
     /// fp32 storage, TF32 tensor cores allowed in cuBLAS and cuDNN.
     Tf32,
+    /// fp32 storage, GEMMs on bf16-rounded operands (bf16 tensor cores), convolutions in TF32.
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,7 +45,7 @@ pub struct BenchArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// fp32 or tf32 (bf16 is not implemented in the engine yet).
+    /// fp32, tf32, or bf16 (bf16 GEMMs, TF32 convolutions; activations stay fp32).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     pub precision: PrecisionArg,
     /// The model to time (random weights).
@@ -89,6 +91,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let precision = match a.precision {
         PrecisionArg::Fp32 => Precision::Fp32,
         PrecisionArg::Tf32 => Precision::Tf32,
+        PrecisionArg::Bf16 => Precision::Bf16,
     };
     let config = match a.preset {
         PresetArg::Paper => ModelConfig::paper(),
@@ -96,7 +99,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let device = DeviceArgs {
         device: a.device,
-        tf32: precision == Precision::Tf32,
+        tf32: precision != Precision::Fp32,
+        bf16_gemm: precision == Precision::Bf16,
         deterministic: a.deterministic,
         mem_limit: a.mem_limit.clone(),
     }

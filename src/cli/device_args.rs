@@ -19,6 +19,10 @@ pub struct DeviceArgs {
     /// Allow TF32 tensor cores for convolutions and GEMMs (faster, ~1e-3 relative error).
     #[arg(long)]
     pub tf32: bool,
+    /// Round the operands of every GEMM (linear layers; not convolutions) to bf16 and accumulate in
+    /// fp32: bf16 tensor cores on the GPU. Storage, weights and Adam state stay fp32.
+    #[arg(long)]
+    pub bf16_gemm: bool,
     /// Bitwise-reproducible results: deterministic algorithms and reductions (slower).
     #[arg(long)]
     pub deterministic: bool,
@@ -31,6 +35,7 @@ impl DeviceArgs {
     /// Applies the settings and opens the device, saying which one on stderr.
     pub fn open(&self) -> Result<Device> {
         settings::set_allow_tf32(self.tf32);
+        settings::set_bf16_gemm(self.bf16_gemm);
         settings::set_deterministic(self.deterministic);
         let device = match self.device {
             DeviceChoice::Cpu => Device::Cpu,

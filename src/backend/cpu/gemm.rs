@@ -3,6 +3,13 @@
 
 use crate::backend::GemmSpec;
 
+/// `x` rounded to bf16 (to nearest, ties to even; the `half` crate's conversion) and back to
+/// f32: the operands of a GEMM in bf16 mode ([`crate::settings::bf16_gemm`]).
+pub fn round_to_bf16(x: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    x.par_iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
+}
+
 /// `C = op(A) * op(B) + beta * C` for row-major buffers (see [`GemmSpec`]).
 pub fn gemm_f32(a: &[f32], b: &[f32], c: &mut [f32], g: GemmSpec, beta: f32) {
     let GemmSpec { m, n, k, trans_a, trans_b } = g;

@@ -134,7 +134,12 @@ impl BackendStorage for CpuStorage {
         check_len("matmul", "lhs", self.len(), g.m * g.k)?;
         check_len("matmul", "rhs", b.len(), g.k * g.n)?;
         let mut c = vec![0.0; g.m * g.n];
-        gemm::gemm_f32(self.as_f32(), b.as_f32(), &mut c, g, 0.0);
+        if crate::settings::bf16_gemm() {
+            let (a, b) = (gemm::round_to_bf16(self.as_f32()), gemm::round_to_bf16(b.as_f32()));
+            gemm::gemm_f32(&a, &b, &mut c, g, 0.0);
+        } else {
+            gemm::gemm_f32(self.as_f32(), b.as_f32(), &mut c, g, 0.0);
+        }
         Ok(CpuStorage::F32(c))
     }
 

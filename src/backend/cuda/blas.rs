@@ -1,4 +1,4 @@
-//! Row-major GEMM on the GPU through cuBLAS `sgemm`.
+//! Row-major GEMM on the GPU through cuBLAS `sgemm` (or `cublasGemmEx` in bf16 mode).
 //!
 //! cuBLAS is column-major. A row-major `r x c` buffer read column-major is its transpose
 //! (`c x r`, leading dimension `c`), so the row-major product `C = op(A) op(B)` is computed as
@@ -7,7 +7,9 @@
 //!
 //! TF32 tensor cores are used only when [`crate::settings::allow_tf32`] is on (math mode set
 //! on the handle when the setting changes); otherwise `CUBLAS_DEFAULT_MATH`, which in cuBLAS
-//! 11+ keeps fp32 GEMMs in full fp32.
+//! 11+ keeps fp32 GEMMs in full fp32. With [`crate::settings::bf16_gemm`] the product goes
+//! through `cublasGemmEx` with `CUBLAS_COMPUTE_32F_FAST_16BF`: the same fp32 buffers, the
+//! operands converted to bf16 inside cuBLAS, bf16 tensor cores, fp32 accumulation.
 
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -121,31 +123,58 @@ pub fn gemm(a: &CudaStorage, b: &CudaStorage, g: GemmSpec) -> Result<CudaStorage
     let (m, n, k) = (to_int("n", cm.m)?, to_int("m", cm.n)?, to_int("k", cm.k)?);
     let (lda, ldb, ldc) = (to_int("ld", cm.ld_first)?, to_int("ld", cm.ld_second)?, to_int("ld", cm.ldc)?);
     let (alpha, beta) = (1.0f32, 0.0f32);
-    let _r = super::nvtx::range("cublas.sgemm");
+    let bf16 = crate::settings::bf16_gemm();
+    let _r = super::nvtx::range(if bf16 { "cublas.gemm_bf16" } else { "cublas.sgemm" });
     dev.bind()?;
     let mut blas = dev.blas();
     blas.set_tf32(crate::settings::allow_tf32())?;
+    let (first, second, out) = (b.raw_ptr(), a.raw_ptr(), c.raw_ptr());
     // SAFETY: the buffers hold k*n, m*k and m*n floats (checked above), the leading
     // dimensions are those of `column_major_args`, and all work is on the handle's stream.
     unsafe {
-        cudarc::cublas::result::sgemm(
-            *blas.handle.handle(),
-            op(cm.trans_first),
-            op(cm.trans_second),
-            m,
-            n,
-            k,
-            &alpha,
-            b.raw_ptr() as *const f32,
-            lda,
-            a.raw_ptr() as *const f32,
-            ldb,
-            &beta,
-            c.raw_ptr() as *mut f32,
-            ldc,
-        )
+        if bf16 {
+            let f32_t = sys::cudaDataType::CUDA_R_32F;
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle.handle(),
+                op(cm.trans_first),
+                op(cm.trans_second),
+                m,
+                n,
+                k,
+                &alpha as *const f32 as *const std::ffi::c_void,
+                first as *const std::ffi::c_void,
+                f32_t,
+                lda,
+                second as *const std::ffi::c_void,
+                f32_t,
+                ldb,
+                &beta as *const f32 as *const std::ffi::c_void,
+                out as *mut std::ffi::c_void,
+                f32_t,
+                ldc,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        } else {
+            cudarc::cublas::result::sgemm(
+                *blas.handle.handle(),
+                op(cm.trans_first),
+                op(cm.trans_second),
+                m,
+                n,
+                k,
+                &alpha,
+                first as *const f32,
+                lda,
+                second as *const f32,
+                ldb,
+                &beta,
+                out as *mut f32,
+                ldc,
+            )
+        }
     }
-    .ctx(&format!("cublasSgemm {g:?}"))?;
+    .ctx(&format!("{} {g:?}", if bf16 { "cublasGemmEx (bf16)" } else { "cublasSgemm" }))?;
     Ok(c)
 }
 
