@@ -260,12 +260,21 @@ fn bn_pool_relu(c: &mut Criterion) {
     let bytes = F32 * d.len() as u64;
     // Forward: read x twice (statistics, normalisation), write y.
     run(&mut g, &t.dev, &format!("batch_norm_train_{label}/forward"), Throughput::Bytes(3 * bytes), || {
-        x.batch_norm_train(&gamma, &beta, d, 1e-5).map(|f| f.y)
+        x.batch_norm_train(&gamma, &beta, d, 1e-5, false).map(|f| f.y)
     });
-    let f = x.batch_norm_train(&gamma, &beta, d, 1e-5).expect("batch norm");
+    let f = x.batch_norm_train(&gamma, &beta, d, 1e-5, false).expect("batch norm");
     // Backward: read x and dy twice (reductions, then dx), write dx.
     run(&mut g, &t.dev, &format!("batch_norm_train_{label}/backward"), Throughput::Bytes(5 * bytes), || {
-        x.batch_norm_backward(&dy, &gamma, &f.mean, &f.invstd, d).map(|b| b.dx)
+        x.batch_norm_backward(&dy, &gamma, &f.mean, &f.invstd, d, None).map(|b| b.dx)
+    });
+    // The same with the ReLU fused: the forward clamps while writing y; the backward reads the
+    // ReLU's output to mask dy in both of its passes.
+    run(&mut g, &t.dev, &format!("batch_norm_relu_train_{label}/forward"), Throughput::Bytes(3 * bytes), || {
+        x.batch_norm_train(&gamma, &beta, d, 1e-5, true).map(|f| f.y)
+    });
+    let fr = x.batch_norm_train(&gamma, &beta, d, 1e-5, true).expect("batch norm + relu");
+    run(&mut g, &t.dev, &format!("batch_norm_relu_train_{label}/backward"), Throughput::Bytes(7 * bytes), || {
+        x.batch_norm_backward(&dy, &gamma, &fr.mean, &fr.invstd, d, Some(&fr.y)).map(|b| b.dx)
     });
     let dy_pool = rand_storage(&t.dev, d.len() / 4, 64);
     run(&mut g, &t.dev, &format!("max_pool2x2_{label}/forward"), Throughput::Bytes(bytes + bytes / 4), || x.max_pool2x2(d));

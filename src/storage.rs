@@ -206,16 +206,17 @@ impl Storage {
         beta: &Storage,
         d: Nchw,
         eps: f32,
+        relu: bool,
     ) -> Result<BatchNormForward<Storage>> {
         fn wrap<S>(f: BatchNormForward<S>, w: fn(S) -> Storage) -> BatchNormForward<Storage> {
             BatchNormForward { y: w(f.y), mean: w(f.mean), invstd: w(f.invstd), var_unbiased: w(f.var_unbiased) }
         }
         match (self, gamma, beta) {
             (Storage::Cpu(x), Storage::Cpu(g), Storage::Cpu(b)) => {
-                Ok(wrap(x.batch_norm_train(g, b, d, eps)?, Storage::Cpu))
+                Ok(wrap(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cpu))
             }
             (Storage::Cuda(x), Storage::Cuda(g), Storage::Cuda(b)) => {
-                Ok(wrap(x.batch_norm_train(g, b, d, eps)?, Storage::Cuda))
+                Ok(wrap(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cuda))
             }
             (x, g, b) => Err(mismatch("batch_norm", x, if x.device().same(&g.device()) { b } else { g })),
         }
@@ -228,18 +229,29 @@ impl Storage {
         mean: &Storage,
         invstd: &Storage,
         d: Nchw,
+        relu_out: Option<&Storage>,
     ) -> Result<BatchNormBackward<Storage>> {
         fn wrap<S>(b: BatchNormBackward<S>, w: fn(S) -> Storage) -> BatchNormBackward<Storage> {
             BatchNormBackward { dx: w(b.dx), dgamma: w(b.dgamma), dbeta: w(b.dbeta) }
         }
-        match (self, dy, gamma, mean, invstd) {
-            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i)) => {
-                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d)?, Storage::Cpu))
+        match (self, dy, gamma, mean, invstd, relu_out) {
+            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i), None) => {
+                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, None)?, Storage::Cpu))
             }
-            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i)) => {
-                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d)?, Storage::Cuda))
+            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i), Some(Storage::Cpu(y))) => {
+                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, Some(y))?, Storage::Cpu))
             }
-            (x, dy, ..) => Err(mismatch("batch_norm_backward", x, dy)),
+            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i), None) => {
+                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, None)?, Storage::Cuda))
+            }
+            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i), Some(Storage::Cuda(y))) => {
+                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, Some(y))?, Storage::Cuda))
+            }
+            (x, ..) => {
+                let others = [Some(dy), Some(gamma), Some(mean), Some(invstd), relu_out];
+                let odd = others.into_iter().flatten().find(|s| !x.device().same(&s.device())).unwrap_or(dy);
+                Err(mismatch("batch_norm_backward", x, odd))
+            }
         }
     }
 

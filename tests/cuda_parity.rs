@@ -70,6 +70,7 @@ fn cuda_parity_conv_tf32() -> Result<()> {
 #[test]
 fn cuda_parity_linear_and_matmul() -> Result<()> {
     parity(&[r(&[37, 53], 6), r(&[29, 53], 7), r(&[29], 8)], GEMM_TOL, "linear", |t| t[0].linear(&t[1], Some(&t[2])))?;
+    parity(&[r(&[37, 53], 6), r(&[29, 53], 7), r(&[29], 8)], GEMM_TOL, "linear + relu (fused)", |t| t[0].linear_relu(&t[1], &t[2]))?;
     parity(&[r(&[17, 23], 9), r(&[23, 31], 10)], GEMM_TOL, "matmul", |t| t[0].matmul(&t[1]))
 }
 
@@ -77,7 +78,8 @@ fn cuda_parity_linear_and_matmul() -> Result<()> {
 fn cuda_parity_batch_norm() -> Result<()> {
     let x: Vec<f32> = rand_vec(3 * 6 * 9 * 7, 11).iter().enumerate().map(|(i, v)| v * 3.0 + (i % 5) as f32).collect();
     let inputs = [(x, vec![3, 6, 9, 7]), r(&[6], 12), r(&[6], 13)];
-    parity(&inputs, TOL, "batch_norm train", |t| Ok(t[0].batch_norm_train(&t[1], &t[2], 1e-5)?.0))
+    parity(&inputs, TOL, "batch_norm train", |t| Ok(t[0].batch_norm_train(&t[1], &t[2], 1e-5)?.0))?;
+    parity(&inputs, TOL, "batch_norm + relu train (fused)", |t| Ok(t[0].batch_norm_relu_train(&t[1], &t[2], 1e-5)?.0))
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{rand_vec, separated_vec, GradCheck};
-use hyperseg_engine::{concat, gather_hypercolumns, Device, Result, SamplePoint, Tensor};
+use hyperseg_engine::{concat, gather_hypercolumns, no_grad, Device, Result, SamplePoint, Tensor};
 
 fn conv_case(dev: &Device, n: usize, c_in: usize, hw: (usize, usize), c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Result<()> {
     let xs = vec![n, c_in, hw.0, hw.1];
@@ -55,6 +55,26 @@ fn batch_norm_eval(dev: &Device) -> Result<()> {
     })
 }
 test_device!(batch_norm_eval, grad_batch_norm_eval_cpu, grad_batch_norm_eval_cuda);
+
+/// Batch norm with the fused ReLU. A smaller step (1e-3) and seeded inputs whose outputs are all
+/// at least 0.01 away from the kink (asserted; a step moves an output by about
+/// gamma * invstd * 1e-3 < 0.005 here), some of them negative so the mask is exercised.
+fn batch_norm_relu_train(dev: &Device) -> Result<()> {
+    let (shape, c) = (vec![3, 2, 5, 7], 2);
+    let x = rand_vec(3 * 2 * 5 * 7, 33);
+    let gamma: Vec<f32> = rand_vec(c, 19).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let beta: Vec<f32> = rand_vec(c, 20).iter().map(|v| 0.3 * v).collect();
+    let y = no_grad(|| {
+        let t = |v: &[f32], s: Vec<usize>| Tensor::from_slice(v, s, &Device::Cpu);
+        t(&x, shape.clone())?.batch_norm_train(&t(&gamma, vec![c])?, &t(&beta, vec![c])?, 1e-5)?.0.to_vec()
+    })?;
+    assert!(y.iter().all(|v| v.abs() > 0.01), "an output is too close to the kink");
+    assert!(y.iter().any(|&v| v < 0.0) && y.iter().any(|&v| v > 0.0));
+    GradCheck { h: 1e-3, ..Default::default() }.run(dev, &[x, gamma, beta], &[shape, vec![c], vec![c]], |t| {
+        Ok(t[0].batch_norm_relu_train(&t[1], &t[2], 1e-5)?.0)
+    })
+}
+test_device!(batch_norm_relu_train, grad_batch_norm_relu_train_cpu, grad_batch_norm_relu_train_cuda);
 
 fn relu(dev: &Device) -> Result<()> {
     GradCheck::default().run(dev, &[separated_vec(105, 0.03, 12)], &[vec![3, 5, 7]], |t| t[0].relu())

@@ -115,3 +115,35 @@ fn damaged_checkpoints_are_refused_by_name() {
     let e = load_checkpoint(&missing, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("missing.safetensors"), "{e}");
 }
+
+/// The fused ops equal their compositions bit for bit on the CPU, forward and backward:
+/// batch norm + ReLU, and linear + ReLU.
+#[test]
+fn fused_ops_equal_their_compositions() -> hyperseg_engine::Result<()> {
+    use hyperseg_engine::{Device, Tensor};
+    let dev = Device::Cpu;
+    let vals = |n: usize, seed: u64| -> Vec<f32> { (0..n).map(|i| ((i as u64 * 2654435761 + seed) % 1000) as f32 / 500.0 - 1.0).collect() };
+    let run = |fused: bool| -> hyperseg_engine::Result<Vec<Vec<f32>>> {
+        let x = Tensor::from_vec(vals(2 * 3 * 5 * 4, 1), [2, 3, 5, 4], &dev)?.to_variable()?;
+        let gamma = Tensor::from_vec(vals(3, 2).iter().map(|v| v + 1.5).collect(), [3], &dev)?.to_variable()?;
+        let beta = Tensor::from_vec(vals(3, 3), [3], &dev)?.to_variable()?;
+        let h = if fused { x.batch_norm_relu_train(&gamma, &beta, 1e-5)?.0 } else { x.batch_norm_train(&gamma, &beta, 1e-5)?.0.relu()? };
+        let w = Tensor::from_vec(vals(7 * 20, 4), [7, 20], &dev)?.to_variable()?;
+        let b = Tensor::from_vec(vals(7, 5), [7], &dev)?.to_variable()?;
+        let flat = h.reshape([6, 20])?;
+        let y = if fused { flat.linear_relu(&w, &b)? } else { flat.linear(&w, Some(&b))?.relu()? };
+        let proj = Tensor::from_vec(vals(6 * 7, 6), [6, 7], &dev)?;
+        y.mul(&proj)?.sum_all()?.backward()?;
+        let mut out = vec![y.to_vec()?];
+        for t in [&x, &gamma, &beta, &w, &b] {
+            out.push(t.grad().expect("a gradient").to_vec()?);
+        }
+        Ok(out)
+    };
+    let (fused, plain) = (run(true)?, run(false)?);
+    for (i, (f, p)) in fused.iter().zip(&plain).enumerate() {
+        assert!(f.iter().zip(p).all(|(a, b)| a.to_bits() == b.to_bits()), "tensor {i} differs: {f:?} vs {p:?}");
+    }
+    assert!(fused[0].iter().any(|&v| v == 0.0) && fused[0].iter().any(|&v| v > 0.0), "the ReLU should clamp some outputs");
+    Ok(())
+}

@@ -308,15 +308,19 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn conv2d_backward_weight(&self, dy: &Self, s: &ConvSpec) -> Result<Self>;
 
     // ---- batch norm --------------------------------------------------------------------------
-    /// Training-mode batch norm over `[n, c, h, w]` with batch statistics.
+    /// Training-mode batch norm over `[n, c, h, w]` with batch statistics; with `relu`, the
+    /// output is clamped at 0 in the same pass (`y = max(bn(x), 0)`).
     fn batch_norm_train(
         &self,
         gamma: &Self,
         beta: &Self,
         d: Nchw,
         eps: f32,
+        relu: bool,
     ) -> Result<BatchNormForward<Self>>;
-    /// Backward of [`BackendStorage::batch_norm_train`], `self` being x.
+    /// Backward of [`BackendStorage::batch_norm_train`], `self` being x. `relu_out` is the
+    /// forward's output when it had `relu`: then only the gradient where it is > 0 counts,
+    /// exactly as if `dy * (relu_out > 0)` were passed.
     fn batch_norm_backward(
         &self,
         dy: &Self,
@@ -324,6 +328,7 @@ pub trait BackendStorage: Sized + Send + Sync {
         mean: &Self,
         invstd: &Self,
         d: Nchw,
+        relu_out: Option<&Self>,
     ) -> Result<BatchNormBackward<Self>>;
 
     // ---- pooling ----------------------------------------------------------------------------------

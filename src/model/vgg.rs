@@ -29,7 +29,7 @@ impl ConvBnRelu {
 
     /// conv, batch norm (batch statistics when `train`), ReLU.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, train)?.relu()
+        self.bn.forward_relu(&self.conv.forward(x)?, train)
     }
 }
 

@@ -35,10 +35,25 @@ impl BatchNorm2d {
 
     /// Normalises `x`; in training mode also updates the running statistics.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, false)
+    }
+
+    /// `relu(self.forward(x, train))`, with the ReLU fused into the batch-norm kernels in
+    /// training mode.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, train, true)
+    }
+
+    fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if !train {
-            return x.batch_norm_eval(&self.gamma, &self.beta, &self.running_mean, &self.running_var, self.eps);
+            let y = x.batch_norm_eval(&self.gamma, &self.beta, &self.running_mean, &self.running_var, self.eps)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
-        let (y, stats) = x.batch_norm_train(&self.gamma, &self.beta, self.eps)?;
+        let (y, stats) = if relu {
+            x.batch_norm_relu_train(&self.gamma, &self.beta, self.eps)?
+        } else {
+            x.batch_norm_train(&self.gamma, &self.beta, self.eps)?
+        };
         no_grad(|| -> Result<()> {
             // running += momentum * (batch - running), in place: two kernels per statistic.
             for (running, batch) in [(&self.running_mean, &stats.mean), (&self.running_var, &stats.var_unbiased)] {

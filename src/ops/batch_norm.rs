@@ -1,6 +1,6 @@
-//! 2-D batch norm: training mode (batch statistics, a fused forward and backward kernel) and
-//! eval mode (running statistics, composed from per-channel scale and shift so that autograd
-//! derives its backward).
+//! 2-D batch norm: training mode (batch statistics, a fused forward and backward kernel, with
+//! or without a fused ReLU) and eval mode (running statistics, composed from per-channel scale
+//! and shift so that autograd derives its backward).
 
 use super::{when, Grads};
 use crate::backend::Nchw;
@@ -30,18 +30,33 @@ impl Tensor {
     /// Training-mode batch norm of `self [n, c, h, w]`: normalised with the batch's own
     /// per-channel statistics, then `gamma * xhat + beta`. Returns the statistics too.
     pub fn batch_norm_train(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, BatchStats)> {
+        self.batch_norm_train_impl(gamma, beta, eps, false)
+    }
+
+    /// [`Tensor::batch_norm_train`] followed by ReLU, fused: the normalising pass clamps at 0 and
+    /// the backward masks the incoming gradient inside the batch-norm backward kernels, so no
+    /// separate ReLU pass reads or writes the activation either way.
+    pub fn batch_norm_relu_train(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, BatchStats)> {
+        self.batch_norm_train_impl(gamma, beta, eps, true)
+    }
+
+    fn batch_norm_train_impl(&self, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<(Tensor, BatchStats)> {
         let d = check(self, &[gamma, beta], "batch_norm")?;
         if d.n * d.h * d.w < 2 {
             return Err(Error::bad_shape("batch_norm", "training mode needs more than one value per channel"));
         }
-        let f = self.storage().batch_norm_train(&gamma.storage(), &beta.storage(), d, eps)?;
+        let f = self.storage().batch_norm_train(&gamma.storage(), &beta.storage(), d, eps, relu)?;
         let mean = Tensor::from_storage(f.mean, [d.c])?;
         let invstd = Tensor::from_storage(f.invstd, [d.c])?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased: Tensor::from_storage(f.var_unbiased, [d.c])? };
         let y = Tensor::from_storage(f.y, self.shape().clone())?;
         let (x, g_) = (self.detach(), gamma.detach());
-        let y = y.record("batch_norm", &[self, gamma, beta], move |g, need| -> Result<Grads> {
-            let b = x.storage().batch_norm_backward(&g.storage(), &g_.storage(), &mean.storage(), &invstd.storage(), d)?;
+        // The output (untracked, sharing storage with the returned tensor) masks the gradient.
+        let relu_out = relu.then(|| y.clone());
+        let op = if relu { "batch_norm_relu" } else { "batch_norm" };
+        let y = y.record(op, &[self, gamma, beta], move |g, need| -> Result<Grads> {
+            let mask = relu_out.as_ref().map(|t| t.storage());
+            let b = x.storage().batch_norm_backward(&g.storage(), &g_.storage(), &mean.storage(), &invstd.storage(), d, mask.as_deref())?;
             Ok(vec![
                 when(need[0], || Tensor::from_storage(b.dx, x.shape().clone()))?,
                 when(need[1], || Tensor::from_storage(b.dgamma, [d.c]))?,

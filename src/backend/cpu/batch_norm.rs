@@ -23,8 +23,9 @@ fn planes(d: Nchw, c: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..d.n).map(move |n| (n * d.c + c) * hw..(n * d.c + c + 1) * hw)
 }
 
-/// Per-channel statistics over N, H, W, then `y = gamma * (x - mean) * invstd + beta`.
-pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32) -> Forward {
+/// Per-channel statistics over N, H, W, then `y = gamma * (x - mean) * invstd + beta`, clamped
+/// at 0 when `relu`.
+pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32, relu: bool) -> Forward {
     let count = (d.n * d.h * d.w) as f64;
     let stats: Vec<(f32, f32, f32)> = (0..d.c)
         .into_par_iter()
@@ -46,7 +47,8 @@ pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32) 
         let (mean, invstd, _) = stats[c];
         let (g, b) = (gamma[c], beta[c]);
         for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-            *o = g * (v - mean) * invstd + b;
+            let y = g * (v - mean) * invstd + b;
+            *o = if relu { y.max(0.0) } else { y };
         }
     });
     Forward {

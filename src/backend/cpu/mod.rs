@@ -161,11 +161,11 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::F32(conv::backward_weight(self.as_f32(), dy.as_f32(), s)))
     }
 
-    fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32) -> Result<BatchNormForward<Self>> {
+    fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>> {
         check_len("batch_norm", "input", self.len(), d.len())?;
         check_len("batch_norm", "gamma", gamma.len(), d.c)?;
         check_len("batch_norm", "beta", beta.len(), d.c)?;
-        let f = batch_norm::forward_train(self.as_f32(), gamma.as_f32(), beta.as_f32(), d, eps);
+        let f = batch_norm::forward_train(self.as_f32(), gamma.as_f32(), beta.as_f32(), d, eps, relu);
         Ok(BatchNormForward {
             y: CpuStorage::F32(f.y),
             mean: CpuStorage::F32(f.mean),
@@ -181,10 +181,20 @@ impl BackendStorage for CpuStorage {
         mean: &Self,
         invstd: &Self,
         d: Nchw,
+        relu_out: Option<&Self>,
     ) -> Result<BatchNormBackward<Self>> {
         check_len("batch_norm_backward", "input", self.len(), d.len())?;
         check_len("batch_norm_backward", "dy", dy.len(), d.len())?;
-        let b = batch_norm::backward(self.as_f32(), dy.as_f32(), gamma.as_f32(), mean.as_f32(), invstd.as_f32(), d);
+        // The fused ReLU's backward, materialised: the reference for the masked GPU kernels.
+        let masked = match relu_out {
+            Some(y) => {
+                check_len("batch_norm_backward", "relu output", y.len(), d.len())?;
+                Some(elementwise::relu_backward(y.as_f32(), dy.as_f32()))
+            }
+            None => None,
+        };
+        let dy = masked.as_deref().unwrap_or(dy.as_f32());
+        let b = batch_norm::backward(self.as_f32(), dy, gamma.as_f32(), mean.as_f32(), invstd.as_f32(), d);
         Ok(BatchNormBackward {
             dx: CpuStorage::F32(b.dx),
             dgamma: CpuStorage::F32(b.dgamma),

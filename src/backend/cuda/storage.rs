@@ -180,8 +180,8 @@ impl BackendStorage for CudaStorage {
         super::cudnn::conv2d_backward_weight(self, dy, s)
     }
 
-    fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32) -> Result<BatchNormForward<Self>> {
-        ops::batch_norm_train(self, gamma, beta, d, eps)
+    fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>> {
+        ops::batch_norm_train(self, gamma, beta, d, eps, relu)
     }
 
     fn batch_norm_backward(
@@ -191,8 +191,9 @@ impl BackendStorage for CudaStorage {
         mean: &Self,
         invstd: &Self,
         d: Nchw,
+        relu_out: Option<&Self>,
     ) -> Result<BatchNormBackward<Self>> {
-        ops::batch_norm_backward(self, dy, gamma, mean, invstd, d)
+        ops::batch_norm_backward(self, dy, gamma, mean, invstd, d, relu_out)
     }
 
     fn max_pool2x2(&self, d: Nchw) -> Result<Self> {

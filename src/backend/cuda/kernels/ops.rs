@@ -412,12 +412,17 @@ fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
 /// (grid (N * nchunk, min(C, 65535)), block min(256, HW rounded up to 32), nchunk =
 /// ceil(HW / 2048)), `bn_stats_final_f32` (grid ceil(C/256), block 256), `bn_normalize_f32`
 /// (grid (ceil(HW/B), min(N*C, 65535)), block B = min(256, HW rounded up to 32)).
+///
+/// With `relu`, the ReLU that follows is fused into `bn_normalize_f32`: `y = max(bn(x), 0)`
+/// (the statistics are those of x, unchanged). Pass that `y` as `relu_out` to
+/// [`batch_norm_backward`].
 pub fn batch_norm_train(
     x: &CudaStorage,
     gamma: &CudaStorage,
     beta: &CudaStorage,
     d: Nchw,
     eps: f32,
+    relu: bool,
 ) -> Result<BatchNormForward<CudaStorage>> {
     let _r = nvtx::range("batch_norm");
     check_len("batch_norm", "input", x.len(), d.len())?;
@@ -473,6 +478,7 @@ pub fn batch_norm_train(
         &count_f,
         &eps
     )?;
+    let relu = relu as u32;
     launch!(
         dev,
         entry::BN_NORMALIZE_F32,
@@ -485,7 +491,8 @@ pub fn batch_norm_train(
         beta.slice(),
         &c,
         &hw,
-        &planes
+        &planes,
+        &relu
     )?;
     Ok(BatchNormForward { y, mean, invstd, var_unbiased })
 }
@@ -493,6 +500,11 @@ pub fn batch_norm_train(
 /// Backward of [`batch_norm_train`]. Kernels: `bn_bwd_partial_f32` (grid as the stats),
 /// `bn_bwd_final_f32` (grid ceil(C/256), block 256; writes dgamma, dbeta and an f64
 /// coefficient table [C, 8]), `bn_bwd_dx_f32` (grid as the normalisation).
+///
+/// `relu_out` is the output `y` of a forward with `relu` (the fused ReLU): then both
+/// `bn_bwd_partial_f32` and `bn_bwd_dx_f32` read the gradient as `y > 0 ? dy : 0`, which gives
+/// bit for bit the result of passing `relu_backward(y, dy)` with `relu_out = None`. `None`:
+/// plain batch norm (`dy` is the gradient of the normalised output).
 pub fn batch_norm_backward(
     x: &CudaStorage,
     dy: &CudaStorage,
@@ -500,6 +512,7 @@ pub fn batch_norm_backward(
     mean: &CudaStorage,
     invstd: &CudaStorage,
     d: Nchw,
+    relu_out: Option<&CudaStorage>,
 ) -> Result<BatchNormBackward<CudaStorage>> {
     let _r = nvtx::range("batch_norm_backward");
     check_len("batch_norm_backward", "input", x.len(), d.len())?;
@@ -509,6 +522,10 @@ pub fn batch_norm_backward(
     check_len("batch_norm_backward", "invstd", invstd.len(), d.c)?;
     for o in [dy, gamma, mean, invstd] {
         same_device("batch_norm_backward", x, o)?;
+    }
+    if let Some(y) = relu_out {
+        check_len("batch_norm_backward", "relu output", y.len(), d.len())?;
+        same_device("batch_norm_backward", x, y)?;
     }
     count("batch_norm_backward", x.len())?;
     let dev = x.device().clone();
@@ -527,6 +544,10 @@ pub fn batch_norm_backward(
     let chunk = PLANE_CHUNK;
     let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
     let mut coef = scratch_f64(&dev, d.c * 8)?;
+    // The fused ReLU's output as a raw device pointer (0: no ReLU). `relu_out` stays borrowed
+    // until the launches are queued; when its owner drops it later, the pool hands its block
+    // only to work queued after them on the same stream.
+    let ymask: u64 = relu_out.map_or(0, |y| y.raw_ptr());
     launch!(
         dev,
         entry::BN_BWD_PARTIAL_F32,
@@ -538,7 +559,8 @@ pub fn batch_norm_backward(
         &c,
         &hw,
         &chunk,
-        &nchunk
+        &nchunk,
+        &ymask
     )?;
     let count_f = (d.n * d.h * d.w) as f64;
     launch!(
@@ -567,7 +589,8 @@ pub fn batch_norm_backward(
         &c,
         &hw,
         &planes,
-        &count_f
+        &count_f,
+        &ymask
     )?;
     Ok(BatchNormBackward { dx, dgamma, dbeta })
 }
