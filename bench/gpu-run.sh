@@ -40,5 +40,5 @@ bench() { # NAME BINARY PRECISION
     --precision bf16 --compile --compile-mode max-autotune-no-cudagraphs --fused-adam --skip-dense --warmup 3 \
     --iters 10 --json "$O/torch_compiled.json"; echo "rc=$?"
 } > "$O/bench.log" 2>&1
-grep -E "^=== |^rc=|training step|dense, one|peak device|driver alloc|^\[" "$O/bench.log" >> "$S"
+grep -E "^=== |^rc=|training step|dense, one|peak device|driver alloc|by phase|^\[" "$O/bench.log" >> "$S"
 echo "done ($(( $(date +%s) - t0 )) s)" >> "$S"

@@ -277,6 +277,9 @@ pub struct BenchReport {
     /// Blocks the allocator had to get from the driver during the timed training steps (None
     /// on the CPU): 0 when, after the warm-up, a step is served entirely from the cache.
     pub train_driver_allocs: Option<u64>,
+    /// The training step's phases timed separately (extra steps, the device synchronised
+    /// between phases): forward with the loss, backward, optimizer step.
+    pub train_phases: [Timing; 3],
     /// [`flops`] of the configuration.
     pub flops: (f64, f64, f64),
 }
@@ -348,6 +351,9 @@ impl BenchReport {
             "dense_peak_mem_bytes": self.dense_peak_mem_bytes.unwrap_or(0),
             "peak_mem_measured": self.peak_mem_bytes.is_some(),
             "train_step_driver_allocs": self.train_driver_allocs,
+            "train_forward_ms": self.train_phases[0].median_ms(),
+            "train_backward_ms": self.train_phases[1].median_ms(),
+            "train_optimizer_ms": self.train_phases[2].median_ms(),
         })
     }
 
@@ -387,6 +393,8 @@ impl BenchReport {
         for r in rows {
             out += &format!("{:<30} {:>12} {:>14} {:>14}\n", r[0], r[1], r[2], r[3]);
         }
+        let [f, b, o] = self.train_phases.each_ref().map(Timing::median_ms);
+        out += &format!("training step by phase (synchronised between): forward + loss {f:.2} ms, backward {b:.2} ms, Adam {o:.2} ms\n");
         out += &format!("peak device memory, training: {}\n", gib(self.peak_mem_bytes));
         if let Some(a) = self.train_driver_allocs {
             out += &format!("driver allocations during the timed training steps: {a}\n");
@@ -455,7 +463,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let images = Tensor::from_vec(images, [n, 3, s, s], device)?;
 
     // Training step.
-    let (train, last_loss, peak_mem_bytes, train_driver_allocs) = {
+    let (train, last_loss, peak_mem_bytes, train_driver_allocs, train_phases) = {
         let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
         let mut step = 0u32;
         let mut last = Tensor::scalar(f32::NAN, device)?;
@@ -479,8 +487,29 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         let peak = peak(device);
         let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
         drop(train_step);
+        // The same step again, the device synchronised between its phases: where the time goes.
+        let mut phases = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..opts.iters {
+            device.synchronize()?;
+            let t0 = Instant::now();
+            let loss = model.forward_sparse(&images, &points, true, step)?.softmax_cross_entropy(&labels, None)?;
+            device.synchronize()?;
+            let t1 = Instant::now();
+            adam.zero_grad();
+            loss.backward()?;
+            device.synchronize()?;
+            let t2 = Instant::now();
+            adam.step()?;
+            device.synchronize()?;
+            let t3 = Instant::now();
+            step = step.wrapping_add(1);
+            for (samples, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
+                samples.push((b - a).as_secs_f64() * 1e3);
+            }
+        }
         adam.zero_grad();
-        (timing, last.to_scalar()?, peak, allocs)
+        let phases = phases.map(|samples_ms| Timing { samples_ms });
+        (timing, last.to_scalar()?, peak, allocs, phases)
     };
 
     // Dense inference of one image.
@@ -522,6 +551,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         peak_mem_bytes,
         dense_peak_mem_bytes: dense_peak,
         train_driver_allocs,
+        train_phases,
         flops: flops(config),
     })
 }
