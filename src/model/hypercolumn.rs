@@ -96,11 +96,15 @@ impl HypercolumnNet {
         let path = if self.mlp.layers.len() < 2 { DensePath::Naive } else { path };
         no_grad(|| {
             let taps = self.backbone.forward(images, false)?;
+            let blocks = match path {
+                DensePath::Naive => Vec::new(),
+                DensePath::Factored => self.first_layer_blocks(&taps)?,
+            };
             let mut out = Vec::with_capacity(n);
             for img in 0..n {
                 let planes = match path {
                     DensePath::Naive => Vec::new(),
-                    DensePath::Factored => self.first_layer_planes(&taps, img)?,
+                    DensePath::Factored => first_layer_planes(&taps, &blocks, img)?,
                 };
                 let mut probs = Vec::with_capacity(s * s);
                 for start in (0..s * s).step_by(tile_pixels) {
@@ -127,25 +131,35 @@ impl HypercolumnNet {
         })
     }
 
-    /// `W1_i . t_i` for every tap `t_i` of image `img`, pixel-major `[1, h_i, w_i, hidden]`:
-    /// the first MLP layer's block of columns for that tap applied at the tap's own resolution,
-    /// as one GEMM `t_i^T [h_i w_i, c_i] . W1_i^T [c_i, hidden]` (no bias).
-    fn first_layer_planes(&self, taps: &[Tensor], img: usize) -> Result<Vec<Tensor>> {
+    /// The first MLP layer's block of columns `W1_i [hidden, c_i]` for each tap, contiguous.
+    fn first_layer_blocks(&self, taps: &[Tensor]) -> Result<Vec<Tensor>> {
         let w1 = &self.mlp.layers[0].weight;
-        let hidden = w1.dims()[0];
         let mut offset = 0;
         taps.iter()
             .map(|t| {
-                let [_, c, h, w] = t.shape().dims4("tap")?;
-                let block = w1.narrow(1, offset, c)?;
+                let c = t.dims()[1];
                 offset += c;
-                let tap = t.narrow(0, img, 1)?;
-                let g = GemmSpec { m: h * w, n: hidden, k: c, trans_a: true, trans_b: true };
-                let plane = tap.storage().gemm(&block.storage(), g)?;
-                Tensor::from_storage(plane, [1, h, w, hidden])
+                w1.narrow(1, offset - c, c)
             })
             .collect()
     }
+}
+
+/// `W1_i . t_i` for every tap `t_i` of image `img`, pixel-major `[1, h_i, w_i, hidden]`: the
+/// first MLP layer's block of columns for that tap applied at the tap's own resolution, as one
+/// GEMM `t_i^T [h_i w_i, c_i] . W1_i^T [c_i, hidden]` (no bias).
+fn first_layer_planes(taps: &[Tensor], blocks: &[Tensor], img: usize) -> Result<Vec<Tensor>> {
+    taps.iter()
+        .zip(blocks)
+        .map(|(t, block)| {
+            let [_, c, h, w] = t.shape().dims4("tap")?;
+            let hidden = block.dims()[0];
+            let tap = t.narrow(0, img, 1)?;
+            let g = GemmSpec { m: h * w, n: hidden, k: c, trans_a: true, trans_b: true };
+            let plane = tap.storage().gemm(&block.storage(), g)?;
+            Tensor::from_storage(plane, [1, h, w, hidden])
+        })
+        .collect()
 }
 
 /// The pixels `start..end` (row-major) of image `image` of an `s x s` frame.
