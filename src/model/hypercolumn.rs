@@ -106,7 +106,9 @@ impl HypercolumnNet {
                     DensePath::Naive => Vec::new(),
                     DensePath::Factored => first_layer_planes(&taps, &blocks, img)?,
                 };
-                let mut probs = Vec::with_capacity(s * s);
+                // The tiles' logits stay on the device until the image is done: one copy to the
+                // host (and one wait for the device) per image, not per tile.
+                let mut tiles = Vec::with_capacity((s * s).div_ceil(tile_pixels));
                 for start in (0..s * s).step_by(tile_pixels) {
                     let end = (start + tile_pixels).min(s * s);
                     let logits = match path {
@@ -123,9 +125,10 @@ impl HypercolumnNet {
                             self.mlp.forward_after_first(&h1, None)?
                         }
                     };
-                    probs.extend(lesion_probability(&logits.to_vec()?, self.config.classes));
+                    tiles.push(logits);
                 }
-                out.push(probs);
+                let logits = crate::ops::concat(&tiles.iter().collect::<Vec<_>>(), 0)?;
+                out.push(lesion_probability(&logits.to_vec()?, self.config.classes));
             }
             Ok(out)
         })
