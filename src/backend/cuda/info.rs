@@ -32,8 +32,8 @@ pub struct CudaInfo {
     pub cublaslt_present: bool,
     /// cuDNN `(major, minor, patch)`.
     pub cudnn_version: std::result::Result<(usize, usize, usize), String>,
-    /// Whether the NVTX library loads (profiling ranges).
-    pub nvtx_present: bool,
+    /// The NVTX library that loads (profiling ranges), if any.
+    pub nvtx_library: Option<String>,
 }
 
 fn driver_part() -> std::result::Result<((i32, i32), Vec<GpuInfo>), String> {
@@ -100,7 +100,7 @@ pub fn probe() -> CudaInfo {
         cublas_version: guard(cublas_part),
         cublaslt_present: present(cudarc::cublaslt::sys::is_culib_present),
         cudnn_version: guard(cudnn_part),
-        nvtx_present: present(cudarc::nvtx::sys::is_culib_present),
+        nvtx_library: super::nvtx::library(),
     }
 }
 
@@ -142,7 +142,10 @@ pub fn describe() -> Vec<String> {
     }
     out.push(format!(
         "NVTX: {}",
-        if i.nvtx_present { "available (set HYPERSEG_NVTX=1 for profiling ranges)" } else { "not found (libnvToolsExt.so.1); profiling ranges off" }
+        match &i.nvtx_library {
+            Some(l) => format!("{l} (set HYPERSEG_NVTX=1 for profiling ranges)"),
+            None => "not found (libnvToolsExt.so.1 or CUDA 13's libnvtx3interop.so.1; HYPERSEG_NVTX_LIB names one); profiling ranges off".to_string(),
+        }
     ));
     out
 }
