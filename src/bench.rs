@@ -486,7 +486,6 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         let timing = time_iters(device, 0, opts.iters, &mut train_step)?;
         let peak = peak(device);
         let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
-        drop(train_step);
         // The same step again, the device synchronised between its phases: where the time goes.
         let mut phases = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..opts.iters {

@@ -8,7 +8,7 @@
 //! - [`storage`], [`tensor`]: a shape and a device buffer; devices never mix silently.
 //! - [`autograd`]: the tape of backward closures and `Tensor::backward`.
 //! - [`ops`]: differentiable ops (conv, batch norm, pooling, gather, upsample, linear, loss...).
-//! - [`optim`]: Adam.
+//! - [`optim`][]: Adam.
 
 pub mod autograd;
 pub mod backend;

@@ -8,6 +8,7 @@
 //!   (max-normalised; the same rounded operands summed in another order give ~1e-6, the bound
 //!   leaves room for cuBLAS converting with another rounding mode).
 //! - The tiny model's training loss falls in bf16 mode on every device.
+//!
 //! Without a GPU the CUDA part prints that it was skipped; with HYPERSEG_REQUIRE_GPU=1 it fails.
 
 mod common;

@@ -431,12 +431,12 @@ fn cuda_kernels_match_the_cpu_reference() {
         // (a) A 64x64 frame with the model's six strides and 4096 columns; (b) two images of a
         // 13x11 frame, a plane that does not divide it, and a column count that is not a
         // multiple of 32 (a partial block).
-        let cases: [(usize, usize, usize, usize, Vec<(usize, usize)>, usize); 2] = [
-            (1, 64, 64, 4096, vec![(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)], 3000),
-            (2, 13, 11, 37, vec![(13, 11), (6, 5), (3, 3)], 200),
+        let cases = [
+            (PlaneSumSpec { n: 1, in_h: 64, in_w: 64, cols: 4096, planes: vec![(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)] }, 3000),
+            (PlaneSumSpec { n: 2, in_h: 13, in_w: 11, cols: 37, planes: vec![(13, 11), (6, 5), (3, 3)] }, 200),
         ];
-        for (n, in_h, in_w, cols, dims, count) in cases {
-            let spec = PlaneSumSpec { n, in_h, in_w, cols, planes: dims.clone() };
+        for (spec, count) in cases {
+            let PlaneSumSpec { n, in_h, in_w, cols, planes: ref dims } = spec;
             let planes: Vec<Vec<f32>> = dims.iter().map(|&(h, w)| rng.vec(n * h * w * cols, -1.0, 1.0)).collect();
             let bias = rng.vec(cols, -0.5, 0.5);
             let mut points: Vec<SamplePoint> = (0..count)

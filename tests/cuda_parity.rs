@@ -6,6 +6,7 @@
 //! - fp32 GEMM and convolution (cuBLAS / cuDNN sum in another order): 1e-5 as well on these
 //!   sizes, stated separately as `GEMM_TOL` in case a library picks a split-K algorithm;
 //! - TF32 (10-bit mantissa inputs): 5e-3.
+//!
 //! Without a GPU every test prints that it was skipped; with HYPERSEG_REQUIRE_GPU=1 it fails.
 
 mod common;

@@ -42,7 +42,7 @@ fn best_available_falls_back_to_the_cpu_with_a_reason() {
 #[test]
 fn a_missing_ordinal_is_an_error_not_a_panic() {
     let r = std::panic::catch_unwind(|| Device::cuda(4096)).expect("Device::cuda must not panic");
-    let msg = r.err().expect("no machine has 4097 GPUs").to_string();
+    let msg = r.expect_err("no machine has 4097 GPUs").to_string();
     assert!(msg.contains("--device cpu"), "{msg}");
 }
 

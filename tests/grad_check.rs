@@ -152,7 +152,7 @@ test_device!(matmul, grad_matmul_cpu, grad_matmul_cuda);
 fn softmax_xent(dev: &Device) -> Result<()> {
     let labels: Vec<u32> = (0..9).map(|i| (i * 7 % 3) as u32).collect();
     let logits: Vec<f32> = rand_vec(27, 35).iter().map(|v| v * 3.0).collect();
-    GradCheck::default().run(dev, &[logits.clone()], &[vec![9, 3]], |t| t[0].softmax_cross_entropy(&labels, None))?;
+    GradCheck::default().run(dev, std::slice::from_ref(&logits), &[vec![9, 3]], |t| t[0].softmax_cross_entropy(&labels, None))?;
     let weights = [0.5, 2.0, 1.25];
     GradCheck::default().run(dev, &[logits], &[vec![9, 3]], |t| t[0].softmax_cross_entropy(&labels, Some(&weights)))
 }

@@ -66,7 +66,7 @@ fn checkpoint_roundtrip(dev: &Device) -> Result<()> {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let w = st.tensor("backbone.conv1_1.conv.weight").unwrap();
     assert_eq!(w.shape(), &[4, 3, 3, 3]);
-    assert!(st.names().iter().any(|n| *n == "backbone.fc7.bn.running_var"));
+    assert!(st.names().contains(&"backbone.fc7.bn.running_var"));
     Ok(())
 }
 test_device!(checkpoint_roundtrip, checkpoint_reload_is_bitwise_identical_cpu, checkpoint_reload_is_bitwise_identical_cuda);
@@ -144,6 +144,6 @@ fn fused_ops_equal_their_compositions() -> hyperseg_engine::Result<()> {
     for (i, (f, p)) in fused.iter().zip(&plain).enumerate() {
         assert!(f.iter().zip(p).all(|(a, b)| a.to_bits() == b.to_bits()), "tensor {i} differs: {f:?} vs {p:?}");
     }
-    assert!(fused[0].iter().any(|&v| v == 0.0) && fused[0].iter().any(|&v| v > 0.0), "the ReLU should clamp some outputs");
+    assert!(fused[0].contains(&0.0) && fused[0].iter().any(|&v| v > 0.0), "the ReLU should clamp some outputs");
     Ok(())
 }

@@ -90,7 +90,7 @@ impl ModelConfig {
     /// Checks that the configuration describes a buildable model.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidValue { name: "model config", msg });
-        if self.input_size == 0 || self.input_size % 32 != 0 {
+        if self.input_size == 0 || !self.input_size.is_multiple_of(32) {
             return bad(format!("input size {} is not a positive multiple of 32", self.input_size));
         }
         if self.block_widths.contains(&0) || self.fc_width == 0 || self.mlp_hidden.contains(&0) {
