@@ -33,6 +33,7 @@ use crate::nn::Module;
 use crate::optim::{Adam, AdamConfig};
 use crate::settings;
 use crate::tensor::Tensor;
+use crate::train::{gradient_total, queue_step};
 
 /// Convs per VGG16 block (as in `model::vgg`).
 const BLOCK_DEPTHS: [usize; 5] = [2, 2, 3, 3, 3];
@@ -278,7 +279,7 @@ pub struct BenchReport {
     /// on the CPU): 0 when, after the warm-up, a step is served entirely from the cache.
     pub train_driver_allocs: Option<u64>,
     /// The training step's phases timed separately (extra steps, the device synchronised
-    /// between phases): forward with the loss, backward, optimizer step.
+    /// between phases): forward with the loss, backward with the gradients' finiteness check, optimizer step.
     pub train_phases: [Timing; 3],
     /// [`flops`] of the configuration.
     pub flops: (f64, f64, f64),
@@ -394,7 +395,7 @@ impl BenchReport {
             out += &format!("{:<30} {:>12} {:>14} {:>14}\n", r[0], r[1], r[2], r[3]);
         }
         let [f, b, o] = self.train_phases.each_ref().map(Timing::median_ms);
-        out += &format!("training step by phase (synchronised between): forward + loss {f:.2} ms, backward {b:.2} ms, Adam {o:.2} ms\n");
+        out += &format!("training step by phase (synchronised between): forward + loss {f:.2} ms, backward + finiteness check {b:.2} ms, Adam {o:.2} ms\n");
         out += &format!("peak device memory, training: {}\n", gib(self.peak_mem_bytes));
         if let Some(a) = self.train_driver_allocs {
             out += &format!("driver allocations during the timed training steps: {a}\n");
@@ -465,16 +466,13 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     // Training step.
     let (train, last_loss, peak_mem_bytes, train_driver_allocs, train_phases) = {
         let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
-        let mut step = 0u32;
-        let mut last = Tensor::scalar(f32::NAN, device)?;
+        let mut step = 0u64;
+        let mut last = f32::NAN;
+        // The step exactly as training runs it (with its divergence check), finished at once:
+        // the iteration ends with the device synchronised anyway.
         let mut train_step = || -> Result<()> {
-            let logits = model.forward_sparse(&images, &points, true, step)?;
-            let loss = logits.softmax_cross_entropy(&labels, None)?;
-            adam.zero_grad();
-            loss.backward()?;
-            adam.step()?;
-            last = loss.detach();
-            step = step.wrapping_add(1);
+            last = queue_step(&model, &mut adam, &images, &points, &labels, step, 0)?.finish()?;
+            step += 1;
             Ok(())
         };
         for _ in 0..opts.warmup {
@@ -491,24 +489,25 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         for _ in 0..opts.iters {
             device.synchronize()?;
             let t0 = Instant::now();
-            let loss = model.forward_sparse(&images, &points, true, step)?.softmax_cross_entropy(&labels, None)?;
+            let loss = model.forward_sparse(&images, &points, true, step as u32)?.softmax_cross_entropy(&labels, None)?;
             device.synchronize()?;
             let t1 = Instant::now();
             adam.zero_grad();
             loss.backward()?;
+            let _check = gradient_total(adam.params())?;
             device.synchronize()?;
             let t2 = Instant::now();
             adam.step()?;
             device.synchronize()?;
             let t3 = Instant::now();
-            step = step.wrapping_add(1);
+            step += 1;
             for (samples, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
                 samples.push((b - a).as_secs_f64() * 1e3);
             }
         }
         adam.zero_grad();
         let phases = phases.map(|samples_ms| Timing { samples_ms });
-        (timing, last.to_scalar()?, peak, allocs, phases)
+        (timing, last, peak, allocs, phases)
     };
 
     // Dense inference of one image.

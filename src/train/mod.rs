@@ -7,8 +7,11 @@
 //! `t`. So a run resumed from the checkpoint of epoch `e` continues exactly as if it had never
 //! stopped (in deterministic mode, bitwise).
 //!
+//! Steps are queued without waiting for the device (see [`step`]): each step's loss and a
+//! finiteness check of its gradients are read after the next step has been queued.
+//!
 //! Failure handling: a loss or any gradient that is not finite stops the run with
-//! [`Error::Diverged`] naming the step, before the optimiser touches the weights, so the last
+//! [`Error::Diverged`] naming the step, and no checkpoint is written after it, so the last
 //! checkpoint (of the previous epoch) stays the last good one. After each epoch the metrics log
 //! and plot are written before the checkpoint: a crash in between leaves a log one epoch ahead,
 //! which a resumed run trims, and the checkpoint files stay consistent with each other (see
@@ -18,10 +21,12 @@ mod evaluate;
 mod log;
 mod font;
 mod plot;
+pub mod step;
 
 pub use evaluate::evaluate;
 pub use log::{read_log, write_log, EpochRecord};
 pub use plot::plot_run;
+pub use step::{gradient_total, non_finite_gradient, queue_step, PendingStep};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +34,6 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::autograd::no_grad;
 use crate::backend::cuda::nvtx::range;
 use crate::data::{Augment, Dataset, Loader, LoaderConfig};
 use crate::device::Device;
@@ -99,31 +103,6 @@ fn step_rng(seed: u64, step: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// The sum of the sums of every gradient of `params` when it is not finite, else `None`. A NaN or
-/// an infinity anywhere propagates to that one scalar, so the check costs one reduction per
-/// gradient on the device and a single transfer. (Finite gradients whose total exceeds f32's range
-/// also count as diverged.)
-pub fn non_finite_gradient(params: &[Tensor]) -> Result<Option<f32>> {
-    let total = no_grad(|| -> Result<Option<Tensor>> {
-        let mut total: Option<Tensor> = None;
-        for g in params.iter().filter_map(Tensor::grad) {
-            let s = g.sum_all()?;
-            total = Some(match total {
-                Some(t) => t.add(&s)?,
-                None => s,
-            });
-        }
-        Ok(total)
-    })?;
-    match total {
-        Some(t) => {
-            let v = t.to_scalar()?;
-            Ok((!v.is_finite()).then_some(v))
-        }
-        None => Ok(None),
-    }
-}
-
 /// Trains a model as `opts` says, on `device`.
 pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObserver) -> Result<TrainSummary> {
     // Temporary files of a run killed mid-save (complete files are never torn; see crate::fsutil).
@@ -165,37 +144,30 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
     for epoch in state.epoch..opts.epochs {
         let started = Instant::now();
         let (mut loss_sum, mut steps, mut images) = (0.0f64, 0usize, 0usize);
+        // Reads a finished step's loss (waiting only for that step) and accounts for it.
+        let mut account = |done: PendingStep, observer: &mut dyn TrainObserver| -> Result<()> {
+            let (step, n) = (done.step, done.images);
+            let value = done.finish()?;
+            loss_sum += value as f64;
+            steps += 1;
+            images += n;
+            observer.on_step(epoch, step + 1, value, n);
+            Ok(())
+        };
+        let mut pending: Option<PendingStep> = None;
         for batch in loader.epoch(epoch as u64) {
             let batch = batch?;
             let n = batch.len();
             let x = Tensor::from_vec(batch.images, [n, 3, size, size], device)?;
             let (points, labels) = sample_points(n, size, config.sample_points, &batch.masks, &mut step_rng(state.seed, state.step));
-            let loss = {
-                let _range = range("forward");
-                let logits = model.forward_sparse(&x, &points, true, state.step as u32)?;
-                logits.softmax_cross_entropy(&labels, None)?
-            };
-            let value = loss.to_scalar()?;
-            if !value.is_finite() {
-                return Err(Error::Diverged { step: state.step, epoch, value });
-            }
-            adam.zero_grad();
-            {
-                let _range = range("backward");
-                loss.backward()?;
-            }
-            if let Some(value) = non_finite_gradient(adam.params())? {
-                return Err(Error::Diverged { step: state.step, epoch, value });
-            }
-            {
-                let _range = range("optimizer step");
-                adam.step()?;
-            }
+            let queued = queue_step(&model, &mut adam, &x, &points, &labels, state.step, epoch)?;
             state.step += 1;
-            loss_sum += value as f64;
-            steps += 1;
-            images += n;
-            observer.on_step(epoch, state.step, value, n);
+            if let Some(done) = pending.replace(queued) {
+                account(done, observer)?;
+            }
+        }
+        if let Some(done) = pending.take() {
+            account(done, observer)?;
         }
         let train_seconds = started.elapsed().as_secs_f64();
         let val = match &val_set {

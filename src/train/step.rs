@@ -1,0 +1,143 @@
+//! One training step, as [`super::train`] runs it and [`crate::bench`] times it: sparse forward,
+//! loss, backward, a device-side finiteness check of the loss and every gradient, then Adam, all
+//! queued without waiting for the device. The loss and the check are read back later
+//! ([`PendingStep::finish`]); the trainer does that after queueing the next step, so the host
+//! never leaves the device idle between steps (reading the loss right after the forward would
+//! stall the device until the host had queued the backward).
+//!
+//! A step whose loss or gradient is not finite therefore has updated the weights in memory by
+//! the time it is reported: the error ends the run and the weights are dropped, while the last
+//! checkpoint on disk (of the previous epoch) stays the last good one.
+
+use crate::autograd::no_grad;
+use crate::backend::cuda::nvtx::range;
+use crate::backend::SamplePoint;
+use crate::error::{Error, Result};
+use crate::model::HypercolumnNet;
+use crate::optim::Adam;
+use crate::tensor::Tensor;
+
+/// A step queued on the device whose loss and finiteness check have not been read yet.
+#[must_use = "a queued step is checked for divergence only when finished"]
+pub struct PendingStep {
+    /// The global step number (the one a divergence error names).
+    pub step: u64,
+    /// The epoch it belongs to.
+    pub epoch: usize,
+    /// Images in its batch.
+    pub images: usize,
+    loss: Tensor,
+    grad_total: Option<Tensor>,
+}
+
+impl PendingStep {
+    /// Waits for the step and returns its loss, or [`Error::Diverged`] naming the step when the
+    /// loss or any gradient was not finite.
+    pub fn finish(self) -> Result<f32> {
+        let diverged = |value: f32| Error::Diverged { step: self.step, epoch: self.epoch, value };
+        let loss = self.loss.to_scalar()?;
+        if !loss.is_finite() {
+            return Err(diverged(loss));
+        }
+        if let Some(total) = &self.grad_total {
+            let value = total.to_scalar()?;
+            if !value.is_finite() {
+                return Err(diverged(value));
+            }
+        }
+        Ok(loss)
+    }
+}
+
+/// Queues one training step of `model` on a batch: `images [n, 3, s, s]`, the sampled `points`
+/// and their `labels`; `step` seeds the dropout masks. Returns without waiting for the device.
+#[allow(clippy::too_many_arguments)]
+pub fn queue_step(
+    model: &HypercolumnNet,
+    adam: &mut Adam,
+    images: &Tensor,
+    points: &[SamplePoint],
+    labels: &[u32],
+    step: u64,
+    epoch: usize,
+) -> Result<PendingStep> {
+    let loss = {
+        let _range = range("forward");
+        let logits = model.forward_sparse(images, points, true, step as u32)?;
+        logits.softmax_cross_entropy(labels, None)?
+    };
+    adam.zero_grad();
+    let grad_total = {
+        let _range = range("backward");
+        loss.backward()?;
+        gradient_total(adam.params())?
+    };
+    {
+        let _range = range("optimizer step");
+        adam.step()?;
+    }
+    let images = images.dims().first().copied().unwrap_or(0);
+    Ok(PendingStep { step, epoch, images, loss: loss.detach(), grad_total })
+}
+
+/// The sum of the sums of every gradient of `params`, as a one-element tensor on their device
+/// (`None` when none has a gradient). A NaN or an infinity anywhere propagates to it, so one
+/// reduction per gradient and one transfer check them all. (Finite gradients whose total
+/// exceeds f32's range also count as diverged.)
+pub fn gradient_total(params: &[Tensor]) -> Result<Option<Tensor>> {
+    no_grad(|| {
+        let mut total: Option<Tensor> = None;
+        for g in params.iter().filter_map(Tensor::grad) {
+            let s = g.sum_all()?;
+            total = Some(match total {
+                Some(t) => t.add(&s)?,
+                None => s,
+            });
+        }
+        Ok(total)
+    })
+}
+
+/// [`gradient_total`] read back: `Some(total)` when it is not finite, else `None`.
+pub fn non_finite_gradient(params: &[Tensor]) -> Result<Option<f32>> {
+    match gradient_total(params)? {
+        Some(t) => {
+            let v = t.to_scalar()?;
+            Ok((!v.is_finite()).then_some(v))
+        }
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+    use crate::model::ModelConfig;
+    use crate::nn::Module;
+    use crate::optim::AdamConfig;
+    use rand::SeedableRng;
+
+    /// A queued step reports its own number when its loss is not finite, and its loss otherwise;
+    /// the next step can be queued before the previous one is finished.
+    #[test]
+    fn finishing_a_step_reports_its_loss_or_its_divergence() {
+        let dev = Device::Cpu;
+        let config = ModelConfig::tiny();
+        let (n, s) = (2, config.input_size);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let model = HypercolumnNet::new(config, &mut rng, &dev).unwrap();
+        let mut adam = Adam::new(model.parameters(), AdamConfig::default()).unwrap();
+        let points: Vec<SamplePoint> = (0..40).map(|i| SamplePoint { image: i % 2, y: (i * 7) % 64, x: (i * 13) % 64 }).collect();
+        let labels: Vec<u32> = (0..40).map(|i| i % 2).collect();
+        let image = |v: f32| Tensor::from_vec((0..n * 3 * s * s).map(|i| v * ((i % 17) as f32 - 8.0)).collect(), [n, 3, s, s], &dev).unwrap();
+        let first = queue_step(&model, &mut adam, &image(1.0), &points, &labels, 6, 0).unwrap();
+        let second = queue_step(&model, &mut adam, &image(f32::NAN), &points, &labels, 7, 0).unwrap();
+        assert_eq!((first.step, first.images), (6, 2));
+        assert!(first.finish().unwrap().is_finite());
+        match second.finish() {
+            Err(Error::Diverged { step: 7, epoch: 0, value }) => assert!(!value.is_finite()),
+            other => panic!("expected divergence at step 7, got {:?}", other.map(|_| ())),
+        }
+    }
+}
