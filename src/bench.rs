@@ -33,7 +33,7 @@ use crate::nn::Module;
 use crate::optim::{Adam, AdamConfig};
 use crate::settings;
 use crate::tensor::Tensor;
-use crate::train::{gradient_total, queue_step};
+use crate::train::{gradient_check, queue_step};
 
 /// Convs per VGG16 block (as in `model::vgg`).
 const BLOCK_DEPTHS: [usize; 5] = [2, 2, 3, 3, 3];
@@ -494,7 +494,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
             let t1 = Instant::now();
             adam.zero_grad();
             loss.backward()?;
-            let _check = gradient_total(adam.params())?;
+            let _check = gradient_check(adam.params())?;
             device.synchronize()?;
             let t2 = Instant::now();
             adam.step()?;

@@ -278,6 +278,14 @@ impl Storage {
         }
     }
 
+    /// See [`BackendStorage::non_finite`]; at least one buffer.
+    pub fn non_finite(buffers: &[&Storage]) -> Result<Storage> {
+        match same_device("non_finite", buffers)? {
+            OneDevice::Cpu(v) => CpuStorage::non_finite(&v).map(Storage::Cpu),
+            OneDevice::Cuda(v) => CudaStorage::non_finite(&v).map(Storage::Cuda),
+        }
+    }
+
     pub fn upsample_sum_bias_relu(planes: &[&Storage], bias: &Storage, points: &[SamplePoint], s: &PlaneSumSpec) -> Result<Storage> {
         const OP: &str = "upsample_sum_bias_relu";
         match (same_device(OP, planes)?, bias) {

@@ -464,6 +464,30 @@ fn cuda_kernels_match_the_cpu_reference() {
         }
     }
 
+    // ---- finiteness check over many buffers (the training step's divergence check) ----
+    {
+        // Sizes across the 65536-element chunks, one empty buffer; values planted far apart.
+        let sizes = [1usize, 70_000, 0, 200_003, 65_536];
+        let base: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, -1e38, 1e38)).collect();
+        let cases: [(&str, Vec<(usize, usize, f32)>); 4] = [
+            ("all finite", vec![]),
+            ("one inf", vec![(3, 199_999, f32::NEG_INFINITY)]),
+            ("infs", vec![(1, 65_536, f32::INFINITY), (4, 0, f32::NEG_INFINITY)]),
+            ("nan and inf", vec![(3, 131_072, f32::NAN), (1, 5, f32::INFINITY)]),
+        ];
+        for (name, plant) in cases {
+            let mut bufs = base.clone();
+            for &(b, i, v) in &plant {
+                bufs[b][i] = v;
+            }
+            let cpu: Vec<CpuStorage> = bufs.iter().map(|b| c(b)).collect();
+            let gpu: Vec<CudaStorage> = bufs.iter().map(|b| up(b)).collect();
+            let want = CpuStorage::non_finite(&cpu.iter().collect::<Vec<_>>()).unwrap();
+            let got = CudaStorage::non_finite(&gpu.iter().collect::<Vec<_>>()).unwrap();
+            r.check(&format!("non_finite {name}"), &host(&got), want.as_f32(), true, 0.0, 0.0);
+        }
+    }
+
     // ---- MLP pieces ----
     {
         let (rows, cols) = (1600usize, 4096usize);

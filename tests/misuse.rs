@@ -88,3 +88,18 @@ fn the_fused_plane_sum_refuses_to_be_differentiated() {
     let outside = [SamplePoint { image: 0, y: 4, x: 0 }];
     assert!(matches!(no_grad(|| upsample_sum_bias_relu(&[&plane], &bias, &outside, 4, 4)), Err(Error::BadShape { .. })));
 }
+
+#[test]
+fn non_finite_flags_nan_and_infinity_across_tensors() {
+    use hyperseg_engine::ops::non_finite;
+    let t = |v: Vec<f32>| Tensor::from_vec(v.clone(), [v.len()], &Device::Cpu).unwrap();
+    let big: Vec<f32> = (0..100_000).map(|i| (i as f32 - 5e4) * 1e33).collect();
+    let (a, b) = (t(big.clone()), t(vec![1.0, -2.0]));
+    assert_eq!(non_finite(&[&a, &b]).unwrap().to_scalar().unwrap().to_bits(), 0.0f32.to_bits());
+    let mut with_inf = big.clone();
+    with_inf[77_777] = f32::NEG_INFINITY;
+    assert_eq!(non_finite(&[&b, &t(with_inf.clone())]).unwrap().to_scalar().unwrap(), f32::INFINITY);
+    with_inf[3] = f32::NAN;
+    assert!(non_finite(&[&t(with_inf), &b]).unwrap().to_scalar().unwrap().is_nan());
+    assert!(matches!(non_finite(&[]), Err(Error::BadShape { .. })));
+}

@@ -282,6 +282,10 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn add_scaled_assign(&mut self, rhs: &Self, alpha: f32) -> Result<()>;
     /// Sum of all elements, as a one-element buffer.
     fn sum_all(&self) -> Result<Self>;
+    /// Whether every element of every buffer is finite, as a one-element buffer: `+0.0` when
+    /// all are, `NaN` when some element is NaN, else `+inf` (some are infinite). Bitwise the
+    /// OR over elements of `0x7FC00000` per NaN and `0x7F800000` per infinity.
+    fn non_finite(buffers: &[&Self]) -> Result<Self>;
 
     // ---- broadcasts along the middle axis of [outer, mid, inner] -------------------------
     /// `out[o, m, i] = self[o, m, i] + v[m]`.

@@ -105,3 +105,16 @@ impl Tensor {
         self.sum_all()?.affine(1.0 / self.elem_count().max(1) as f32, 0.0)
     }
 }
+
+/// Whether every element of every tensor is finite, as a scalar tensor on their device: `0.0`
+/// when all are, `NaN` when some element is NaN, else `+inf`. One pass over all of them (one
+/// kernel launch on the GPU); no gradient.
+pub fn non_finite(tensors: &[&Tensor]) -> Result<Tensor> {
+    let first = tensors.first().ok_or_else(|| crate::error::Error::bad_shape("non_finite", "no tensors given"))?;
+    for t in tensors {
+        first.same_device(t, "non_finite")?;
+    }
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage()).collect();
+    let refs: Vec<&crate::storage::Storage> = guards.iter().map(|g| &**g).collect();
+    Tensor::from_storage(crate::storage::Storage::non_finite(&refs)?, ())
+}

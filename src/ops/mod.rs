@@ -16,6 +16,7 @@ mod shape_ops;
 mod upsample;
 
 pub use batch_norm::BatchStats;
+pub use elementwise::non_finite;
 pub use gather::gather_hypercolumns;
 pub use plane_sum::upsample_sum_bias_relu;
 pub use shape_ops::concat;

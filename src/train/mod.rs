@@ -26,7 +26,7 @@ pub mod step;
 pub use evaluate::evaluate;
 pub use log::{read_log, write_log, EpochRecord};
 pub use plot::plot_run;
-pub use step::{gradient_total, non_finite_gradient, queue_step, PendingStep};
+pub use step::{gradient_check, non_finite_gradient, queue_step, PendingStep};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -220,5 +220,9 @@ mod tests {
         assert_eq!(run(vec![1.0, -1.0], vec![0.5; 3]), None);
         assert!(run(vec![1.0, f32::NAN], vec![0.5; 3]).unwrap().is_nan());
         assert_eq!(run(vec![1.0, 1.0], vec![0.5, f32::INFINITY, 0.0]), Some(f32::INFINITY));
+        assert_eq!(run(vec![1.0, 1.0], vec![0.5, f32::NEG_INFINITY, 0.0]), Some(f32::INFINITY));
+        assert!(run(vec![f32::INFINITY, 1.0], vec![0.5, f32::NAN, 0.0]).unwrap().is_nan());
+        // Large but finite gradients are fine (their sum would overflow f32).
+        assert_eq!(run(vec![3e38, 3e38], vec![3e38; 3]), None);
     }
 }

@@ -9,11 +9,11 @@
 //! the time it is reported: the error ends the run and the weights are dropped, while the last
 //! checkpoint on disk (of the previous epoch) stays the last good one.
 
-use crate::autograd::no_grad;
 use crate::backend::cuda::nvtx::range;
 use crate::backend::SamplePoint;
 use crate::error::{Error, Result};
 use crate::model::HypercolumnNet;
+use crate::ops::non_finite;
 use crate::optim::Adam;
 use crate::tensor::Tensor;
 
@@ -27,7 +27,7 @@ pub struct PendingStep {
     /// Images in its batch.
     pub images: usize,
     loss: Tensor,
-    grad_total: Option<Tensor>,
+    grad_check: Option<Tensor>,
 }
 
 impl PendingStep {
@@ -39,9 +39,9 @@ impl PendingStep {
         if !loss.is_finite() {
             return Err(diverged(loss));
         }
-        if let Some(total) = &self.grad_total {
-            let value = total.to_scalar()?;
-            if !value.is_finite() {
+        if let Some(check) = &self.grad_check {
+            let value = check.to_scalar()?;
+            if value != 0.0 {
                 return Err(diverged(value));
             }
         }
@@ -67,43 +67,36 @@ pub fn queue_step(
         logits.softmax_cross_entropy(labels, None)?
     };
     adam.zero_grad();
-    let grad_total = {
+    let grad_check = {
         let _range = range("backward");
         loss.backward()?;
-        gradient_total(adam.params())?
+        gradient_check(adam.params())?
     };
     {
         let _range = range("optimizer step");
         adam.step()?;
     }
     let images = images.dims().first().copied().unwrap_or(0);
-    Ok(PendingStep { step, epoch, images, loss: loss.detach(), grad_total })
+    Ok(PendingStep { step, epoch, images, loss: loss.detach(), grad_check })
 }
 
-/// The sum of the sums of every gradient of `params`, as a one-element tensor on their device
-/// (`None` when none has a gradient). A NaN or an infinity anywhere propagates to it, so one
-/// reduction per gradient and one transfer check them all. (Finite gradients whose total
-/// exceeds f32's range also count as diverged.)
-pub fn gradient_total(params: &[Tensor]) -> Result<Option<Tensor>> {
-    no_grad(|| {
-        let mut total: Option<Tensor> = None;
-        for g in params.iter().filter_map(Tensor::grad) {
-            let s = g.sum_all()?;
-            total = Some(match total {
-                Some(t) => t.add(&s)?,
-                None => s,
-            });
-        }
-        Ok(total)
-    })
+/// Whether every gradient of `params` is finite, as a scalar tensor on their device (`None`
+/// when none has a gradient): `0.0` when all are, `NaN` or `+inf` otherwise. One pass over all
+/// gradients ([`crate::ops::non_finite`]: one kernel launch on the GPU), read back later.
+pub fn gradient_check(params: &[Tensor]) -> Result<Option<Tensor>> {
+    let grads: Vec<Tensor> = params.iter().filter_map(Tensor::grad).collect();
+    if grads.is_empty() {
+        return Ok(None);
+    }
+    non_finite(&grads.iter().collect::<Vec<_>>()).map(Some)
 }
 
-/// [`gradient_total`] read back: `Some(total)` when it is not finite, else `None`.
+/// [`gradient_check`] read back: `Some(NaN or inf)` when a gradient is not finite, else `None`.
 pub fn non_finite_gradient(params: &[Tensor]) -> Result<Option<f32>> {
-    match gradient_total(params)? {
+    match gradient_check(params)? {
         Some(t) => {
             let v = t.to_scalar()?;
-            Ok((!v.is_finite()).then_some(v))
+            Ok((v != 0.0).then_some(v))
         }
         None => Ok(None),
     }

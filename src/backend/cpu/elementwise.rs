@@ -75,6 +75,27 @@ pub fn add_scaled_assign(dst: &mut [f32], src: &[f32], alpha: f32) {
     }
 }
 
+/// The OR over every element of every buffer of `0x7FC00000` (NaN) or `0x7F800000`
+/// (infinity), as f32: `+0.0`, `+inf` or `NaN` (see `BackendStorage::non_finite`).
+pub fn non_finite(buffers: &[&[f32]]) -> f32 {
+    let flags = buffers
+        .par_iter()
+        .flat_map(|b| b.par_chunks(1 << 14))
+        .map(|c| {
+            c.iter().fold(0u32, |acc, v| {
+                acc | if v.is_nan() {
+                    0x7FC0_0000
+                } else if v.is_infinite() {
+                    0x7F80_0000
+                } else {
+                    0
+                }
+            })
+        })
+        .reduce(|| 0, |a, b| a | b);
+    f32::from_bits(flags)
+}
+
 /// Sum in f64 chunks: accurate and independent of the thread count.
 pub fn sum(x: &[f32]) -> f32 {
     x.par_chunks(1 << 14)

@@ -91,6 +91,11 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::F32(elementwise::relu_backward(self.as_f32(), grad.as_f32())))
     }
 
+    fn non_finite(buffers: &[&Self]) -> Result<Self> {
+        let slices: Vec<&[f32]> = buffers.iter().map(|b| b.as_f32()).collect();
+        Ok(CpuStorage::F32(vec![elementwise::non_finite(&slices)]))
+    }
+
     fn add_scaled_assign(&mut self, rhs: &Self, alpha: f32) -> Result<()> {
         check_len("add_scaled_assign", "rhs", rhs.len(), self.len())?;
         elementwise::add_scaled_assign(self.as_f32_mut(), rhs.as_f32(), alpha);

@@ -228,6 +228,10 @@ impl BackendStorage for CudaStorage {
         ops::gather_hypercolumns_backward(self, points, g, deterministic)
     }
 
+    fn non_finite(buffers: &[&Self]) -> Result<Self> {
+        ops::non_finite(buffers)
+    }
+
     fn upsample_sum_bias_relu(planes: &[&Self], bias: &Self, points: &[SamplePoint], s: &PlaneSumSpec) -> Result<Self> {
         ops::upsample_sum_bias_relu(planes, bias, points, s)
     }
