@@ -51,6 +51,31 @@ impl PendingStep {
 
 /// Queues one training step of `model` on a batch: `images [n, 3, s, s]`, the sampled `points`
 /// and their `labels`; `step` seeds the dropout masks. Returns without waiting for the device.
+///
+/// ```
+/// use hyperseg_engine::model::{sample_points, HypercolumnNet, ModelConfig};
+/// use hyperseg_engine::{nn::Module, optim::{Adam, AdamConfig}, train::queue_step, Device, Tensor};
+/// use rand::{Rng, SeedableRng};
+///
+/// let (device, config) = (Device::Cpu, ModelConfig::tiny());
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+/// let model = HypercolumnNet::new(config.clone(), &mut rng, &device)?;
+/// let mut adam = Adam::new(model.parameters(), AdamConfig::default())?;
+/// let (n, s) = (2, config.input_size);
+/// let mut pending = None;
+/// for step in 0..3 {
+///     let pixels: Vec<f32> = (0..n * 3 * s * s).map(|_| rng.random_range(-100.0..100.0)).collect();
+///     let masks: Vec<u8> = (0..n * s * s).map(|_| u8::from(rng.random_bool(0.4))).collect();
+///     let (points, labels) = sample_points(n, s, 200, &masks, &mut rng);
+///     let images = Tensor::from_vec(pixels, [n, 3, s, s], &device)?;
+///     let queued = queue_step(&model, &mut adam, &images, &points, &labels, step, 0)?;
+///     if let Some(done) = pending.replace(queued) {
+///         assert!(done.finish()?.is_finite());
+///     }
+/// }
+/// pending.expect("the last step").finish()?;
+/// # Ok::<(), hyperseg_engine::Error>(())
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub fn queue_step(
     model: &HypercolumnNet,
