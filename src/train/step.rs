@@ -1,5 +1,5 @@
 //! One training step, as [`super::train`] runs it and [`crate::bench`] times it: sparse forward,
-//! loss, backward, a device-side finiteness check of the loss and every gradient, then Adam, all
+//! loss, backward, a device-side finiteness check of every gradient (one kernel), then Adam, all
 //! queued without waiting for the device. The loss and the check are read back later
 //! ([`PendingStep::finish`]); the trainer does that after queueing the next step, so the host
 //! never leaves the device idle between steps (reading the loss right after the forward would
