@@ -52,7 +52,7 @@ const MARKER_RADIUS: f64 = 3.3;
 const MIN_MARKER_SPACING: f64 = 7.0;
 
 /// Draws the training loss and the validation Jaccard of `records` per epoch into a
-/// [`PLOT_WIDTH`]x[`PLOT_HEIGHT`] PNG at `path`, replacing it atomically.
+/// `PLOT_WIDTH` x `PLOT_HEIGHT` PNG at `path`, replacing it atomically.
 ///
 /// Any record list is drawn: none at all gives empty axes saying "no epochs yet", NaN or infinite losses are
 /// skipped, a loss range of three decades or more is drawn on a log scale, and a run without validation says so

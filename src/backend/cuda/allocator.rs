@@ -15,7 +15,7 @@
 //! changes it at run time) bounds the bytes reserved from the driver (in use plus cached).
 //! A request that would pass it first releases cached blocks; if the bytes in use alone would
 //! pass it, or the driver itself runs out, the request fails with
-//! [`Error::OutOfMemory`](crate::error::Error::OutOfMemory).
+//! [`Error::OutOfMemory`].
 //!
 //! [`Pool`] holds the pure accounting and is generic over [`RawMemory`] (the driver calls),
 //! so the logic is unit-tested on the CPU with a fake.

@@ -1,9 +1,9 @@
 //! Turning cudarc's error types (driver, cuBLAS, cuDNN) into the engine's
-//! [`Error::Cuda`](crate::error::Error::Cuda), with a context naming the call that failed.
+//! [`Error::Cuda`], with a context naming the call that failed.
 //!
 //! Use [`CudaResultExt::ctx`] on any cudarc `Result`:
 //! `stream.synchronize().ctx("synchronize")?`. Out-of-memory from the driver is turned into
-//! [`Error::OutOfMemory`](crate::error::Error::OutOfMemory) by the allocator, which knows the
+//! [`Error::OutOfMemory`] by the allocator, which knows the
 //! numbers; everywhere else it reads as a plain CUDA error.
 
 use cudarc::cublas::result::CublasError;

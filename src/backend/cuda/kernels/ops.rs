@@ -1,5 +1,5 @@
 //! Launch wrappers for the hand-written PTX kernels: one free function per
-//! [`BackendStorage`](crate::backend::BackendStorage) method (same name, the storage first),
+//! [`BackendStorage`] method (same name, the storage first),
 //! plus fused extras for the MLP ([`bias_relu_forward`], [`bias_relu_backward`]) and the
 //! optimiser ([`adam_step_multi`]).
 //!
@@ -931,7 +931,7 @@ fn radix_sort_high(keys: &mut Vec<u64>, bits: u32) {
 /// `deterministic == false`: `gather_bwd_atomic_f32` (red.global.add.f32), grid as the forward.
 /// `deterministic == true`: `gather_bwd_csr_f32`, no atomics, bit-exact with the CPU: the host
 /// lists each tap's touched locations and their ordered (point, weight) contributions
-/// ([`tap_csr`], the CPU's f32 lerp), uploaded once for all taps; grid (ceil(c/B),
+/// (`tap_csr`, the CPU's f32 lerp), uploaded once for all taps; grid (ceil(c/B),
 /// min(locations, 65535)), block B = min(256, c rounded up to 32), one thread per
 /// (location, channel) summing in a register and writing once.
 pub fn gather_hypercolumns_backward(
@@ -1052,7 +1052,7 @@ pub fn gather_hypercolumns_backward(
 /// Softmax cross-entropy with its gradient, fused: kernel `softmax_xent_f32` (grid
 /// G = min(ceil(rows/256), 1024), block 256, one thread per row) writes the gradient and per-block
 /// f64 loss sums; `sum_final_f64` (grid 1, block 256, scale = 1 / sum of weights) gives the
-/// loss. Returns (loss [1], dlogits [rows, classes]).
+/// loss. Returns `(loss [1], dlogits [rows, classes])`.
 pub fn softmax_cross_entropy(
     logits: &CudaStorage,
     labels: &[u32],
