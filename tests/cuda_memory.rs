@@ -9,6 +9,7 @@ use common::cuda_device;
 use hyperseg_engine::model::{sample_points, DensePath, HypercolumnNet, ModelConfig};
 use hyperseg_engine::nn::Module;
 use hyperseg_engine::optim::{Adam, AdamConfig};
+use hyperseg_engine::train::queue_step;
 use hyperseg_engine::{settings, Device, Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,17 +41,13 @@ fn steady_state(dev: &Device) -> Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let model = HypercolumnNet::new(config.clone(), &mut rng, &dev)?;
         let mut adam = Adam::new(model.parameters(), AdamConfig::default())?;
-        let mut step = |i: u32, rng: &mut ChaCha8Rng| -> Result<f32> {
-            // New images and new random pixels every step, as in training.
+        let mut step = |i: u64, rng: &mut ChaCha8Rng| -> Result<f32> {
+            // New images and new random pixels every step, as in training; the trainer's step.
             let images: Vec<f32> = (0..n * 3 * s * s).map(|_| rng.random_range(-100.0..100.0)).collect();
             let masks: Vec<u8> = (0..n * s * s).map(|_| u8::from(rng.random_bool(0.3))).collect();
             let (points, labels) = sample_points(n, s, config.sample_points, &masks, rng);
             let images = Tensor::from_vec(images, [n, 3, s, s], &dev)?;
-            let loss = model.forward_sparse(&images, &points, true, i)?.softmax_cross_entropy(&labels, None)?;
-            adam.zero_grad();
-            loss.backward()?;
-            adam.step()?;
-            loss.to_scalar()
+            queue_step(&model, &mut adam, &images, &points, &labels, i, 0)?.finish()
         };
         for i in 0..2 {
             step(i, &mut rng)?;
