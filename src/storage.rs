@@ -234,18 +234,18 @@ impl Storage {
         fn wrap<S>(b: BatchNormBackward<S>, w: fn(S) -> Storage) -> BatchNormBackward<Storage> {
             BatchNormBackward { dx: w(b.dx), dgamma: w(b.dgamma), dbeta: w(b.dbeta) }
         }
-        match (self, dy, gamma, mean, invstd, relu_out) {
-            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i), None) => {
-                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, None)?, Storage::Cpu))
+        // `relu_out` on the device of x (or absent); `Err(())` when it is elsewhere.
+        let (relu_cpu, relu_cuda) = match relu_out {
+            None => (Ok(None), Ok(None)),
+            Some(Storage::Cpu(y)) => (Ok(Some(y)), Err(())),
+            Some(Storage::Cuda(y)) => (Err(()), Ok(Some(y))),
+        };
+        match (self, dy, gamma, mean, invstd, relu_cpu, relu_cuda) {
+            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i), Ok(y), _) => {
+                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, y)?, Storage::Cpu))
             }
-            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i), Some(Storage::Cpu(y))) => {
-                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, Some(y))?, Storage::Cpu))
-            }
-            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i), None) => {
-                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, None)?, Storage::Cuda))
-            }
-            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i), Some(Storage::Cuda(y))) => {
-                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, Some(y))?, Storage::Cuda))
+            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i), _, Ok(y)) => {
+                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, y)?, Storage::Cuda))
             }
             (x, ..) => {
                 let others = [Some(dy), Some(gamma), Some(mean), Some(invstd), relu_out];
