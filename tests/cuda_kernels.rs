@@ -469,7 +469,9 @@ fn cuda_kernels_match_the_cpu_reference() {
         // Sizes across the 65536-element chunks, one empty buffer; values planted far apart.
         let sizes = [1usize, 70_000, 0, 200_003, 65_536];
         let base: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, -1e38, 1e38)).collect();
-        let cases: [(&str, Vec<(usize, usize, f32)>); 4] = [
+        // (name, values planted as (buffer, index, value)).
+        type Plant = Vec<(usize, usize, f32)>;
+        let cases: [(&str, Plant); 4] = [
             ("all finite", vec![]),
             ("one inf", vec![(3, 199_999, f32::NEG_INFINITY)]),
             ("infs", vec![(1, 65_536, f32::INFINITY), (4, 0, f32::NEG_INFINITY)]),
