@@ -2,8 +2,9 @@
 # One device call that measures what issue 5 asks for, side by side on one GPU. Parts, in this order (all by
 # default; name some to run only those, e.g. `bash bench/gpu-run.sh tests bench torch`):
 #   tests    every test with the GPU required (.gpu/run.sh tests), the PTX kernel parity table with timings (~2 min)
-#   bench    the engine's bench, fp32, tf32 and bf16 (and, when .gpu/before/hyperseg-engine exists, the same bench
-#            with that older binary, interleaved, so a change is measured before and after in one run) (~2 min)
+#   bench    the engine's bench, fp32, tf32 and bf16, each also timing the step replayed as a CUDA graph (and,
+#            when .gpu/before/hyperseg-engine exists, the same bench with that older binary, interleaved, so a
+#            change is measured before and after in one run) (~2 min)
 #   torch    PyTorch eager fp32/tf32/bf16 (~1.5 min)
 #   compile  PyTorch compiled: bf16, channels_last, fused Adam, torch.compile (~2-4 min)
 #   parity   the engine's parity dump of the paper model replayed in PyTorch against fp64 (~1.5 min)
@@ -26,7 +27,7 @@ stamp() { echo "$1 ($(( $(date +%s) - t0 )) s)" >> "$S"; }
 if want tests; then
   LD_LIBRARY_PATH=$ELIB HYPERSEG_KERNEL_TIMINGS=1 timeout 180 bash .gpu/run.sh tests > "$O/tests.log" 2>&1
   stamp "tests rc=$?"
-  grep -E "^=== |^test result|FAILED|FAIL |panicked|^TIME|upsample_sum|bias_relu|bn\+relu|non_finite|driver allocations|bf16" \
+  grep -E "^=== |^test result|FAILED|FAIL |panicked|^TIME|upsample_sum|bias_relu|bn\+relu|non_finite|driver allocations|bf16|graph" \
     "$O/tests.log" | head -150 >> "$S"
 fi
 bench() { # NAME BINARY PRECISION
@@ -42,7 +43,7 @@ if want bench; then
     [ -x .gpu/before/hyperseg-engine ] && [ $p != bf16 ] && bench before .gpu/before/hyperseg-engine $p
   done > "$O/bench.log" 2>&1
   stamp "engine bench done"
-  grep -E "^=== |^rc=|training step|dense, one|peak device|driver alloc|by phase" "$O/bench.log" >> "$S"
+  grep -E "^=== |^rc=|training step|dense, one|peak device|driver alloc|by phase|CUDA graph" "$O/bench.log" >> "$S"
 fi
 if want torch; then
   env -u LD_LIBRARY_PATH timeout 120 python3 bench/pytorch_reference.py --bench --device cuda --preset paper \

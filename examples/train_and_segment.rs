@@ -27,6 +27,7 @@ fn main() -> hyperseg_engine::Result<()> {
         augment: Augment::paper(),
         workers: 2,
         infer: InferOptions::default(),
+        cuda_graph: false,
     };
     let summary = train(&opts, &device, &mut Silent)?;
     println!("trained: {:?}", summary.records.last());

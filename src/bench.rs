@@ -33,7 +33,7 @@ use crate::nn::Module;
 use crate::optim::{Adam, AdamConfig};
 use crate::settings;
 use crate::tensor::Tensor;
-use crate::train::{gradient_check, queue_step};
+use crate::train::{gradient_check, queue_step, StepRunner};
 
 /// Convs per VGG16 block (as in `model::vgg`).
 const BLOCK_DEPTHS: [usize; 5] = [2, 2, 3, 3, 3];
@@ -281,6 +281,13 @@ pub struct BenchReport {
     /// The training step's phases timed separately (extra steps, the device synchronised
     /// between phases): forward with the loss, backward with the gradients' finiteness check, optimizer step.
     pub train_phases: [Timing; 3],
+    /// The same training step replayed as a CUDA graph ([`StepRunner`]), timed the same way
+    /// (None on the CPU, or when the capture failed: see `train_graph_note`).
+    pub train_graph: Option<Timing>,
+    /// Whether the graph was captured, or why not.
+    pub train_graph_note: String,
+    /// Driver allocations during the timed replays (None unless replayed).
+    pub train_graph_driver_allocs: Option<u64>,
     /// [`flops`] of the configuration.
     pub flops: (f64, f64, f64),
 }
@@ -355,6 +362,10 @@ impl BenchReport {
             "train_forward_ms": self.train_phases[0].median_ms(),
             "train_backward_ms": self.train_phases[1].median_ms(),
             "train_optimizer_ms": self.train_phases[2].median_ms(),
+            "train_step_graph_ms": self.train_graph.as_ref().map(Timing::median_ms),
+            "train_step_graph_tflops": self.train_graph.as_ref().map(|t| tflops(self.flops.0, t.median_ms())),
+            "train_step_graph_note": self.train_graph_note,
+            "train_step_graph_driver_allocs": self.train_graph_driver_allocs,
         })
     }
 
@@ -367,6 +378,14 @@ impl BenchReport {
             format!("{:.1} GFLOP", self.flops.0 / 1e9),
             rate(self.flops.0, self.train.median_ms()),
         ]];
+        if let Some(t) = &self.train_graph {
+            rows.push([
+                "training step, CUDA graph".into(),
+                format!("{:.2} ms", t.median_ms()),
+                format!("{:.1} GFLOP", self.flops.0 / 1e9),
+                rate(self.flops.0, t.median_ms()),
+            ]);
+        }
         for (name, t, f) in [("dense, one image, naive", &self.dense_naive, self.flops.1), ("dense, one image, factored", &self.dense_factored, self.flops.2)] {
             if let Some(t) = t {
                 rows.push([
@@ -399,6 +418,10 @@ impl BenchReport {
         out += &format!("peak device memory, training: {}\n", gib(self.peak_mem_bytes));
         if let Some(a) = self.train_driver_allocs {
             out += &format!("driver allocations during the timed training steps: {a}\n");
+        }
+        out += &format!("CUDA graph: {}\n", self.train_graph_note);
+        if let Some(a) = self.train_graph_driver_allocs {
+            out += &format!("driver allocations during the timed graph replays: {a}\n");
         }
         if self.dense_naive.is_some() || self.dense_factored.is_some() {
             out += &format!("peak device memory, dense inference: {}\n", gib(self.dense_peak_mem_bytes));
@@ -510,6 +533,37 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         (timing, last, peak, allocs, phases)
     };
 
+    // The same step as a CUDA graph: warm-up (the runner's eager steps, its capture), then
+    // timed replays, each finished at once as above.
+    let (train_graph, train_graph_note, train_graph_driver_allocs) = match device {
+        Device::Cpu => (None, "not on the CPU".to_string(), None),
+        Device::Cuda(_) => {
+            let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
+            let mut runner = StepRunner::new(true);
+            let mut step = 0u64;
+            let mut graph_step = || -> Result<()> {
+                runner.queue(&model, &mut adam, &images, &points, &labels, step, 0)?.finish()?;
+                step += 1;
+                Ok(())
+            };
+            for _ in 0..crate::train::graph::WARMUP_STEPS + opts.warmup {
+                graph_step()?;
+            }
+            device.synchronize()?;
+            let allocs_before = driver_allocs(device);
+            let timing = time_iters(device, 0, opts.iters, &mut graph_step)?;
+            let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
+            let replayed = runner.graph().is_some();
+            let note = runner.take_notice().unwrap_or_else(|| "captured once, then replayed".to_string());
+            adam.zero_grad();
+            if replayed {
+                (Some(timing), note, allocs)
+            } else {
+                (None, note, None)
+            }
+        }
+    };
+
     // Dense inference of one image.
     let mut dense_peak: Option<usize> = None;
     let mut time_dense = |path: DensePath| -> Result<Timing> {
@@ -550,6 +604,9 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         dense_peak_mem_bytes: dense_peak,
         train_driver_allocs,
         train_phases,
+        train_graph,
+        train_graph_note,
+        train_graph_driver_allocs,
         flops: flops(config),
     })
 }

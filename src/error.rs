@@ -49,6 +49,9 @@ pub enum Error {
     #[error("training diverged: the loss or a gradient became {value} at step {step} (epoch {epoch}); the last good checkpoint is kept; lower the learning rate or check the data")]
     Diverged { step: u64, epoch: usize, value: f32 },
     /// Reading or writing a file failed.
+    #[error("the training step cannot run as a CUDA graph: {msg}")]
+    GraphCapture { msg: String },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -88,6 +88,45 @@ impl Storage {
         }
     }
 
+    /// A buffer of `len` copies of `value` on `device` (a fill kernel on the GPU: no copy from
+    /// the host, so it can be captured into a CUDA graph).
+    pub fn full(device: &Device, value: f32, len: usize) -> Result<Storage> {
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(CpuStorage::F32(vec![value; len]))),
+            Device::Cuda(d) => {
+                let mut s = Storage::Cuda(d.alloc(len)?);
+                if len > 0 {
+                    s.fill(value)?;
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// Overwrites this buffer with `src`, which must have its length and device.
+    pub fn copy_from(&mut self, src: &Storage) -> Result<()> {
+        match (self, src) {
+            (Storage::Cpu(CpuStorage::F32(d)), Storage::Cpu(CpuStorage::F32(s))) if d.len() == s.len() => {
+                d.copy_from_slice(s);
+                Ok(())
+            }
+            (Storage::Cpu(CpuStorage::F32(d)), Storage::Cpu(CpuStorage::F32(s))) => {
+                Err(Error::bad_shape("copy_from", format!("{} elements into {}", s.len(), d.len())))
+            }
+            (Storage::Cuda(d), Storage::Cuda(s)) => d.copy_from(s),
+            (d, s) => Err(Error::DeviceMismatch { op: "copy_from", lhs: d.device().to_string(), rhs: s.device().to_string() }),
+        }
+    }
+
+    /// The device address of the buffer (`None` on the CPU): what a captured CUDA graph refers
+    /// to.
+    pub fn device_address(&self) -> Option<u64> {
+        match self {
+            Storage::Cpu(_) => None,
+            Storage::Cuda(s) => Some(s.raw_ptr()),
+        }
+    }
+
     /// A zero-filled buffer of `len` elements on `device`.
     pub fn zeros(device: &Device, len: usize) -> Result<Storage> {
         match device {

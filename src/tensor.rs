@@ -109,7 +109,7 @@ impl Tensor {
     /// A tensor filled with `value`.
     pub fn full(value: f32, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
-        Tensor::from_vec(vec![value; shape.elem_count()], shape, device)
+        Tensor::from_storage(Storage::full(device, value, shape.elem_count())?, shape)
     }
 
     /// A one-element tensor of shape `[]`.
@@ -297,6 +297,17 @@ impl Tensor {
         }
         *self.storage_mut() = Storage::from_host(self.device(), data)?;
         Ok(())
+    }
+
+    /// Overwrites the values of this tensor in place with those of `src` (same shape, same
+    /// device; on the GPU a device-to-device copy queued on the stream). Its buffer is kept.
+    pub fn copy_from(&self, src: &Tensor) -> Result<()> {
+        self.same_shape(src, "copy_from")?;
+        self.same_device(src, "copy_from")?;
+        if Arc::ptr_eq(&self.0.storage, &src.0.storage) {
+            return Ok(());
+        }
+        self.storage_mut().copy_from(&src.storage())
     }
 
     /// Errors unless `other` lives on this tensor's device.

@@ -52,8 +52,9 @@ fn train_eval_predict_score_resume_end_to_end() {
     for f in ["last.safetensors", "last.json", "last.optim.safetensors", "best.safetensors", "metrics.jsonl", "training.png"] {
         assert!(runp.join(f).is_file(), "{f} missing");
     }
-    // Resume to two epochs: the log gains one record.
-    let o = run(bin().args(["train", "--device", "cpu", "--epochs", "2", "--out"]).arg(&runp).arg("--data").arg(&small).arg("--resume").arg(runp.join("last.safetensors")));
+    // Resume to two epochs: the log gains one record. (--cuda-graph is accepted on the CPU,
+    // where the steps simply run eagerly.)
+    let o = run(bin().args(["train", "--device", "cpu", "--cuda-graph", "--epochs", "2", "--out"]).arg(&runp).arg("--data").arg(&small).arg("--resume").arg(runp.join("last.safetensors")));
     assert!(o.status.success(), "{}", stderr(&o));
     let log = std::fs::read_to_string(runp.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
@@ -131,5 +132,7 @@ fn bench_runs_every_precision_on_the_cpu_and_writes_json() {
         assert!(v["precision_detail"].as_str().is_some_and(|d| !d.is_empty()));
         assert!(v["train_step_ms"].as_f64().is_some_and(|t| t > 0.0));
         assert!(v["last_loss"].as_f64().is_some_and(f64::is_finite), "{v}");
+        assert!(v["train_step_graph_ms"].is_null(), "no CUDA graph on the CPU: {v}");
+        assert_eq!(v["train_step_graph_note"], "not on the CPU");
     }
 }

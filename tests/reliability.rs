@@ -129,6 +129,7 @@ fn options(data: &Path, out: &Path, epochs: usize, resume: Option<PathBuf>) -> T
         augment: Augment::paper(),
         workers: 1,
         infer: InferOptions::default(),
+        cuda_graph: false,
     }
 }
 

@@ -125,6 +125,13 @@ pub struct SamplePoint {
     pub x: u32,
 }
 
+impl SamplePoint {
+    /// The points as `(image, y, x)` u32 triples: the table the GPU kernels read.
+    pub fn words(points: &[SamplePoint]) -> &[u32] {
+        bytemuck::cast_slice(points)
+    }
+}
+
 /// The geometry of a sparse gather: the input frame and each tapped map `[n, c_i, h_i, w_i]`.
 /// Tap `i`'s feature coordinate for input pixel x is `u = (x + 0.5) * w_i / in_w - 0.5`,
 /// clamped below at 0 (PyTorch's `align_corners=False`, PixelNet's centre-aligned rule).

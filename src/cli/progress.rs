@@ -41,6 +41,10 @@ impl TrainObserver for Bar {
         let val = r.val_jaccard.map(|j| format!("  val jaccard {j:.4}")).unwrap_or_default();
         self.bar.println(format!("epoch {:>3}  loss {:.4}  {:.1} img/s{val}", r.epoch, r.train_loss, r.images_per_second));
     }
+
+    fn on_notice(&mut self, message: &str) {
+        self.bar.println(format!("note: {message}"));
+    }
 }
 
 impl Drop for Bar {

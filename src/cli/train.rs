@@ -53,6 +53,10 @@ pub struct TrainArgs {
     /// Decoding threads ahead of the compute (default 2).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Capture the training step as a CUDA graph after two warm-up steps and replay it (GPU
+    /// only; not with --deterministic).
+    #[arg(long)]
+    pub cuda_graph: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -93,6 +97,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         augment: if a.no_augment { Augment::none() } else { Augment::paper() },
         workers: a.workers.unwrap_or(2),
         infer: InferOptions::default(),
+        cuda_graph: a.cuda_graph,
     };
     let started = std::time::Instant::now();
     let summary = train(&opts, &device, &mut Bar::new())?;

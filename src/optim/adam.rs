@@ -78,12 +78,12 @@ impl Adam {
         &self.params
     }
 
-    /// One update of every parameter that has a gradient.
-    pub fn step(&mut self) -> Result<()> {
-        self.step += 1;
+    /// The hyper-parameters the next update will use (the step count plus one), as the
+    /// kernels take them.
+    pub fn next_update(&self) -> AdamStep {
         let c = &self.config;
-        let t = self.step as i32;
-        let h = AdamStep {
+        let t = (self.step + 1) as i32;
+        AdamStep {
             lr: c.lr,
             beta1: c.beta1,
             beta2: c.beta2,
@@ -91,7 +91,32 @@ impl Adam {
             weight_decay: c.weight_decay,
             bias_correction1: 1.0 - c.beta1.powi(t),
             bias_correction2: 1.0 - c.beta2.powi(t),
-        };
+        }
+    }
+
+    /// Counts one update made elsewhere (by a replayed CUDA graph, see
+    /// [`crate::train::StepGraph`]) and returns its hyper-parameters, exactly as [`Adam::step`]
+    /// would have used them.
+    pub(crate) fn advance(&mut self) -> AdamStep {
+        let h = self.next_update();
+        self.step += 1;
+        h
+    }
+
+    /// Sets the step count back (a capture that failed counted an update that never ran).
+    pub(crate) fn rewind(&mut self, steps: u64) {
+        self.step = steps;
+    }
+
+    /// The device addresses of every parameter and moment buffer, in order (empty on the CPU):
+    /// a captured graph checks that they have not moved.
+    pub(crate) fn device_addresses(&self) -> Vec<Option<u64>> {
+        self.params.iter().chain(&self.m).chain(&self.v).map(|t| t.storage().device_address()).collect()
+    }
+
+    /// One update of every parameter that has a gradient.
+    pub fn step(&mut self) -> Result<()> {
+        let h = self.advance();
         // Every parameter with a gradient, updated together (one launch on CUDA).
         let active: Vec<(usize, Tensor)> =
             self.params.iter().enumerate().filter_map(|(i, p)| p.grad().map(|g| (i, g))).collect();

@@ -21,11 +21,13 @@ mod evaluate;
 mod log;
 mod font;
 mod plot;
+pub mod graph;
 pub mod step;
 
 pub use evaluate::evaluate;
 pub use log::{read_log, write_log, EpochRecord};
 pub use plot::plot_run;
+pub use graph::{StepGraph, StepRunner};
 pub use step::{gradient_check, non_finite_gradient, queue_step, PendingStep};
 
 use std::path::{Path, PathBuf};
@@ -67,6 +69,9 @@ pub struct TrainOptions {
     pub workers: usize,
     /// Dense inference settings for validation.
     pub infer: InferOptions,
+    /// Capture the training step as a CUDA graph after two warm-up steps and replay it
+    /// ([`StepRunner`]); ignored, with a notice, where it cannot be used.
+    pub cuda_graph: bool,
 }
 
 /// Hooks for progress display.
@@ -77,6 +82,8 @@ pub trait TrainObserver {
     fn on_step(&mut self, _epoch: usize, _step: u64, _loss: f32, _images: usize) {}
     /// Called after every epoch's validation and checkpoint.
     fn on_epoch(&mut self, _record: &EpochRecord) {}
+    /// Called with a one-time message for the user (CUDA graphs given up, and why).
+    fn on_notice(&mut self, _message: &str) {}
 }
 
 /// An observer that shows nothing.
@@ -140,6 +147,7 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
     let last = opts.out.join("last.safetensors");
     let best = opts.out.join("best.safetensors");
     observer.on_start(loader.batches_per_epoch(), state.epoch..opts.epochs);
+    let mut runner = StepRunner::new(opts.cuda_graph);
 
     for epoch in state.epoch..opts.epochs {
         let started = Instant::now();
@@ -160,7 +168,10 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
             let n = batch.len();
             let x = Tensor::from_vec(batch.images, [n, 3, size, size], device)?;
             let (points, labels) = sample_points(n, size, config.sample_points, &batch.masks, &mut step_rng(state.seed, state.step));
-            let queued = queue_step(&model, &mut adam, &x, &points, &labels, state.step, epoch)?;
+            let queued = runner.queue(&model, &mut adam, &x, &points, &labels, state.step, epoch)?;
+            if let Some(notice) = runner.take_notice() {
+                observer.on_notice(&notice);
+            }
             state.step += 1;
             if let Some(done) = pending.replace(queued) {
                 account(done, observer)?;

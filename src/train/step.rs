@@ -26,8 +26,8 @@ pub struct PendingStep {
     pub epoch: usize,
     /// Images in its batch.
     pub images: usize,
-    loss: Tensor,
-    grad_check: Option<Tensor>,
+    pub(super) loss: Tensor,
+    pub(super) grad_check: Option<Tensor>,
 }
 
 impl PendingStep {

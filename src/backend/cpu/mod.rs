@@ -12,7 +12,7 @@ mod elementwise;
 mod gemm;
 mod loss;
 mod pool;
-mod resample;
+pub(crate) mod resample;
 
 pub use conv::{col2im, im2col};
 pub use gemm::gemm_f32;

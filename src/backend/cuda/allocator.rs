@@ -17,10 +17,21 @@
 //! pass it, or the driver itself runs out, the request fails with
 //! [`Error::OutOfMemory`].
 //!
+//! **Graph arenas.** While a CUDA graph is being captured ([`Pool::begin_arena`]), every block
+//! handed out belongs to that graph's arena: the graph replays kernels on those addresses, so
+//! such a block, once freed, goes back to its arena's own free list and is never handed to
+//! work outside the graph (during the capture it is reused by later work of the same capture,
+//! which the graph replays in the same order). A capture first takes blocks from its arena,
+//! then adopts free blocks of the shared cache (the warm-up steps left exactly the sizes a
+//! step needs), and only then asks the driver; it never returns cached blocks to the driver
+//! (that would wait on the stream, which a capture forbids) and fails instead. When the graph
+//! is dropped ([`Pool::retire_arena`]) its free blocks join the shared cache, and its blocks
+//! still in use join it when they are freed.
+//!
 //! [`Pool`] holds the pure accounting and is generic over [`RawMemory`] (the driver calls),
 //! so the logic is unit-tested on the CPU with a fake.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{Error, Result};
 
@@ -132,10 +143,28 @@ pub trait RawMemory {
     fn free(&mut self, blocks: &[Block]);
 }
 
+/// Free blocks by size class.
+type FreeLists = BTreeMap<usize, Vec<u64>>;
+
+/// Identifies the arena of one captured CUDA graph (see the module doc).
+pub type ArenaId = u32;
+
 /// Accounting of one device's memory: the free lists and the byte counters.
 #[derive(Debug)]
 pub struct Pool {
-    free: BTreeMap<usize, Vec<u64>>,
+    /// The shared cache.
+    free: FreeLists,
+    /// The free lists of live graph arenas.
+    arenas: HashMap<ArenaId, FreeLists>,
+    /// The arena of every block a live graph arena owns.
+    owner: HashMap<u64, ArenaId>,
+    /// Blocks of live arenas that are never handed out again while their arena lives.
+    held: std::collections::HashSet<u64>,
+    /// Held blocks already freed, per arena (they join the shared cache on retirement).
+    held_free: HashMap<ArenaId, Vec<Block>>,
+    /// The arena being captured into, if any.
+    active: Option<ArenaId>,
+    next_arena: ArenaId,
     cached: usize,
     in_use: usize,
     peak: usize,
@@ -143,10 +172,90 @@ pub struct Pool {
     driver_allocs: u64,
 }
 
+/// Pops a block of `class` from `lists`.
+fn pop(lists: &mut FreeLists, class: usize) -> Option<u64> {
+    let list = lists.get_mut(&class)?;
+    let ptr = list.pop();
+    if list.is_empty() {
+        lists.remove(&class);
+    }
+    ptr
+}
+
 impl Pool {
     /// An empty pool with this cap.
     pub fn new(cap: usize) -> Pool {
-        Pool { free: BTreeMap::new(), cached: 0, in_use: 0, peak: 0, cap, driver_allocs: 0 }
+        Pool {
+            free: BTreeMap::new(),
+            arenas: HashMap::new(),
+            owner: HashMap::new(),
+            held: Default::default(),
+            held_free: HashMap::new(),
+            active: None,
+            next_arena: 1,
+            cached: 0,
+            in_use: 0,
+            peak: 0,
+            cap,
+            driver_allocs: 0,
+        }
+    }
+
+    /// Starts a graph arena: every block handed out from now until [`Pool::end_arena`] belongs
+    /// to it. Fails when another arena is active (captures do not nest).
+    pub fn begin_arena(&mut self) -> Result<ArenaId> {
+        if let Some(a) = self.active {
+            return Err(Error::InvalidValue { name: "graph capture", msg: format!("arena {a} is still being captured") });
+        }
+        let id = self.next_arena;
+        self.next_arena += 1;
+        self.arenas.insert(id, FreeLists::new());
+        self.active = Some(id);
+        Ok(id)
+    }
+
+    /// Ends the active arena's capture; its blocks stay reserved for the graph until
+    /// [`Pool::retire_arena`].
+    pub fn end_arena(&mut self) {
+        self.active = None;
+    }
+
+    /// The arena being captured into.
+    pub fn active_arena(&self) -> Option<ArenaId> {
+        self.active
+    }
+
+    /// Gives a dropped graph's memory back to the shared cache: its free blocks now, its blocks
+    /// in use when they are freed. Work queued on the stream before this call (the graph's last
+    /// replay) still runs before any later user of those blocks.
+    pub fn retire_arena(&mut self, id: ArenaId) {
+        if self.active == Some(id) {
+            self.active = None;
+        }
+        if let Some(lists) = self.arenas.remove(&id) {
+            for (class, ptrs) in lists {
+                self.free.entry(class).or_default().extend(ptrs);
+            }
+        }
+        for b in self.held_free.remove(&id).unwrap_or_default() {
+            self.free.entry(b.bytes).or_default().push(b.ptr);
+        }
+        let held = &mut self.held;
+        self.owner.retain(|ptr, a| {
+            let keep = *a != id;
+            if !keep {
+                held.remove(ptr);
+            }
+            keep
+        });
+    }
+
+    /// Keeps a block of the active arena out of every free list until the arena retires, even
+    /// within the capture: its contents are written from outside the graph before each replay.
+    pub fn hold(&mut self, block: Block) {
+        if self.owner.get(&block.ptr).is_some_and(|a| Some(*a) == self.active) {
+            self.held.insert(block.ptr);
+        }
     }
 
     /// The counters.
@@ -181,7 +290,32 @@ impl Pool {
         if self.in_use.saturating_add(class) > self.cap {
             return Err(self.oom(bytes));
         }
-        if let Some(ptr) = self.free.get_mut(&class).and_then(|v| v.pop()) {
+        if let Some(arena) = self.active {
+            // A capture: its own free blocks, then the shared cache's, then the driver, and
+            // never a release of cached blocks (that waits on the stream).
+            let own = self.arenas.get_mut(&arena).and_then(|l| pop(l, class));
+            let ptr = match own.or_else(|| pop(&mut self.free, class)) {
+                Some(ptr) => {
+                    self.cached -= class;
+                    ptr
+                }
+                None => {
+                    if self.in_use + self.cached + class > self.cap {
+                        return Err(self.oom(bytes));
+                    }
+                    let ptr = match raw.alloc(class) {
+                        Ok(p) => p,
+                        Err(RawError::OutOfMemory) => return Err(self.oom(bytes)),
+                        Err(RawError::Other(e)) => return Err(e),
+                    };
+                    self.driver_allocs += 1;
+                    ptr
+                }
+            };
+            self.owner.insert(ptr, arena);
+            return Ok(self.hand_out(ptr, class));
+        }
+        if let Some(ptr) = pop(&mut self.free, class) {
             self.cached -= class;
             return Ok(self.hand_out(ptr, class));
         }
@@ -212,16 +346,31 @@ impl Pool {
         Block { ptr, bytes: class }
     }
 
-    /// Takes a block back into the cache.
+    /// Takes a block back into the cache: its graph arena's free list when a live arena owns it,
+    /// else the shared one.
     pub fn release(&mut self, block: Block) {
         self.in_use -= block.bytes.min(self.in_use);
         self.cached += block.bytes;
-        self.free.entry(block.bytes).or_default().push(block.ptr);
+        if self.held.contains(&block.ptr) {
+            if let Some(&arena) = self.owner.get(&block.ptr) {
+                self.held_free.entry(arena).or_default().push(block);
+                return;
+            }
+        }
+        let lists = match self.owner.get(&block.ptr).and_then(|a| self.arenas.get_mut(a)) {
+            Some(lists) => lists,
+            None => &mut self.free,
+        };
+        lists.entry(block.bytes).or_default().push(block.ptr);
     }
 
-    /// Returns at least `want` cached bytes to the driver (all of them for `usize::MAX`),
-    /// largest blocks first. Returns the bytes released.
+    /// Returns at least `want` cached bytes of the shared cache to the driver (all of them for
+    /// `usize::MAX`), largest blocks first; graph arenas keep theirs. Returns the bytes
+    /// released. Does nothing during a capture (a release waits on the stream).
     pub fn release_cached(&mut self, raw: &mut impl RawMemory, want: usize) -> usize {
+        if self.active.is_some() {
+            return 0;
+        }
         let mut blocks = Vec::new();
         let mut released = 0;
         while released < want {
@@ -404,5 +553,87 @@ mod tests {
         assert!(reserved <= 3 << 20);
         assert_eq!(pool.release_cached(&mut raw, usize::MAX), reserved - (1 << 20));
         assert_eq!(pool.stats().reserved_bytes, 1 << 20);
+    }
+
+    /// A capture takes its own free blocks first, then adopts the shared cache's; blocks it
+    /// handed out go back to its arena when freed, so work outside the graph never gets them
+    /// while the graph lives; retiring the arena returns everything to the shared cache.
+    #[test]
+    fn graph_arenas_keep_their_blocks_until_retired() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(1 << 30);
+        let warm = pool.allocate(&mut raw, 1 << 20).unwrap();
+        pool.release(warm);
+        let arena = pool.begin_arena().unwrap();
+        assert!(pool.begin_arena().is_err(), "captures do not nest");
+        let adopted = pool.allocate(&mut raw, 1 << 20).unwrap();
+        assert_eq!((adopted.ptr, raw.allocs), (warm.ptr, 1), "the cached block is adopted, no driver call");
+        pool.release(adopted);
+        let again = pool.allocate(&mut raw, 1 << 20).unwrap();
+        assert_eq!(again.ptr, warm.ptr, "reused inside the capture");
+        let fresh = pool.allocate(&mut raw, 4096).unwrap();
+        assert_eq!(raw.allocs, 2);
+        pool.end_arena();
+        assert_eq!(pool.active_arena(), None);
+
+        // Outside the capture, freed graph blocks are not handed out again.
+        pool.release(again);
+        let outside = pool.allocate(&mut raw, 1 << 20).unwrap();
+        assert_ne!(outside.ptr, warm.ptr);
+        pool.release(outside);
+
+        // A release of cached memory leaves the graph's blocks alone.
+        let before = raw.frees;
+        pool.release_cached(&mut raw, usize::MAX);
+        assert_eq!(raw.frees, before + 1, "only the shared block went back to the driver");
+
+        pool.retire_arena(arena);
+        let reused = pool.allocate(&mut raw, 1 << 20).unwrap();
+        assert_eq!(reused.ptr, warm.ptr, "a retired arena's free blocks join the shared cache");
+        pool.release(fresh);
+        let small = pool.allocate(&mut raw, 4096).unwrap();
+        assert_eq!(small.ptr, fresh.ptr, "and so do its blocks freed after retirement");
+        assert_eq!(pool.stats().current_bytes, (1 << 20) + 4096);
+    }
+
+    /// A held block (a feed's buffer) is not reused even inside its capture, and joins the
+    /// shared cache when the arena retires.
+    #[test]
+    fn held_blocks_are_not_reused_until_the_arena_retires() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(1 << 30);
+        let arena = pool.begin_arena().unwrap();
+        let feed = pool.allocate(&mut raw, 100).unwrap();
+        pool.hold(feed);
+        pool.release(feed);
+        let next = pool.allocate(&mut raw, 100).unwrap();
+        assert_ne!(next.ptr, feed.ptr, "a held block is not handed out within the capture");
+        pool.release(next);
+        assert_eq!(pool.allocate(&mut raw, 100).unwrap().ptr, next.ptr, "an unheld one is");
+        pool.end_arena();
+        pool.retire_arena(arena);
+        assert_eq!(pool.allocate(&mut raw, 100).unwrap().ptr, feed.ptr, "the held block joined the shared cache");
+        // Outside a capture, hold does nothing.
+        let plain = pool.allocate(&mut raw, 100).unwrap();
+        pool.hold(plain);
+        pool.release(plain);
+        assert_eq!(pool.allocate(&mut raw, 100).unwrap().ptr, plain.ptr);
+    }
+
+    /// During a capture the cap is never met by releasing cached memory (that would wait on
+    /// the stream): the request fails instead, and nothing is released.
+    #[test]
+    fn a_capture_over_the_cap_fails_without_releasing() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(3 << 20);
+        let cached = pool.allocate(&mut raw, 2 << 20).unwrap();
+        pool.release(cached);
+        pool.begin_arena().unwrap();
+        assert!(matches!(pool.allocate(&mut raw, 1536 << 10), Err(Error::OutOfMemory { .. })));
+        assert_eq!(pool.release_cached(&mut raw, usize::MAX), 0);
+        assert_eq!(raw.frees, 0);
+        pool.end_arena();
+        assert!(pool.allocate(&mut raw, 1536 << 10).is_ok(), "outside the capture the cache is released");
+        assert_eq!(raw.frees, 1);
     }
 }

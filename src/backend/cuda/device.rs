@@ -18,6 +18,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use super::allocator::{self, Block, MemoryStats, Pool, RawError, RawMemory};
 use super::blas::Blas;
 use super::cudnn::Dnn;
+use super::graph::Capture;
 use super::error::{catch_panic, cuda_error, driver_message, is_driver_oom, CudaResultExt, IntoCudaError};
 use super::storage::CudaStorage;
 use crate::error::{Error, Result};
@@ -45,7 +46,9 @@ pub(crate) struct Inner {
     name: String,
     compute_capability: (i32, i32),
     total_memory: usize,
-    pool: Mutex<Pool>,
+    pub(super) pool: Mutex<Pool>,
+    /// The graph capture in progress, if any (see [`super::graph`]).
+    pub(super) capture: Mutex<Option<Capture>>,
     modules: Mutex<ModuleCache>,
     blas: Mutex<Blas>,
     dnn: Mutex<Dnn>,
@@ -185,6 +188,7 @@ impl CudaDevice {
             blas: Mutex::new(blas),
             dnn: Mutex::new(dnn),
             blas_workspace: Mutex::new(None),
+            capture: Mutex::new(None),
             stream,
             ctx,
         }));
@@ -267,7 +271,10 @@ impl CudaDevice {
     }
 
     /// A buffer holding a copy of `data`.
+    /// Values that vary cannot be frozen into a graph, so this fails during a capture (ops use
+    /// [`CudaDevice::upload_words`] with a feed kind instead).
     pub fn upload(&self, data: &[f32]) -> Result<CudaStorage> {
+        self.refuse_capture("a copy of host values (Tensor::from_vec)")?;
         let mut s = self.alloc(data.len())?;
         if !data.is_empty() {
             self.0.stream.memcpy_htod(data, s.slice_mut()).ctx("upload (host to device copy)")?;

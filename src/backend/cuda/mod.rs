@@ -4,7 +4,10 @@
 //!
 //! Who owns what:
 //! - [`device`]: the context, the single stream, cuBLAS/cuDNN handles, the PTX module cache;
-//! - [`allocator`]: the capped caching allocator ([`MemoryStats`], `HYPERSEG_MEM_LIMIT`);
+//! - [`allocator`]: the capped caching allocator ([`MemoryStats`], `HYPERSEG_MEM_LIMIT`) and
+//!   the arenas of captured graphs;
+//! - [`graph`]: CUDA-graph capture and replay, and the feeds (host-to-device copies of
+//!   per-step values) that ops make through [`CudaDevice::upload_words`];
 //! - [`storage`]: [`CudaStorage`] and `impl BackendStorage` (copies here, GEMM in [`blas`],
 //!   convolutions in [`cudnn`], every other kernel in `kernels::ops`);
 //! - [`nvtx`]: profiling ranges; [`info`]: what `hyperseg-engine info` prints;
@@ -24,8 +27,8 @@
 //!   outputs; never replace or `mem::swap` the slice itself (it belongs to the allocator).
 //!   [`CudaStorage::raw_ptr`] is the device address. Outputs come from
 //!   [`CudaDevice::alloc`] (uninitialised) or [`CudaDevice::zeros`]; small host arrays (sample
-//!   points, labels) go up with `dev.stream().clone_htod(..)` (cudarc memory, outside the cap)
-//!   or [`CudaDevice::upload`].
+//!   points, labels, seeds, pointer tables) go up with [`CudaDevice::upload_words`], naming
+//!   what they are ([`graph::FeedKind`]) so that a captured graph can rebuild them.
 //! - Launch everything on [`CudaDevice::stream`]: there is one stream per device and event
 //!   tracking is off, so stream order is the only synchronisation.
 //! - Wrap launches in [`nvtx::range`]`("op name")` for profiles.
@@ -37,6 +40,7 @@ pub mod blas;
 pub mod cudnn;
 pub mod device;
 pub mod error;
+pub mod graph;
 pub mod info;
 pub mod kernels;
 pub mod nvtx;

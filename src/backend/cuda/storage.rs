@@ -65,6 +65,30 @@ impl CudaStorage {
         self.block.ptr
     }
 
+    /// The allocator block behind the buffer.
+    pub(crate) fn block(&self) -> Block {
+        self.block
+    }
+
+    /// Overwrites this buffer with `src` (same length, same device), queued on the stream.
+    pub fn copy_from(&mut self, src: &CudaStorage) -> Result<()> {
+        if src.len() != self.len() {
+            return Err(Error::bad_shape("copy_from", format!("{} elements into {}", src.len(), self.len())));
+        }
+        if !self.device.same_device(&src.device) {
+            return Err(Error::DeviceMismatch {
+                op: "copy_from",
+                lhs: format!("cuda:{}", self.device.ordinal()),
+                rhs: format!("cuda:{}", src.device.ordinal()),
+            });
+        }
+        if !self.is_empty() {
+            let stream = self.device.stream().clone();
+            stream.memcpy_dtod(src.slice(), self.slice_mut()).ctx("device to device copy")?;
+        }
+        Ok(())
+    }
+
     /// Bytes reserved for this buffer (its allocator size class).
     pub fn reserved_bytes(&self) -> usize {
         self.block.bytes
@@ -100,6 +124,7 @@ impl BackendStorage for CudaStorage {
         if self.is_empty() {
             return Ok(Vec::new());
         }
+        self.device.refuse_capture("a copy to the host (it waits for the device)")?;
         let stream = self.device.stream();
         let v = stream.clone_dtoh(self.slice()).ctx("copy to host")?;
         // A copy into pageable memory has finished when the call returns; synchronising also

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::entry;
 use crate::backend::cuda::error::CudaResultExt;
+use crate::backend::cuda::graph::FeedKind;
 use crate::backend::cuda::{nvtx, CudaDevice, CudaStorage};
 use crate::backend::*;
 use crate::error::{Error, Result};
@@ -100,32 +101,17 @@ fn scratch_f64(dev: &CudaDevice, k: usize) -> Result<CudaStorage> {
     Ok(s)
 }
 
-/// A pool buffer holding a copy of `data` as raw u32 bits.
-fn upload_u32(dev: &CudaDevice, data: &[u32]) -> Result<CudaStorage> {
-    upload_u32_into(dev, data, 0)
+/// A pool buffer holding a copy of `data` as raw u32 bits, whose values are of `kind` (a
+/// captured graph rebuilds them for each replay, see `backend::cuda::graph`).
+fn upload_u32(dev: &CudaDevice, data: &[u32], kind: FeedKind) -> Result<CudaStorage> {
+    dev.upload_words(data, 0, kind)
 }
 
-/// [`upload_u32`] into a buffer of at least `min_len` elements (a stable size class for data
-/// whose length varies from call to call).
-fn upload_u32_into(dev: &CudaDevice, data: &[u32], min_len: usize) -> Result<CudaStorage> {
-    let mut s = dev.alloc(data.len().max(min_len).max(1))?;
-    if !data.is_empty() {
-        // SAFETY: the buffer holds at least data.len() 4-byte elements.
-        let mut view = unsafe { s.slice_mut().transmute_mut::<u32>(data.len()) }
-            .ok_or_else(|| crate::backend::cuda::error::cuda_error("upload u32", "buffer too small"))?;
-        dev.stream().memcpy_htod(data, &mut view).ctx("upload (host to device copy)")?;
-    }
-    Ok(s)
-}
-
-/// A pool buffer holding a copy of `data` as raw u64 bits.
-fn upload_u64(dev: &CudaDevice, data: &[u64]) -> Result<CudaStorage> {
-    let mut s = scratch_f64(dev, data.len())?;
-    if !data.is_empty() {
-        // SAFETY: the buffer holds at least data.len() 8-byte elements, 8-byte aligned.
-        let mut view = unsafe { s.slice_mut().transmute_mut::<u64>(data.len()) }
-            .ok_or_else(|| crate::backend::cuda::error::cuda_error("upload u64", "buffer too small"))?;
-        dev.stream().memcpy_htod(data, &mut view).ctx("upload (host to device copy)")?;
+/// A pool buffer holding a copy of `data` as raw u64 bits (pool blocks are 256-byte aligned).
+fn upload_u64(dev: &CudaDevice, data: &[u64], kind: FeedKind) -> Result<CudaStorage> {
+    let s = dev.upload_words(bytemuck::cast_slice(data), 0, kind)?;
+    if s.raw_ptr() % 8 != 0 {
+        return Err(crate::backend::cuda::error::cuda_error("upload u64", "pool block is not 8-byte aligned"));
     }
     Ok(s)
 }
@@ -762,8 +748,8 @@ fn check_points(points: &[SamplePoint], g: &GatherSpec) -> Result<()> {
 }
 
 /// The points as u32 triples (image, y, x).
-fn points_u32(points: &[SamplePoint]) -> Vec<u32> {
-    points.iter().flat_map(|p| [p.image, p.y, p.x]).collect()
+fn points_u32(points: &[SamplePoint]) -> &[u32] {
+    SamplePoint::words(points)
 }
 
 /// Per-tap launch geometry shared by the gather kernels.
@@ -815,7 +801,7 @@ pub fn gather_hypercolumns(taps: &[&CudaStorage], points: &[SamplePoint], g: &Ga
     if total == 0 {
         return Ok(out);
     }
-    let pts = upload_u32(&dev, &points_u32(points))?;
+    let pts = upload_u32(&dev, points_u32(points), FeedKind::Points)?;
     let (np, ctot) = (points.len() as u32, ctot as u32);
     for (tap, t) in taps.iter().zip(tap_geoms(g)?) {
         if t.c == 0 {
@@ -927,13 +913,57 @@ fn radix_sort_high(keys: &mut Vec<u64>, bits: u32) {
     }
 }
 
+/// The most locations of an `n x h x w` tap that `points` points can touch (4 each).
+fn csr_max_locations(points: usize, n: usize, h: usize, w: usize) -> usize {
+    (4 * points).min(n * h * w)
+}
+
+/// The deterministic gather backward's table for every tap of `g`, as `gather_bwd_csr_f32`
+/// reads it (kernels/gather.ptx): a 4-word header per tap, (L, locs, starts, entries) = the
+/// tap's location count and the word offsets of its three CSR arrays ([`tap_csr`]), then the
+/// arrays, each starting at an even offset (8-byte aligned: the kernel reads locs and entries
+/// as u32 pairs; pool blocks are 256-byte aligned). Also returns the most words the table can
+/// take for this many points (the buffer's size, the same at every step, so that the allocator
+/// serves the same size class and a captured graph's buffer always fits).
+pub(crate) fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u32>, usize) {
+    let csrs: Vec<_> = g.taps.par_iter().map(|&(_, h, w)| tap_csr(points, h, w, g.in_h, g.in_w)).collect();
+    let mut table: Vec<u32> = vec![0; 4 * g.taps.len()];
+    let push_even = |table: &mut Vec<u32>, part: &[u32]| {
+        let at = table.len() as u32;
+        table.extend_from_slice(part);
+        if table.len() % 2 == 1 {
+            table.push(0);
+        }
+        at
+    };
+    for (tap, (locs, starts, entries)) in csrs.iter().enumerate() {
+        let n_locs = (starts.len() - 1) as u32;
+        let l_at = push_even(&mut table, locs);
+        let s_at = push_even(&mut table, starts);
+        let e_at = push_even(&mut table, entries);
+        table[4 * tap..4 * tap + 4].copy_from_slice(&[n_locs, l_at, s_at, e_at]);
+    }
+    let bound: usize = 4 * g.taps.len()
+        + g
+            .taps
+            .iter()
+            .map(|&(_, h, w)| {
+                let locs = csr_max_locations(points.len(), g.n, h, w);
+                // locs, starts and entries, each rounded up to an even length.
+                (2 * locs + 1) + (locs + 2) + (8 * points.len() + 1)
+            })
+            .sum::<usize>();
+    (table, bound)
+}
+
 /// Scatter of the gathered gradient back into one zero-initialised gradient per tap.
 /// `deterministic == false`: `gather_bwd_atomic_f32` (red.global.add.f32), grid as the forward.
 /// `deterministic == true`: `gather_bwd_csr_f32`, no atomics, bit-exact with the CPU: the host
 /// lists each tap's touched locations and their ordered (point, weight) contributions
-/// (`tap_csr`, the CPU's f32 lerp), uploaded once for all taps; grid (ceil(c/B),
-/// min(locations, 65535)), block B = min(256, c rounded up to 32), one thread per
-/// (location, channel) summing in a register and writing once.
+/// (`tap_csr`, the CPU's f32 lerp), uploaded once for all taps ([`gather_csr_table`], a
+/// [`FeedKind::GatherCsr`] feed); grid (ceil(c/B), min(most locations, 65535)), block B =
+/// min(256, c rounded up to 32), one thread per (location, channel) summing in a register and
+/// writing once.
 pub fn gather_hypercolumns_backward(
     grad: &CudaStorage,
     points: &[SamplePoint],
@@ -958,57 +988,25 @@ pub fn gather_hypercolumns_backward(
     }
     let ctot = g.total_channels() as u32;
     if deterministic {
-        // One upload for every tap's CSR (built in parallel); each tap's three arrays are
-        // addressed inside it, each starting at an even index (8-byte aligned: the kernel reads
-        // locs and entries as u32 pairs; pool blocks are 256-byte aligned).
-        let csrs: Vec<_> = g.taps.par_iter().map(|&(_, h, w)| tap_csr(points, h, w, g.in_h, g.in_w)).collect();
-        let mut table: Vec<u32> = Vec::new();
-        let mut parts = Vec::with_capacity(geoms.len());
-        let push_even = |table: &mut Vec<u32>, part: &[u32]| {
-            let at = table.len();
-            table.extend_from_slice(part);
-            if table.len() % 2 == 1 {
-                table.push(0);
-            }
-            at
-        };
-        for (locs, starts, entries) in &csrs {
-            let n_locs = (starts.len() - 1) as u32;
-            let l_at = push_even(&mut table, locs);
-            let s_at = push_even(&mut table, starts);
-            let e_at = push_even(&mut table, entries);
-            parts.push((n_locs, l_at, s_at, e_at));
-        }
-        // The table's length depends on how many locations the points touch; its buffer is
-        // sized for the most they can touch (4 per point, at most the tap's plane), so that
-        // every step with this many points asks the allocator for the same size class.
-        let bound: usize = g
-            .taps
-            .iter()
-            .map(|&(_, h, w)| {
-                let locs = (4 * points.len()).min(g.n * h * w);
-                (2 * locs + 1) + (locs + 2) + (8 * points.len() + 1)
-            })
-            .sum();
-        let table_d = upload_u32_into(&dev, &table, bound)?;
-        let base = table_d.raw_ptr();
-        for ((dtap, t), &(n_locs, l_at, s_at, e_at)) in outs.iter_mut().zip(&geoms).zip(&parts) {
-            if t.c == 0 || n_locs == 0 {
+        let (table, bound) = gather_csr_table(points, g);
+        let table_d = dev.upload_words(&table, bound, FeedKind::GatherCsr(g.clone()))?;
+        for (tap, ((dtap, t), &(_, h, w))) in outs.iter_mut().zip(&geoms).zip(&g.taps).enumerate() {
+            // Launched for the most locations the points can touch, whatever this step's
+            // count (in the table's header), so that the launch is the same at every step.
+            let max_locs = csr_max_locations(points.len(), g.n, h, w) as u32;
+            if t.c == 0 || max_locs == 0 {
                 continue;
             }
-            let hw = t.h * t.w;
-            let (locs_p, starts_p, entries_p) = (base + 4 * l_at as u64, base + 4 * s_at as u64, base + 4 * e_at as u64);
+            let (tap, hw) = (tap as u32, t.h * t.w);
             let block = block_for(t.c);
             launch!(
                 dev,
                 entry::GATHER_BWD_CSR_F32,
-                cfg((t.c.div_ceil(block), n_locs.min(MAX_GRID_Y), 1), block),
+                cfg((t.c.div_ceil(block), max_locs.min(MAX_GRID_Y), 1), block),
                 dtap.slice_mut(),
                 grad.slice(),
-                &locs_p,
-                &starts_p,
-                &entries_p,
-                &n_locs,
+                table_d.slice(),
+                &tap,
                 &ctot,
                 &t.col_off,
                 &t.c,
@@ -1019,7 +1017,7 @@ pub fn gather_hypercolumns_backward(
         // these launches on the same stream.
         drop(table_d);
     } else {
-        let pts = upload_u32(&dev, &points_u32(points))?;
+        let pts = upload_u32(&dev, points_u32(points), FeedKind::Points)?;
         let np = points.len() as u32;
         for (dtap, t) in outs.iter_mut().zip(&geoms) {
             if t.c == 0 || t.h * t.w == 0 {
@@ -1071,11 +1069,13 @@ pub fn softmax_cross_entropy(
     let wt = |y: u32| class_weights.map_or(1.0, |w| w[y as usize]);
     let norm: f64 = labels.iter().map(|&y| wt(y) as f64).sum();
     let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-    let weights = match class_weights {
-        Some(w) => dev.upload(w)?,
-        None => dev.upload(&vec![1.0f32; classes])?,
-    };
-    let labels_d = upload_u32(&dev, labels)?;
+    if class_weights.is_some() {
+        // The normalisation (a launch parameter) changes with the labels.
+        dev.refuse_capture("a class-weighted loss")?;
+    }
+    let ones = vec![1.0f32; classes];
+    let weights = upload_u32(&dev, bytemuck::cast_slice(class_weights.unwrap_or(&ones)), FeedKind::Constant)?;
+    let labels_d = upload_u32(&dev, labels, FeedKind::Labels)?;
     let (rows32, k) = (rows as u32, classes as u32);
     let g = rows32.div_ceil(BLOCK).clamp(1, MAX_SUM_BLOCKS);
     let mut partial = scratch_f64(&dev, g as usize)?;
@@ -1168,7 +1168,7 @@ pub fn bias_relu_backward(
 // ---- regularisation and optimiser -------------------------------------------------------------
 
 /// A dropout mask of `len` elements: `1/keep` where `hash_u32(seed, i) < keep * 2^32`, else 0.
-/// Kernel `dropout_mask_f32`, 1-D grid.
+/// Kernel `dropout_mask_f32` (the seed uploaded as a one-word [`FeedKind::StepSeed`]), 1-D grid.
 pub fn dropout_mask(like: &CudaStorage, len: usize, keep: f32, seed: u32) -> Result<CudaStorage> {
     let _r = nvtx::range("dropout_mask");
     let n = count("dropout_mask", len)?;
@@ -1179,7 +1179,9 @@ pub fn dropout_mask(like: &CudaStorage, len: usize, keep: f32, seed: u32) -> Res
     }
     let threshold = keep_threshold(keep);
     let scale = 1.0f32 / keep;
-    launch!(dev, entry::DROPOUT_MASK_F32, grid_1d(n), out.slice_mut(), &n, &seed, &threshold, &scale)?;
+    // The seed is read from device memory, so that a captured graph draws a new mask per step.
+    let seed_d = upload_u32(&dev, &[seed], FeedKind::StepSeed)?;
+    launch!(dev, entry::DROPOUT_MASK_F32, grid_1d(n), out.slice_mut(), &n, seed_d.slice(), &threshold, &scale)?;
     Ok(out)
 }
 
@@ -1203,6 +1205,8 @@ pub fn adam_step(
         return Ok(());
     }
     let dev = p.device().clone();
+    // Its bias corrections are launch parameters: a captured graph would freeze them.
+    dev.refuse_capture("the single-buffer Adam update")?;
     launch!(
         dev,
         entry::ADAM_F32,
@@ -1231,7 +1235,8 @@ pub struct AdamGroup<'a> {
 }
 
 /// One Adam step on many parameter buffers in a single launch (same hyper-parameters).
-/// Kernel `adam_multi_f32`: a table of (p, g, m, v, n) per tensor and a (tensor, chunk) pair
+/// Kernel `adam_multi_f32`: `[lr, bc1, bc2]` uploaded as [`FeedKind::AdamScalars`], a table of
+/// (p, g, m, v, n) per tensor and a (tensor, chunk) pair
 /// per block, uploaded here; grid (number of 16384-element chunks over all tensors), block 256.
 pub fn adam_step_multi(groups: &mut [AdamGroup<'_>], h: &AdamStep) -> Result<()> {
     let _r = nvtx::range("adam_step_multi");
@@ -1268,8 +1273,12 @@ pub fn adam_step_multi(groups: &mut [AdamGroup<'_>], h: &AdamStep) -> Result<()>
     if nblocks > i32::MAX as u32 {
         return Err(Error::bad_shape("adam", "too many blocks"));
     }
-    let table_d = upload_u64(&dev, &table)?;
-    let blocks_d = upload_u32(&dev, &blocks)?;
+    // The table and the blocks name the same buffers at every step of a captured graph; the
+    // scalars that change (learning rate, bias corrections) are read from device memory.
+    let table_d = upload_u64(&dev, &table, FeedKind::Constant)?;
+    let blocks_d = upload_u32(&dev, &blocks, FeedKind::Constant)?;
+    let scalars = [h.lr, h.bias_correction1, h.bias_correction2].map(f32::to_bits);
+    let scalars_d = upload_u32(&dev, &scalars, FeedKind::AdamScalars)?;
     let chunk = ADAM_CHUNK;
     launch!(
         dev,
@@ -1278,13 +1287,11 @@ pub fn adam_step_multi(groups: &mut [AdamGroup<'_>], h: &AdamStep) -> Result<()>
         table_d.slice(),
         blocks_d.slice(),
         &chunk,
-        &h.lr,
+        scalars_d.slice(),
         &h.beta1,
         &h.beta2,
         &h.eps,
-        &h.weight_decay,
-        &h.bias_correction1,
-        &h.bias_correction2
+        &h.weight_decay
     )
 }
 
@@ -1323,8 +1330,8 @@ pub fn non_finite(buffers: &[&CudaStorage]) -> Result<CudaStorage> {
     if nblocks == 0 {
         return Ok(out);
     }
-    let table_d = upload_u64(&dev, &table)?;
-    let blocks_d = upload_u32(&dev, &blocks)?;
+    let table_d = upload_u64(&dev, &table, FeedKind::Constant)?;
+    let blocks_d = upload_u32(&dev, &blocks, FeedKind::Constant)?;
     let chunk = FINITE_CHUNK;
     launch!(dev, entry::NONFINITE_MULTI_F32, cfg((nblocks, 1, 1), BLOCK), out.slice_mut(), table_d.slice(), blocks_d.slice(), &chunk)?;
     Ok(out)
@@ -1366,8 +1373,9 @@ pub fn upsample_sum_bias_relu(
     if total == 0 {
         return Ok(out);
     }
-    let table_d = upload_u64(&dev, &plane_table(planes, s))?;
-    let pts = upload_u32(&dev, &points_u32(points))?;
+    dev.refuse_capture("the factored dense first layer")?;
+    let table_d = upload_u64(&dev, &plane_table(planes, s), FeedKind::Constant)?;
+    let pts = upload_u32(&dev, points_u32(points), FeedKind::Points)?;
     let (nt, np, cols) = (planes.len() as u32, points.len() as u32, s.cols as u32);
     let block = block_for(cols);
     // The table holds raw pointers to the planes: they are borrowed for this call and the
@@ -1432,6 +1440,53 @@ mod tests {
         // The bottom-right point clamps: its four corners are one location, in corner order.
         let last = lerp(15, 4, 16);
         assert_eq!((last.0, last.1), (3, 3));
+    }
+
+    /// `gather_bwd_csr_f32` emulated on the host, reading the table exactly as the kernel does
+    /// (each tap's header, then its arrays at the header's offsets; threads beyond the header's
+    /// location count do nothing), gives the CPU reference's gradients bit for bit, and the
+    /// table always fits the buffer size the wrapper asks for.
+    #[test]
+    fn the_gather_table_read_as_the_kernel_reads_it_is_the_cpu_backward() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let g = GatherSpec { n: 3, in_h: 32, in_w: 32, taps: vec![(4, 32, 32), (3, 8, 8), (5, 1, 1), (2, 4, 4)] };
+        for npoints in [1usize, 7, 200] {
+            let points: Vec<SamplePoint> = (0..npoints)
+                .map(|_| SamplePoint { image: rng.random_range(0..3), y: rng.random_range(0..32), x: rng.random_range(0..32) })
+                .collect();
+            let ctot = g.total_channels();
+            let grad: Vec<f32> = (0..npoints * ctot).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let (table, bound) = gather_csr_table(&points, &g);
+            assert!(table.len() <= bound, "{} words, buffer of {bound}", table.len());
+            let want = crate::backend::cpu::resample::gather_backward(&grad, &points, &g);
+            let mut col_off = 0;
+            for (tap, &(c, h, w)) in g.taps.iter().enumerate() {
+                let header = &table[4 * tap..4 * tap + 4];
+                let (n_locs, l_at, s_at, e_at) = (header[0] as usize, header[1] as usize, header[2] as usize, header[3] as usize);
+                assert!(n_locs <= csr_max_locations(npoints, g.n, h, w));
+                assert!(l_at % 2 == 0 && e_at % 2 == 0, "u32 pairs are 8-byte aligned");
+                let mut dtap = vec![0.0f32; g.n * c * h * w];
+                for l in 0..csr_max_locations(npoints, g.n, h, w) {
+                    if l >= n_locs {
+                        continue;
+                    }
+                    let (image, offset) = (table[l_at + 2 * l] as usize, table[l_at + 2 * l + 1] as usize);
+                    let (first, end) = (table[s_at + l] as usize, table[s_at + l + 1] as usize);
+                    for ch in 0..c {
+                        let mut acc = 0.0f32;
+                        for k in first..end {
+                            let (p, wt) = (table[e_at + 2 * k] as usize, f32::from_bits(table[e_at + 2 * k + 1]));
+                            acc += wt * grad[p * ctot + col_off + ch];
+                        }
+                        dtap[(image * c + ch) * h * w + offset] = acc;
+                    }
+                }
+                let same = dtap.iter().zip(&want[tap]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "tap {tap} with {npoints} points differs from the CPU backward");
+                col_off += c;
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,326 @@
+//! The training step as a CUDA graph: [`StepGraph`] captures [`queue_step`] once and replays it
+//! for later batches of the same shape; [`StepRunner`] is what the trainer and `bench` call:
+//! eager steps, or with graphs on, two eager warm-up steps, one capture, then replays (eager
+//! again for a batch of another shape, and for good when the capture fails, with a notice).
+//!
+//! A replay does on the device exactly what [`queue_step`] queues, without the host queuing
+//! several hundred launches: every value that changes between steps is read from device memory
+//! (the images are copied into the graph's input buffer, the points, labels, dropout seeds and
+//! Adam's scalars are rewritten as *feeds*, see [`crate::backend::cuda::graph`]). The
+//! gradients live in the graph's own memory: after a capture the parameters hold none.
+//!
+//! Not capturable, refused with [`Error::GraphCapture`]: a class-weighted loss, the factored
+//! dense path (inference), and anything on the CPU. In deterministic mode a replay is bitwise
+//! identical to the eager step (tests/cuda_graph.rs).
+//! A graph also refuses to replay when the parameters' or the optimiser's buffers have moved
+//! (a state loaded since), or when the precision settings changed.
+
+use crate::backend::cuda::graph::{CapturedGraph, StepFeeds};
+use crate::backend::{AdamStep, SamplePoint};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::model::HypercolumnNet;
+use crate::optim::Adam;
+use crate::settings;
+use crate::tensor::Tensor;
+
+use super::step::{queue_step, PendingStep};
+
+/// Eager steps before the capture: the first plans every convolution (cuDNN's algorithm search
+/// runs and synchronises, which a capture cannot), the second leaves the allocator's cache
+/// holding exactly the blocks a step needs, which the capture then adopts.
+pub const WARMUP_STEPS: usize = 2;
+
+/// The settings a graph is captured under (its kernels and library calls are frozen with them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Settings {
+    tf32: bool,
+    bf16_gemm: bool,
+    deterministic: bool,
+}
+
+impl Settings {
+    fn now() -> Settings {
+        Settings { tf32: settings::allow_tf32(), bf16_gemm: settings::bf16_gemm(), deterministic: settings::deterministic() }
+    }
+}
+
+fn refuse(msg: impl Into<String>) -> Error {
+    Error::GraphCapture { msg: msg.into() }
+}
+
+fn adam_scalars(h: &AdamStep) -> [f32; 3] {
+    [h.lr, h.bias_correction1, h.bias_correction2]
+}
+
+/// A training step captured as a CUDA graph, replayable for batches of the captured shape.
+pub struct StepGraph {
+    graph: CapturedGraph,
+    /// The graph's input buffer `[n, 3, s, s]`: each replay's images are copied here.
+    images: Tensor,
+    /// The graph's loss and gradient-check outputs, rewritten by each replay.
+    loss: Tensor,
+    grad_check: Option<Tensor>,
+    points: usize,
+    classes: usize,
+    settings: Settings,
+    /// Parameter and moment buffers at capture time (the graph writes to these addresses).
+    addresses: Vec<Option<u64>>,
+}
+
+impl std::fmt::Debug for StepGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepGraph").field("images", &self.images.dims()).field("points", &self.points).field("graph", &self.graph).finish()
+    }
+}
+
+impl StepGraph {
+    /// Captures [`queue_step`] for this batch (on a CUDA device, after at least one eager step
+    /// of this shape), then launches it once: the returned step is this batch's.
+    ///
+    /// On failure nothing has run: the optimiser's step count is restored and the parameters
+    /// hold no gradient, so the same batch can be queued eagerly.
+    #[allow(clippy::too_many_arguments)]
+    pub fn capture(
+        model: &HypercolumnNet,
+        adam: &mut Adam,
+        images: &Tensor,
+        points: &[SamplePoint],
+        labels: &[u32],
+        step: u64,
+        epoch: usize,
+    ) -> Result<(StepGraph, PendingStep)> {
+        let Device::Cuda(dev) = images.device() else {
+            return Err(refuse(format!("CUDA graphs need a CUDA device, not {}", images.device())));
+        };
+        let settings = Settings::now();
+        let images = images.deep_clone()?;
+        let feeds = StepFeeds {
+            step,
+            points: SamplePoint::words(points).to_vec(),
+            labels: labels.to_vec(),
+            adam: adam_scalars(&adam.next_update()),
+        };
+        let steps_before = adam.steps();
+        dev.begin_capture(feeds.clone())?;
+        let recorded = match queue_step(model, adam, &images, points, labels, step, epoch) {
+            Ok(pending) => dev.end_capture().map(|g| (g, pending)),
+            Err(e) => {
+                dev.abort_capture();
+                Err(e)
+            }
+        };
+        // The gradients the capture attached are the graph's own buffers; the parameters keep
+        // none (an eager step in between allocates its own).
+        adam.zero_grad();
+        let (graph, pending) = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                adam.rewind(steps_before);
+                return Err(e);
+            }
+        };
+        let mut g = StepGraph {
+            graph,
+            images,
+            loss: pending.loss,
+            grad_check: pending.grad_check,
+            points: points.len(),
+            classes: model.config.classes,
+            settings,
+            addresses: adam.device_addresses(),
+        };
+        let first = g.launch(&feeds, None, step, epoch)?;
+        Ok((g, first))
+    }
+
+    /// Why the graph can no longer be replayed at all, if so: the parameters' or the
+    /// optimiser's buffers moved since the capture (a state was loaded), or the precision
+    /// settings changed. Capture again.
+    pub fn stale(&self, adam: &Adam) -> Option<String> {
+        if adam.device_addresses() != self.addresses {
+            return Some("the parameters' or the optimiser's buffers moved since the capture (a state was loaded)".into());
+        }
+        if Settings::now() != self.settings {
+            return Some(format!("the precision settings are {:?}, captured under {:?}", Settings::now(), self.settings));
+        }
+        None
+    }
+
+    /// Why a batch cannot be replayed by this graph, if it cannot (it has another shape).
+    pub fn mismatch(&self, images: &Tensor, points: &[SamplePoint], labels: &[u32]) -> Option<String> {
+        if images.dims() != self.images.dims() {
+            return Some(format!("images {:?}, captured {:?}", images.dims(), self.images.dims()));
+        }
+        if !images.device().same(self.images.device()) {
+            return Some(format!("images on {}, captured on {}", images.device(), self.images.device()));
+        }
+        if points.len() != self.points || labels.len() != self.points {
+            return Some(format!("{} points and {} labels, captured {}", points.len(), labels.len(), self.points));
+        }
+        None
+    }
+
+    /// Queues one replay for this batch (which must fit: [`StepGraph::stale`] and
+    /// [`StepGraph::mismatch`] are `None`) and counts the optimiser's step. The points and labels are checked as the eager ops check
+    /// them (the kernels would read out of bounds otherwise).
+    #[allow(clippy::too_many_arguments)]
+    pub fn replay(
+        &mut self,
+        adam: &mut Adam,
+        images: &Tensor,
+        points: &[SamplePoint],
+        labels: &[u32],
+        step: u64,
+        epoch: usize,
+    ) -> Result<PendingStep> {
+        if let Some(why) = self.mismatch(images, points, labels) {
+            return Err(refuse(format!("the batch does not fit the captured graph: {why}")));
+        }
+        if let Some(why) = self.stale(adam) {
+            return Err(refuse(format!("{why}; capture again")));
+        }
+        let [n, _, h, w] = self.images.shape().dims4("images")?;
+        if let Some(p) = points.iter().find(|p| p.image as usize >= n || p.y as usize >= h || p.x as usize >= w) {
+            return Err(Error::bad_shape("gather", format!("point {p:?} is outside the batch of {n} images of {h}x{w}")));
+        }
+        if let Some(l) = labels.iter().find(|&&l| l as usize >= self.classes) {
+            return Err(Error::bad_shape("softmax_cross_entropy", format!("label {l} is not below the {} classes", self.classes)));
+        }
+        let feeds = StepFeeds {
+            step,
+            points: SamplePoint::words(points).to_vec(),
+            labels: labels.to_vec(),
+            adam: adam_scalars(&adam.advance()),
+        };
+        self.launch(&feeds, Some(images), step, epoch)
+    }
+
+    /// Copies the inputs, launches the graph and copies its outputs out (the next replay
+    /// rewrites them before this step is finished).
+    fn launch(&mut self, feeds: &StepFeeds, images: Option<&Tensor>, step: u64, epoch: usize) -> Result<PendingStep> {
+        if let Some(x) = images {
+            self.images.copy_from(x)?;
+        }
+        self.graph.launch(feeds)?;
+        let loss = self.loss.deep_clone()?;
+        let grad_check = self.grad_check.as_ref().map(Tensor::deep_clone).transpose()?;
+        Ok(PendingStep { step, epoch, images: self.images.dims()[0], loss, grad_check })
+    }
+}
+
+/// Queues training steps, eagerly or, with CUDA graphs on, by replaying a captured step.
+#[derive(Debug, Default)]
+pub struct StepRunner {
+    use_graph: bool,
+    eager_steps: usize,
+    graph: Option<StepGraph>,
+    gave_up: bool,
+    notice: Option<String>,
+    replays: u64,
+}
+
+impl StepRunner {
+    /// A runner; `use_graph` asks for CUDA graphs (ignored, with a notice, off CUDA).
+    pub fn new(use_graph: bool) -> StepRunner {
+        StepRunner { use_graph, ..StepRunner::default() }
+    }
+
+    /// Queues one step of `model` on this batch (as [`queue_step`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn queue(
+        &mut self,
+        model: &HypercolumnNet,
+        adam: &mut Adam,
+        images: &Tensor,
+        points: &[SamplePoint],
+        labels: &[u32],
+        step: u64,
+        epoch: usize,
+    ) -> Result<PendingStep> {
+        if self.graph.as_ref().is_some_and(|g| g.stale(adam).is_some()) {
+            // Captured against buffers or settings that are gone: warm up and capture again.
+            self.graph = None;
+            self.eager_steps = 0;
+        }
+        if let Some(g) = &mut self.graph {
+            if g.mismatch(images, points, labels).is_none() {
+                self.replays += 1;
+                return g.replay(adam, images, points, labels, step, epoch);
+            }
+        } else if self.use_graph && !self.gave_up && self.eager_steps >= WARMUP_STEPS {
+            match StepGraph::capture(model, adam, images, points, labels, step, epoch) {
+                Ok((g, pending)) => {
+                    self.graph = Some(g);
+                    self.replays += 1;
+                    return Ok(pending);
+                }
+                Err(e @ (Error::GraphCapture { .. } | Error::Cuda { .. })) => {
+                    self.gave_up = true;
+                    self.notice = Some(format!("{e}; continuing without CUDA graphs"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.eager_steps += 1;
+        queue_step(model, adam, images, points, labels, step, epoch)
+    }
+
+    /// A one-time message for the user (why graphs were given up), taken once.
+    pub fn take_notice(&mut self) -> Option<String> {
+        self.notice.take()
+    }
+
+    /// Steps run by the graph so far (its capture included).
+    pub fn graph_steps(&self) -> u64 {
+        self.replays
+    }
+
+    /// The captured graph, if any.
+    pub fn graph(&self) -> Option<&StepGraph> {
+        self.graph.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{sample_points, ModelConfig};
+    use crate::nn::Module;
+    use crate::optim::AdamConfig;
+    use rand::SeedableRng;
+
+    /// On the CPU a capture is refused with a typed error and leaves the model and optimiser
+    /// as they were; a runner asked for graphs runs every step eagerly and says why once.
+    #[test]
+    fn graphs_are_refused_on_the_cpu_and_the_runner_goes_on_eagerly() {
+        let dev = Device::Cpu;
+        let config = ModelConfig::tiny();
+        let (n, s) = (2, config.input_size);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let model = HypercolumnNet::new(config.clone(), &mut rng, &dev).unwrap();
+        let mut adam = Adam::new(model.parameters(), AdamConfig::default()).unwrap();
+        let pixels: Vec<f32> = (0..n * 3 * s * s).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        let masks: Vec<u8> = (0..n * s * s).map(|i| u8::from(i % 3 == 0)).collect();
+        let (points, labels) = sample_points(n, s, 64, &masks, &mut rng);
+        let images = Tensor::from_vec(pixels, [n, 3, s, s], &dev).unwrap();
+        let before = model.parameters()[0].to_vec().unwrap();
+        match StepGraph::capture(&model, &mut adam, &images, &points, &labels, 0, 0) {
+            Err(Error::GraphCapture { msg }) => assert!(msg.contains("CUDA device"), "{msg}"),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(adam.steps(), 0);
+        assert_eq!(model.parameters()[0].to_vec().unwrap(), before);
+
+        let mut runner = StepRunner::new(true);
+        for step in 0..(WARMUP_STEPS as u64 + 2) {
+            runner.queue(&model, &mut adam, &images, &points, &labels, step, 0).unwrap().finish().unwrap();
+        }
+        assert_eq!(adam.steps(), WARMUP_STEPS as u64 + 2);
+        assert_eq!(runner.graph_steps(), 0);
+        assert!(runner.graph().is_none());
+        let notice = runner.take_notice().expect("a notice");
+        assert!(notice.contains("continuing without CUDA graphs"), "{notice}");
+        assert!(runner.take_notice().is_none(), "said once");
+    }
+}
