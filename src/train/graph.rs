@@ -130,7 +130,12 @@ impl StepGraph {
             settings,
             addresses: adam.device_addresses(),
         };
-        let first = g.launch(&feeds, None, step, epoch)?;
+        if let Err(e) = g.graph.launch(&feeds) {
+            // The graph did not run: its feed copies or its launch failed.
+            adam.rewind(steps_before);
+            return Err(e);
+        }
+        let first = g.outputs(step, epoch)?;
         Ok((g, first))
     }
 
@@ -193,16 +198,14 @@ impl StepGraph {
             labels: labels.to_vec(),
             adam: adam_scalars(&adam.advance()),
         };
-        self.launch(&feeds, Some(images), step, epoch)
+        self.images.copy_from(images)?;
+        self.graph.launch(&feeds)?;
+        self.outputs(step, epoch)
     }
 
-    /// Copies the inputs, launches the graph and copies its outputs out (the next replay
+    /// The step's loss and gradient check, copied out of the graph's buffers (the next replay
     /// rewrites them before this step is finished).
-    fn launch(&mut self, feeds: &StepFeeds, images: Option<&Tensor>, step: u64, epoch: usize) -> Result<PendingStep> {
-        if let Some(x) = images {
-            self.images.copy_from(x)?;
-        }
-        self.graph.launch(feeds)?;
+    fn outputs(&self, step: u64, epoch: usize) -> Result<PendingStep> {
         let loss = self.loss.deep_clone()?;
         let grad_check = self.grad_check.as_ref().map(Tensor::deep_clone).transpose()?;
         Ok(PendingStep { step, epoch, images: self.images.dims()[0], loss, grad_check })
