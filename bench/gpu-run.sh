@@ -7,6 +7,8 @@
 #            change is measured before and after in one run) (~2 min)
 #   torch    PyTorch eager fp32/tf32/bf16 (~1.5 min)
 #   compile  PyTorch compiled: bf16, channels_last, fused Adam, torch.compile (~2-4 min)
+#   compile-graphs  the same with torch.compile's CUDA graphs (mode max-autotune; not run unless named), the peer
+#            of the engine's train_step_graph_ms (~2-4 min)
 #   parity   the engine's parity dump of the paper model replayed in PyTorch against fp64 (~1.5 min)
 # Usage on the GPU machine, from the checkout root, after `bash ../shared/gpu/bundle.sh` here (and optionally
 # `cp <old target/release/hyperseg-engine> .gpu/before/hyperseg-engine`), carrying .gpu:
@@ -57,6 +59,13 @@ if want compile; then
     --iters 10 --json "$O/torch_compiled.json" > "$O/torch_compiled.log" 2>&1
   stamp "pytorch compiled rc=$?"
   grep -E "^\[" "$O/torch_compiled.log" >> "$S"
+fi
+if want compile-graphs; then
+  env -u LD_LIBRARY_PATH timeout 240 python3 bench/pytorch_reference.py --bench --device cuda --preset paper \
+    --precision bf16 --compile --compile-mode max-autotune --fused-adam --skip-dense --warmup 5 \
+    --iters 10 --json "$O/torch_compiled_graphs.json" > "$O/torch_compiled_graphs.log" 2>&1
+  stamp "pytorch compiled with CUDA graphs rc=$?"
+  grep -E "^\[" "$O/torch_compiled_graphs.log" >> "$S"
 fi
 if want parity; then
   rm -rf /tmp/parity

@@ -33,7 +33,7 @@ use crate::nn::Module;
 use crate::optim::{Adam, AdamConfig};
 use crate::settings;
 use crate::tensor::Tensor;
-use crate::train::{gradient_check, queue_step, StepRunner};
+use crate::train::{gradient_check, queue_step, StepInputs, StepRunner};
 
 /// Convs per VGG16 block (as in `model::vgg`).
 const BLOCK_DEPTHS: [usize; 5] = [2, 2, 3, 3, 3];
@@ -494,7 +494,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         // The step exactly as training runs it (with its divergence check), finished at once:
         // the iteration ends with the device synchronised anyway.
         let mut train_step = || -> Result<()> {
-            last = queue_step(&model, &mut adam, &images, &points, &labels, step, 0)?.finish()?;
+            last = queue_step(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0))?.finish()?;
             step += 1;
             Ok(())
         };
@@ -542,7 +542,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
             let mut runner = StepRunner::new(true);
             let mut step = 0u64;
             let mut graph_step = || -> Result<()> {
-                runner.queue(&model, &mut adam, &images, &points, &labels, step, 0)?.finish()?;
+                runner.queue(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0))?.finish()?;
                 step += 1;
                 Ok(())
             };

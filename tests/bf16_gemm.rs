@@ -17,7 +17,7 @@ use common::{cuda_device, max_rel_err, rand_vec};
 use hyperseg_engine::model::{sample_points, HypercolumnNet, ModelConfig};
 use hyperseg_engine::nn::Module;
 use hyperseg_engine::optim::{Adam, AdamConfig};
-use hyperseg_engine::train::queue_step;
+use hyperseg_engine::train::{queue_step, StepInputs};
 use hyperseg_engine::{settings, Device, Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -64,7 +64,7 @@ fn train_tiny(dev: &Device, steps: usize) -> Result<(f32, f32)> {
     let images = Tensor::from_vec(images, [n, 3, s, s], dev)?;
     let mut losses = Vec::new();
     for step in 0..steps {
-        losses.push(queue_step(&model, &mut adam, &images, &points, &labels, step as u64, 0)?.finish()?);
+        losses.push(queue_step(&model, &mut adam, StepInputs::new(&images, &points, &labels, step as u64, 0))?.finish()?);
     }
     Ok((losses[0], *losses.last().unwrap()))
 }

@@ -18,7 +18,7 @@ use hyperseg_engine::backend::cuda::graph::StepFeeds;
 use hyperseg_engine::model::{sample_points, HypercolumnNet, ModelConfig};
 use hyperseg_engine::nn::{Module, Named};
 use hyperseg_engine::optim::{Adam, AdamConfig};
-use hyperseg_engine::train::{queue_step, StepRunner};
+use hyperseg_engine::train::{queue_step, StepInputs, StepRunner};
 use hyperseg_engine::{settings, Device, Result, SamplePoint, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,6 +32,12 @@ struct Batch {
     images: Tensor,
     points: Vec<SamplePoint>,
     labels: Vec<u32>,
+}
+
+impl Batch {
+    fn inputs(&self, step: u64) -> StepInputs<'_> {
+        StepInputs::new(&self.images, &self.points, &self.labels, step, 0)
+    }
 }
 
 /// New images, pixels and labels for every step, as in training; `n` images.
@@ -89,9 +95,9 @@ fn eager_against_graph(dev: &Device, bitwise: bool) -> Result<f32> {
             eager_adam.load_state(&a)?;
             graph_adam.load_state(&g)?;
         }
-        let eager = queue_step(&eager_model, &mut eager_adam, &b.images, &b.points, &b.labels, step, 0)?.finish()?;
+        let eager = queue_step(&eager_model, &mut eager_adam, b.inputs(step))?.finish()?;
         let before = driver_allocs(dev);
-        let graphed = runner.queue(&graph_model, &mut graph_adam, &b.images, &b.points, &b.labels, step, 0)?.finish()?;
+        let graphed = runner.queue(&graph_model, &mut graph_adam, b.inputs(step))?.finish()?;
         if matches!(step, 3 | 4) {
             // Replays of the graph captured at step 2.
             replay_allocs += driver_allocs(dev) - before;

@@ -9,7 +9,7 @@ use common::cuda_device;
 use hyperseg_engine::model::{sample_points, DensePath, HypercolumnNet, ModelConfig};
 use hyperseg_engine::nn::Module;
 use hyperseg_engine::optim::{Adam, AdamConfig};
-use hyperseg_engine::train::queue_step;
+use hyperseg_engine::train::{queue_step, StepInputs};
 use hyperseg_engine::{settings, Device, Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -47,7 +47,7 @@ fn steady_state(dev: &Device) -> Result<()> {
             let masks: Vec<u8> = (0..n * s * s).map(|_| u8::from(rng.random_bool(0.3))).collect();
             let (points, labels) = sample_points(n, s, config.sample_points, &masks, rng);
             let images = Tensor::from_vec(images, [n, 3, s, s], &dev)?;
-            queue_step(&model, &mut adam, &images, &points, &labels, i, 0)?.finish()
+            queue_step(&model, &mut adam, StepInputs::new(&images, &points, &labels, i, 0))?.finish()
         };
         for i in 0..2 {
             step(i, &mut rng)?;

@@ -24,7 +24,7 @@ use crate::optim::Adam;
 use crate::settings;
 use crate::tensor::Tensor;
 
-use super::step::{queue_step, PendingStep};
+use super::step::{queue_step, PendingStep, StepInputs};
 
 /// Eager steps before the capture: the first plans every convolution (cuDNN's algorithm search
 /// runs and synchronises, which a capture cannot), the second leaves the allocator's cache
@@ -80,16 +80,8 @@ impl StepGraph {
     ///
     /// On failure nothing has run: the optimiser's step count is restored and the parameters
     /// hold no gradient, so the same batch can be queued eagerly.
-    #[allow(clippy::too_many_arguments)]
-    pub fn capture(
-        model: &HypercolumnNet,
-        adam: &mut Adam,
-        images: &Tensor,
-        points: &[SamplePoint],
-        labels: &[u32],
-        step: u64,
-        epoch: usize,
-    ) -> Result<(StepGraph, PendingStep)> {
+    pub fn capture(model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<(StepGraph, PendingStep)> {
+        let StepInputs { images, points, labels, step, epoch } = inputs;
         let Device::Cuda(dev) = images.device() else {
             return Err(refuse(format!("CUDA graphs need a CUDA device, not {}", images.device())));
         };
@@ -103,7 +95,7 @@ impl StepGraph {
         };
         let steps_before = adam.steps();
         dev.begin_capture(feeds.clone())?;
-        let recorded = match queue_step(model, adam, &images, points, labels, step, epoch) {
+        let recorded = match queue_step(model, adam, StepInputs { images: &images, ..inputs }) {
             Ok(pending) => dev.end_capture().map(|g| (g, pending)),
             Err(e) => {
                 dev.abort_capture();
@@ -153,7 +145,8 @@ impl StepGraph {
     }
 
     /// Why a batch cannot be replayed by this graph, if it cannot (it has another shape).
-    pub fn mismatch(&self, images: &Tensor, points: &[SamplePoint], labels: &[u32]) -> Option<String> {
+    pub fn mismatch(&self, inputs: &StepInputs<'_>) -> Option<String> {
+        let StepInputs { images, points, labels, .. } = *inputs;
         if images.dims() != self.images.dims() {
             return Some(format!("images {:?}, captured {:?}", images.dims(), self.images.dims()));
         }
@@ -169,17 +162,9 @@ impl StepGraph {
     /// Queues one replay for this batch (which must fit: [`StepGraph::stale`] and
     /// [`StepGraph::mismatch`] are `None`) and counts the optimiser's step. The points and labels are checked as the eager ops check
     /// them (the kernels would read out of bounds otherwise).
-    #[allow(clippy::too_many_arguments)]
-    pub fn replay(
-        &mut self,
-        adam: &mut Adam,
-        images: &Tensor,
-        points: &[SamplePoint],
-        labels: &[u32],
-        step: u64,
-        epoch: usize,
-    ) -> Result<PendingStep> {
-        if let Some(why) = self.mismatch(images, points, labels) {
+    pub fn replay(&mut self, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
+        let StepInputs { images, points, labels, step, epoch } = inputs;
+        if let Some(why) = self.mismatch(&inputs) {
             return Err(refuse(format!("the batch does not fit the captured graph: {why}")));
         }
         if let Some(why) = self.stale(adam) {
@@ -229,30 +214,21 @@ impl StepRunner {
         StepRunner { use_graph, ..StepRunner::default() }
     }
 
-    /// Queues one step of `model` on this batch (as [`queue_step`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn queue(
-        &mut self,
-        model: &HypercolumnNet,
-        adam: &mut Adam,
-        images: &Tensor,
-        points: &[SamplePoint],
-        labels: &[u32],
-        step: u64,
-        epoch: usize,
-    ) -> Result<PendingStep> {
+    /// Queues one step of `model` on this batch (as [`queue_step`]). One model and optimiser per
+    /// runner: the graph it captures writes to their buffers.
+    pub fn queue(&mut self, model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
         if self.graph.as_ref().is_some_and(|g| g.stale(adam).is_some()) {
             // Captured against buffers or settings that are gone: warm up and capture again.
             self.graph = None;
             self.eager_steps = 0;
         }
         if let Some(g) = &mut self.graph {
-            if g.mismatch(images, points, labels).is_none() {
+            if g.mismatch(&inputs).is_none() {
                 self.replays += 1;
-                return g.replay(adam, images, points, labels, step, epoch);
+                return g.replay(adam, inputs);
             }
         } else if self.use_graph && !self.gave_up && self.eager_steps >= WARMUP_STEPS {
-            match StepGraph::capture(model, adam, images, points, labels, step, epoch) {
+            match StepGraph::capture(model, adam, inputs) {
                 Ok((g, pending)) => {
                     self.graph = Some(g);
                     self.replays += 1;
@@ -266,7 +242,7 @@ impl StepRunner {
             }
         }
         self.eager_steps += 1;
-        queue_step(model, adam, images, points, labels, step, epoch)
+        queue_step(model, adam, inputs)
     }
 
     /// A one-time message for the user (why graphs were given up), taken once.
@@ -308,7 +284,7 @@ mod tests {
         let (points, labels) = sample_points(n, s, 64, &masks, &mut rng);
         let images = Tensor::from_vec(pixels, [n, 3, s, s], &dev).unwrap();
         let before = model.parameters()[0].to_vec().unwrap();
-        match StepGraph::capture(&model, &mut adam, &images, &points, &labels, 0, 0) {
+        match StepGraph::capture(&model, &mut adam, StepInputs::new(&images, &points, &labels, 0, 0)) {
             Err(Error::GraphCapture { msg }) => assert!(msg.contains("CUDA device"), "{msg}"),
             other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
         }
@@ -317,7 +293,7 @@ mod tests {
 
         let mut runner = StepRunner::new(true);
         for step in 0..(WARMUP_STEPS as u64 + 2) {
-            runner.queue(&model, &mut adam, &images, &points, &labels, step, 0).unwrap().finish().unwrap();
+            runner.queue(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0)).unwrap().finish().unwrap();
         }
         assert_eq!(adam.steps(), WARMUP_STEPS as u64 + 2);
         assert_eq!(runner.graph_steps(), 0);

@@ -28,7 +28,7 @@ pub use evaluate::evaluate;
 pub use log::{read_log, write_log, EpochRecord};
 pub use plot::plot_run;
 pub use graph::{StepGraph, StepRunner};
-pub use step::{gradient_check, non_finite_gradient, queue_step, PendingStep};
+pub use step::{gradient_check, non_finite_gradient, queue_step, PendingStep, StepInputs};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -168,7 +168,7 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
             let n = batch.len();
             let x = Tensor::from_vec(batch.images, [n, 3, size, size], device)?;
             let (points, labels) = sample_points(n, size, config.sample_points, &batch.masks, &mut step_rng(state.seed, state.step));
-            let queued = runner.queue(&model, &mut adam, &x, &points, &labels, state.step, epoch)?;
+            let queued = runner.queue(&model, &mut adam, StepInputs::new(&x, &points, &labels, state.step, epoch))?;
             if let Some(notice) = runner.take_notice() {
                 observer.on_notice(&notice);
             }

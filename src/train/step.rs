@@ -49,12 +49,35 @@ impl PendingStep {
     }
 }
 
-/// Queues one training step of `model` on a batch: `images [n, 3, s, s]`, the sampled `points`
-/// and their `labels`; `step` seeds the dropout masks. Returns without waiting for the device.
+/// The inputs of one training step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInputs<'a> {
+    /// The batch `[n, 3, s, s]`.
+    pub images: &'a Tensor,
+    /// The sampled pixels.
+    pub points: &'a [SamplePoint],
+    /// Their labels, one per point.
+    pub labels: &'a [u32],
+    /// The global step number: it seeds the dropout masks, and a divergence error names it.
+    pub step: u64,
+    /// The epoch the step belongs to.
+    pub epoch: usize,
+}
+
+impl<'a> StepInputs<'a> {
+    /// The inputs of step `step` of epoch `epoch`.
+    pub fn new(images: &'a Tensor, points: &'a [SamplePoint], labels: &'a [u32], step: u64, epoch: usize) -> StepInputs<'a> {
+        StepInputs { images, points, labels, step, epoch }
+    }
+}
+
+/// Queues one training step of `model` on a batch (the images, the sampled points and their
+/// labels). Returns without waiting for the device.
 ///
 /// ```
 /// use hyperseg_engine::model::{sample_points, HypercolumnNet, ModelConfig};
-/// use hyperseg_engine::{nn::Module, optim::{Adam, AdamConfig}, train::queue_step, Device, Tensor};
+/// use hyperseg_engine::{nn::Module, optim::{Adam, AdamConfig}, Device, Tensor};
+/// use hyperseg_engine::train::{queue_step, StepInputs};
 /// use rand::{Rng, SeedableRng};
 ///
 /// let (device, config) = (Device::Cpu, ModelConfig::tiny());
@@ -68,7 +91,7 @@ impl PendingStep {
 ///     let masks: Vec<u8> = (0..n * s * s).map(|_| u8::from(rng.random_bool(0.4))).collect();
 ///     let (points, labels) = sample_points(n, s, 200, &masks, &mut rng);
 ///     let images = Tensor::from_vec(pixels, [n, 3, s, s], &device)?;
-///     let queued = queue_step(&model, &mut adam, &images, &points, &labels, step, 0)?;
+///     let queued = queue_step(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0))?;
 ///     if let Some(done) = pending.replace(queued) {
 ///         assert!(done.finish()?.is_finite());
 ///     }
@@ -76,16 +99,8 @@ impl PendingStep {
 /// pending.expect("the last step").finish()?;
 /// # Ok::<(), hyperseg_engine::Error>(())
 /// ```
-#[allow(clippy::too_many_arguments)]
-pub fn queue_step(
-    model: &HypercolumnNet,
-    adam: &mut Adam,
-    images: &Tensor,
-    points: &[SamplePoint],
-    labels: &[u32],
-    step: u64,
-    epoch: usize,
-) -> Result<PendingStep> {
+pub fn queue_step(model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
+    let StepInputs { images, points, labels, step, epoch } = inputs;
     let loss = {
         let _range = range("forward");
         let logits = model.forward_sparse(images, points, true, step as u32)?;
@@ -149,8 +164,9 @@ mod tests {
         let points: Vec<SamplePoint> = (0..40).map(|i| SamplePoint { image: i % 2, y: (i * 7) % 64, x: (i * 13) % 64 }).collect();
         let labels: Vec<u32> = (0..40).map(|i| i % 2).collect();
         let image = |v: f32| Tensor::from_vec((0..n * 3 * s * s).map(|i| v * ((i % 17) as f32 - 8.0)).collect(), [n, 3, s, s], &dev).unwrap();
-        let first = queue_step(&model, &mut adam, &image(1.0), &points, &labels, 6, 0).unwrap();
-        let second = queue_step(&model, &mut adam, &image(f32::NAN), &points, &labels, 7, 0).unwrap();
+        let (first, second) = (image(1.0), image(f32::NAN));
+        let first = queue_step(&model, &mut adam, StepInputs::new(&first, &points, &labels, 6, 0)).unwrap();
+        let second = queue_step(&model, &mut adam, StepInputs::new(&second, &points, &labels, 7, 0)).unwrap();
         assert_eq!((first.step, first.images), (6, 2));
         assert!(first.finish().unwrap().is_finite());
         match second.finish() {

@@ -215,7 +215,7 @@ impl CudaDevice {
 
     /// A pool buffer of at least `min_len` words holding a copy of `words`, whose values are of
     /// `kind` (see the module doc): copied now, or during a capture recorded as a feed.
-    pub(crate) fn upload_words(&self, words: &[u32], min_len: usize, kind: FeedKind) -> Result<CudaStorage> {
+    pub fn upload_words(&self, words: &[u32], min_len: usize, kind: FeedKind) -> Result<CudaStorage> {
         let mut s = self.alloc(words.len().max(min_len).max(1))?;
         let mut capture = lock(&self.0.capture);
         if let Some(c) = capture.as_mut() {

@@ -960,7 +960,7 @@ pub(crate) fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u
 /// `deterministic == false`: `gather_bwd_atomic_f32` (red.global.add.f32), grid as the forward.
 /// `deterministic == true`: `gather_bwd_csr_f32`, no atomics, bit-exact with the CPU: the host
 /// lists each tap's touched locations and their ordered (point, weight) contributions
-/// (`tap_csr`, the CPU's f32 lerp), uploaded once for all taps ([`gather_csr_table`], a
+/// (`tap_csr`, the CPU's f32 lerp), uploaded once for all taps (`gather_csr_table`, a
 /// [`FeedKind::GatherCsr`] feed); grid (ceil(c/B), min(most locations, 65535)), block B =
 /// min(256, c rounded up to 32), one thread per (location, channel) summing in a register and
 /// writing once.
