@@ -83,6 +83,20 @@ fn train_eval_predict_score_resume_end_to_end() {
     assert_eq!(s["n_images"], 30);
 }
 
+/// `--cuda-graph` where graphs cannot run (the CPU) trains eagerly and says so once, with the
+/// reason, after the warm-up steps.
+#[test]
+fn cuda_graph_on_the_cpu_is_a_notice_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(bin().args(["train", "--device", "cpu", "--cuda-graph", "--epochs", "1", "--out"]).arg(dir.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), 1, "{err}");
+    assert!(notes[0].contains("CUDA device") && notes[0].contains("continuing without CUDA graphs"), "{err}");
+    assert!(err.contains("epoch   1"), "epoch lines reach stderr without a terminal: {err}");
+}
+
 #[test]
 fn cuda_without_a_gpu_is_one_clear_sentence() {
     if hyperseg_engine::Device::cuda(0).is_ok() {

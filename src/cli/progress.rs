@@ -1,4 +1,5 @@
-//! The training progress bar (indicatif): loss, images/s and ETA; one line per epoch.
+//! The training progress bar (indicatif): loss, images/s and ETA; one line per epoch (on stderr
+//! when it is not a terminal and the bar is hidden), and notices.
 
 use hyperseg_engine::train::{EpochRecord, TrainObserver};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,6 +21,15 @@ impl Bar {
         );
         Bar { bar, images: 0, started: std::time::Instant::now() }
     }
+
+    /// A line above the bar, or on stderr when the bar is hidden (stderr is not a terminal).
+    fn line(&self, text: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
 }
 
 impl TrainObserver for Bar {
@@ -39,11 +49,11 @@ impl TrainObserver for Bar {
 
     fn on_epoch(&mut self, r: &EpochRecord) {
         let val = r.val_jaccard.map(|j| format!("  val jaccard {j:.4}")).unwrap_or_default();
-        self.bar.println(format!("epoch {:>3}  loss {:.4}  {:.1} img/s{val}", r.epoch, r.train_loss, r.images_per_second));
+        self.line(format!("epoch {:>3}  loss {:.4}  {:.1} img/s{val}", r.epoch, r.train_loss, r.images_per_second));
     }
 
     fn on_notice(&mut self, message: &str) {
-        self.bar.println(format!("note: {message}"));
+        self.line(format!("note: {message}"));
     }
 }
 
