@@ -33,7 +33,7 @@ use crate::nn::Module;
 use crate::optim::{Adam, AdamConfig};
 use crate::settings;
 use crate::tensor::Tensor;
-use crate::train::{gradient_check, queue_step, StepInputs, StepRunner};
+use crate::train::{gradient_check, queue_step, PendingStep, StepInputs, StepRunner};
 
 /// Convs per VGG16 block (as in `model::vgg`).
 const BLOCK_DEPTHS: [usize; 5] = [2, 2, 3, 3, 3];
@@ -189,6 +189,27 @@ pub fn time_iters(device: &Device, warmup: usize, iters: usize, mut f: impl FnMu
     Ok(Timing { samples_ms })
 }
 
+/// Queues `iters` steps back to back as the trainer does (each step finished only after the
+/// next one is queued, so the host queues ahead of the device) and returns the mean time per
+/// step, from a synchronised device to the last step finished: a throughput, where
+/// [`time_iters`] measures the latency of one synchronised step.
+pub fn time_pipelined(device: &Device, iters: usize, mut queue: impl FnMut() -> Result<PendingStep>) -> Result<f64> {
+    device.synchronize()?;
+    let t0 = Instant::now();
+    let mut pending: Option<PendingStep> = None;
+    for _ in 0..iters {
+        let queued = queue()?;
+        if let Some(done) = pending.replace(queued) {
+            done.finish()?;
+        }
+    }
+    if let Some(done) = pending {
+        done.finish()?;
+    }
+    device.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3 / iters.max(1) as f64)
+}
+
 // ---- synthetic data -----------------------------------------------------------------------
 
 /// `n` images `[n, 3, s, s]` uniform in [-120, 135) and their masks (one disc of class 1 per
@@ -288,6 +309,10 @@ pub struct BenchReport {
     pub train_graph_note: String,
     /// Driver allocations during the timed replays (None unless replayed).
     pub train_graph_driver_allocs: Option<u64>,
+    /// Mean time per step of steps queued back to back as the trainer runs them
+    /// ([`time_pipelined`]): eager, and replayed as a graph (None unless replayed).
+    pub train_pipelined_ms: f64,
+    pub train_graph_pipelined_ms: Option<f64>,
     /// [`flops`] of the configuration.
     pub flops: (f64, f64, f64),
 }
@@ -324,7 +349,7 @@ impl BenchReport {
         let train_ms = self.train.median_ms();
         let dense = self.dense_infer_path();
         let opt_ms = |t: &Option<Timing>| t.as_ref().map(Timing::median_ms);
-        json!({
+        let mut v = json!({
             "engine": format!("hyperseg-engine {}", env!("CARGO_PKG_VERSION")),
             "device": self.device,
             "device_name": self.device_name,
@@ -362,11 +387,20 @@ impl BenchReport {
             "train_forward_ms": self.train_phases[0].median_ms(),
             "train_backward_ms": self.train_phases[1].median_ms(),
             "train_optimizer_ms": self.train_phases[2].median_ms(),
+        });
+        // The CUDA-graph and pipelined figures (a second object: json! nests too deep in one).
+        let graph = json!({
+            "train_step_pipelined_ms": self.train_pipelined_ms,
+            "train_step_graph_pipelined_ms": self.train_graph_pipelined_ms,
             "train_step_graph_ms": self.train_graph.as_ref().map(Timing::median_ms),
             "train_step_graph_tflops": self.train_graph.as_ref().map(|t| tflops(self.flops.0, t.median_ms())),
             "train_step_graph_note": self.train_graph_note,
             "train_step_graph_driver_allocs": self.train_graph_driver_allocs,
-        })
+        });
+        if let (Value::Object(all), Value::Object(more)) = (&mut v, graph) {
+            all.extend(more);
+        }
+        v
     }
 
     /// A human-readable table.
@@ -419,6 +453,11 @@ impl BenchReport {
         if let Some(a) = self.train_driver_allocs {
             out += &format!("driver allocations during the timed training steps: {a}\n");
         }
+        out += &format!("training steps queued back to back (as the trainer runs them): {:.2} ms per step", self.train_pipelined_ms);
+        if let Some(g) = self.train_graph_pipelined_ms {
+            out += &format!(", {g:.2} ms as a CUDA graph");
+        }
+        out += "\n";
         out += &format!("CUDA graph: {}\n", self.train_graph_note);
         if let Some(a) = self.train_graph_driver_allocs {
             out += &format!("driver allocations during the timed graph replays: {a}\n");
@@ -487,7 +526,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let images = Tensor::from_vec(images, [n, 3, s, s], device)?;
 
     // Training step.
-    let (train, last_loss, peak_mem_bytes, train_driver_allocs, train_phases) = {
+    let (train, last_loss, peak_mem_bytes, train_driver_allocs, train_phases, train_pipelined_ms) = {
         let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
         let mut step = 0u64;
         let mut last = f32::NAN;
@@ -507,6 +546,12 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         let timing = time_iters(device, 0, opts.iters, &mut train_step)?;
         let peak = peak(device);
         let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
+        // The same steps back to back, as the trainer queues them.
+        let pipelined = time_pipelined(device, opts.iters, || {
+            let q = queue_step(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0));
+            step += 1;
+            q
+        })?;
         // The same step again, the device synchronised between its phases: where the time goes.
         let mut phases = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..opts.iters {
@@ -530,13 +575,13 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         }
         adam.zero_grad();
         let phases = phases.map(|samples_ms| Timing { samples_ms });
-        (timing, last, peak, allocs, phases)
+        (timing, last, peak, allocs, phases, pipelined)
     };
 
     // The same step as a CUDA graph: warm-up (the runner's eager steps, its capture), then
     // timed replays, each finished at once as above.
-    let (train_graph, train_graph_note, train_graph_driver_allocs) = match device {
-        Device::Cpu => (None, "not on the CPU".to_string(), None),
+    let (train_graph, train_graph_note, train_graph_driver_allocs, train_graph_pipelined_ms) = match device {
+        Device::Cpu => (None, "not on the CPU".to_string(), None, None),
         Device::Cuda(_) => {
             let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
             let mut runner = StepRunner::new(true);
@@ -553,13 +598,18 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
             let allocs_before = driver_allocs(device);
             let timing = time_iters(device, 0, opts.iters, &mut graph_step)?;
             let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
+            let pipelined = time_pipelined(device, opts.iters, || {
+                let q = runner.queue(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0));
+                step += 1;
+                q
+            })?;
             let replayed = runner.graph().is_some();
             let note = runner.take_notice().unwrap_or_else(|| "captured once, then replayed".to_string());
             adam.zero_grad();
             if replayed {
-                (Some(timing), note, allocs)
+                (Some(timing), note, allocs, Some(pipelined))
             } else {
-                (None, note, None)
+                (None, note, None, None)
             }
         }
     };
@@ -607,6 +657,8 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         train_graph,
         train_graph_note,
         train_graph_driver_allocs,
+        train_pipelined_ms,
+        train_graph_pipelined_ms,
         flops: flops(config),
     })
 }

@@ -147,6 +147,7 @@ fn bench_runs_every_precision_on_the_cpu_and_writes_json() {
         assert!(v["train_step_ms"].as_f64().is_some_and(|t| t > 0.0));
         assert!(v["last_loss"].as_f64().is_some_and(f64::is_finite), "{v}");
         assert!(v["train_step_graph_ms"].is_null(), "no CUDA graph on the CPU: {v}");
+        assert!(v["train_step_pipelined_ms"].as_f64().is_some_and(|t| t > 0.0), "{v}");
         assert_eq!(v["train_step_graph_note"], "not on the CPU");
     }
 }
