@@ -5,15 +5,16 @@
 //!
 //! A replay does on the device exactly what [`queue_step`] queues, without the host queuing
 //! several hundred launches: every value that changes between steps is read from device memory
-//! (the images are copied into the graph's input buffer, the points, labels, dropout seeds and
-//! Adam's scalars are rewritten as *feeds*, see [`crate::backend::cuda::graph`]). The
-//! gradients live in the graph's own memory: after a capture the parameters hold none.
+//! (the images are copied into the graph's input buffer; the points, labels, deterministic
+//! gather table, dropout seeds and Adam's scalars are rewritten as *feeds*, see
+//! [`crate::backend::cuda::graph`]). The gradients live in the graph's own memory: after a
+//! capture the parameters hold none.
 //!
 //! Not capturable, refused with [`Error::GraphCapture`]: a class-weighted loss, the factored
 //! dense path (inference), and anything on the CPU. In deterministic mode a replay is bitwise
-//! identical to the eager step (tests/cuda_graph.rs).
-//! A graph also refuses to replay when the parameters' or the optimiser's buffers have moved
-//! (a state loaded since), or when the precision settings changed.
+//! identical to the eager step (tests/cuda_graph.rs). A graph is *stale*, and the runner
+//! captures again, when the parameters' or the optimiser's buffers have moved (a state loaded
+//! since) or the precision settings changed.
 
 use crate::backend::cuda::graph::{CapturedGraph, StepFeeds};
 use crate::backend::{AdamStep, SamplePoint};
