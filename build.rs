@@ -29,10 +29,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=HYPERSEG_PTXAS");
 
     let mut files: Vec<PathBuf> = match fs::read_dir(&kernels) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "ptx"))
-            .collect(),
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "ptx")).collect(),
         Err(_) => Vec::new(),
     };
     files.sort();
@@ -141,9 +138,7 @@ fn strip_comments(src: &str) -> String {
 fn find_ptxas() -> Option<PathBuf> {
     let candidate = match env::var_os("HYPERSEG_PTXAS") {
         Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => env::var_os("PATH").and_then(|paths| {
-            env::split_paths(&paths).map(|d| d.join("ptxas")).find(|p| p.is_file())
-        }),
+        _ => env::var_os("PATH").and_then(|paths| env::split_paths(&paths).map(|d| d.join("ptxas")).find(|p| p.is_file())),
     }?;
     let ok = Command::new(&candidate).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     ok.then_some(candidate)
@@ -166,10 +161,7 @@ fn assemble(ptxas: &Path, path: &Path, src: &str, out_dir: &Path) {
     let Some(target) = target_of(src) else {
         panic!("kernel file {} has no .target directive", path.display());
     };
-    let cubin = out_dir.join(format!(
-        "{}.{target}.cubin",
-        path.file_stem().and_then(|s| s.to_str()).unwrap_or("kernel")
-    ));
+    let cubin = out_dir.join(format!("{}.{target}.cubin", path.file_stem().and_then(|s| s.to_str()).unwrap_or("kernel")));
     let out = Command::new(ptxas)
         .arg("--gpu-name")
         .arg(&target)

@@ -14,8 +14,8 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use hyperseg_engine::backend::{AdamStep, ConvSpec, GatherSpec, GemmSpec, Nchw, PlaneSumSpec, SamplePoint, UnaryOp};
 use hyperseg_engine::storage::Storage;
 use hyperseg_engine::{settings, Device, Result};
@@ -122,13 +122,9 @@ fn gather(c: &mut Criterion) {
     let div = if t.full { 1 } else { 8 };
     let (n, s, points) = (5usize, 224usize, 1600usize);
     let widths = [64, 128, 256, 512, 512, 4096];
-    let spec = GatherSpec {
-        n,
-        in_h: s,
-        in_w: s,
-        taps: widths.iter().enumerate().map(|(i, &w)| (w / div, s >> i, s >> i)).collect(),
-    };
-    let taps: Vec<Storage> = spec.taps.iter().enumerate().map(|(i, &(c, h, w))| rand_storage(&t.dev, n * c * h * w, 10 + i as u64)).collect();
+    let spec = GatherSpec { n, in_h: s, in_w: s, taps: widths.iter().enumerate().map(|(i, &w)| (w / div, s >> i, s >> i)).collect() };
+    let taps: Vec<Storage> =
+        spec.taps.iter().enumerate().map(|(i, &(c, h, w))| rand_storage(&t.dev, n * c * h * w, 10 + i as u64)).collect();
     let refs: Vec<&Storage> = taps.iter().collect();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let pts: Vec<SamplePoint> = (0..points)
@@ -162,7 +158,9 @@ fn linear_gemms(g: &mut BenchmarkGroup<'_, WallTime>, dev: &Device, name: &str, 
     run(g, dev, &format!("{sz}/backward_input{suffix}"), fl.clone(), || {
         dy.gemm(&w, GemmSpec { m: rows, n: k, k: n, trans_a: false, trans_b: false })
     });
-    run(g, dev, &format!("{sz}/backward_weight{suffix}"), fl, || dy.gemm(&x, GemmSpec { m: n, n: k, k: rows, trans_a: true, trans_b: false }));
+    run(g, dev, &format!("{sz}/backward_weight{suffix}"), fl, || {
+        dy.gemm(&x, GemmSpec { m: n, n: k, k: rows, trans_a: true, trans_b: false })
+    });
 }
 
 fn linear(c: &mut Criterion) {
@@ -200,15 +198,7 @@ fn adam(c: &mut Criterion) {
     let grad = rand_storage(&t.dev, len, 41);
     let mut m = rand_storage(&t.dev, len, 42);
     let mut v = rand_storage_in(&t.dev, len, 0.0, 1.0, 43);
-    let h = AdamStep {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        bias_correction1: 0.1,
-        bias_correction2: 0.001,
-    };
+    let h = AdamStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, bias_correction1: 0.1, bias_correction2: 0.001 };
     // Reads p, g, m, v; writes p, m, v.
     run(&mut g, &t.dev, &format!("{len}_params"), Throughput::Bytes(7 * F32 * len as u64), || p.adam_step(&grad, &mut m, &mut v, &h));
     g.finish();
@@ -298,12 +288,17 @@ fn mlp_fused(c: &mut Criterion) {
     let bias = rand_storage(&t.dev, cols, 71);
     let dy = rand_storage(&t.dev, rows * cols, 72);
     let bytes = F32 * (rows * cols) as u64;
-    run(&mut g, &t.dev, &format!("bias_relu_{rows}x{cols}/forward"), Throughput::Bytes(2 * bytes), || y.bias_relu_assign(&bias, rows, cols));
-    run(&mut g, &t.dev, &format!("bias_relu_{rows}x{cols}/backward"), Throughput::Bytes(3 * bytes), || y.bias_relu_backward(&dy, rows, cols));
+    run(&mut g, &t.dev, &format!("bias_relu_{rows}x{cols}/forward"), Throughput::Bytes(2 * bytes), || {
+        y.bias_relu_assign(&bias, rows, cols)
+    });
+    run(&mut g, &t.dev, &format!("bias_relu_{rows}x{cols}/backward"), Throughput::Bytes(3 * bytes), || {
+        y.bias_relu_backward(&dy, rows, cols)
+    });
 
     let (s, tile) = if t.full { (224usize, 8192usize) } else { (64, 1024) };
     let spec = PlaneSumSpec { n: 1, in_h: s, in_w: s, cols, planes: (0..6).map(|i| (s >> i, s >> i)).collect() };
-    let planes: Vec<Storage> = spec.planes.iter().enumerate().map(|(i, &(h, w))| rand_storage(&t.dev, h * w * cols, 73 + i as u64)).collect();
+    let planes: Vec<Storage> =
+        spec.planes.iter().enumerate().map(|(i, &(h, w))| rand_storage(&t.dev, h * w * cols, 73 + i as u64)).collect();
     let refs: Vec<&Storage> = planes.iter().collect();
     let pts: Vec<SamplePoint> = (0..tile as u32).map(|p| SamplePoint { image: 0, y: p / s as u32, x: p % s as u32 }).collect();
     // At least: the tile's rows of the full-resolution plane, once each coarser plane's touched

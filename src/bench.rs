@@ -135,11 +135,12 @@ pub fn flops(config: &ModelConfig) -> (f64, f64, f64) {
 /// `(channels, height, width)` of the six taps of one image.
 pub fn tap_geometry(config: &ModelConfig) -> Vec<(usize, usize, usize)> {
     let c = config.tap_channels();
-    (0..6).map(|i| {
-        let s = config.input_size >> i;
-        (c[i], s, s)
-    })
-    .collect()
+    (0..6)
+        .map(|i| {
+            let s = config.input_size >> i;
+            (c[i], s, s)
+        })
+        .collect()
 }
 
 // ---- timing -----------------------------------------------------------------------------
@@ -420,14 +421,12 @@ impl BenchReport {
                 rate(self.flops.0, t.median_ms()),
             ]);
         }
-        for (name, t, f) in [("dense, one image, naive", &self.dense_naive, self.flops.1), ("dense, one image, factored", &self.dense_factored, self.flops.2)] {
+        for (name, t, f) in [
+            ("dense, one image, naive", &self.dense_naive, self.flops.1),
+            ("dense, one image, factored", &self.dense_factored, self.flops.2),
+        ] {
             if let Some(t) = t {
-                rows.push([
-                    name.into(),
-                    format!("{:.2} ms", t.median_ms()),
-                    format!("{:.1} GFLOP", f / 1e9),
-                    rate(f, t.median_ms()),
-                ]);
+                rows.push([name.into(), format!("{:.2} ms", t.median_ms()), format!("{:.1} GFLOP", f / 1e9), rate(f, t.median_ms())]);
             }
         }
         let mut out = format!(
@@ -441,7 +440,12 @@ impl BenchReport {
         );
         out += &format!(
             "model: {} parameters, batch {}, {} sampled pixels, input {}x{}, dense tile {} pixels\n",
-            self.parameter_count, self.config.batch_size, self.config.sample_points, self.config.input_size, self.config.input_size, self.tile_pixels
+            self.parameter_count,
+            self.config.batch_size,
+            self.config.sample_points,
+            self.config.input_size,
+            self.config.input_size,
+            self.tile_pixels
         );
         out += &format!("{:<30} {:>12} {:>14} {:>14}\n", "work", "time", "FLOPs", "rate");
         for r in rows {

@@ -9,21 +9,13 @@ use std::path::PathBuf;
 pub enum Error {
     /// Two operands of `op` have shapes that do not fit together.
     #[error("shape mismatch in {op}: {lhs:?} vs {rhs:?}")]
-    ShapeMismatch {
-        op: &'static str,
-        lhs: Vec<usize>,
-        rhs: Vec<usize>,
-    },
+    ShapeMismatch { op: &'static str, lhs: Vec<usize>, rhs: Vec<usize> },
     /// An operand of `op` has the wrong rank or size; `msg` says which.
     #[error("bad shape in {op}: {msg}")]
     BadShape { op: &'static str, msg: String },
     /// Operands of `op` live on different devices; tensors never move silently.
     #[error("device mismatch in {op}: {lhs} vs {rhs}; move one with Tensor::to_device")]
-    DeviceMismatch {
-        op: &'static str,
-        lhs: String,
-        rhs: String,
-    },
+    DeviceMismatch { op: &'static str, lhs: String, rhs: String },
     /// The operation is not implemented for this dtype.
     #[error("{op} does not support dtype {dtype}")]
     UnsupportedDType { op: &'static str, dtype: &'static str },

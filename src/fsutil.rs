@@ -100,10 +100,7 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
 
 /// `dir/.name.<pid>.tmp` for target `dir/name`.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 

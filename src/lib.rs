@@ -13,11 +13,14 @@
 pub mod autograd;
 pub mod backend;
 pub mod bench;
+pub mod data;
 pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod fsutil;
 pub mod infer;
+pub mod metrics;
+pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
@@ -26,9 +29,6 @@ pub mod shape;
 pub mod storage;
 pub mod tensor;
 pub mod train;
-pub mod data;
-pub mod metrics;
-pub mod model;
 
 pub use autograd::{no_grad, NoGradGuard};
 pub use backend::SamplePoint;

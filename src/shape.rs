@@ -25,9 +25,7 @@ impl Shape {
     }
     /// The dimensions as exactly `N` values, or a `BadShape` error naming `op`.
     pub fn dims_n<const N: usize>(&self, op: &'static str) -> Result<[usize; N]> {
-        <[usize; N]>::try_from(self.0.as_slice()).map_err(|_| {
-            Error::bad_shape(op, format!("expected rank {N}, got shape {:?}", self.0))
-        })
+        <[usize; N]>::try_from(self.0.as_slice()).map_err(|_| Error::bad_shape(op, format!("expected rank {N}, got shape {:?}", self.0)))
     }
     /// The dimensions of a 4-D NCHW shape.
     pub fn dims4(&self, op: &'static str) -> Result<[usize; 4]> {

@@ -239,24 +239,13 @@ impl Storage {
         binary_dispatch!("conv2d_backward_weight", self, dy, |x, y| x.conv2d_backward_weight(y, s))
     }
 
-    pub fn batch_norm_train(
-        &self,
-        gamma: &Storage,
-        beta: &Storage,
-        d: Nchw,
-        eps: f32,
-        relu: bool,
-    ) -> Result<BatchNormForward<Storage>> {
+    pub fn batch_norm_train(&self, gamma: &Storage, beta: &Storage, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Storage>> {
         fn wrap<S>(f: BatchNormForward<S>, w: fn(S) -> Storage) -> BatchNormForward<Storage> {
             BatchNormForward { y: w(f.y), mean: w(f.mean), invstd: w(f.invstd), var_unbiased: w(f.var_unbiased) }
         }
         match (self, gamma, beta) {
-            (Storage::Cpu(x), Storage::Cpu(g), Storage::Cpu(b)) => {
-                Ok(wrap(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cpu))
-            }
-            (Storage::Cuda(x), Storage::Cuda(g), Storage::Cuda(b)) => {
-                Ok(wrap(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cuda))
-            }
+            (Storage::Cpu(x), Storage::Cpu(g), Storage::Cpu(b)) => Ok(wrap(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cpu)),
+            (Storage::Cuda(x), Storage::Cuda(g), Storage::Cuda(b)) => Ok(wrap(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cuda)),
             (x, g, b) => Err(mismatch("batch_norm", x, if x.device().same(&g.device()) { b } else { g })),
         }
     }
@@ -352,32 +341,14 @@ impl Storage {
         }
     }
 
-    pub fn gather_hypercolumns_backward(
-        &self,
-        points: &[SamplePoint],
-        g: &GatherSpec,
-        deterministic: bool,
-    ) -> Result<Vec<Storage>> {
+    pub fn gather_hypercolumns_backward(&self, points: &[SamplePoint], g: &GatherSpec, deterministic: bool) -> Result<Vec<Storage>> {
         match self {
-            Storage::Cpu(s) => Ok(s
-                .gather_hypercolumns_backward(points, g, deterministic)?
-                .into_iter()
-                .map(Storage::Cpu)
-                .collect()),
-            Storage::Cuda(s) => Ok(s
-                .gather_hypercolumns_backward(points, g, deterministic)?
-                .into_iter()
-                .map(Storage::Cuda)
-                .collect()),
+            Storage::Cpu(s) => Ok(s.gather_hypercolumns_backward(points, g, deterministic)?.into_iter().map(Storage::Cpu).collect()),
+            Storage::Cuda(s) => Ok(s.gather_hypercolumns_backward(points, g, deterministic)?.into_iter().map(Storage::Cuda).collect()),
         }
     }
 
-    pub fn softmax_cross_entropy(
-        &self,
-        labels: &[u32],
-        classes: usize,
-        class_weights: Option<&[f32]>,
-    ) -> Result<(Storage, Storage)> {
+    pub fn softmax_cross_entropy(&self, labels: &[u32], classes: usize, class_weights: Option<&[f32]>) -> Result<(Storage, Storage)> {
         match self {
             Storage::Cpu(s) => {
                 let (l, g) = s.softmax_cross_entropy(labels, classes, class_weights)?;

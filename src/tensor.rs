@@ -75,10 +75,7 @@ impl Tensor {
     pub fn from_storage(storage: Storage, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if storage.len() != shape.elem_count() {
-            return Err(Error::bad_shape(
-                "from_storage",
-                format!("{} elements do not fill shape {shape:?}", storage.len()),
-            ));
+            return Err(Error::bad_shape("from_storage", format!("{} elements do not fill shape {shape:?}", storage.len())));
         }
         Ok(Tensor::build(storage, shape, None, false))
     }
@@ -87,10 +84,7 @@ impl Tensor {
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.elem_count() {
-            return Err(Error::bad_shape(
-                "from_vec",
-                format!("{} values do not fill shape {shape:?}", data.len()),
-            ));
+            return Err(Error::bad_shape("from_vec", format!("{} values do not fill shape {shape:?}", data.len())));
         }
         Tensor::from_storage(Storage::from_vec(device, data)?, shape)
     }
@@ -167,11 +161,7 @@ impl Tensor {
         if !track {
             return self;
         }
-        let node = Node {
-            op,
-            inputs: inputs.iter().map(|t| (*t).clone()).collect(),
-            backward: Box::new(backward) as BackwardFn,
-        };
+        let node = Node { op, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward) as BackwardFn };
         self.view_with_node(self.0.shape.clone(), Some(node))
     }
 

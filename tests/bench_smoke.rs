@@ -56,7 +56,15 @@ fn tiny_bench_on_the_cpu_reports_every_key() {
     assert_eq!(json["iters"], 1);
     assert_eq!(json["dense_path"], "naive");
     assert_eq!(json["peak_mem_bytes"], 0);
-    for key in ["train_step_ms", "dense_infer_ms", "dense_factored_ms", "train_step_tflops", "dense_infer_tflops", "train_forward_ms", "train_backward_ms"] {
+    for key in [
+        "train_step_ms",
+        "dense_infer_ms",
+        "dense_factored_ms",
+        "train_step_tflops",
+        "dense_infer_tflops",
+        "train_forward_ms",
+        "train_backward_ms",
+    ] {
         let v = json[key].as_f64().unwrap_or_else(|| panic!("{key} is not a number: {json}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v}");
     }

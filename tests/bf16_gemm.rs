@@ -30,10 +30,7 @@ fn bf16(v: &[f32]) -> Vec<f32> {
 /// operand), on `dev`, with the current settings.
 fn products(dev: &Device, a: &[f32], b: &[f32], bt: &[f32], (m, k, n): (usize, usize, usize)) -> Result<[Vec<f32>; 2]> {
     let ta = Tensor::from_slice(a, [m, k], dev)?;
-    Ok([
-        ta.matmul(&Tensor::from_slice(b, [k, n], dev)?)?.to_vec()?,
-        ta.linear(&Tensor::from_slice(bt, [n, k], dev)?, None)?.to_vec()?,
-    ])
+    Ok([ta.matmul(&Tensor::from_slice(b, [k, n], dev)?)?.to_vec()?, ta.linear(&Tensor::from_slice(bt, [n, k], dev)?, None)?.to_vec()?])
 }
 
 /// Loss of the first and the last of `steps` Adam steps of the tiny model on one fixed batch.

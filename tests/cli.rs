@@ -45,7 +45,13 @@ fn train_eval_predict_score_resume_end_to_end() {
         let m = format!("{stem}_segmentation.png");
         std::fs::copy(sample("train").join("masks").join(&m), small.join("masks").join(&m)).unwrap();
     }
-    let o = run(bin().args(["train", "--device", "cpu", "--epochs", "1", "--out"]).arg(&runp).arg("--data").arg(&small).arg("--val").arg(sample("val")));
+    let o = run(bin()
+        .args(["train", "--device", "cpu", "--epochs", "1", "--out"])
+        .arg(&runp)
+        .arg("--data")
+        .arg(&small)
+        .arg("--val")
+        .arg(sample("val")));
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("validation Jaccard"), "{out}");
@@ -54,13 +60,25 @@ fn train_eval_predict_score_resume_end_to_end() {
     }
     // Resume to two epochs: the log gains one record. (--cuda-graph is accepted on the CPU,
     // where the steps simply run eagerly.)
-    let o = run(bin().args(["train", "--device", "cpu", "--cuda-graph", "--epochs", "2", "--out"]).arg(&runp).arg("--data").arg(&small).arg("--resume").arg(runp.join("last.safetensors")));
+    let o = run(bin()
+        .args(["train", "--device", "cpu", "--cuda-graph", "--epochs", "2", "--out"])
+        .arg(&runp)
+        .arg("--data")
+        .arg(&small)
+        .arg("--resume")
+        .arg(runp.join("last.safetensors")));
     assert!(o.status.success(), "{}", stderr(&o));
     let log = std::fs::read_to_string(runp.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
 
     let json = dir.path().join("eval.json");
-    let o = run(bin().args(["eval", "--device", "cpu", "--model"]).arg(runp.join("last.safetensors")).arg("--data").arg(sample("val")).arg("--json").arg(&json));
+    let o = run(bin()
+        .args(["eval", "--device", "cpu", "--model"])
+        .arg(runp.join("last.safetensors"))
+        .arg("--data")
+        .arg(sample("val"))
+        .arg("--json")
+        .arg(&json));
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for k in ["jaccard", "threshold_jaccard", "dice", "accuracy", "sensitivity", "specificity", "n_images"] {
@@ -69,7 +87,12 @@ fn train_eval_predict_score_resume_end_to_end() {
     assert_eq!(v["n_images"], 30);
 
     let preds = dir.path().join("preds");
-    let o = run(bin().args(["predict", "--device", "cpu", "--model"]).arg(runp.join("best.safetensors")).arg(sample("val").join("images")).arg("--out").arg(&preds));
+    let o = run(bin()
+        .args(["predict", "--device", "cpu", "--model"])
+        .arg(runp.join("best.safetensors"))
+        .arg(sample("val").join("images"))
+        .arg("--out")
+        .arg(&preds));
     assert!(o.status.success(), "{}", stderr(&o));
     let mask = image::open(preds.join("ISIC_0001852_segmentation.png")).unwrap();
     assert_eq!((mask.width(), mask.height()), (512, 342), "mask at the original size");
@@ -139,7 +162,9 @@ fn bench_runs_every_precision_on_the_cpu_and_writes_json() {
     let dir = tempfile::tempdir().unwrap();
     for precision in ["fp32", "tf32", "bf16"] {
         let json = dir.path().join(format!("{precision}.json"));
-        let o = run(bin().args(["bench", "--device", "cpu", "--preset", "tiny", "--warmup", "0", "--iters", "1", "--precision", precision, "--json"]).arg(&json));
+        let o = run(bin()
+            .args(["bench", "--device", "cpu", "--preset", "tiny", "--warmup", "0", "--iters", "1", "--precision", precision, "--json"])
+            .arg(&json));
         assert!(o.status.success(), "bench --precision {precision}: {}", stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(v["precision"], precision);

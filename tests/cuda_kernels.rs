@@ -277,9 +277,7 @@ fn cuda_kernels_match_the_cpu_reference() {
         r.check(&format!("bn+relu dbeta = unfused {tag} exact"), &host(&bgrr.dbeta), &host(&bgu.dbeta), true, 0.0, 0.0);
         if timings && d.h == 112 {
             timed(&dev, &format!("batch_norm_train {tag}"), 10, || drop(xg.batch_norm_train(&gg, &bg, d, 1e-5, false).unwrap()));
-            timed(&dev, &format!("batch_norm_train relu {tag}"), 10, || {
-                drop(xg.batch_norm_train(&gg, &bg, d, 1e-5, true).unwrap())
-            });
+            timed(&dev, &format!("batch_norm_train relu {tag}"), 10, || drop(xg.batch_norm_train(&gg, &bg, d, 1e-5, true).unwrap()));
         }
     }
 
@@ -432,7 +430,10 @@ fn cuda_kernels_match_the_cpu_reference() {
         // 13x11 frame, a plane that does not divide it, and a column count that is not a
         // multiple of 32 (a partial block).
         let cases = [
-            (PlaneSumSpec { n: 1, in_h: 64, in_w: 64, cols: 4096, planes: vec![(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)] }, 3000),
+            (
+                PlaneSumSpec { n: 1, in_h: 64, in_w: 64, cols: 4096, planes: vec![(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)] },
+                3000,
+            ),
             (PlaneSumSpec { n: 2, in_h: 13, in_w: 11, cols: 37, planes: vec![(13, 11), (6, 5), (3, 3)] }, 200),
         ];
         for (spec, count) in cases {
@@ -549,15 +550,8 @@ fn cuda_kernels_match_the_cpu_reference() {
         let mut y = m.try_clone().unwrap();
         timed(&dev, "bias_relu_forward 1600x4096", 10, || ops::bias_relu_forward(&mut y, &bias, 1600, 4096).unwrap());
         timed(&dev, "bias_relu_backward 1600x4096", 10, || drop(ops::bias_relu_backward(&y, &m, 1600, 4096).unwrap()));
-        let h = AdamStep {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            bias_correction1: 0.1,
-            bias_correction2: 0.001,
-        };
+        let h =
+            AdamStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, bias_correction1: 0.1, bias_correction2: 0.001 };
         let (mut p, g, mut mm, mut vv) = (a.try_clone().unwrap(), b.try_clone().unwrap(), dev.zeros(n).unwrap(), dev.zeros(n).unwrap());
         timed(&dev, "adam_step 16M", 10, || p.adam_step(&g, &mut mm, &mut vv, &h).unwrap());
         timed(&dev, "adam_step_multi 16M (one tensor)", 10, || {

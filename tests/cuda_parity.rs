@@ -25,10 +25,7 @@ fn parity(inputs: &[(Vec<f32>, Vec<usize>)], tol: f32, name: &str, f: impl Fn(&[
     let Some(gpu) = cuda_device() else { return Ok(()) };
     let mut results = Vec::new();
     for dev in [Device::Cpu, gpu] {
-        let vars: Vec<Tensor> = inputs
-            .iter()
-            .map(|(v, s)| Tensor::from_slice(v, s.clone(), &dev)?.to_variable())
-            .collect::<Result<_>>()?;
+        let vars: Vec<Tensor> = inputs.iter().map(|(v, s)| Tensor::from_slice(v, s.clone(), &dev)?.to_variable()).collect::<Result<_>>()?;
         let out = f(&vars)?;
         let proj = Tensor::from_vec(rand_vec(out.elem_count(), 77), out.shape().clone(), &dev)?;
         out.mul(&proj)?.sum_all()?.backward()?;

@@ -6,36 +6,27 @@ use std::path::{Path, PathBuf};
 
 use hyperseg_engine::data::augment::{sample_rng, AugmentParams};
 use hyperseg_engine::data::{
-    decode_sample, find_images, load_for_inference, probabilities_to_mask, resize_probabilities,
-    write_mask_png, Augment, Batch, Cache, Dataset, Decoded, Loader, LoaderConfig, IMAGENET_MEAN,
+    decode_sample, find_images, load_for_inference, probabilities_to_mask, resize_probabilities, write_mask_png, Augment, Batch, Cache,
+    Dataset, Decoded, Loader, LoaderConfig, IMAGENET_MEAN,
 };
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
 fn sample_dir(split: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("assets/sample")
-        .join(split)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sample").join(split)
 }
 
 fn save_rgb(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
-    RgbImage::from_fn(w, h, |x, y| Rgb(f(x, y)))
-        .save(path)
-        .unwrap();
+    RgbImage::from_fn(w, h, |x, y| Rgb(f(x, y))).save(path).unwrap();
 }
 
 fn save_gray(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u8) {
-    GrayImage::from_fn(w, h, |x, y| Luma([f(x, y)]))
-        .save(path)
-        .unwrap();
+    GrayImage::from_fn(w, h, |x, y| Luma([f(x, y)])).save(path).unwrap();
 }
 
 /// A pseudo-random but fixed colour per pixel.
 fn noise(seed: u32) -> impl Fn(u32, u32) -> [u8; 3] {
     move |x, y| {
-        let v = (x.wrapping_mul(73_856_093)
-            ^ y.wrapping_mul(19_349_663)
-            ^ seed.wrapping_mul(83_492_791))
-            % 65_521;
+        let v = (x.wrapping_mul(73_856_093) ^ y.wrapping_mul(19_349_663) ^ seed.wrapping_mul(83_492_791)) % 65_521;
         [(v % 256) as u8, (v / 7 % 256) as u8, (v / 13 % 256) as u8]
     }
 }
@@ -48,19 +39,14 @@ fn make_split(dir: &Path, n: u32, w: u32, h: u32) {
         let id = format!("ISIC_{:07}", i + 10);
         save_rgb(&dir.join(format!("images/{id}.png")), w, h, noise(i));
         let (cx, cy) = ((i * 5 % w) as i64, (i * 3 % h) as i64);
-        save_gray(
-            &dir.join(format!("masks/{id}_segmentation.png")),
-            w,
-            h,
-            |x, y| {
-                let (dx, dy) = (x as i64 - cx, y as i64 - cy);
-                if dx * dx + dy * dy < 40 {
-                    255
-                } else {
-                    0
-                }
-            },
-        );
+        save_gray(&dir.join(format!("masks/{id}_segmentation.png")), w, h, |x, y| {
+            let (dx, dy) = (x as i64 - cx, y as i64 - cy);
+            if dx * dx + dy * dy < 40 {
+                255
+            } else {
+                0
+            }
+        });
     }
 }
 
@@ -76,45 +62,20 @@ fn discovers_images_and_masks_layout() {
     std::fs::create_dir_all(d.join("masks")).unwrap();
     save_rgb(&d.join("images/ISIC_0000002.png"), 6, 4, noise(1));
     save_rgb(&d.join("images/ISIC_0000001.jpg"), 6, 4, noise(2));
-    save_rgb(
-        &d.join("images/ISIC_0000001_superpixels.png"),
-        6,
-        4,
-        noise(3),
-    );
+    save_rgb(&d.join("images/ISIC_0000001_superpixels.png"), 6, 4, noise(3));
     save_rgb(&d.join("images/plain.jpeg"), 3, 3, noise(4));
     std::fs::write(d.join("images/metadata.csv"), "image_id\n").unwrap();
-    save_gray(
-        &d.join("masks/ISIC_0000001_segmentation.png"),
-        6,
-        4,
-        |_, _| 255,
-    );
+    save_gray(&d.join("masks/ISIC_0000001_segmentation.png"), 6, 4, |_, _| 255);
     save_gray(&d.join("masks/ISIC_0000002.png"), 6, 4, |_, _| 0);
     save_gray(&d.join("masks/plain_segmentation.png"), 3, 3, |_, _| 0);
-    save_gray(
-        &d.join("masks/ISIC_0000077_segmentation.png"),
-        2,
-        2,
-        |_, _| 0,
-    ); // no image: ignored
+    save_gray(&d.join("masks/ISIC_0000077_segmentation.png"), 2, 2, |_, _| 0); // no image: ignored
     let ds = Dataset::discover(d).unwrap();
     let ids: Vec<&str> = ds.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["ISIC_0000001", "ISIC_0000002", "plain"]);
-    assert_eq!(
-        ds.samples()[0].image_path,
-        d.join("images/ISIC_0000001.jpg")
-    );
-    assert_eq!(
-        ds.samples()[0].mask_path,
-        d.join("masks/ISIC_0000001_segmentation.png")
-    );
+    assert_eq!(ds.samples()[0].image_path, d.join("images/ISIC_0000001.jpg"));
+    assert_eq!(ds.samples()[0].mask_path, d.join("masks/ISIC_0000001_segmentation.png"));
     assert_eq!(ds.samples()[1].mask_path, d.join("masks/ISIC_0000002.png"));
-    let found: Vec<String> = find_images(d)
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let found: Vec<String> = find_images(d).unwrap().into_iter().map(|(id, _)| id).collect();
     assert_eq!(found, ["ISIC_0000001", "ISIC_0000002", "plain"]);
 }
 
@@ -130,26 +91,13 @@ fn discovers_official_isic_layout() {
     std::fs::write(d.join("ISIC-2017_Training_Part3_GroundTruth.csv"), "x").unwrap();
     save_rgb(&data.join("ISIC_0000001.jpg"), 5, 7, noise(1));
     save_rgb(&data.join("ISIC_0000001_superpixels.png"), 5, 7, noise(1));
-    std::fs::write(
-        data.join("ISIC-2017_Training_Data_metadata.csv"),
-        "image_id,age\n",
-    )
-    .unwrap();
-    save_gray(&gt.join("ISIC_0000001_segmentation.png"), 5, 7, |x, _| {
-        if x > 2 {
-            255
-        } else {
-            0
-        }
-    });
+    std::fs::write(data.join("ISIC-2017_Training_Data_metadata.csv"), "image_id,age\n").unwrap();
+    save_gray(&gt.join("ISIC_0000001_segmentation.png"), 5, 7, |x, _| if x > 2 { 255 } else { 0 });
     let ds = Dataset::discover(d).unwrap();
     assert_eq!(ds.len(), 1);
     assert_eq!(ds.samples()[0].id, "ISIC_0000001");
     assert_eq!(ds.samples()[0].image_path, data.join("ISIC_0000001.jpg"));
-    assert_eq!(
-        ds.samples()[0].mask_path,
-        gt.join("ISIC_0000001_segmentation.png")
-    );
+    assert_eq!(ds.samples()[0].mask_path, gt.join("ISIC_0000001_segmentation.png"));
 }
 
 #[test]
@@ -168,10 +116,7 @@ fn discovers_the_bundled_sample() {
 fn empty_folder_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let msg = err_text(Dataset::discover(dir.path()));
-    assert!(
-        msg.contains(&dir.path().display().to_string()) && msg.contains("empty"),
-        "{msg}"
-    );
+    assert!(msg.contains(&dir.path().display().to_string()) && msg.contains("empty"), "{msg}");
     std::fs::create_dir_all(dir.path().join("images")).unwrap();
     std::fs::create_dir_all(dir.path().join("masks")).unwrap();
     std::fs::write(dir.path().join("images/readme.txt"), "x").unwrap();
@@ -187,21 +132,14 @@ fn image_without_mask_is_named() {
     make_split(dir.path(), 2, 8, 8);
     std::fs::remove_file(dir.path().join("masks/ISIC_0000011_segmentation.png")).unwrap();
     let msg = err_text(Dataset::discover(dir.path()));
-    assert!(
-        msg.contains("images/ISIC_0000011.png") && msg.contains("no mask"),
-        "{msg}"
-    );
+    assert!(msg.contains("images/ISIC_0000011.png") && msg.contains("no mask"), "{msg}");
 }
 
 #[test]
 fn unreadable_image_is_named() {
     let dir = tempfile::tempdir().unwrap();
     make_split(dir.path(), 2, 8, 8);
-    std::fs::write(
-        dir.path().join("images/ISIC_0000011.png"),
-        b"this is not a picture",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("images/ISIC_0000011.png"), b"this is not a picture").unwrap();
     let msg = err_text(Dataset::discover(dir.path()));
     assert!(msg.contains("images/ISIC_0000011.png"), "{msg}");
     // A picture whose header reads but whose body is cut short fails at decoding, also named.
@@ -219,18 +157,9 @@ fn unreadable_image_is_named() {
 fn mask_size_mismatch_names_both_files() {
     let dir = tempfile::tempdir().unwrap();
     make_split(dir.path(), 2, 8, 8);
-    save_gray(
-        &dir.path().join("masks/ISIC_0000010_segmentation.png"),
-        8,
-        9,
-        |_, _| 0,
-    );
+    save_gray(&dir.path().join("masks/ISIC_0000010_segmentation.png"), 8, 9, |_, _| 0);
     let msg = err_text(Dataset::discover(dir.path()));
-    assert!(
-        msg.contains("masks/ISIC_0000010_segmentation.png")
-            && msg.contains("images/ISIC_0000010.png"),
-        "{msg}"
-    );
+    assert!(msg.contains("masks/ISIC_0000010_segmentation.png") && msg.contains("images/ISIC_0000010.png"), "{msg}");
     assert!(msg.contains("8x9") && msg.contains("8x8"), "{msg}");
 }
 
@@ -241,13 +170,7 @@ fn decoding_normalises_and_binarises() {
     std::fs::create_dir_all(d.join("images")).unwrap();
     std::fs::create_dir_all(d.join("masks")).unwrap();
     save_rgb(&d.join("images/a.png"), 20, 10, |_, _| [200, 100, 50]);
-    save_gray(&d.join("masks/a_segmentation.png"), 20, 10, |x, _| {
-        if x < 10 {
-            128
-        } else {
-            127
-        }
-    });
+    save_gray(&d.join("masks/a_segmentation.png"), 20, 10, |x, _| if x < 10 { 128 } else { 127 });
     let ds = Dataset::discover(d).unwrap();
     let dec = decode_sample(&ds.samples()[0], 8).unwrap();
     assert!(dec.rgb.chunks(3).all(|p| p == [200, 100, 50]));
@@ -278,11 +201,7 @@ fn brightest(img: &[f32], size: usize) -> usize {
 #[test]
 fn augmentation_moves_image_and_mask_together() {
     let s = 8usize;
-    let mut d = Decoded {
-        size: s as u32,
-        rgb: vec![0; s * s * 3],
-        mask: vec![0; s * s],
-    };
+    let mut d = Decoded { size: s as u32, rgb: vec![0; s * s * 3], mask: vec![0; s * s] };
     let (mx, my) = (1, 2);
     d.rgb[3 * (my * s + mx)..3 * (my * s + mx) + 3].copy_from_slice(&[255, 40, 40]);
     d.mask[my * s + mx] = 1;
@@ -290,12 +209,7 @@ fn augmentation_moves_image_and_mask_together() {
     for rot90 in 0..4u8 {
         for hflip in [false, true] {
             for vflip in [false, true] {
-                let p = AugmentParams {
-                    rot90,
-                    hflip,
-                    vflip,
-                    ..AugmentParams::identity()
-                };
+                let p = AugmentParams { rot90, hflip, vflip, ..AugmentParams::identity() };
                 let (img, mask) = p.apply(&d);
                 let at = mask.iter().position(|&v| v == 1).unwrap();
                 assert_eq!(mask.iter().filter(|&&v| v == 1).count(), 1);
@@ -304,21 +218,13 @@ fn augmentation_moves_image_and_mask_together() {
         }
     }
     // One clockwise quarter turn sends (x, y) to (size-1-y, x).
-    let (_, mask) = AugmentParams {
-        rot90: 1,
-        ..AugmentParams::identity()
-    }
-    .apply(&d);
+    let (_, mask) = AugmentParams { rot90: 1, ..AugmentParams::identity() }.apply(&d);
     assert_eq!(mask[mx * s + (s - 1 - my)], 1);
     // Random draws with colour jitter keep the alignment and never touch the mask values.
     for i in 0..32 {
         let p = Augment::paper().sample(&mut sample_rng(7, 0, i));
         let (img, mask) = p.apply(&d);
-        assert_eq!(
-            brightest(&img, s),
-            mask.iter().position(|&v| v == 1).unwrap(),
-            "{p:?}"
-        );
+        assert_eq!(brightest(&img, s), mask.iter().position(|&v| v == 1).unwrap(), "{p:?}");
         assert!(img.iter().enumerate().all(|(k, &v)| {
             let c = k / (s * s);
             (-IMAGENET_MEAN[c]..=255.0 - IMAGENET_MEAN[c]).contains(&v)
@@ -335,25 +241,10 @@ fn augmented_batches_from_files_stay_aligned() {
     // A white square on black, and its mask, off-centre so every rotation and flip moves it.
     let on = |x: u32, y: u32| (2..6).contains(&x) && (1..4).contains(&y);
     for i in 0..4 {
-        save_rgb(&d.join(format!("images/m{i}.png")), 16, 16, |x, y| {
-            if on(x, y) {
-                [255; 3]
-            } else {
-                [0; 3]
-            }
-        });
-        save_gray(&d.join(format!("masks/m{i}.png")), 16, 16, |x, y| {
-            if on(x, y) {
-                255
-            } else {
-                0
-            }
-        });
+        save_rgb(&d.join(format!("images/m{i}.png")), 16, 16, |x, y| if on(x, y) { [255; 3] } else { [0; 3] });
+        save_gray(&d.join(format!("masks/m{i}.png")), 16, 16, |x, y| if on(x, y) { 255 } else { 0 });
     }
-    let cfg = LoaderConfig {
-        workers: 2,
-        ..LoaderConfig::train(2, 16, 3)
-    };
+    let cfg = LoaderConfig { workers: 2, ..LoaderConfig::train(2, 16, 3) };
     let loader = Loader::from_dataset(Dataset::discover(d).unwrap(), cfg).unwrap();
     for epoch in 0..3 {
         for batch in loader.epoch(epoch) {
@@ -362,12 +253,7 @@ fn augmented_batches_from_files_stay_aligned() {
                 let (img, mask) = (batch.image(i), batch.mask(i));
                 for p in 0..256 {
                     let bright = img[p] + IMAGENET_MEAN[0] > 127.0;
-                    assert_eq!(
-                        bright,
-                        mask[p] == 1,
-                        "epoch {epoch} sample {} pixel {p}",
-                        batch.ids[i]
-                    );
+                    assert_eq!(bright, mask[p] == 1, "epoch {epoch} sample {} pixel {p}", batch.ids[i]);
                 }
             }
         }
@@ -383,11 +269,7 @@ fn loader_is_deterministic_across_thread_counts() {
     let dir = tempfile::tempdir().unwrap();
     make_split(dir.path(), 7, 24, 20);
     let ds = Dataset::discover(dir.path()).unwrap();
-    let cfg = |workers| LoaderConfig {
-        workers,
-        drop_last: false,
-        ..LoaderConfig::train(3, 16, 99)
-    };
+    let cfg = |workers| LoaderConfig { workers, drop_last: false, ..LoaderConfig::train(3, 16, 99) };
     let base = Loader::from_dataset(ds.clone(), cfg(0)).unwrap();
     assert_eq!(base.batches_per_epoch(), 3);
     let e0 = collect(&base, 0);
@@ -406,23 +288,9 @@ fn loader_is_deterministic_across_thread_counts() {
     a.sort();
     assert_eq!(a, ds.iter().map(|s| s.id.clone()).collect::<Vec<_>>());
     // Another seed, another stream; drop_last drops the short batch.
-    let other = Loader::from_dataset(
-        ds.clone(),
-        LoaderConfig {
-            seed: 100,
-            ..cfg(2)
-        },
-    )
-    .unwrap();
+    let other = Loader::from_dataset(ds.clone(), LoaderConfig { seed: 100, ..cfg(2) }).unwrap();
     assert_ne!(collect(&other, 0), e0);
-    let dropping = Loader::from_dataset(
-        ds.clone(),
-        LoaderConfig {
-            drop_last: true,
-            ..cfg(2)
-        },
-    )
-    .unwrap();
+    let dropping = Loader::from_dataset(ds.clone(), LoaderConfig { drop_last: true, ..cfg(2) }).unwrap();
     assert_eq!(collect(&dropping, 0), e0[..2].to_vec());
     // Abandoning an epoch early stops its workers.
     let l = Loader::from_dataset(ds, cfg(3)).unwrap();
@@ -437,36 +305,19 @@ fn cache_roundtrip_matches_decoding() {
     let path = dir.path().join("train-15.cache");
     let cache = Cache::build(&ds, 15, &path).unwrap();
     assert_eq!((cache.len(), cache.size()), (5, 15));
-    assert_eq!(
-        cache.ids(),
-        ds.iter().map(|s| s.id.clone()).collect::<Vec<_>>()
-    );
+    assert_eq!(cache.ids(), ds.iter().map(|s| s.id.clone()).collect::<Vec<_>>());
     for (i, s) in ds.iter().enumerate() {
         assert_eq!(cache.get(i).unwrap(), decode_sample(s, 15).unwrap());
     }
     assert!(cache.get(5).is_err());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        leftovers.len(),
-        2,
-        "only the split and the cache: {leftovers:?}"
-    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "only the split and the cache: {leftovers:?}");
 
-    let cfg = LoaderConfig {
-        workers: 2,
-        drop_last: false,
-        ..LoaderConfig::train(2, 15, 5)
-    };
+    let cfg = LoaderConfig { workers: 2, drop_last: false, ..LoaderConfig::train(2, 15, 5) };
     let from_files = Loader::from_dataset(ds.clone(), cfg.clone()).unwrap();
     let from_cache = Loader::from_cache(Cache::open(&path).unwrap(), cfg.clone()).unwrap();
     assert_eq!(collect(&from_cache, 4), collect(&from_files, 4));
-    let msg = err_text(Loader::from_cache(
-        Cache::open(&path).unwrap(),
-        LoaderConfig { size: 16, ..cfg },
-    ));
+    let msg = err_text(Loader::from_cache(Cache::open(&path).unwrap(), LoaderConfig { size: 16, ..cfg }));
     assert!(msg.contains("train-15.cache"), "{msg}");
 
     // open_or_build reuses a matching cache and rebuilds one of another size.
@@ -507,9 +358,7 @@ fn inference_helpers_keep_the_original_size() {
     assert_eq!((input.width, input.height, input.size), (512, 342, 224));
     assert_eq!(input.image.len(), 3 * 224 * 224);
     // A probability map that is 1 on the left half comes back as a mask of the original size.
-    let prob: Vec<f32> = (0..224 * 224)
-        .map(|p| if p % 224 < 112 { 1.0 } else { 0.0 })
-        .collect();
+    let prob: Vec<f32> = (0..224 * 224).map(|p| if p % 224 < 112 { 1.0 } else { 0.0 }).collect();
     let full = resize_probabilities(&prob, 224, input.width, input.height).unwrap();
     assert_eq!(full.len(), 512 * 342);
     let mask = probabilities_to_mask(&full, 0.5);

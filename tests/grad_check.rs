@@ -8,7 +8,17 @@ mod common;
 use common::{rand_vec, separated_vec, GradCheck};
 use hyperseg_engine::{concat, gather_hypercolumns, no_grad, Device, Result, SamplePoint, Tensor};
 
-fn conv_case(dev: &Device, n: usize, c_in: usize, hw: (usize, usize), c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Result<()> {
+fn conv_case(
+    dev: &Device,
+    n: usize,
+    c_in: usize,
+    hw: (usize, usize),
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    bias: bool,
+) -> Result<()> {
     let xs = vec![n, c_in, hw.0, hw.1];
     let ws = vec![c_out, c_in, k, k];
     let mut inputs = vec![rand_vec(xs.iter().product(), 1), rand_vec(ws.iter().product(), 2)];
@@ -50,9 +60,7 @@ fn batch_norm_eval(dev: &Device) -> Result<()> {
     let rm = Tensor::from_vec(rand_vec(c, 7), [c], dev)?;
     let rv = Tensor::from_vec(rand_vec(c, 8).iter().map(|v| v.abs() + 0.5).collect(), [c], dev)?;
     let inputs = vec![rand_vec(2 * c * 15, 9), rand_vec(c, 10), rand_vec(c, 11)];
-    GradCheck::default().run(dev, &inputs, &[vec![2, c, 3, 5], vec![c], vec![c]], |t| {
-        t[0].batch_norm_eval(&t[1], &t[2], &rm, &rv, 1e-5)
-    })
+    GradCheck::default().run(dev, &inputs, &[vec![2, c, 3, 5], vec![c], vec![c]], |t| t[0].batch_norm_eval(&t[1], &t[2], &rm, &rv, 1e-5))
 }
 test_device!(batch_norm_eval, grad_batch_norm_eval_cpu, grad_batch_norm_eval_cuda);
 
@@ -70,9 +78,8 @@ fn batch_norm_relu_train(dev: &Device) -> Result<()> {
     })?;
     assert!(y.iter().all(|v| v.abs() > 0.01), "an output is too close to the kink");
     assert!(y.iter().any(|&v| v < 0.0) && y.iter().any(|&v| v > 0.0));
-    GradCheck { h: 1e-3, ..Default::default() }.run(dev, &[x, gamma, beta], &[shape, vec![c], vec![c]], |t| {
-        Ok(t[0].batch_norm_relu_train(&t[1], &t[2], 1e-5)?.0)
-    })
+    GradCheck { h: 1e-3, ..Default::default() }
+        .run(dev, &[x, gamma, beta], &[shape, vec![c], vec![c]], |t| Ok(t[0].batch_norm_relu_train(&t[1], &t[2], 1e-5)?.0))
 }
 test_device!(batch_norm_relu_train, grad_batch_norm_relu_train_cpu, grad_batch_norm_relu_train_cuda);
 
@@ -114,9 +121,8 @@ fn gather(dev: &Device) -> Result<()> {
     let shapes = vec![vec![2, 3, 13, 11], vec![2, 4, 6, 5], vec![2, 2, 3, 3]];
     let inputs: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| rand_vec(s.iter().product(), 20 + i as u64)).collect();
     let points = sample_points(2, 13, 11, 25, 21);
-    GradCheck { samples: 60, ..Default::default() }.run(dev, &inputs, &shapes, |t| {
-        gather_hypercolumns(&[&t[0], &t[1], &t[2]], &points, 13, 11)
-    })
+    GradCheck { samples: 60, ..Default::default() }
+        .run(dev, &inputs, &shapes, |t| gather_hypercolumns(&[&t[0], &t[1], &t[2]], &points, 13, 11))
 }
 test_device!(gather, grad_gather_cpu, grad_gather_cuda);
 
@@ -180,9 +186,8 @@ test_device!(channel_broadcasts, grad_channel_broadcast_cpu, grad_channel_broadc
 
 fn concat_narrow(dev: &Device) -> Result<()> {
     let inputs = vec![rand_vec(2 * 3 * 4, 41), rand_vec(2 * 5 * 4, 42)];
-    GradCheck::default().run(dev, &inputs, &[vec![2, 3, 4], vec![2, 5, 4]], |t| {
-        concat(&[&t[0], &t[1]], 1)?.narrow(1, 2, 4)?.reshape([8, 4])
-    })
+    GradCheck::default()
+        .run(dev, &inputs, &[vec![2, 3, 4], vec![2, 5, 4]], |t| concat(&[&t[0], &t[1]], 1)?.narrow(1, 2, 4)?.reshape([8, 4]))
 }
 test_device!(concat_narrow, grad_concat_narrow_reshape_cpu, grad_concat_narrow_reshape_cuda);
 

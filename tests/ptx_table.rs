@@ -29,8 +29,7 @@ fn entries(code: &str) -> Vec<String> {
         if !after.starts_with(char::is_whitespace) {
             continue;
         }
-        let name: String =
-            after.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '$').collect();
+        let name: String = after.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '$').collect();
         out.push(name);
     }
     out
@@ -87,9 +86,10 @@ fn modules_target_turing_and_ptx_7_8_or_document_why() {
             .strip_prefix("sm_")
             .and_then(|t| t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).parse().ok())
             .unwrap_or_else(|| panic!("{}: bad .target {target}", m.name));
-        let documented = m.ptx.lines().any(|l| {
-            l.trim_start().starts_with("// needs-newer-target:") && l.split_once(':').is_some_and(|x| !x.1.trim().is_empty())
-        });
+        let documented = m
+            .ptx
+            .lines()
+            .any(|l| l.trim_start().starts_with("// needs-newer-target:") && l.split_once(':').is_some_and(|x| !x.1.trim().is_empty()));
         assert!(
             (v <= (7, 8) && sm <= 75) || documented,
             "{}: .version {version} .target {target} is newer than 7.8/sm_75 and the header gives no \

@@ -641,8 +641,12 @@ fn write_fuzz_seeds() {
     let grey = GrayImage::from_fn(16, 16, |x, y| Luma([[0, 1, 127, 128, 200, 255][((x + y) % 6) as usize]]));
     grey.save(seeds.join("grey_levels.png")).unwrap();
     grey.save(seeds.join("grey.jpg")).unwrap();
-    image::ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(12, 10, |x, y| Luma([(x * 5000 + y * 300) as u16])).save(seeds.join("grey16.png")).unwrap();
-    image::RgbaImage::from_fn(10, 12, |x, y| image::Rgba([x as u8 * 20, y as u8 * 20, 0, (x * y) as u8])).save(seeds.join("rgba.png")).unwrap();
+    image::ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(12, 10, |x, y| Luma([(x * 5000 + y * 300) as u16]))
+        .save(seeds.join("grey16.png"))
+        .unwrap();
+    image::RgbaImage::from_fn(10, 12, |x, y| image::Rgba([x as u8 * 20, y as u8 * 20, 0, (x * y) as u8]))
+        .save(seeds.join("rgba.png"))
+        .unwrap();
 }
 
 #[test]
@@ -706,13 +710,30 @@ fn kill_9_mid_training_leaves_a_checkpoint_that_resumes() {
     let epochs = "30";
     let cmd = |extra: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hyperseg-engine"));
-        c.args(["train", "--device", "cpu", "--preset", "tiny", "--input-size", "32", "--batch-size", "2", "--sample-points", "256", "--workers", "1", "--epochs", epochs, "--data"])
-            .arg(&data)
-            .arg("--out")
-            .arg(&out)
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+        c.args([
+            "train",
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--sample-points",
+            "256",
+            "--workers",
+            "1",
+            "--epochs",
+            epochs,
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
         c
     };
     let last = out.join("last.safetensors");
@@ -753,7 +774,8 @@ fn kill_9_mid_training_leaves_a_checkpoint_that_resumes() {
     let epochs: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs, (1..=30).collect::<Vec<_>>(), "one log record per epoch after the crashes");
     assert!(!out.join("last.optim.next.safetensors").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "temporary files of killed runs remain: {leftovers:?}");
 }
 
@@ -767,7 +789,8 @@ fn divergence_stops_training_and_keeps_the_last_good_checkpoint() {
     let last = out.join("last.safetensors");
     // Continue with an absurd learning rate: the weights blow up within a step or two.
     set_config(&last, |c| c.learning_rate = 1e38);
-    let kept: Vec<Vec<u8>> = ["last.safetensors", "last.optim.safetensors", "last.json"].iter().map(|f| std::fs::read(out.join(f)).unwrap()).collect();
+    let kept: Vec<Vec<u8>> =
+        ["last.safetensors", "last.optim.safetensors", "last.json"].iter().map(|f| std::fs::read(out.join(f)).unwrap()).collect();
     let (_, c) = load_checkpoint(&last, &Device::Cpu).unwrap();
     let step1 = c.training.unwrap().step;
     match train(&options(&data, &out, 3, Some(last.clone())), &Device::Cpu, &mut Silent) {

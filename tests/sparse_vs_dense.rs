@@ -89,8 +89,7 @@ fn plane_sum_equals_first_layer(dev: &Device) -> Result<()> {
     let bias = Tensor::from_slice(&b1, [hidden], dev)?;
     let got = no_grad(|| upsample_sum_bias_relu(&planes.iter().collect::<Vec<_>>(), &bias, &points, h, w))?;
 
-    let tap_tensors: Vec<Tensor> =
-        taps.iter().zip(&shapes).map(|(t, s)| Tensor::from_slice(t, s.to_vec(), dev)).collect::<Result<_>>()?;
+    let tap_tensors: Vec<Tensor> = taps.iter().zip(&shapes).map(|(t, s)| Tensor::from_slice(t, s.to_vec(), dev)).collect::<Result<_>>()?;
     let hc = gather_hypercolumns(&tap_tensors.iter().collect::<Vec<_>>(), &points, h, w)?;
     let want = hc.linear(&Tensor::from_slice(&w1, [hidden, ctot], dev)?, Some(&bias))?.relu()?;
     assert_eq!(got.dims(), want.dims());

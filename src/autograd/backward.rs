@@ -60,11 +60,7 @@ impl Tensor {
             for ((input, gi), need) in node.inputs.iter().zip(input_grads).zip(&needs) {
                 let (Some(gi), true) = (gi, *need) else { continue };
                 if gi.dims() != input.dims() {
-                    return Err(Error::ShapeMismatch {
-                        op: node.op,
-                        lhs: input.dims().to_vec(),
-                        rhs: gi.dims().to_vec(),
-                    });
+                    return Err(Error::ShapeMismatch { op: node.op, lhs: input.dims().to_vec(), rhs: gi.dims().to_vec() });
                 }
                 let merged = match grads.remove(&input.id()) {
                     Some(acc) => acc.add(&gi)?,

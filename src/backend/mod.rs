@@ -226,10 +226,7 @@ pub struct AdamStep {
 /// `len` logits for one label per row, labels below `classes`, one weight per class.
 pub(crate) fn check_softmax_xent(len: usize, labels: &[u32], classes: usize, weights: Option<&[f32]>) -> Result<()> {
     if classes == 0 || len != labels.len() * classes {
-        return Err(Error::bad_shape(
-            "softmax_cross_entropy",
-            format!("{len} logits for {} labels of {classes} classes", labels.len()),
-        ));
+        return Err(Error::bad_shape("softmax_cross_entropy", format!("{len} logits for {} labels of {classes} classes", labels.len())));
     }
     if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
         return Err(Error::InvalidValue { name: "label", msg: format!("{l} is not below the {classes} classes") });
@@ -321,14 +318,7 @@ pub trait BackendStorage: Sized + Send + Sync {
     // ---- batch norm --------------------------------------------------------------------------
     /// Training-mode batch norm over `[n, c, h, w]` with batch statistics; with `relu`, the
     /// output is clamped at 0 in the same pass (`y = max(bn(x), 0)`).
-    fn batch_norm_train(
-        &self,
-        gamma: &Self,
-        beta: &Self,
-        d: Nchw,
-        eps: f32,
-        relu: bool,
-    ) -> Result<BatchNormForward<Self>>;
+    fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>>;
     /// Backward of [`BackendStorage::batch_norm_train`], `self` being x. `relu_out` is the
     /// forward's output when it had `relu`: then only the gradient where it is > 0 counts,
     /// exactly as if `dy * (relu_out > 0)` were passed.
@@ -360,12 +350,7 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn gather_hypercolumns(taps: &[&Self], points: &[SamplePoint], g: &GatherSpec) -> Result<Self>;
     /// Scatter of the gathered gradient (`self`, `[points, total_channels]`) back into one
     /// gradient per tap. `deterministic` asks for a bitwise-reproducible reduction.
-    fn gather_hypercolumns_backward(
-        &self,
-        points: &[SamplePoint],
-        g: &GatherSpec,
-        deterministic: bool,
-    ) -> Result<Vec<Self>>;
+    fn gather_hypercolumns_backward(&self, points: &[SamplePoint], g: &GatherSpec, deterministic: bool) -> Result<Vec<Self>>;
 
     /// The factored dense first layer, fused: `out[p, j] = relu(bias[j] + sum_i z_i[p, j])`, where
     /// `z_i[p, j]` is plane `i` bilinearly sampled at point `p` exactly as the sparse gather
@@ -384,12 +369,7 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// Softmax cross-entropy of logits `[rows, classes]` against `labels` (one per row),
     /// weighted mean over rows (`sum w[y] l / sum w[y]`; plain mean without weights).
     /// Returns the one-element loss and d loss / d logits.
-    fn softmax_cross_entropy(
-        &self,
-        labels: &[u32],
-        classes: usize,
-        class_weights: Option<&[f32]>,
-    ) -> Result<(Self, Self)>;
+    fn softmax_cross_entropy(&self, labels: &[u32], classes: usize, class_weights: Option<&[f32]>) -> Result<(Self, Self)>;
 
     // ---- regularisation and optimiser ---------------------------------------------------------
     /// A dropout mask of `self.len()`-independent length `len`: `1/keep` where

@@ -116,7 +116,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             precision.as_str(),
             dir.display()
         );
-        println!("check it with: python3 bench/pytorch_reference.py --parity {} --device {}", dir.display(), if device.is_cuda() { "cuda" } else { "cpu" });
+        println!(
+            "check it with: python3 bench/pytorch_reference.py --parity {} --device {}",
+            dir.display(),
+            if device.is_cuda() { "cuda" } else { "cpu" }
+        );
         return Ok(());
     }
 

@@ -47,9 +47,11 @@ impl DeviceArgs {
             }
         };
         if let (Some(limit), Device::Cuda(d)) = (&self.mem_limit, &device) {
-            let bytes = hyperseg_engine::backend::cuda::allocator::parse_bytes(limit).ok_or_else(|| {
-                hyperseg_engine::Error::InvalidValue { name: "--mem-limit", msg: format!("{limit:?} is not a size such as 12GiB or 8000000000") }
-            })?;
+            let bytes =
+                hyperseg_engine::backend::cuda::allocator::parse_bytes(limit).ok_or_else(|| hyperseg_engine::Error::InvalidValue {
+                    name: "--mem-limit",
+                    msg: format!("{limit:?} is not a size such as 12GiB or 8000000000"),
+                })?;
             d.set_memory_cap(bytes);
         }
         Ok(device)

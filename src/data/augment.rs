@@ -30,34 +30,18 @@ pub struct Augment {
 impl Augment {
     /// No augmentation at all (evaluation).
     pub fn none() -> Augment {
-        Augment {
-            rotate90: false,
-            flip: false,
-            brightness: 0.0,
-            contrast: 0.0,
-            hue: 0.0,
-        }
+        Augment { rotate90: false, flip: false, brightness: 0.0, contrast: 0.0, hue: 0.0 }
     }
 
     /// The paper's training augmentation: rotations by k*90 degrees, flips, and small brightness (+-10%), contrast
     /// (+-10%) and hue (+-0.02 turn, about 7 degrees) changes.
     pub fn paper() -> Augment {
-        Augment {
-            rotate90: true,
-            flip: true,
-            brightness: 0.1,
-            contrast: 0.1,
-            hue: 0.02,
-        }
+        Augment { rotate90: true, flip: true, brightness: 0.1, contrast: 0.1, hue: 0.02 }
     }
 
     /// Whether this draws nothing but the identity.
     pub fn is_none(&self) -> bool {
-        !self.rotate90
-            && !self.flip
-            && self.brightness == 0.0
-            && self.contrast == 0.0
-            && self.hue == 0.0
+        !self.rotate90 && !self.flip && self.brightness == 0.0 && self.contrast == 0.0 && self.hue == 0.0
     }
 
     /// Draws one sample's parameters. Always consumes the same numbers from `rng`, whatever is enabled.
@@ -118,14 +102,7 @@ pub struct AugmentParams {
 impl AugmentParams {
     /// The identity.
     pub fn identity() -> AugmentParams {
-        AugmentParams {
-            rot90: 0,
-            hflip: false,
-            vflip: false,
-            brightness: 1.0,
-            contrast: 1.0,
-            hue: 0.0,
-        }
+        AugmentParams { rot90: 0, hflip: false, vflip: false, brightness: 1.0, contrast: 1.0, hue: 0.0 }
     }
 
     /// Where output pixel `(x, y)` of a `size x size` square is read from in the input.
@@ -203,11 +180,7 @@ fn luma(p: &[f32]) -> f32 {
 
 /// RGB -> RGB matrix rotating the (I, Q) chroma plane of YIQ by `turns` of a full circle.
 fn hue_matrix(turns: f32) -> [[f32; 3]; 3] {
-    const YIQ: [[f64; 3]; 3] = [
-        [0.299, 0.587, 0.114],
-        [0.595_716, -0.274_453, -0.321_263],
-        [0.211_456, -0.522_591, 0.311_135],
-    ];
+    const YIQ: [[f64; 3]; 3] = [[0.299, 0.587, 0.114], [0.595_716, -0.274_453, -0.321_263], [0.211_456, -0.522_591, 0.311_135]];
     let inv = invert3(YIQ);
     let (s, c) = (turns as f64 * std::f64::consts::TAU).sin_cos();
     let rot = [[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]];
@@ -226,8 +199,7 @@ fn mul3(a: [[f64; 3]; 3], b: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
 }
 
 fn invert3(m: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
-    let cof =
-        |r0: usize, r1: usize, c0: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
+    let cof = |r0: usize, r1: usize, c0: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
     let adj = [
         [cof(1, 2, 1, 2), -cof(0, 2, 1, 2), cof(0, 1, 1, 2)],
         [-cof(1, 2, 0, 2), cof(0, 2, 0, 2), -cof(0, 1, 0, 2)],
@@ -251,19 +223,13 @@ mod tests {
         }
         let m = hue_matrix(0.1);
         for row in m {
-            assert!(
-                (row.iter().sum::<f32>() - 1.0).abs() < 1e-4,
-                "grey must stay grey: {m:?}"
-            );
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4, "grey must stay grey: {m:?}");
         }
     }
 
     #[test]
     fn quarter_turn_is_clockwise() {
-        let p = AugmentParams {
-            rot90: 1,
-            ..AugmentParams::identity()
-        };
+        let p = AugmentParams { rot90: 1, ..AugmentParams::identity() };
         // Clockwise: the input's top-left corner (0,0) lands at the top-right (size-1, 0).
         assert_eq!(p.source_of(3, 0, 4), (0, 0));
         // Four quarter turns are the identity.

@@ -17,10 +17,10 @@ use bytemuck::{Pod, Zeroable};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use crate::fsutil::write_atomic;
 use super::decode::{check_size, decode_sample, Decoded};
 use super::discover::Dataset;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 
 /// First bytes of every cache file.
 pub const CACHE_MAGIC: [u8; 8] = *b"HSEGDATA";
@@ -73,11 +73,7 @@ pub struct Cache {
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache")
-            .field("path", &self.path)
-            .field("size", &self.size)
-            .field("count", &self.ids.len())
-            .finish()
+        f.debug_struct("Cache").field("path", &self.path).field("size", &self.size).field("count", &self.ids.len()).finish()
     }
 }
 
@@ -90,10 +86,7 @@ impl Cache {
         let mut ids_blob = Vec::new();
         for s in dataset.samples() {
             if s.id.contains('\n') {
-                return Err(Error::bad_file(
-                    &s.image_path,
-                    "a sample id containing a newline cannot be cached",
-                ));
+                return Err(Error::bad_file(&s.image_path, "a sample id containing a newline cannot be cached"));
             }
             ids_blob.extend_from_slice(s.id.as_bytes());
             ids_blob.push(b'\n');
@@ -114,8 +107,7 @@ impl Cache {
             w.write_all(&ids_blob)?;
             let mut h = Hasher::new();
             for chunk in dataset.samples().chunks(CHUNK) {
-                let decoded: Result<Vec<Decoded>> =
-                    chunk.par_iter().map(|s| decode_sample(s, size)).collect();
+                let decoded: Result<Vec<Decoded>> = chunk.par_iter().map(|s| decode_sample(s, size)).collect();
                 let decoded = match decoded {
                     Ok(d) => d,
                     Err(e) => {
@@ -145,12 +137,7 @@ impl Cache {
     pub fn open_or_build(dataset: &Dataset, size: u32, path: impl AsRef<Path>) -> Result<Cache> {
         let path = path.as_ref();
         if let Ok(cache) = Cache::open(path) {
-            let same_ids = cache.ids.len() == dataset.len()
-                && cache
-                    .ids
-                    .iter()
-                    .zip(dataset.iter())
-                    .all(|(a, s)| *a == s.id);
+            let same_ids = cache.ids.len() == dataset.len() && cache.ids.iter().zip(dataset.iter()).all(|(a, s)| *a == s.id);
             if cache.size == size && same_ids {
                 return Ok(cache);
             }
@@ -165,24 +152,16 @@ impl Cache {
         // SAFETY: the map is read-only and the cache writer never modifies a file in place (it renames a new one
         // over it); the type's docs ask users not to edit the file while it is open.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let bad = |msg: String| {
-            Error::bad_file(path, format!("corrupt cache: {msg}; delete it to rebuild"))
-        };
+        let bad = |msg: String| Error::bad_file(path, format!("corrupt cache: {msg}; delete it to rebuild"));
         if map.len() < HEADER_LEN {
-            return Err(bad(format!(
-                "{} bytes is shorter than the {HEADER_LEN}-byte header",
-                map.len()
-            )));
+            return Err(bad(format!("{} bytes is shorter than the {HEADER_LEN}-byte header", map.len())));
         }
         let header = bytemuck::pod_read_unaligned::<Header>(&map[..HEADER_LEN]).swap_le();
         if header.magic != CACHE_MAGIC {
             return Err(bad("not a hyperseg cache file (wrong magic)".into()));
         }
         if header.version != CACHE_VERSION {
-            return Err(bad(format!(
-                "format version {} is not the supported {CACHE_VERSION}",
-                header.version
-            )));
+            return Err(bad(format!("format version {} is not the supported {CACHE_VERSION}", header.version)));
         }
         if header.size == 0 || header.size > 16384 {
             return Err(bad(format!("implausible sample size {}", header.size)));
@@ -193,10 +172,7 @@ impl Cache {
             .and_then(|n| n.checked_add(header.count.checked_mul(per_sample)?))
             .ok_or_else(|| bad("header sizes overflow".into()))?;
         if map.len() as u64 != expected {
-            return Err(bad(format!(
-                "file is {} bytes but its header describes {expected} (truncated?)",
-                map.len()
-            )));
+            return Err(bad(format!("file is {} bytes but its header describes {expected} (truncated?)", map.len())));
         }
         let data_offset = HEADER_LEN + header.ids_len as usize;
         let ids_blob = &map[HEADER_LEN..data_offset];
@@ -206,26 +182,12 @@ impl Cache {
         if hash_of(&map[data_offset..]) != header.data_hash {
             return Err(bad("pixel data checksum mismatch".into()));
         }
-        let ids_text =
-            std::str::from_utf8(ids_blob).map_err(|_| bad("ids are not UTF-8".into()))?;
-        let ids: Vec<String> = ids_text
-            .split_terminator('\n')
-            .map(str::to_string)
-            .collect();
+        let ids_text = std::str::from_utf8(ids_blob).map_err(|_| bad("ids are not UTF-8".into()))?;
+        let ids: Vec<String> = ids_text.split_terminator('\n').map(str::to_string).collect();
         if ids.len() as u64 != header.count {
-            return Err(bad(format!(
-                "{} ids for {} samples",
-                ids.len(),
-                header.count
-            )));
+            return Err(bad(format!("{} ids for {} samples", ids.len(), header.count)));
         }
-        Ok(Cache {
-            path: path.to_path_buf(),
-            map,
-            size: header.size,
-            ids,
-            data_offset,
-        })
+        Ok(Cache { path: path.to_path_buf(), map, size: header.size, ids, data_offset })
     }
 
     /// The file.
@@ -256,27 +218,17 @@ impl Cache {
     /// The RGB bytes (HWC) and labels of sample `index`, borrowed from the map.
     pub fn view(&self, index: usize) -> Result<(&[u8], &[u8])> {
         if index >= self.len() {
-            return Err(Error::InvalidValue {
-                name: "index",
-                msg: format!("{index} is past the cache's {} samples", self.len()),
-            });
+            return Err(Error::InvalidValue { name: "index", msg: format!("{index} is past the cache's {} samples", self.len()) });
         }
         let n = (self.size as usize).pow(2);
         let start = self.data_offset + index * 4 * n;
-        Ok((
-            &self.map[start..start + 3 * n],
-            &self.map[start + 3 * n..start + 4 * n],
-        ))
+        Ok((&self.map[start..start + 3 * n], &self.map[start + 3 * n..start + 4 * n]))
     }
 
     /// Sample `index` as an owned [`Decoded`].
     pub fn get(&self, index: usize) -> Result<Decoded> {
         let (rgb, mask) = self.view(index)?;
-        Ok(Decoded {
-            size: self.size,
-            rgb: rgb.to_vec(),
-            mask: mask.to_vec(),
-        })
+        Ok(Decoded { size: self.size, rgb: rgb.to_vec(), mask: mask.to_vec() })
     }
 }
 
@@ -292,18 +244,11 @@ struct Hasher {
 
 impl Hasher {
     fn new() -> Hasher {
-        Hasher {
-            state: 0x243F_6A88_85A3_08D3,
-            len: 0,
-            pending: [0; 8],
-            npending: 0,
-        }
+        Hasher { state: 0x243F_6A88_85A3_08D3, len: 0, pending: [0; 8], npending: 0 }
     }
 
     fn word(&mut self, v: u64) {
-        self.state = (self.state ^ v)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .rotate_left(29);
+        self.state = (self.state ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
     }
 
     fn update(&mut self, mut bytes: &[u8]) {

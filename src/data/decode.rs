@@ -62,10 +62,7 @@ fn decode_limits() -> Limits {
 
 /// A reader for `path` with the format guessed from the contents (not the extension) and the limits set.
 fn reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
-    let mut reader = ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
+    let mut reader = ImageReader::open(path).map_err(|e| Error::io(path, e))?.with_guessed_format().map_err(|e| Error::io(path, e))?;
     reader.limits(decode_limits());
     Ok(reader)
 }
@@ -150,9 +147,7 @@ fn check_dimensions(path: &Path, (w, h): (u32, u32)) -> Result<()> {
 /// pictures over the size limits (see the module docs) before decoding any pixel.
 pub fn open_image(path: &Path) -> Result<DynamicImage> {
     let bytes = read_file(path)?;
-    let mut reader = ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes.as_slice())).with_guessed_format().map_err(|e| Error::io(path, e))?;
     reader.limits(decode_limits());
     let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
     let decoder = reader.into_decoder().map_err(|e| image_error(path, e))?;
@@ -224,9 +219,7 @@ pub fn resize_mask(mask: &GrayImage, size: u32) -> GrayImage {
         s.min(n - 1)
     };
     let xs: Vec<u32> = (0..size).map(|x| src(x, w)).collect();
-    GrayImage::from_fn(size, size, |x, y| {
-        *mask.get_pixel(xs[x as usize], src(y, h))
-    })
+    GrayImage::from_fn(size, size, |x, y| *mask.get_pixel(xs[x as usize], src(y, h)))
 }
 
 /// Mask values to labels: `> 127` is lesion (1), the rest background (0).
@@ -254,19 +247,10 @@ pub fn decode_sample(sample: &Sample, size: u32) -> Result<Decoded> {
     let rgb = read_rgb(&sample.image_path)?;
     let mask = read_gray(&sample.mask_path)?;
     if rgb.dimensions() != mask.dimensions() {
-        return Err(size_mismatch(
-            &sample.mask_path,
-            mask.dimensions(),
-            &sample.image_path,
-            rgb.dimensions(),
-        ));
+        return Err(size_mismatch(&sample.mask_path, mask.dimensions(), &sample.image_path, rgb.dimensions()));
     }
     warn_if_not_binary(&sample.mask_path, mask.as_raw());
-    Ok(Decoded {
-        size,
-        rgb: resize_rgb(&rgb, size).into_raw(),
-        mask: binarise(resize_mask(&mask, size).as_raw()),
-    })
+    Ok(Decoded { size, rgb: resize_rgb(&rgb, size).into_raw(), mask: binarise(resize_mask(&mask, size).as_raw()) })
 }
 
 /// Warns (once per file) when a mask holds values other than 0 and 255.
@@ -276,11 +260,8 @@ fn warn_if_not_binary(path: &Path, gray: &[u8]) {
         return;
     }
     let max = gray.iter().copied().max().unwrap_or(0);
-    let hint = if max <= 127 {
-        " (no value is above 127, so the whole mask reads as background: is it a 0/1 mask? save it as 0/255)"
-    } else {
-        ""
-    };
+    let hint =
+        if max <= 127 { " (no value is above 127, so the whole mask reads as background: is it a 0/1 mask? save it as 0/255)" } else { "" };
     warn_once(
         path,
         "mask values",
@@ -292,32 +273,17 @@ fn warn_if_not_binary(path: &Path, gray: &[u8]) {
 }
 
 /// The error for a mask whose size differs from its image's; names both files.
-pub(crate) fn size_mismatch(
-    mask: &Path,
-    mask_dims: (u32, u32),
-    image: &Path,
-    image_dims: (u32, u32),
-) -> Error {
+pub(crate) fn size_mismatch(mask: &Path, mask_dims: (u32, u32), image: &Path, image_dims: (u32, u32)) -> Error {
     Error::bad_file(
         mask,
-        format!(
-            "mask is {}x{} but its image {} is {}x{}",
-            mask_dims.0,
-            mask_dims.1,
-            image.display(),
-            image_dims.0,
-            image_dims.1
-        ),
+        format!("mask is {}x{} but its image {} is {}x{}", mask_dims.0, mask_dims.1, image.display(), image_dims.0, image_dims.1),
     )
 }
 
 /// Rejects a model size of 0 or one too large to index.
 pub(crate) fn check_size(size: u32) -> Result<()> {
     if size == 0 || size > 16384 {
-        return Err(Error::InvalidValue {
-            name: "size",
-            msg: format!("model input size must be 1..=16384, got {size}"),
-        });
+        return Err(Error::InvalidValue { name: "size", msg: format!("model input size must be 1..=16384, got {size}") });
     }
     Ok(())
 }

@@ -60,19 +60,12 @@ impl Dataset {
         let flat = layout.images == layout.masks;
         let images = keyed_files(&layout.images, |s| !is_mask_stem(s))?;
         if images.is_empty() {
-            return Err(Error::bad_file(
-                &layout.images,
-                "no images (.jpg, .jpeg, .png) found in this folder",
-            ));
+            return Err(Error::bad_file(&layout.images, "no images (.jpg, .jpeg, .png) found in this folder"));
         }
         let masks = keyed_files(&layout.masks, |s| !flat || is_mask_stem(s))?;
         for (id, mask_path) in &masks {
             if !images.contains_key(id) {
-                warn_once(
-                    mask_path,
-                    "mask without image",
-                    &format!("mask without an image in {}: skipped", layout.images.display()),
-                );
+                warn_once(mask_path, "mask without image", &format!("mask without an image in {}: skipped", layout.images.display()));
             }
         }
         let mut samples = Vec::with_capacity(images.len());
@@ -80,34 +73,18 @@ impl Dataset {
             let Some(mask_path) = masks.get(&id) else {
                 return Err(Error::bad_file(
                     &image_path,
-                    format!(
-                        "no mask for this image in {} (expected {id}_segmentation.png)",
-                        layout.masks.display()
-                    ),
+                    format!("no mask for this image in {} (expected {id}_segmentation.png)", layout.masks.display()),
                 ));
             };
-            samples.push(Sample {
-                id,
-                image_path,
-                mask_path: mask_path.clone(),
-            });
+            samples.push(Sample { id, image_path, mask_path: mask_path.clone() });
         }
-        samples
-            .par_iter()
-            .map(check_pair)
-            .collect::<Result<Vec<()>>>()?;
-        Ok(Dataset {
-            root: dir.to_path_buf(),
-            samples,
-        })
+        samples.par_iter().map(check_pair).collect::<Result<Vec<()>>>()?;
+        Ok(Dataset { root: dir.to_path_buf(), samples })
     }
 
     /// A dataset from samples listed elsewhere (not checked; decoding will report bad files).
     pub fn from_samples(root: impl Into<PathBuf>, samples: Vec<Sample>) -> Dataset {
-        Dataset {
-            root: root.into(),
-            samples,
-        }
+        Dataset { root: root.into(), samples }
     }
 
     /// The folder the samples came from.
@@ -156,10 +133,7 @@ pub fn find_images(dir: impl AsRef<Path>) -> Result<Vec<(String, PathBuf)>> {
     };
     let images = keyed_files(&folder, |s| !is_mask_stem(s))?;
     if images.is_empty() {
-        return Err(Error::bad_file(
-            &folder,
-            "no images (.jpg, .jpeg, .png) found in this folder",
-        ));
+        return Err(Error::bad_file(&folder, "no images (.jpg, .jpeg, .png) found in this folder"));
     }
     Ok(images.into_iter().collect())
 }
@@ -168,45 +142,24 @@ pub fn find_images(dir: impl AsRef<Path>) -> Result<Vec<(String, PathBuf)>> {
 pub fn detect_layout(dir: &Path) -> Result<Layout> {
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
     if !meta.is_dir() {
-        return Err(Error::bad_file(
-            dir,
-            "expected a folder of images and masks",
-        ));
+        return Err(Error::bad_file(dir, "expected a folder of images and masks"));
     }
     let images = dir.join("images");
     if images.is_dir() {
         let masks = dir.join("masks");
         if !masks.is_dir() {
-            return Err(Error::bad_file(
-                dir,
-                "has an images/ folder but no masks/ folder",
-            ));
+            return Err(Error::bad_file(dir, "has an images/ folder but no masks/ folder"));
         }
         return Ok(Layout { images, masks });
     }
     let subdirs: Vec<PathBuf> = list_dir(dir)?.into_iter().filter(|p| p.is_dir()).collect();
-    let name = |p: &PathBuf| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default()
-    };
-    let data: Vec<&PathBuf> = subdirs
-        .iter()
-        .filter(|p| name(p).ends_with("_data") || name(p).ends_with("_input"))
-        .collect();
-    let mut truth: Vec<&PathBuf> = subdirs
-        .iter()
-        .filter(|p| name(p).contains("groundtruth"))
-        .collect();
+    let name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let data: Vec<&PathBuf> = subdirs.iter().filter(|p| name(p).ends_with("_data") || name(p).ends_with("_input")).collect();
+    let mut truth: Vec<&PathBuf> = subdirs.iter().filter(|p| name(p).contains("groundtruth")).collect();
     if truth.len() > 1 && truth.iter().filter(|p| name(p).contains("part1")).count() == 1 {
         truth.retain(|p| name(p).contains("part1"));
     }
-    let listed = |v: &[&PathBuf]| {
-        v.iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let listed = |v: &[&PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     match (data.len(), truth.len()) {
         (1, 1) => Ok(Layout { images: data[0].clone(), masks: truth[0].clone() }),
         (0, 0) => {
@@ -219,7 +172,11 @@ pub fn detect_layout(dir: &Path) -> Result<Layout> {
         (0, 1) => Err(Error::bad_file(dir, format!("found mask folder {} but no *_Data image folder", truth[0].display()))),
         _ => Err(Error::bad_file(
             dir,
-            format!("ambiguous layout: image folders [{}], mask folders [{}]; point at a folder holding one split", listed(&data), listed(&truth)),
+            format!(
+                "ambiguous layout: image folders [{}], mask folders [{}]; point at a folder holding one split",
+                listed(&data),
+                listed(&truth)
+            ),
         )),
     }
 }
@@ -255,10 +212,7 @@ fn keyed_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<BTreeMap<Strin
         }
         let key = match_key(s);
         if let Some(other) = map.get(&key) {
-            return Err(Error::bad_file(
-                &path,
-                format!("same id {key} as {}", other.display()),
-            ));
+            return Err(Error::bad_file(&path, format!("same id {key} as {}", other.display())));
         }
         map.insert(key, path);
     }

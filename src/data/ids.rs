@@ -69,10 +69,7 @@ pub fn is_image_file(path: &Path) -> bool {
         .and_then(|e| e.to_str())
         .map(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
         .unwrap_or(false);
-    ext_ok
-        && !stem(path)
-            .map(|s| s.ends_with("_superpixels"))
-            .unwrap_or(true)
+    ext_ok && !stem(path).map(|s| s.ends_with("_superpixels")).unwrap_or(true)
 }
 
 #[cfg(test)]
@@ -91,9 +88,7 @@ mod tests {
         assert!(is_image_file(Path::new("a/ISIC_0000000.JPG")));
         assert!(is_image_file(Path::new("ISIC_0000000_segmentation.png")));
         assert!(!is_image_file(Path::new("ISIC_0000000_superpixels.png")));
-        assert!(!is_image_file(Path::new(
-            "ISIC-2017_Training_Data_metadata.csv"
-        )));
+        assert!(!is_image_file(Path::new("ISIC-2017_Training_Data_metadata.csv")));
         assert!(!is_image_file(Path::new(".hidden.png")));
         assert!(!is_image_file(Path::new("noext")));
     }

@@ -25,10 +25,5 @@ pub fn load_for_inference(path: impl AsRef<Path>, size: u32) -> Result<Inference
     let rgb = read_rgb(path.as_ref())?;
     let (width, height) = rgb.dimensions();
     let image = normalise_chw(resize_rgb(&rgb, size).as_raw());
-    Ok(InferenceInput {
-        width,
-        height,
-        size,
-        image,
-    })
+    Ok(InferenceInput { width, height, size, image })
 }

@@ -43,30 +43,12 @@ pub struct LoaderConfig {
 impl LoaderConfig {
     /// Training: shuffled, paper augmentation, last incomplete batch dropped, 2 workers prefetching 2 batches.
     pub fn train(batch_size: usize, size: u32, seed: u64) -> LoaderConfig {
-        LoaderConfig {
-            batch_size,
-            size,
-            augment: Augment::paper(),
-            seed,
-            shuffle: true,
-            drop_last: true,
-            workers: 2,
-            prefetch: 2,
-        }
+        LoaderConfig { batch_size, size, augment: Augment::paper(), seed, shuffle: true, drop_last: true, workers: 2, prefetch: 2 }
     }
 
     /// Evaluation: dataset order, no augmentation, every sample.
     pub fn eval(batch_size: usize, size: u32) -> LoaderConfig {
-        LoaderConfig {
-            batch_size,
-            size,
-            augment: Augment::none(),
-            seed: 0,
-            shuffle: false,
-            drop_last: false,
-            workers: 2,
-            prefetch: 2,
-        }
+        LoaderConfig { batch_size, size, augment: Augment::none(), seed: 0, shuffle: false, drop_last: false, workers: 2, prefetch: 2 }
     }
 }
 
@@ -112,10 +94,7 @@ pub struct Loader {
 
 impl std::fmt::Debug for Loader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loader")
-            .field("samples", &self.len())
-            .field("config", &self.inner.config)
-            .finish()
+        f.debug_struct("Loader").field("samples", &self.len()).field("config", &self.inner.config).finish()
     }
 }
 
@@ -130,11 +109,7 @@ impl Loader {
         if cache.size() != config.size {
             return Err(Error::bad_file(
                 cache.path(),
-                format!(
-                    "cache holds {0}x{0} samples but the loader wants {1}x{1}; rebuild it",
-                    cache.size(),
-                    config.size
-                ),
+                format!("cache holds {0}x{0} samples but the loader wants {1}x{1}; rebuild it", cache.size(), config.size),
             ));
         }
         Loader::new(Source::Cache(cache), config)
@@ -143,20 +118,12 @@ impl Loader {
     fn new(source: Source, config: LoaderConfig) -> Result<Loader> {
         check_size(config.size)?;
         if config.batch_size == 0 {
-            return Err(Error::InvalidValue {
-                name: "batch_size",
-                msg: "must be at least 1".into(),
-            });
+            return Err(Error::InvalidValue { name: "batch_size", msg: "must be at least 1".into() });
         }
         if source.len() == 0 {
-            return Err(Error::InvalidValue {
-                name: "dataset",
-                msg: "has no samples".into(),
-            });
+            return Err(Error::InvalidValue { name: "dataset", msg: "has no samples".into() });
         }
-        Ok(Loader {
-            inner: Arc::new(Inner { source, config }),
-        })
+        Ok(Loader { inner: Arc::new(Inner { source, config }) })
     }
 
     /// The configuration.
@@ -188,8 +155,7 @@ impl Loader {
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.len()).collect();
         if self.inner.config.shuffle {
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(augment_seed(self.inner.config.seed, epoch, u64::MAX));
+            let mut rng = ChaCha8Rng::seed_from_u64(augment_seed(self.inner.config.seed, epoch, u64::MAX));
             order.shuffle(&mut rng);
         }
         order
@@ -206,17 +172,15 @@ impl Loader {
         for w in 0..workers {
             let (tx, rx) = sync_channel(cfg.prefetch.max(1));
             let (inner, order) = (Arc::clone(&self.inner), Arc::clone(&order));
-            let spawned = std::thread::Builder::new()
-                .name(format!("loader-{w}"))
-                .spawn(move || {
-                    for b in (w..n_batches).step_by(workers) {
-                        let batch = build_batch(&inner, &order, epoch, b);
-                        let failed = batch.is_err();
-                        if tx.send(batch).is_err() || failed {
-                            break;
-                        }
+            let spawned = std::thread::Builder::new().name(format!("loader-{w}")).spawn(move || {
+                for b in (w..n_batches).step_by(workers) {
+                    let batch = build_batch(&inner, &order, epoch, b);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        break;
                     }
-                });
+                }
+            });
             match spawned {
                 Ok(h) => {
                     receivers.push(rx);
@@ -232,16 +196,7 @@ impl Loader {
                 }
             }
         }
-        Epoch {
-            inner: Arc::clone(&self.inner),
-            order,
-            epoch,
-            next: 0,
-            n_batches,
-            receivers,
-            handles,
-            done: false,
-        }
+        Epoch { inner: Arc::clone(&self.inner), order, epoch, next: 0, n_batches, receivers, handles, done: false }
     }
 }
 
@@ -253,9 +208,7 @@ fn build_batch(inner: &Inner, order: &[usize], epoch: u64, b: usize) -> Result<B
     let mut batch = Batch::with_capacity(end - start, cfg.size as usize);
     for &index in &order[start..end] {
         let decoded = inner.source.decoded(index, cfg.size)?;
-        let params = cfg
-            .augment
-            .sample(&mut sample_rng(cfg.seed, epoch, index as u64));
+        let params = cfg.augment.sample(&mut sample_rng(cfg.seed, epoch, index as u64));
         let (image, mask) = params.apply(&decoded);
         batch.push(inner.source.id(index).to_string(), &image, &mask);
     }
@@ -288,10 +241,7 @@ impl Iterator for Epoch {
         } else {
             match self.receivers[b % self.receivers.len()].recv() {
                 Ok(item) => item,
-                Err(_) => Err(Error::InvalidValue {
-                    name: "loader",
-                    msg: format!("worker for batch {b} stopped unexpectedly"),
-                }),
+                Err(_) => Err(Error::InvalidValue { name: "loader", msg: format!("worker for batch {b} stopped unexpectedly") }),
             }
         };
         self.done = item.is_err();
@@ -299,11 +249,7 @@ impl Iterator for Epoch {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = if self.done {
-            0
-        } else {
-            self.n_batches - self.next
-        };
+        let left = if self.done { 0 } else { self.n_batches - self.next };
         (0, Some(left))
     }
 }

@@ -6,29 +6,17 @@ use std::path::Path;
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 
-use crate::fsutil::write_atomic;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 
 /// Resizes a `src_w x src_h` map (row-major) to `dst_w x dst_h` bilinearly with centre-aligned pixels
 /// (source coordinate `(x + 0.5) * src / dst - 0.5`, clamped to the edges; PyTorch's `align_corners=False`).
-pub fn resize_bilinear(
-    src: &[f32],
-    src_w: u32,
-    src_h: u32,
-    dst_w: u32,
-    dst_h: u32,
-) -> Result<Vec<f32>> {
+pub fn resize_bilinear(src: &[f32], src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Result<Vec<f32>> {
     if src_w == 0 || src_h == 0 || dst_w == 0 || dst_h == 0 {
-        return Err(Error::InvalidValue {
-            name: "size",
-            msg: format!("cannot resize {src_w}x{src_h} to {dst_w}x{dst_h}"),
-        });
+        return Err(Error::InvalidValue { name: "size", msg: format!("cannot resize {src_w}x{src_h} to {dst_w}x{dst_h}") });
     }
     if src.len() != src_w as usize * src_h as usize {
-        return Err(Error::InvalidValue {
-            name: "map",
-            msg: format!("{} values for a {src_w}x{src_h} map", src.len()),
-        });
+        return Err(Error::InvalidValue { name: "map", msg: format!("{} values for a {src_w}x{src_h} map", src.len()) });
     }
     let taps = |dst: u32, n: u32| -> Vec<(usize, usize, f32)> {
         (0..dst)
@@ -61,25 +49,16 @@ pub fn resize_probabilities(prob: &[f32], size: u32, width: u32, height: u32) ->
 
 /// Thresholds probabilities to a mask: 255 where `p > threshold` (lesion), else 0.
 pub fn probabilities_to_mask(prob: &[f32], threshold: f32) -> Vec<u8> {
-    prob.iter()
-        .map(|&p| if p > threshold { 255 } else { 0 })
-        .collect()
+    prob.iter().map(|&p| if p > threshold { 255 } else { 0 }).collect()
 }
 
 /// Writes an 8-bit grey `width x height` mask as a PNG, atomically.
 pub fn write_mask_png(path: impl AsRef<Path>, width: u32, height: u32, mask: &[u8]) -> Result<()> {
     let path = path.as_ref();
     if mask.len() != width as usize * height as usize {
-        return Err(Error::InvalidValue {
-            name: "mask",
-            msg: format!("{} values for a {width}x{height} mask", mask.len()),
-        });
+        return Err(Error::InvalidValue { name: "mask", msg: format!("{} values for a {width}x{height} mask", mask.len()) });
     }
-    write_atomic(path, |w| {
-        PngEncoder::new(w)
-            .write_image(mask, width, height, ExtendedColorType::L8)
-            .map_err(std::io::Error::other)
-    })
+    write_atomic(path, |w| PngEncoder::new(w).write_image(mask, width, height, ExtendedColorType::L8).map_err(std::io::Error::other))
 }
 
 #[cfg(test)]
@@ -95,9 +74,6 @@ mod tests {
         let m: Vec<f32> = (0..12).map(|v| v as f32).collect();
         assert_eq!(resize_bilinear(&m, 4, 3, 4, 3).unwrap(), m);
         assert!(resize_bilinear(&m, 5, 3, 4, 3).is_err());
-        assert_eq!(
-            probabilities_to_mask(&[0.2, 0.5, 0.7], 0.5),
-            vec![0, 0, 255]
-        );
+        assert_eq!(probabilities_to_mask(&[0.2, 0.5, 0.7], 0.5), vec![0, 0, 255]);
     }
 }

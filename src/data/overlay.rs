@@ -32,16 +32,11 @@ pub fn write_overlay_png(path: &Path, image_path: &Path, mask: &[u8], width: u32
         ));
     }
     if mask.len() != width as usize * height as usize {
-        return Err(Error::bad_file(
-            image_path,
-            format!("the mask to overlay has {} values, not {width}x{height}", mask.len()),
-        ));
+        return Err(Error::bad_file(image_path, format!("the mask to overlay has {} values, not {width}x{height}", mask.len())));
     }
     overlay(&mut img, mask);
     write_atomic(path, |w| {
-        PngEncoder::new(w)
-            .write_image(img.as_raw(), width, height, ExtendedColorType::Rgb8)
-            .map_err(std::io::Error::other)
+        PngEncoder::new(w).write_image(img.as_raw(), width, height, ExtendedColorType::Rgb8).map_err(std::io::Error::other)
     })
 }
 
@@ -62,9 +57,7 @@ fn overlay(img: &mut RgbImage, mask: &[u8]) {
             *px = if boundary {
                 Rgb(BOUNDARY)
             } else {
-                Rgb(std::array::from_fn(|c| {
-                    (px.0[c] as f32 * (1.0 - TINT_ALPHA) + TINT[c] as f32 * TINT_ALPHA).round() as u8
-                }))
+                Rgb(std::array::from_fn(|c| (px.0[c] as f32 * (1.0 - TINT_ALPHA) + TINT[c] as f32 * TINT_ALPHA).round() as u8))
             };
         }
     }

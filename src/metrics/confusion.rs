@@ -39,12 +39,7 @@ fn ratio(num: u64, den: u64) -> f64 {
 impl Confusion {
     /// Counts from two grey masks (0-255) of equal length, each binarised at `> 128` as the official scorer does.
     pub fn from_gray(pred: &[u8], truth: &[u8]) -> Result<Confusion> {
-        Confusion::from_fn(
-            pred,
-            truth,
-            |p| p > BINARY_THRESHOLD,
-            |t| t > BINARY_THRESHOLD,
-        )
+        Confusion::from_fn(pred, truth, |p| p > BINARY_THRESHOLD, |t| t > BINARY_THRESHOLD)
     }
 
     /// Counts from two label masks of equal length where any nonzero value is lesion (e.g. {0, 1} labels).
@@ -52,20 +47,11 @@ impl Confusion {
         Confusion::from_fn(pred, truth, |p| p != 0, |t| t != 0)
     }
 
-    fn from_fn(
-        pred: &[u8],
-        truth: &[u8],
-        p_on: impl Fn(u8) -> bool,
-        t_on: impl Fn(u8) -> bool,
-    ) -> Result<Confusion> {
+    fn from_fn(pred: &[u8], truth: &[u8], p_on: impl Fn(u8) -> bool, t_on: impl Fn(u8) -> bool) -> Result<Confusion> {
         if pred.len() != truth.len() {
             return Err(Error::InvalidValue {
                 name: "prediction",
-                msg: format!(
-                    "{} pixels but the ground truth has {}",
-                    pred.len(),
-                    truth.len()
-                ),
+                msg: format!("{} pixels but the ground truth has {}", pred.len(), truth.len()),
             });
         }
         let mut c = Confusion::default();

@@ -21,26 +21,17 @@ pub fn score_dirs(pred_dir: impl AsRef<Path>, truth_dir: impl AsRef<Path>) -> Re
     let truth_dir = mask_folder(truth_dir)?;
     let truths = keyed_masks(&truth_dir)?;
     if truths.is_empty() {
-        return Err(Error::bad_file(
-            &truth_dir,
-            "no ground-truth masks (.png) found in this folder",
-        ));
+        return Err(Error::bad_file(&truth_dir, "no ground-truth masks (.png) found in this folder"));
     }
     let preds = keyed_masks(pred_dir)?;
     let mut pairs = Vec::with_capacity(truths.len());
     for (id, truth) in truths {
         let Some(pred) = preds.get(&id) else {
-            return Err(Error::bad_file(
-                &truth,
-                format!("no prediction for this mask in {}", pred_dir.display()),
-            ));
+            return Err(Error::bad_file(&truth, format!("no prediction for this mask in {}", pred_dir.display())));
         };
         pairs.push((id, pred.clone(), truth));
     }
-    let per_image = pairs
-        .par_iter()
-        .map(|(id, pred, truth)| score_files(id, pred, truth))
-        .collect::<Result<Vec<ImageScore>>>()?;
+    let per_image = pairs.par_iter().map(|(id, pred, truth)| score_files(id, pred, truth)).collect::<Result<Vec<ImageScore>>>()?;
     ScoreReport::from_images(per_image)
 }
 
@@ -50,13 +41,7 @@ pub fn score_files(id: &str, pred: &Path, truth: &Path) -> Result<ImageScore> {
     let t = read_gray(truth)?;
     if p.dimensions() != t.dimensions() {
         let ((pw, ph), (tw, th)) = (p.dimensions(), t.dimensions());
-        return Err(Error::bad_file(
-            pred,
-            format!(
-                "prediction is {pw}x{ph} but its ground truth {} is {tw}x{th}",
-                truth.display()
-            ),
-        ));
+        return Err(Error::bad_file(pred, format!("prediction is {pw}x{ph} but its ground truth {} is {tw}x{th}", truth.display())));
     }
     ImageScore::from_gray(id, p.as_raw(), t.as_raw())
 }
@@ -70,10 +55,7 @@ fn mask_folder(dir: &Path) -> Result<PathBuf> {
     let mut gt = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
         if path.is_dir() && name.contains("groundtruth") {
             gt.push((name.contains("part1"), path));
         }
@@ -81,11 +63,7 @@ fn mask_folder(dir: &Path) -> Result<PathBuf> {
     if gt.len() > 1 {
         gt.retain(|(part1, _)| *part1);
     }
-    Ok(if gt.len() == 1 {
-        gt.remove(0).1
-    } else {
-        dir.to_path_buf()
-    })
+    Ok(if gt.len() == 1 { gt.remove(0).1 } else { dir.to_path_buf() })
 }
 
 /// `.png` masks of `dir` keyed by id; two files with one id is an error naming both.
@@ -97,20 +75,14 @@ fn keyed_masks(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     }
     paths.sort();
     for path in paths {
-        let is_png = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+        let is_png = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png"));
         if !is_png || !is_image_file(&path) || !path.is_file() {
             continue;
         }
         let Some(s) = stem(&path) else { continue };
         let key = match_key(s);
         if let Some(other) = map.get(&key) {
-            return Err(Error::bad_file(
-                &path,
-                format!("same id {key} as {}", other.display()),
-            ));
+            return Err(Error::bad_file(&path, format!("same id {key} as {}", other.display())));
         }
         map.insert(key, path);
     }

@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::confusion::Confusion;
-use crate::fsutil::write_atomic;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 
 /// The scores of one image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,10 +80,7 @@ impl ScoreReport {
     /// Means over `per_image`; an empty list is an error.
     pub fn from_images(per_image: Vec<ImageScore>) -> Result<ScoreReport> {
         if per_image.is_empty() {
-            return Err(Error::InvalidValue {
-                name: "scores",
-                msg: "no images to score".into(),
-            });
+            return Err(Error::InvalidValue { name: "scores", msg: "no images to score".into() });
         }
         let n = per_image.len() as f64;
         let mean = |f: fn(&ImageScore) -> f64| per_image.iter().map(f).sum::<f64>() / n;

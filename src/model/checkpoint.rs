@@ -95,10 +95,8 @@ fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>, meta: HashMap<String, 
 pub fn save_checkpoint(path: &Path, model: &HypercolumnNet, optimizer: Option<&Adam>, training: Option<&TrainingState>) -> Result<()> {
     let config_json = serde_json::to_string(&model.config).map_err(|e| Error::bad_file(path, e.to_string()))?;
     let named = model.named();
-    let tensors = named
-        .iter()
-        .map(|n| Ok((n.name.clone(), n.tensor.dims().to_vec(), to_bytes(&n.tensor.to_vec()?))))
-        .collect::<Result<Vec<_>>>()?;
+    let tensors =
+        named.iter().map(|n| Ok((n.name.clone(), n.tensor.dims().to_vec(), to_bytes(&n.tensor.to_vec()?)))).collect::<Result<Vec<_>>>()?;
     let mut meta = HashMap::from([("format".to_string(), FORMAT.to_string()), ("config".to_string(), config_json)]);
     if let Some(t) = training {
         meta.insert("training".into(), serde_json::to_string(t).map_err(|e| Error::bad_file(path, e.to_string()))?);
@@ -196,9 +194,9 @@ fn saved_training(path: &Path, meta: &HashMap<String, String>) -> Result<Option<
     }
     let json_path = sidecar(path, ".json");
     match std::fs::read(&json_path) {
-        Ok(bytes) => serde_json::from_slice::<Checkpoint>(&bytes)
-            .map(|c| c.training)
-            .map_err(|e| Error::bad_file(&json_path, e.to_string())),
+        Ok(bytes) => {
+            serde_json::from_slice::<Checkpoint>(&bytes).map(|c| c.training).map_err(|e| Error::bad_file(&json_path, e.to_string()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(&json_path, e)),
     }
@@ -322,10 +320,7 @@ mod tests {
     #[test]
     fn model_size_matches_the_built_model() {
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-        for config in [
-            ModelConfig::tiny(),
-            ModelConfig { fc6_kernel: 7, mlp_hidden: vec![16, 8, 4], classes: 3, ..ModelConfig::tiny() },
-        ] {
+        for config in [ModelConfig::tiny(), ModelConfig { fc6_kernel: 7, mlp_hidden: vec![16, 8, 4], classes: 3, ..ModelConfig::tiny() }] {
             let model = HypercolumnNet::new(config.clone(), &mut rng, &Device::Cpu).unwrap();
             let stored: usize = model.named().iter().map(|n| n.tensor.elem_count()).sum();
             assert_eq!(model_size(&config), (model.parameter_count() as u128, stored as u128), "{config:?}");

@@ -17,7 +17,16 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// He-initialised weights; a zero bias when `bias` is set.
-    pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, bias: bool, rng: &mut impl Rng, device: &Device) -> Result<Conv2d> {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<Conv2d> {
         let weight = kaiming_normal(&[c_out, c_in, k, k], c_in * k * k, rng, device)?;
         let bias = if bias { Some(Tensor::zeros([c_out], device)?.to_variable()?) } else { None };
         Ok(Conv2d { weight, bias, stride, pad })

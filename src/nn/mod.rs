@@ -12,7 +12,6 @@ pub use conv::Conv2d;
 pub use init::kaiming_normal;
 pub use linear::Linear;
 
-
 use crate::tensor::Tensor;
 
 /// A named tensor of a model: a trainable parameter or a buffer (running statistics).

@@ -67,14 +67,7 @@ impl Tensor {
     }
 
     /// Eval-mode batch norm: `gamma * (x - running_mean) / sqrt(running_var + eps) + beta`.
-    pub fn batch_norm_eval(
-        &self,
-        gamma: &Tensor,
-        beta: &Tensor,
-        running_mean: &Tensor,
-        running_var: &Tensor,
-        eps: f32,
-    ) -> Result<Tensor> {
+    pub fn batch_norm_eval(&self, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f32) -> Result<Tensor> {
         check(self, &[gamma, beta, running_mean, running_var], "batch_norm_eval")?;
         let scale = gamma.div(&running_var.affine(1.0, eps)?.sqrt()?)?;
         let shift = beta.sub(&running_mean.mul(&scale)?)?;

@@ -23,10 +23,7 @@ impl Tensor {
         let s = channel_spec(self, v, "add_channels")?;
         let out = self.storage().broadcast_add(&v.storage(), s)?;
         Tensor::from_op(out, self.shape().clone(), "add_channels", &[self, v], move |g, need| -> Result<Grads> {
-            Ok(vec![
-                Some(g.clone()),
-                when(need[1], || Tensor::from_storage(g.storage().reduce_to_mid(s)?, [s.mid]))?,
-            ])
+            Ok(vec![Some(g.clone()), when(need[1], || Tensor::from_storage(g.storage().reduce_to_mid(s)?, [s.mid]))?])
         })
     }
 

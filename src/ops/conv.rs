@@ -40,9 +40,7 @@ impl Tensor {
             let gs = g.storage();
             let mut grads = vec![
                 when(need[0], || Tensor::from_storage(gs.conv2d_backward_input(&wt.storage(), &s)?, [n, c_in, h, w]))?,
-                when(need[1], || {
-                    Tensor::from_storage(x.storage().conv2d_backward_weight(&gs, &s)?, [c_out, c_in, kh, kw])
-                })?,
+                when(need[1], || Tensor::from_storage(x.storage().conv2d_backward_weight(&gs, &s)?, [c_out, c_in, kh, kw]))?,
             ];
             if need.len() == 3 {
                 grads.push(when(need[2], || Tensor::from_storage(gs.reduce_to_mid(bs)?, [c_out]))?);

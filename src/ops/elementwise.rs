@@ -17,10 +17,7 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, name: &'static str) -> Result<Te
             BinaryOp::Add => vec![Some(g.clone()), Some(g.clone())],
             BinaryOp::Sub => vec![Some(g.clone()), when(need[1], || g.neg())?],
             BinaryOp::Mul => vec![when(need[0], || g.mul(&y))?, when(need[1], || g.mul(&x))?],
-            BinaryOp::Div => vec![
-                when(need[0], || g.div(&y))?,
-                when(need[1], || g.mul(&x)?.div(&y.sqr()?)?.neg())?,
-            ],
+            BinaryOp::Div => vec![when(need[0], || g.div(&y))?, when(need[1], || g.mul(&x)?.div(&y.sqr()?)?.neg())?],
         })
     })
 }

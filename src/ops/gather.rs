@@ -35,13 +35,7 @@ pub fn gather_hypercolumns(taps: &[&Tensor], points: &[SamplePoint], in_h: usize
             .into_iter()
             .zip(&spec.taps)
             .zip(need)
-            .map(|((s, &(c, h, w)), &need)| {
-                if need {
-                    Tensor::from_storage(s, [n, c, h, w]).map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
+            .map(|((s, &(c, h, w)), &need)| if need { Tensor::from_storage(s, [n, c, h, w]).map(Some) } else { Ok(None) })
             .collect()
     })
 }

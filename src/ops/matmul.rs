@@ -60,7 +60,9 @@ impl Tensor {
                 when(need[1], || gemm(g, &x, GemmSpec { m: n, n: k, k: m, trans_a: true, trans_b: false }))?,
             ];
             if need.len() == 3 {
-                grads.push(when(need[2], || Tensor::from_storage(g.storage().reduce_to_mid(BroadcastSpec { outer: m, mid: n, inner: 1 })?, [n]))?);
+                grads.push(when(need[2], || {
+                    Tensor::from_storage(g.storage().reduce_to_mid(BroadcastSpec { outer: m, mid: n, inner: 1 })?, [n])
+                })?);
             }
             Ok(grads)
         }))

@@ -50,11 +50,7 @@ pub fn concat(tensors: &[&Tensor], axis: usize) -> Result<Tensor> {
         at += len;
     }
     Tensor::from_op(out, dims.into(), "concat", tensors, move |g, need| {
-        offsets
-            .iter()
-            .zip(need)
-            .map(|(&(start, len), &need)| if need { g.narrow(axis, start, len).map(Some) } else { Ok(None) })
-            .collect()
+        offsets.iter().zip(need).map(|(&(start, len), &need)| if need { g.narrow(axis, start, len).map(Some) } else { Ok(None) }).collect()
     })
 }
 

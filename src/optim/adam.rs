@@ -118,8 +118,7 @@ impl Adam {
     pub fn step(&mut self) -> Result<()> {
         let h = self.advance();
         // Every parameter with a gradient, updated together (one launch on CUDA).
-        let active: Vec<(usize, Tensor)> =
-            self.params.iter().enumerate().filter_map(|(i, p)| p.grad().map(|g| (i, g))).collect();
+        let active: Vec<(usize, Tensor)> = self.params.iter().enumerate().filter_map(|(i, p)| p.grad().map(|g| (i, g))).collect();
         let mut ps: Vec<_> = active.iter().map(|(i, _)| self.params[*i].storage_mut()).collect();
         let gs: Vec<_> = active.iter().map(|(_, g)| g.storage()).collect();
         let mut ms: Vec<_> = active.iter().map(|(i, _)| self.m[*i].storage_mut()).collect();

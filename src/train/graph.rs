@@ -178,12 +178,8 @@ impl StepGraph {
         if let Some(l) = labels.iter().find(|&&l| l as usize >= self.classes) {
             return Err(Error::bad_shape("softmax_cross_entropy", format!("label {l} is not below the {} classes", self.classes)));
         }
-        let feeds = StepFeeds {
-            step,
-            points: SamplePoint::words(points).to_vec(),
-            labels: labels.to_vec(),
-            adam: adam_scalars(&adam.advance()),
-        };
+        let feeds =
+            StepFeeds { step, points: SamplePoint::words(points).to_vec(), labels: labels.to_vec(), adam: adam_scalars(&adam.advance()) };
         self.images.copy_from(images)?;
         self.graph.launch(&feeds)?;
         self.outputs(step, epoch)

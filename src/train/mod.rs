@@ -18,16 +18,16 @@
 //! [`crate::model::save_checkpoint`]), so `kill -9` at any moment resumes cleanly.
 
 mod evaluate;
-mod log;
 mod font;
-mod plot;
 pub mod graph;
+mod log;
+mod plot;
 pub mod step;
 
 pub use evaluate::evaluate;
+pub use graph::{StepGraph, StepRunner};
 pub use log::{read_log, write_log, EpochRecord};
 pub use plot::plot_run;
-pub use graph::{StepGraph, StepRunner};
 pub use step::{gradient_check, non_finite_gradient, queue_step, PendingStep, StepInputs};
 
 use std::path::{Path, PathBuf};
@@ -117,7 +117,12 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
     let (model, mut state, mut records) = match &opts.resume {
         Some(ckpt) => {
             let (model, c) = load_checkpoint(ckpt, device)?;
-            let state = c.training.ok_or_else(|| Error::bad_file(ckpt, "has no training state to resume from (not saved by a training run, and its .json sidecar is missing)"))?;
+            let state = c.training.ok_or_else(|| {
+                Error::bad_file(
+                    ckpt,
+                    "has no training state to resume from (not saved by a training run, and its .json sidecar is missing)",
+                )
+            })?;
             (model, state, read_log(&opts.out.join("metrics.jsonl"))?)
         }
         None => {
@@ -194,7 +199,14 @@ pub fn train(opts: &TrainOptions, device: &Device, observer: &mut dyn TrainObser
         if let Some(j) = jaccard.filter(|_| improved) {
             state.best_jaccard = j;
         }
-        let record = EpochRecord::new(state.epoch, state.step, loss_sum / steps.max(1) as f64, images as f64 / train_seconds, started.elapsed().as_secs_f64(), val.as_ref());
+        let record = EpochRecord::new(
+            state.epoch,
+            state.step,
+            loss_sum / steps.max(1) as f64,
+            images as f64 / train_seconds,
+            started.elapsed().as_secs_f64(),
+            val.as_ref(),
+        );
         records.push(record.clone());
         // The log before the checkpoint: after a crash in between, a resumed run trims the log.
         write_log(&opts.out.join("metrics.jsonl"), &records)?;

@@ -8,7 +8,6 @@
 //! break the line; epochs without a validation score are skipped and the line runs on over them. Panels with
 //! nothing to draw say why ("no epochs yet", "no validation", "no finite loss").
 
-
 use std::path::Path;
 
 use image::codecs::png::PngEncoder;
@@ -60,9 +59,7 @@ const MIN_MARKER_SPACING: f64 = 7.0;
 pub fn plot_run(path: &Path, records: &[EpochRecord]) -> Result<()> {
     let img = render(records);
     write_atomic(path, |w| {
-        PngEncoder::new(w)
-            .write_image(img.as_raw(), img.width(), img.height(), ExtendedColorType::Rgb8)
-            .map_err(std::io::Error::other)
+        PngEncoder::new(w).write_image(img.as_raw(), img.width(), img.height(), ExtendedColorType::Rgb8).map_err(std::io::Error::other)
     })
 }
 
@@ -73,10 +70,7 @@ fn render(records: &[EpochRecord]) -> RgbImage {
     sorted.sort_by_key(|r| r.epoch);
     let x_axis = epoch_axis(&sorted);
 
-    let loss: Vec<Option<(f64, f64)>> = sorted
-        .iter()
-        .map(|r| r.train_loss.is_finite().then_some((r.epoch as f64, r.train_loss)))
-        .collect();
+    let loss: Vec<Option<(f64, f64)>> = sorted.iter().map(|r| r.train_loss.is_finite().then_some((r.epoch as f64, r.train_loss))).collect();
     let finite: Vec<f64> = loss.iter().flatten().map(|p| p.1).collect();
     let loss_axis = value_axis(&finite);
     let last = loss.iter().rev().flatten().next();
@@ -93,22 +87,13 @@ fn render(records: &[EpochRecord]) -> RgbImage {
     };
     draw_panel(&mut canvas, 0, &loss_panel);
 
-    let jaccard: Vec<Option<(f64, f64)>> = sorted
-        .iter()
-        .map(|r| {
-            r.val_jaccard
-                .filter(|v| v.is_finite())
-                .map(|v| (r.epoch as f64, v.clamp(0.0, 1.0)))
-        })
-        .collect();
+    let jaccard: Vec<Option<(f64, f64)>> =
+        sorted.iter().map(|r| r.val_jaccard.filter(|v| v.is_finite()).map(|v| (r.epoch as f64, v.clamp(0.0, 1.0)))).collect();
     // The first of the best epochs, as the checkpointing keeps it.
-    let best = jaccard
-        .iter()
-        .flatten()
-        .fold(None::<(f64, f64)>, |b, &p| match b {
-            Some(q) if q.1 >= p.1 => Some(q),
-            _ => Some(p),
-        });
+    let best = jaccard.iter().flatten().fold(None::<(f64, f64)>, |b, &p| match b {
+        Some(q) if q.1 >= p.1 => Some(q),
+        _ => Some(p),
+    });
     let jaccard_panel = Panel {
         title: "validation Jaccard".to_string(),
         caption: best.map(|(e, v)| format!("best {v:.4} (epoch {e})")),
@@ -173,12 +158,8 @@ fn draw_panel(c: &mut Canvas, ox: i64, p: &Panel) {
     c.text_centred(cx, bottom + TICK_LEN + 5 + cap_h + 10, "epoch", TICK_SCALE, MUTED, false);
     c.frame(left, top, right, bottom, FRAME);
 
-    let pts: Vec<Option<(f64, f64)>> = p
-        .points
-        .iter()
-        .filter(|o| o.is_some() || !p.connect_gaps)
-        .map(|o| o.map(|(e, v)| (map_x(e), map_y(v))))
-        .collect();
+    let pts: Vec<Option<(f64, f64)>> =
+        p.points.iter().filter(|o| o.is_some() || !p.connect_gaps).map(|o| o.map(|(e, v)| (map_x(e), map_y(v)))).collect();
     if pts.iter().all(Option::is_none) {
         let y = (top + bottom) / 2 - cap_h / 2;
         c.text_centred(cx, y, p.empty, TITLE_SCALE, MUTED, false);
@@ -258,9 +239,7 @@ fn epoch_axis(sorted: &[&EpochRecord]) -> Axis {
 
 /// An axis fitted to `values` (finite): log when they are positive and span three decades or more, else linear.
 fn value_axis(values: &[f64]) -> Axis {
-    let (min, max) = values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let (min, max) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     if values.is_empty() {
         return linear_axis(0.0, 1.0);
     }
@@ -285,10 +264,7 @@ fn linear_axis(lo: f64, hi: f64) -> Axis {
     }
     let k0 = (lo / step + 1e-9).floor();
     let k1 = (hi / step - 1e-9).ceil().max(k0 + 1.0);
-    let ticks = (0..=(k1 - k0) as i64)
-        .map(|k| (k0 + k as f64) * step)
-        .map(|v| (v, format_tick(v, step, lo.abs().max(hi.abs()))))
-        .collect();
+    let ticks = (0..=(k1 - k0) as i64).map(|k| (k0 + k as f64) * step).map(|v| (v, format_tick(v, step, lo.abs().max(hi.abs())))).collect();
     Axis { lo: k0 * step, hi: k1 * step, log: false, ticks }
 }
 
@@ -297,11 +273,8 @@ fn log_axis(min: f64, max: f64) -> Axis {
     let lo = min.log10().floor();
     let hi = max.log10().ceil().max(lo + 1.0);
     let every = ((hi - lo) / 8.0).ceil().max(1.0);
-    let ticks = (0..)
-        .map(|k| lo + k as f64 * every)
-        .take_while(|e| *e <= hi + 1e-9)
-        .map(|e| (10f64.powf(e), format_decade(e as i32)))
-        .collect();
+    let ticks =
+        (0..).map(|k| lo + k as f64 * every).take_while(|e| *e <= hi + 1e-9).map(|e| (10f64.powf(e), format_decade(e as i32))).collect();
     Axis { lo, hi, log: true, ticks }
 }
 
@@ -379,11 +352,7 @@ impl Shape {
 fn segment_distance(p: (f64, f64), a: (f64, f64), b: (f64, f64)) -> f64 {
     let (dx, dy) = (b.0 - a.0, b.1 - a.1);
     let len2 = dx * dx + dy * dy;
-    let t = if len2 > 0.0 {
-        (((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len2).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
+    let t = if len2 > 0.0 { (((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
     (p.0 - a.0 - t * dx).hypot(p.1 - a.1 - t * dy)
 }
 
@@ -502,9 +471,7 @@ mod tests {
     }
 
     fn count_near(img: &RgbImage, x0: u32, x1: u32, colour: Colour) -> usize {
-        img.enumerate_pixels()
-            .filter(|(x, _, p)| (x0..x1).contains(x) && p.0.iter().zip(colour).all(|(a, b)| a.abs_diff(b) < 12))
-            .count()
+        img.enumerate_pixels().filter(|(x, _, p)| (x0..x1).contains(x) && p.0.iter().zip(colour).all(|(a, b)| a.abs_diff(b) < 12)).count()
     }
 
     #[test]
@@ -596,9 +563,7 @@ mod tests {
     #[test]
     #[ignore]
     fn sample_plot() {
-        let out = std::env::var_os("PLOT_OUT")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("plot.png"));
+        let out = std::env::var_os("PLOT_OUT").map(std::path::PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("plot.png"));
         plot_run(&out, &run(30)).unwrap();
         println!("wrote {}", out.display());
         let gappy: Vec<EpochRecord> = run(20)

@@ -163,7 +163,8 @@ mod tests {
         let mut adam = Adam::new(model.parameters(), AdamConfig::default()).unwrap();
         let points: Vec<SamplePoint> = (0..40).map(|i| SamplePoint { image: i % 2, y: (i * 7) % 64, x: (i * 13) % 64 }).collect();
         let labels: Vec<u32> = (0..40).map(|i| i % 2).collect();
-        let image = |v: f32| Tensor::from_vec((0..n * 3 * s * s).map(|i| v * ((i % 17) as f32 - 8.0)).collect(), [n, 3, s, s], &dev).unwrap();
+        let image =
+            |v: f32| Tensor::from_vec((0..n * 3 * s * s).map(|i| v * ((i % 17) as f32 - 8.0)).collect(), [n, 3, s, s], &dev).unwrap();
         let (first, second) = (image(1.0), image(f32::NAN));
         let first = queue_step(&model, &mut adam, StepInputs::new(&first, &points, &labels, 6, 0)).unwrap();
         let second = queue_step(&model, &mut adam, StepInputs::new(&second, &points, &labels, 7, 0)).unwrap();

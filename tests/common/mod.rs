@@ -61,7 +61,11 @@ pub fn separated_vec(n: usize, gap: f32, seed: u64) -> Vec<f32> {
     let mut v: Vec<f32> = (0..n)
         .map(|i| {
             let mag = gap * (i as f32 + 1.0);
-            if r.random_bool(0.5) { mag } else { -mag }
+            if r.random_bool(0.5) {
+                mag
+            } else {
+                -mag
+            }
         })
         .collect();
     for i in (1..n).rev() {
@@ -113,22 +117,15 @@ impl Default for GradCheck {
 
 impl GradCheck {
     pub fn run(&self, dev: &Device, inputs: &[Vec<f32>], shapes: &[Vec<usize>], f: impl Fn(&[Tensor]) -> Result<Tensor>) -> Result<()> {
-        let vars: Vec<Tensor> = inputs
-            .iter()
-            .zip(shapes)
-            .map(|(v, s)| Tensor::from_slice(v, s.clone(), dev)?.to_variable())
-            .collect::<Result<_>>()?;
+        let vars: Vec<Tensor> =
+            inputs.iter().zip(shapes).map(|(v, s)| Tensor::from_slice(v, s.clone(), dev)?.to_variable()).collect::<Result<_>>()?;
         let out = f(&vars)?;
         let proj_host = rand_vec(out.elem_count(), 99);
         let proj = Tensor::from_slice(&proj_host, out.shape().clone(), dev)?;
         out.mul(&proj)?.sum_all()?.backward()?;
         let eval = |xs: &[Vec<f32>]| -> Result<f64> {
             no_grad(|| {
-                let ts: Vec<Tensor> = xs
-                    .iter()
-                    .zip(shapes)
-                    .map(|(v, s)| Tensor::from_slice(v, s.clone(), dev))
-                    .collect::<Result<_>>()?;
+                let ts: Vec<Tensor> = xs.iter().zip(shapes).map(|(v, s)| Tensor::from_slice(v, s.clone(), dev)).collect::<Result<_>>()?;
                 let y = f(&ts)?.to_vec()?;
                 Ok(y.iter().zip(&proj_host).map(|(a, b)| *a as f64 * *b as f64).sum())
             })

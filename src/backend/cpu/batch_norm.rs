@@ -32,9 +32,7 @@ pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32, 
         .map(|c| {
             let sum: f64 = planes(d, c).map(|r| x[r].iter().map(|&v| v as f64).sum::<f64>()).sum();
             let mean = sum / count;
-            let sq: f64 = planes(d, c)
-                .map(|r| x[r].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                .sum();
+            let sq: f64 = planes(d, c).map(|r| x[r].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum();
             let var = sq / count;
             let unbiased = if count > 1.0 { sq / (count - 1.0) } else { var };
             (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32, unbiased as f32)
@@ -89,9 +87,5 @@ pub fn backward(x: &[f32], dy: &[f32], gamma: &[f32], mean: &[f32], invstd: &[f3
             *o = (g * is / count * (count * gy as f64 - sdy - xhat * sdyx)) as f32;
         }
     });
-    Backward {
-        dx,
-        dgamma: sums.iter().map(|s| s.1 as f32).collect(),
-        dbeta: sums.iter().map(|s| s.0 as f32).collect(),
-    }
+    Backward { dx, dgamma: sums.iter().map(|s| s.1 as f32).collect(), dbeta: sums.iter().map(|s| s.0 as f32).collect() }
 }

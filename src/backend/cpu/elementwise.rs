@@ -98,11 +98,7 @@ pub fn non_finite(buffers: &[&[f32]]) -> f32 {
 
 /// Sum in f64 chunks: accurate and independent of the thread count.
 pub fn sum(x: &[f32]) -> f32 {
-    x.par_chunks(1 << 14)
-        .map(|c| c.iter().map(|&v| v as f64).sum::<f64>())
-        .collect::<Vec<_>>()
-        .iter()
-        .sum::<f64>() as f32
+    x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>() as f32
 }
 
 /// `out[o, m, i] = f(x[o, m, i], v[m])`.
@@ -145,10 +141,7 @@ pub fn copy_blocks(src: &[f32], dst: &mut [f32], c: BlockCopy) {
 pub fn dropout_mask(len: usize, keep: f32, seed: u32) -> Vec<f32> {
     let threshold = keep_threshold(keep);
     let scale = 1.0 / keep;
-    (0..len)
-        .into_par_iter()
-        .map(|i| if (hash_u32(seed, i as u32) as u64) < threshold { scale } else { 0.0 })
-        .collect()
+    (0..len).into_par_iter().map(|i| if (hash_u32(seed, i as u32) as u64) < threshold { scale } else { 0.0 }).collect()
 }
 
 /// The integer threshold a hash is compared with for a keep probability (shared with CUDA).

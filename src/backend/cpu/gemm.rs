@@ -21,11 +21,7 @@ pub fn gemm_f32(a: &[f32], b: &[f32], c: &mut [f32], g: GemmSpec, beta: f32) {
     let (a_cs, a_rs) = if trans_a { (m as isize, 1) } else { (1, k as isize) };
     let (b_cs, b_rs) = if trans_b { (k as isize, 1) } else { (1, n as isize) };
     let threads = rayon::current_num_threads();
-    let par = if m * n * k > 64 * 64 * 64 && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = if m * n * k > 64 * 64 * 64 && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the slices hold at least m*k, k*n and m*n elements (checked by the caller) and the
     // strides above address exactly those elements.
     unsafe {

@@ -3,7 +3,6 @@
 
 use rayon::prelude::*;
 
-
 /// `loss = sum_r w[y_r] * (logsumexp(z_r) - z_r[y_r]) / sum_r w[y_r]` and
 /// `dz_r = w[y_r] * (softmax(z_r) - onehot(y_r)) / sum_r w[y_r]`.
 pub fn softmax_cross_entropy(z: &[f32], labels: &[u32], k: usize, weights: Option<&[f32]>) -> (f32, Vec<f32>) {

@@ -200,11 +200,7 @@ impl BackendStorage for CpuStorage {
         };
         let dy = masked.as_deref().unwrap_or(dy.as_f32());
         let b = batch_norm::backward(self.as_f32(), dy, gamma.as_f32(), mean.as_f32(), invstd.as_f32(), d);
-        Ok(BatchNormBackward {
-            dx: CpuStorage::F32(b.dx),
-            dgamma: CpuStorage::F32(b.dgamma),
-            dbeta: CpuStorage::F32(b.dbeta),
-        })
+        Ok(BatchNormBackward { dx: CpuStorage::F32(b.dx), dgamma: CpuStorage::F32(b.dgamma), dbeta: CpuStorage::F32(b.dbeta) })
     }
 
     fn max_pool2x2(&self, d: Nchw) -> Result<Self> {
@@ -234,12 +230,7 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::F32(resample::gather_forward(&slices, points, g)))
     }
 
-    fn gather_hypercolumns_backward(
-        &self,
-        points: &[SamplePoint],
-        g: &GatherSpec,
-        _deterministic: bool,
-    ) -> Result<Vec<Self>> {
+    fn gather_hypercolumns_backward(&self, points: &[SamplePoint], g: &GatherSpec, _deterministic: bool) -> Result<Vec<Self>> {
         check_len("gather_backward", "grad", self.len(), points.len() * g.total_channels())?;
         // The CPU scatter is always deterministic (a fixed order per tap).
         Ok(resample::gather_backward(self.as_f32(), points, g).into_iter().map(CpuStorage::F32).collect())
@@ -267,12 +258,7 @@ impl BackendStorage for CpuStorage {
         Ok((CpuStorage::F32(dz), CpuStorage::F32(db)))
     }
 
-    fn softmax_cross_entropy(
-        &self,
-        labels: &[u32],
-        classes: usize,
-        class_weights: Option<&[f32]>,
-    ) -> Result<(Self, Self)> {
+    fn softmax_cross_entropy(&self, labels: &[u32], classes: usize, class_weights: Option<&[f32]>) -> Result<(Self, Self)> {
         crate::backend::check_softmax_xent(self.len(), labels, classes, class_weights)?;
         let (l, g) = loss::softmax_cross_entropy(self.as_f32(), labels, classes, class_weights);
         Ok((CpuStorage::F32(vec![l]), CpuStorage::F32(g)))

@@ -46,8 +46,7 @@ pub fn upsample_forward(x: &[f32], d: Nchw, out_h: usize, out_w: usize) -> Vec<f
         for (oy, a) in ly.iter().enumerate() {
             let (r0, r1) = (&plane[a.i0 * d.w..(a.i0 + 1) * d.w], &plane[a.i1 * d.w..(a.i1 + 1) * d.w]);
             for (ox, b) in lx.iter().enumerate() {
-                out[oy * out_w + ox] =
-                    a.w0 * (b.w0 * r0[b.i0] + b.w1 * r0[b.i1]) + a.w1 * (b.w0 * r1[b.i0] + b.w1 * r1[b.i1]);
+                out[oy * out_w + ox] = a.w0 * (b.w0 * r0[b.i0] + b.w1 * r0[b.i1]) + a.w1 * (b.w0 * r1[b.i0] + b.w1 * r1[b.i1]);
             }
         }
     });
@@ -86,10 +85,7 @@ pub fn check_gather(tap_lens: impl ExactSizeIterator<Item = usize>, points: &[Sa
         }
     }
     if let Some(p) = points.iter().find(|p| p.image as usize >= g.n || p.y as usize >= g.in_h || p.x as usize >= g.in_w) {
-        return Err(Error::bad_shape(
-            "gather",
-            format!("point {p:?} outside a batch of {} images of {}x{}", g.n, g.in_h, g.in_w),
-        ));
+        return Err(Error::bad_shape("gather", format!("point {p:?} outside a batch of {} images of {}x{}", g.n, g.in_h, g.in_w)));
     }
     Ok(())
 }
@@ -100,12 +96,7 @@ pub fn check_gather(tap_lens: impl ExactSizeIterator<Item = usize>, points: &[Sa
 pub fn point_weights(p: &SamplePoint, h: usize, w: usize, in_h: usize, in_w: usize) -> [(usize, f32); 4] {
     let a = Lerp::new(p.y as usize, h, in_h);
     let b = Lerp::new(p.x as usize, w, in_w);
-    [
-        (a.i0 * w + b.i0, a.w0 * b.w0),
-        (a.i0 * w + b.i1, a.w0 * b.w1),
-        (a.i1 * w + b.i0, a.w1 * b.w0),
-        (a.i1 * w + b.i1, a.w1 * b.w1),
-    ]
+    [(a.i0 * w + b.i0, a.w0 * b.w0), (a.i0 * w + b.i1, a.w0 * b.w1), (a.i1 * w + b.i0, a.w1 * b.w0), (a.i1 * w + b.i1, a.w1 * b.w1)]
 }
 
 /// `[points, total_channels]`: row `p` holds every tap bilinearly sampled at point `p`.

@@ -38,9 +38,7 @@ impl Blas {
     /// Gives cuBLAS a workspace (device address and size) so that it allocates none itself.
     pub(crate) fn set_workspace(&mut self, ptr: u64, bytes: usize) -> Result<()> {
         // SAFETY: the block is owned by the device for the handle's whole life.
-        unsafe { sys::cublasSetWorkspace_v2(*self.handle.handle(), ptr as *mut std::ffi::c_void, bytes) }
-            .result()
-            .ctx("cublasSetWorkspace")
+        unsafe { sys::cublasSetWorkspace_v2(*self.handle.handle(), ptr as *mut std::ffi::c_void, bytes) }.result().ctx("cublasSetWorkspace")
     }
 
     fn set_tf32(&mut self, tf32: bool) -> Result<()> {

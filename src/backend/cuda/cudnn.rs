@@ -246,7 +246,6 @@ impl Dnn {
         unsafe { result::set_stream(dnn.handle, stream.cu_stream() as sys::cudaStream_t) }.ctx("cudnnSetStream")?;
         Ok(dnn)
     }
-
 }
 
 /// The cuDNN library version, e.g. 91400 for 9.14.0.
@@ -286,12 +285,7 @@ fn tensor4d(dims: [usize; 4]) -> Result<TensorDesc> {
     let dims = [int(dims[0])?, int(dims[1])?, int(dims[2])?, int(dims[3])?];
     // SAFETY: a live descriptor.
     unsafe {
-        result::set_tensor4d_descriptor(
-            d.0,
-            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-            sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-            dims,
-        )
+        result::set_tensor4d_descriptor(d.0, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, dims)
     }
     .ctx("cudnnSetTensor4dDescriptor")?;
     Ok(d)
@@ -313,12 +307,7 @@ impl Descriptors {
         let wd = [int(s.c_out)?, int(s.c_in)?, int(s.kh)?, int(s.kw)?];
         // SAFETY: live descriptors.
         unsafe {
-            result::set_filter4d_descriptor(
-                w.0,
-                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                wd,
-            )
+            result::set_filter4d_descriptor(w.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, wd)
         }
         .ctx("cudnnSetFilter4dDescriptor")?;
         let conv = ConvDesc(result::create_convolution_descriptor().ctx("cudnnCreateConvolutionDescriptor")?);
@@ -368,14 +357,9 @@ fn workspace_size(h: sys::cudnnHandle_t, dir: Direction, d: &Descriptors, algo: 
             Direction::Forward => {
                 result::get_convolution_forward_workspace_size(h, d.x.0, d.w.0, d.conv.0, d.y.0, fwd_algo(algo).ok_or_else(bad)?)
             }
-            Direction::BackwardData => result::get_convolution_backward_data_workspace_size(
-                h,
-                d.w.0,
-                d.y.0,
-                d.conv.0,
-                d.x.0,
-                bwd_data_algo(algo).ok_or_else(bad)?,
-            ),
+            Direction::BackwardData => {
+                result::get_convolution_backward_data_workspace_size(h, d.w.0, d.y.0, d.conv.0, d.x.0, bwd_data_algo(algo).ok_or_else(bad)?)
+            }
             Direction::BackwardFilter => result::get_convolution_backward_filter_workspace_size(
                 h,
                 d.x.0,
@@ -400,26 +384,12 @@ fn heuristics(h: sys::cudnnHandle_t, dir: Direction, d: &Descriptors) -> Result<
             Direction::Forward => {
                 result::get_convolution_forward_algorithm(h, d.x.0, d.w.0, d.conv.0, d.y.0, req, &mut n, perfs.as_mut_ptr().cast())
             }
-            Direction::BackwardData => result::get_convolution_backward_data_algorithm(
-                h,
-                d.w.0,
-                d.y.0,
-                d.conv.0,
-                d.x.0,
-                req,
-                &mut n,
-                perfs.as_mut_ptr().cast(),
-            ),
-            Direction::BackwardFilter => result::get_convolution_backward_filter_algorithm(
-                h,
-                d.x.0,
-                d.y.0,
-                d.conv.0,
-                d.w.0,
-                req,
-                &mut n,
-                perfs.as_mut_ptr().cast(),
-            ),
+            Direction::BackwardData => {
+                result::get_convolution_backward_data_algorithm(h, d.w.0, d.y.0, d.conv.0, d.x.0, req, &mut n, perfs.as_mut_ptr().cast())
+            }
+            Direction::BackwardFilter => {
+                result::get_convolution_backward_filter_algorithm(h, d.x.0, d.y.0, d.conv.0, d.w.0, req, &mut n, perfs.as_mut_ptr().cast())
+            }
         }
     }
     .ctx(&format!("{} heuristics", dir.name()))?;
@@ -655,9 +625,7 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()
     Err(last_err.unwrap_or_else(|| {
         cuda_error(
             dir.name(),
-            format!(
-                "no usable cuDNN algorithm for {s:?} (deterministic: {deterministic}, TF32: {tf32}, workspace budget {budget} bytes)"
-            ),
+            format!("no usable cuDNN algorithm for {s:?} (deterministic: {deterministic}, TF32: {tf32}, workspace budget {budget} bytes)"),
         )
     }))
 }

@@ -18,8 +18,8 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use super::allocator::{self, Block, MemoryStats, Pool, RawError, RawMemory};
 use super::blas::Blas;
 use super::cudnn::Dnn;
-use super::graph::Capture;
 use super::error::{catch_panic, cuda_error, driver_message, is_driver_oom, CudaResultExt, IntoCudaError};
+use super::graph::Capture;
 use super::storage::CudaStorage;
 use crate::error::{Error, Result};
 
@@ -134,9 +134,8 @@ pub(crate) fn check_libraries() -> Result<()> {
 
 /// The number of CUDA devices, once the driver is known to be present.
 pub(crate) fn device_count() -> Result<usize> {
-    cudarc::driver::result::init().map_err(|e| {
-        Error::CudaUnavailable(format!("the CUDA driver could not start ({}); use --device cpu", driver_message(&e)))
-    })?;
+    cudarc::driver::result::init()
+        .map_err(|e| Error::CudaUnavailable(format!("the CUDA driver could not start ({}); use --device cpu", driver_message(&e))))?;
     let n = cudarc::driver::result::device::get_count().ctx("cuDeviceGetCount")?;
     Ok(n.max(0) as usize)
 }
@@ -299,9 +298,7 @@ impl CudaDevice {
                 m
             }
         };
-        let f = module
-            .load_function(entry)
-            .ctx(&format!("finding kernel {entry} in PTX module {module_name}"))?;
+        let f = module.load_function(entry).ctx(&format!("finding kernel {entry} in PTX module {module_name}"))?;
         cache.functions.insert(entry, f.clone());
         Ok(f)
     }
@@ -379,10 +376,7 @@ fn jit_error_log(ptx: &str) -> String {
     use cudarc::driver::sys;
     let Ok(src) = std::ffi::CString::new(ptx) else { return String::new() };
     let mut buf = vec![0u8; 16 * 1024];
-    let mut options = [
-        sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
-        sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
-    ];
+    let mut options = [sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER, sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
     let mut values = [buf.as_mut_ptr() as *mut std::ffi::c_void, buf.len() as *mut std::ffi::c_void];
     let mut module: sys::CUmodule = std::ptr::null_mut();
     // SAFETY: the option values are a buffer and its size, as the driver API specifies; a

@@ -27,11 +27,11 @@ use std::borrow::Cow;
 use cudarc::driver::sys;
 
 use super::allocator::ArenaId;
-use super::kernels::ops::gather_csr_table;
-use crate::backend::{GatherSpec, SamplePoint};
 use super::device::lock;
 use super::error::CudaResultExt;
+use super::kernels::ops::gather_csr_table;
 use super::{CudaDevice, CudaStorage};
+use crate::backend::{GatherSpec, SamplePoint};
 use crate::error::{Error, Result};
 
 /// What the values of a host-to-device copy are, so that a captured graph can rebuild them.
@@ -181,7 +181,11 @@ impl CapturedGraph {
             let words = feed.source.words(step);
             if words.len() > feed.capacity {
                 return Err(Error::GraphCapture {
-                    msg: format!("a feed of {} words does not fit its buffer of {} (the batch differs from the captured one)", words.len(), feed.capacity),
+                    msg: format!(
+                        "a feed of {} words does not fit its buffer of {} (the batch differs from the captured one)",
+                        words.len(),
+                        feed.capacity
+                    ),
                 });
             }
             if !words.is_empty() {
@@ -314,7 +318,9 @@ mod tests {
         let spec = GatherSpec { n: 2, in_h: 8, in_w: 8, taps: vec![(3, 8, 8), (5, 2, 2)] };
         let (table, bound) = gather_csr_table(step_points(&s), &spec);
         c.record(0x700, bound, &table, FeedKind::GatherCsr(spec.clone())).unwrap();
-        for (words, kind) in [(&[0, 3, 5, 1, 5, 6][..], FeedKind::Points), (&[0, 0][..], FeedKind::Labels), (&[1, 2][..], FeedKind::StepSeed)] {
+        for (words, kind) in
+            [(&[0, 3, 5, 1, 5, 6][..], FeedKind::Points), (&[0, 0][..], FeedKind::Labels), (&[1, 2][..], FeedKind::StepSeed)]
+        {
             assert!(matches!(c.record(0x600, 8, words, kind.clone()), Err(Error::GraphCapture { .. })), "{kind:?}");
         }
         assert!(c.record(0x600, 3, &[1, 2, 3], FeedKind::AdamScalars).is_err());

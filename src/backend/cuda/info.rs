@@ -144,7 +144,8 @@ pub fn describe() -> Vec<String> {
         "NVTX: {}",
         match &i.nvtx_library {
             Some(l) => format!("{l} (set HYPERSEG_NVTX=1 for profiling ranges)"),
-            None => "not found (libnvToolsExt.so.1 or CUDA 13's libnvtx3interop.so.1; HYPERSEG_NVTX_LIB names one); profiling ranges off".to_string(),
+            None => "not found (libnvToolsExt.so.1 or CUDA 13's libnvtx3interop.so.1; HYPERSEG_NVTX_LIB names one); profiling ranges off"
+                .to_string(),
         }
     ));
     out

@@ -108,13 +108,13 @@ fn loaded() -> Option<&'static Library> {
         let from_env = std::env::var(NVTX_LIB_ENV).ok().filter(|p| !p.trim().is_empty()).and_then(|p| {
             let lib = Library::open(p.trim());
             if lib.is_none() {
-                eprintln!("warning: {NVTX_LIB_ENV}={p}: not an NVTX library that loads (nvtxRangePushA, nvtxRangePop); trying the usual names");
+                eprintln!(
+                    "warning: {NVTX_LIB_ENV}={p}: not an NVTX library that loads (nvtxRangePushA, nvtxRangePop); trying the usual names"
+                );
             }
             lib
         });
-        from_env
-            .or_else(Library::cudarc)
-            .or_else(|| INTEROP_CANDIDATES.iter().find_map(|c| Library::open(c)))
+        from_env.or_else(Library::cudarc).or_else(|| INTEROP_CANDIDATES.iter().find_map(|c| Library::open(c)))
     })
     .as_ref()
 }
@@ -137,9 +137,8 @@ pub fn set_nvtx(on: bool) {
 pub fn enabled() -> bool {
     let mut w = WANTED.load(Ordering::Relaxed);
     if w == UNSET {
-        let on = std::env::var(NVTX_ENV)
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes"))
-            .unwrap_or(false);
+        let on =
+            std::env::var(NVTX_ENV).map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on" | "yes")).unwrap_or(false);
         w = if on { ON } else { OFF };
         // A concurrent set_nvtx wins over the environment.
         let _ = WANTED.compare_exchange(UNSET, w, Ordering::Relaxed, Ordering::Relaxed);

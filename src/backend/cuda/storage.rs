@@ -244,12 +244,7 @@ impl BackendStorage for CudaStorage {
         ops::gather_hypercolumns(taps, points, g)
     }
 
-    fn gather_hypercolumns_backward(
-        &self,
-        points: &[SamplePoint],
-        g: &GatherSpec,
-        deterministic: bool,
-    ) -> Result<Vec<Self>> {
+    fn gather_hypercolumns_backward(&self, points: &[SamplePoint], g: &GatherSpec, deterministic: bool) -> Result<Vec<Self>> {
         ops::gather_hypercolumns_backward(self, points, g, deterministic)
     }
 
@@ -269,12 +264,7 @@ impl BackendStorage for CudaStorage {
         ops::bias_relu_backward(self, dy, rows, cols)
     }
 
-    fn softmax_cross_entropy(
-        &self,
-        labels: &[u32],
-        classes: usize,
-        class_weights: Option<&[f32]>,
-    ) -> Result<(Self, Self)> {
+    fn softmax_cross_entropy(&self, labels: &[u32], classes: usize, class_weights: Option<&[f32]>) -> Result<(Self, Self)> {
         ops::softmax_cross_entropy(self, labels, classes, class_weights)
     }
 

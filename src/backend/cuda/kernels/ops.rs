@@ -271,16 +271,7 @@ fn column_sums(dev: &CudaDevice, out: &mut CudaStorage, x: &CudaStorage, rows: u
     let (chunks, rpc) = row_chunks(rows, cols);
     let mut partial = scratch_f64(dev, chunks as usize * cols as usize)?;
     let colblocks = cols.div_ceil(BLOCK);
-    launch!(
-        dev,
-        entry::REDUCE_COLS_PARTIAL_F32,
-        cfg((colblocks, chunks, 1), BLOCK),
-        partial.slice_mut(),
-        x.slice(),
-        &rows,
-        &cols,
-        &rpc
-    )?;
+    launch!(dev, entry::REDUCE_COLS_PARTIAL_F32, cfg((colblocks, chunks, 1), BLOCK), partial.slice_mut(), x.slice(), &rows, &cols, &rpc)?;
     launch!(
         dev,
         entry::REDUCE_COLS_FINAL_F64,
@@ -371,8 +362,7 @@ pub fn copy_blocks_into(src: &CudaStorage, dst: &mut CudaStorage, c: BlockCopy) 
     count("copy", src.len())?;
     count("copy", dst.len())?;
     let total = count("copy", c.outer * c.block)?;
-    let (block, ss, so, ds, dof) =
-        (c.block as u32, c.src_stride as u32, c.src_offset as u32, c.dst_stride as u32, c.dst_offset as u32);
+    let (block, ss, so, ds, dof) = (c.block as u32, c.src_stride as u32, c.src_offset as u32, c.dst_stride as u32, c.dst_offset as u32);
     let dev = src.device().clone();
     launch!(dev, entry::COPY_BLOCKS_F32, grid_1d(total), dst.slice_mut(), src.slice(), &total, &block, &ss, &so, &ds, &dof)
 }
@@ -618,19 +608,7 @@ pub fn max_pool2x2_backward(x: &CudaStorage, dy: &CudaStorage, d: Nchw) -> Resul
         return Ok(dx);
     }
     let (h, w, oh, ow) = (d.h as u32, d.w as u32, oh as u32, ow as u32);
-    launch!(
-        dev,
-        entry::MAX_POOL2X2_BACKWARD_F32,
-        grid_1d(total),
-        dx.slice_mut(),
-        x.slice(),
-        dy.slice(),
-        &total,
-        &h,
-        &w,
-        &oh,
-        &ow
-    )?;
+    launch!(dev, entry::MAX_POOL2X2_BACKWARD_F32, grid_1d(total), dx.slice_mut(), x.slice(), dy.slice(), &total, &h, &w, &oh, &ow)?;
     Ok(dx)
 }
 
@@ -654,20 +632,7 @@ pub fn upsample_bilinear(x: &CudaStorage, d: Nchw, out_h: usize, out_w: usize) -
     let (h, w, oh, ow) = (d.h as u32, d.w as u32, out_h as u32, out_w as u32);
     let scale_h = d.h as f32 / out_h as f32;
     let scale_w = d.w as f32 / out_w as f32;
-    launch!(
-        dev,
-        entry::UPSAMPLE_BILINEAR_F32,
-        grid_1d(total),
-        y.slice_mut(),
-        x.slice(),
-        &total,
-        &h,
-        &w,
-        &oh,
-        &ow,
-        &scale_h,
-        &scale_w
-    )?;
+    launch!(dev, entry::UPSAMPLE_BILINEAR_F32, grid_1d(total), y.slice_mut(), x.slice(), &total, &h, &w, &oh, &ow, &scale_h, &scale_w)?;
     Ok(y)
 }
 
@@ -705,19 +670,7 @@ pub fn upsample_bilinear_backward(dy: &CudaStorage, d: Nchw, out_h: usize, out_w
     )?;
     // Pass 2, along y: tmp [planes, out_h, w] -> dx [planes, h, w].
     let (scale2, ratio2) = (d.h as f32 / out_h as f32, out_h as f32 / d.h as f32);
-    launch!(
-        dev,
-        entry::UPSAMPLE_BWD_AXIS_F32,
-        grid_1d(total_dx),
-        dx.slice_mut(),
-        tmp.slice(),
-        &total_dx,
-        &h,
-        &oh,
-        &w,
-        &scale2,
-        &ratio2
-    )?;
+    launch!(dev, entry::UPSAMPLE_BWD_AXIS_F32, grid_1d(total_dx), dx.slice_mut(), tmp.slice(), &total_dx, &h, &oh, &w, &scale2, &ratio2)?;
     Ok(dx)
 }
 
@@ -739,10 +692,7 @@ fn check_gather(tap_lens: &[usize], points: &[SamplePoint], g: &GatherSpec) -> R
 
 fn check_points(points: &[SamplePoint], g: &GatherSpec) -> Result<()> {
     if let Some(p) = points.iter().find(|p| p.image as usize >= g.n || p.y as usize >= g.in_h || p.x as usize >= g.in_w) {
-        return Err(Error::bad_shape(
-            "gather",
-            format!("point {p:?} outside a batch of {} images of {}x{}", g.n, g.in_h, g.in_w),
-        ));
+        return Err(Error::bad_shape("gather", format!("point {p:?} outside a batch of {} images of {}x{}", g.n, g.in_h, g.in_w)));
     }
     Ok(())
 }
@@ -944,8 +894,7 @@ pub(crate) fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u
         table[4 * tap..4 * tap + 4].copy_from_slice(&[n_locs, l_at, s_at, e_at]);
     }
     let bound: usize = 4 * g.taps.len()
-        + g
-            .taps
+        + g.taps
             .iter()
             .map(|&(_, h, w)| {
                 let locs = csr_max_locations(points.len(), g.n, h, w);
@@ -1117,12 +1066,7 @@ pub fn bias_relu_forward(y: &mut CudaStorage, b: &CudaStorage, rows: usize, cols
 /// Backward of [`bias_relu_forward`] given its output `y` and the incoming gradient `dy`:
 /// returns (dz = dy * (y > 0), db = column sums of dz). Kernels `bias_relu_bwd_partial_f32`
 /// (grid (ceil(cols/256), chunks), block 256) and `reduce_cols_final_f64`.
-pub fn bias_relu_backward(
-    y: &CudaStorage,
-    dy: &CudaStorage,
-    rows: usize,
-    cols: usize,
-) -> Result<(CudaStorage, CudaStorage)> {
+pub fn bias_relu_backward(y: &CudaStorage, dy: &CudaStorage, rows: usize, cols: usize) -> Result<(CudaStorage, CudaStorage)> {
     let _r = nvtx::range("bias_relu_backward");
     check_len("bias_relu_backward", "output", y.len(), rows * cols)?;
     check_len("bias_relu_backward", "dy", dy.len(), rows * cols)?;
@@ -1186,13 +1130,7 @@ pub fn dropout_mask(like: &CudaStorage, len: usize, keep: f32, seed: u32) -> Res
 }
 
 /// One Adam step on one parameter buffer. Kernel `adam_f32`, 1-D grid.
-pub fn adam_step(
-    p: &mut CudaStorage,
-    grad: &CudaStorage,
-    m: &mut CudaStorage,
-    v: &mut CudaStorage,
-    h: &AdamStep,
-) -> Result<()> {
+pub fn adam_step(p: &mut CudaStorage, grad: &CudaStorage, m: &mut CudaStorage, v: &mut CudaStorage, h: &AdamStep) -> Result<()> {
     let _r = nvtx::range("adam_step");
     check_len("adam", "grad", grad.len(), p.len())?;
     check_len("adam", "m", m.len(), p.len())?;
