@@ -8,18 +8,10 @@ mod common;
 use common::{rand_vec, separated_vec, GradCheck};
 use hyperseg_engine::{concat, gather_hypercolumns, no_grad, Device, Result, SamplePoint, Tensor};
 
-fn conv_case(
-    dev: &Device,
-    n: usize,
-    c_in: usize,
-    hw: (usize, usize),
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    bias: bool,
-) -> Result<()> {
-    let xs = vec![n, c_in, hw.0, hw.1];
+/// A convolution of an `[n, c_in, h, w]` input with `c_out` `k x k` filters.
+fn conv_case(dev: &Device, x: [usize; 4], c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Result<()> {
+    let [n, c_in, h, w] = x;
+    let xs = vec![n, c_in, h, w];
     let ws = vec![c_out, c_in, k, k];
     let mut inputs = vec![rand_vec(xs.iter().product(), 1), rand_vec(ws.iter().product(), 2)];
     let mut shapes = vec![xs, ws];
@@ -31,16 +23,16 @@ fn conv_case(
 }
 
 fn conv_3x3(dev: &Device) -> Result<()> {
-    conv_case(dev, 2, 3, (7, 5), 4, 3, 1, 1, true)
+    conv_case(dev, [2, 3, 7, 5], 4, 3, 1, 1, true)
 }
 fn conv_1x1(dev: &Device) -> Result<()> {
-    conv_case(dev, 2, 5, (3, 4), 3, 1, 1, 0, false)
+    conv_case(dev, [2, 5, 3, 4], 3, 1, 1, 0, false)
 }
 fn conv_7x7_pad3(dev: &Device) -> Result<()> {
-    conv_case(dev, 1, 2, (7, 7), 3, 7, 1, 3, true)
+    conv_case(dev, [1, 2, 7, 7], 3, 7, 1, 3, true)
 }
 fn conv_strided(dev: &Device) -> Result<()> {
-    conv_case(dev, 2, 3, (9, 6), 2, 3, 2, 1, true)
+    conv_case(dev, [2, 3, 9, 6], 2, 3, 2, 1, true)
 }
 test_device!(conv_3x3, grad_conv_3x3_cpu, grad_conv_3x3_cuda);
 test_device!(conv_1x1, grad_conv_1x1_cpu, grad_conv_1x1_cuda);

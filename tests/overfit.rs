@@ -4,7 +4,7 @@
 mod common;
 
 use common::rand_vec;
-use hyperseg_engine::nn::{BatchNorm2d, Conv2d, Linear, Module};
+use hyperseg_engine::nn::{BatchNorm2d, Conv2d, ConvConfig, Linear, Module};
 use hyperseg_engine::optim::{Adam, AdamConfig};
 use hyperseg_engine::{gather_hypercolumns, Device, Result, SamplePoint, Tensor};
 use rand::Rng;
@@ -12,9 +12,9 @@ use rand::Rng;
 fn overfit(dev: &Device) -> Result<()> {
     let (n, s) = (4, 12);
     let mut r = common::rng(7);
-    let c1 = Conv2d::new(3, 16, 3, 1, 1, false, &mut r, dev)?;
+    let c1 = Conv2d::new(ConvConfig::same(3, 16, 3), &mut r, dev)?;
     let b1 = BatchNorm2d::new(16, dev)?;
-    let c2 = Conv2d::new(16, 32, 3, 1, 1, false, &mut r, dev)?;
+    let c2 = Conv2d::new(ConvConfig::same(16, 32, 3), &mut r, dev)?;
     let b2 = BatchNorm2d::new(32, dev)?;
     let l1 = Linear::new(48, 64, &mut r, dev)?;
     let l2 = Linear::new(64, 2, &mut r, dev)?;

@@ -10,7 +10,7 @@ use rand::Rng;
 use super::config::ModelConfig;
 use crate::device::Device;
 use crate::error::Result;
-use crate::nn::{join, BatchNorm2d, Conv2d, Module, Named};
+use crate::nn::{join, BatchNorm2d, Conv2d, ConvConfig, Module, Named};
 use crate::tensor::Tensor;
 
 /// Convs per VGG16 block.
@@ -24,7 +24,7 @@ pub struct ConvBnRelu {
 
 impl ConvBnRelu {
     fn new(c_in: usize, c_out: usize, k: usize, rng: &mut impl Rng, device: &Device) -> Result<ConvBnRelu> {
-        Ok(ConvBnRelu { conv: Conv2d::new(c_in, c_out, k, 1, k / 2, false, rng, device)?, bn: BatchNorm2d::new(c_out, device)? })
+        Ok(ConvBnRelu { conv: Conv2d::new(ConvConfig::same(c_in, c_out, k), rng, device)?, bn: BatchNorm2d::new(c_out, device)? })
     }
 
     /// conv, batch norm (batch statistics when `train`), ReLU.

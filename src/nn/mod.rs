@@ -8,7 +8,7 @@ mod init;
 mod linear;
 
 pub use batch_norm::BatchNorm2d;
-pub use conv::Conv2d;
+pub use conv::{Conv2d, ConvConfig};
 pub use init::kaiming_normal;
 pub use linear::Linear;
 
