@@ -20,6 +20,7 @@ use super::blas::Blas;
 use super::cudnn::Dnn;
 use super::error::{catch_panic, cuda_error, driver_message, is_driver_oom, CudaResultExt, IntoCudaError};
 use super::graph::Capture;
+use super::staging::{is_staged, Staging};
 use super::storage::CudaStorage;
 use crate::error::{Error, Result};
 
@@ -49,6 +50,8 @@ pub(crate) struct Inner {
     pub(super) pool: Mutex<Pool>,
     /// The graph capture in progress, if any (see [`super::graph`]).
     pub(super) capture: Mutex<Option<Capture>>,
+    /// The pinned buffer of staged uploads (see [`super::staging`]).
+    pub(super) staging: Mutex<Option<Staging>>,
     modules: Mutex<ModuleCache>,
     blas: Mutex<Blas>,
     dnn: Mutex<Dnn>,
@@ -188,6 +191,7 @@ impl CudaDevice {
             dnn: Mutex::new(dnn),
             blas_workspace: Mutex::new(None),
             capture: Mutex::new(None),
+            staging: Mutex::new(None),
             stream,
             ctx,
         }));
@@ -269,13 +273,16 @@ impl CudaDevice {
         Ok(s)
     }
 
-    /// A buffer holding a copy of `data`.
-    /// Values that vary cannot be frozen into a graph, so this fails during a capture (ops use
-    /// [`CudaDevice::upload_words`] with a feed kind instead).
+    /// A buffer holding a copy of `data`; mid-sized copies (a batch of images) go through the
+    /// pinned staging buffer so that queuing them does not wait for the device
+    /// ([`super::staging`]). Values that vary cannot be frozen into a graph, so this fails
+    /// during a capture (ops use [`CudaDevice::upload_words`] with a feed kind instead).
     pub fn upload(&self, data: &[f32]) -> Result<CudaStorage> {
         self.refuse_capture("a copy of host values (Tensor::from_vec)")?;
         let mut s = self.alloc(data.len())?;
-        if !data.is_empty() {
+        if is_staged(data.len()) {
+            self.upload_staged(data, &mut s)?;
+        } else if !data.is_empty() {
             self.0.stream.memcpy_htod(data, s.slice_mut()).ctx("upload (host to device copy)")?;
         }
         Ok(s)

@@ -10,6 +10,7 @@
 //!   per-step values) that ops make through [`CudaDevice::upload_words`];
 //! - [`storage`]: [`CudaStorage`] and `impl BackendStorage` (copies here, GEMM in [`blas`],
 //!   convolutions in [`cudnn`], every other kernel in `kernels::ops`);
+//! - [`staging`]: uploads through a pinned buffer, queued without waiting for the device;
 //! - [`nvtx`]: profiling ranges; [`info`]: what `hyperseg-engine info` prints;
 //! - [`error`]: cudarc errors into [`Error::Cuda`](crate::error::Error::Cuda);
 //! - `kernels` (PTX sources, their table and launch wrappers) is written separately.
@@ -44,6 +45,7 @@ pub mod graph;
 pub mod info;
 pub mod kernels;
 pub mod nvtx;
+pub mod staging;
 pub mod storage;
 
 pub use allocator::MemoryStats;
