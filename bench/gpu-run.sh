@@ -45,7 +45,7 @@ if want bench; then
     [ -x .gpu/before/hyperseg-engine ] && [ $p != bf16 ] && bench before .gpu/before/hyperseg-engine $p
   done > "$O/bench.log" 2>&1
   stamp "engine bench done"
-  grep -E "^=== |^rc=|training step|dense, one|peak device|driver alloc|by phase|CUDA graph|back to back" "$O/bench.log" >> "$S"
+  grep -E "^=== |^rc=|training step|dense, one|peak device|driver alloc|by phase|CUDA graph|back to back|work items" "$O/bench.log" >> "$S"
 fi
 if want torch; then
   env -u LD_LIBRARY_PATH timeout 120 python3 bench/pytorch_reference.py --bench --device cuda --preset paper \

@@ -314,6 +314,11 @@ pub struct BenchReport {
     /// ([`time_pipelined`]): eager, and replayed as a graph (None unless replayed).
     pub train_pipelined_ms: f64,
     pub train_graph_pipelined_ms: Option<f64>,
+    /// Work items the host queued per timed step (kernel launches, library calls, copies;
+    /// [`crate::backend::cuda::CudaDevice::queued_calls`]): eager, and as a graph (None on the
+    /// CPU).
+    pub train_device_calls: Option<f64>,
+    pub train_graph_device_calls: Option<f64>,
     /// [`flops`] of the configuration.
     pub flops: (f64, f64, f64),
 }
@@ -397,6 +402,8 @@ impl BenchReport {
             "train_step_graph_tflops": self.train_graph.as_ref().map(|t| tflops(self.flops.0, t.median_ms())),
             "train_step_graph_note": self.train_graph_note,
             "train_step_graph_driver_allocs": self.train_graph_driver_allocs,
+            "train_step_device_calls": self.train_device_calls,
+            "train_step_graph_device_calls": self.train_graph_device_calls,
         });
         if let (Value::Object(all), Value::Object(more)) = (&mut v, graph) {
             all.extend(more);
@@ -463,6 +470,13 @@ impl BenchReport {
         }
         out += "\n";
         out += &format!("CUDA graph: {}\n", self.train_graph_note);
+        if let Some(c) = self.train_device_calls {
+            out += &format!("work items queued per training step: {c:.0}");
+            if let Some(g) = self.train_graph_device_calls {
+                out += &format!(", {g:.0} as a CUDA graph");
+            }
+            out += "\n";
+        }
         if let Some(a) = self.train_graph_driver_allocs {
             out += &format!("driver allocations during the timed graph replays: {a}\n");
         }
@@ -499,6 +513,18 @@ fn driver_allocs(device: &Device) -> Option<u64> {
     }
 }
 
+fn queued_calls(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cuda(d) => Some(d.queued_calls()),
+        Device::Cpu => None,
+    }
+}
+
+/// Work items queued per step between two [`queued_calls`] readings over `iters` steps.
+fn calls_per_step(before: Option<u64>, after: Option<u64>, iters: usize) -> Option<f64> {
+    after.zip(before).map(|(a, b)| (a - b) as f64 / iters.max(1) as f64)
+}
+
 fn peak(device: &Device) -> Option<usize> {
     match device {
         Device::Cuda(d) => Some(d.memory_stats().peak_bytes),
@@ -530,7 +556,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let images = Tensor::from_vec(images, [n, 3, s, s], device)?;
 
     // Training step.
-    let (train, last_loss, peak_mem_bytes, train_driver_allocs, train_phases, train_pipelined_ms) = {
+    let (train, last_loss, peak_mem_bytes, train_driver_allocs, train_phases, train_pipelined_ms, train_device_calls) = {
         let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
         let mut step = 0u64;
         let mut last = f32::NAN;
@@ -547,7 +573,9 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         device.synchronize()?;
         reset_peak(device);
         let allocs_before = driver_allocs(device);
+        let calls_before = queued_calls(device);
         let timing = time_iters(device, 0, opts.iters, &mut train_step)?;
+        let calls = calls_per_step(calls_before, queued_calls(device), opts.iters);
         let peak = peak(device);
         let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
         // The same steps back to back, as the trainer queues them.
@@ -579,13 +607,13 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         }
         adam.zero_grad();
         let phases = phases.map(|samples_ms| Timing { samples_ms });
-        (timing, last, peak, allocs, phases, pipelined)
+        (timing, last, peak, allocs, phases, pipelined, calls)
     };
 
     // The same step as a CUDA graph: warm-up (the runner's eager steps, its capture), then
     // timed replays, each finished at once as above.
-    let (train_graph, train_graph_note, train_graph_driver_allocs, train_graph_pipelined_ms) = match device {
-        Device::Cpu => (None, "not on the CPU".to_string(), None, None),
+    let (train_graph, train_graph_note, train_graph_driver_allocs, train_graph_pipelined_ms, train_graph_device_calls) = match device {
+        Device::Cpu => (None, "not on the CPU".to_string(), None, None, None),
         Device::Cuda(_) => {
             let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
             let mut runner = StepRunner::new(true);
@@ -600,7 +628,9 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
             }
             device.synchronize()?;
             let allocs_before = driver_allocs(device);
+            let calls_before = queued_calls(device);
             let timing = time_iters(device, 0, opts.iters, &mut graph_step)?;
+            let calls = calls_per_step(calls_before, queued_calls(device), opts.iters);
             let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
             let pipelined = time_pipelined(device, opts.iters, || {
                 let q = runner.queue(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0));
@@ -611,9 +641,9 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
             let note = runner.take_notice().unwrap_or_else(|| "captured once, then replayed".to_string());
             adam.zero_grad();
             if replayed {
-                (Some(timing), note, allocs, Some(pipelined))
+                (Some(timing), note, allocs, Some(pipelined), calls)
             } else {
-                (None, note, None, None)
+                (None, note, None, None, None)
             }
         }
     };
@@ -663,6 +693,8 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         train_graph_driver_allocs,
         train_pipelined_ms,
         train_graph_pipelined_ms,
+        train_device_calls,
+        train_graph_device_calls,
         flops: flops(config),
     })
 }

@@ -3,7 +3,7 @@
 //! and the optimiser's moments are bitwise equal after captures, replays with new points,
 //! labels, dropout seeds and Adam bias corrections, a batch of another shape (run eagerly in
 //! between) and a state load (which makes the runner capture again); replays allocate nothing
-//! from the driver. With the atomic gather backward (additions in a varying order) the losses
+//! from the driver and queue a tenth of the eager step's work items or fewer. With the atomic gather backward (additions in a varying order) the losses
 //! agree within 1e-2 relative over the 9 steps: a loose sanity bound, the bitwise check is the
 //! test.
 //! Its own test binary, because it switches the global deterministic setting. The CPU runs the
@@ -68,6 +68,13 @@ fn driver_allocs(dev: &Device) -> u64 {
     }
 }
 
+fn queued_calls(dev: &Device) -> u64 {
+    match dev {
+        Device::Cuda(d) => d.queued_calls(),
+        Device::Cpu => 0,
+    }
+}
+
 /// Runs the same 9 steps eagerly and through a [`StepRunner`] with graphs on; returns the
 /// largest relative loss difference. With `bitwise`, every loss and, at the end, the whole
 /// state must be identical.
@@ -85,6 +92,7 @@ fn eager_against_graph(dev: &Device, bitwise: bool) -> Result<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let mut worst = 0.0f32;
     let mut replay_allocs = 0;
+    let (mut eager_calls, mut replay_calls) = (0, 0);
     for step in 0..9u64 {
         // Step 5: a smaller batch (run eagerly by the runner, the graph kept). Step 6: both
         // optimisers reload their own state, which moves their moment buffers: the runner
@@ -95,12 +103,15 @@ fn eager_against_graph(dev: &Device, bitwise: bool) -> Result<f32> {
             eager_adam.load_state(&a)?;
             graph_adam.load_state(&g)?;
         }
+        let calls = queued_calls(dev);
         let eager = queue_step(&eager_model, &mut eager_adam, b.inputs(step))?.finish()?;
-        let before = driver_allocs(dev);
+        let (before, calls_between) = (driver_allocs(dev), queued_calls(dev));
         let graphed = runner.queue(&graph_model, &mut graph_adam, b.inputs(step))?.finish()?;
         if matches!(step, 3 | 4) {
             // Replays of the graph captured at step 2.
             replay_allocs += driver_allocs(dev) - before;
+            eager_calls += calls_between - calls;
+            replay_calls += queued_calls(dev) - calls_between;
         }
         assert!(eager.is_finite(), "step {step}: loss {eager}");
         if bitwise {
@@ -116,6 +127,9 @@ fn eager_against_graph(dev: &Device, bitwise: bool) -> Result<f32> {
         assert!(runner.graph().is_some());
         assert!(runner.take_notice().is_none(), "graphs were not given up");
         assert_eq!(replay_allocs, 0, "driver allocations during replays");
+        // A replay queues its feed copies, the image copy, one launch and two output copies.
+        assert!(replay_calls * 10 <= eager_calls, "a replay queued {replay_calls} work items, the eager step {eager_calls}");
+        eprintln!("{dev}: work items queued per step: eager {}, replay {}", eager_calls / 2, replay_calls / 2);
     } else {
         assert_eq!(runner.graph_steps(), 0);
     }

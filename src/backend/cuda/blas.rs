@@ -127,6 +127,7 @@ pub fn gemm(a: &CudaStorage, b: &CudaStorage, g: GemmSpec) -> Result<CudaStorage
     let mut blas = dev.blas();
     blas.set_tf32(crate::settings::allow_tf32())?;
     let (first, second, out) = (b.raw_ptr(), a.raw_ptr(), c.raw_ptr());
+    dev.count_call();
     // SAFETY: the buffers hold k*n, m*k and m*n floats (checked above), the leading
     // dimensions are those of `column_major_args`, and all work is on the handle's stream.
     unsafe {

@@ -510,6 +510,7 @@ fn launch(
     let (alpha, beta) = (1.0f32, 0.0f32);
     let (a, b) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
     let bad = || cuda_error(dir.name(), format!("unknown algorithm {}", c.algo));
+    dev.count_call();
     // SAFETY: live handle and descriptors; buffers match the descriptors; the workspace holds
     // `need` bytes; alpha and beta are f32 as cuDNN expects for float data.
     unsafe {

@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(super) capture: Mutex<Option<Capture>>,
     /// The pinned buffer of staged uploads (see [`super::staging`]).
     pub(super) staging: Mutex<Option<Staging>>,
+    /// Work items queued on the stream so far (see [`CudaDevice::queued_calls`]).
+    calls: std::sync::atomic::AtomicU64,
     modules: Mutex<ModuleCache>,
     blas: Mutex<Blas>,
     dnn: Mutex<Dnn>,
@@ -192,6 +194,7 @@ impl CudaDevice {
             blas_workspace: Mutex::new(None),
             capture: Mutex::new(None),
             staging: Mutex::new(None),
+            calls: std::sync::atomic::AtomicU64::new(0),
             stream,
             ctx,
         }));
@@ -268,6 +271,7 @@ impl CudaDevice {
     pub fn zeros(&self, len: usize) -> Result<CudaStorage> {
         let mut s = self.alloc(len)?;
         if len > 0 {
+            self.count_call();
             self.0.stream.memset_zeros(s.slice_mut()).ctx("memset zeros")?;
         }
         Ok(s)
@@ -283,6 +287,7 @@ impl CudaDevice {
         if is_staged(data.len()) {
             self.upload_staged(data, &mut s)?;
         } else if !data.is_empty() {
+            self.count_call();
             self.0.stream.memcpy_htod(data, s.slice_mut()).ctx("upload (host to device copy)")?;
         }
         Ok(s)
@@ -327,6 +332,18 @@ impl CudaDevice {
                 Err(cuda_error(format!("loading PTX module {module_name}"), msg))
             }
         }
+    }
+
+    /// Work items the host has queued on the stream so far: kernel launches, cuBLAS and cuDNN
+    /// calls, copies and fills, and graph launches (one each). The host's share of a training
+    /// step's cost grows with it; a CUDA graph replaces most of them with one launch.
+    pub fn queued_calls(&self) -> u64 {
+        self.0.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one work item queued on the stream ([`CudaDevice::queued_calls`]).
+    pub(crate) fn count_call(&self) {
+        self.0.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The allocator's counters.

@@ -189,6 +189,7 @@ impl CapturedGraph {
                 });
             }
             if !words.is_empty() {
+                self.device.count_call();
                 // SAFETY: `dst` is a live arena buffer of at least this many words (recorded
                 // from the same kinds of values, whose lengths `launch` callers keep fixed); the
                 // copy is queued before the replay that reads it.
@@ -196,6 +197,7 @@ impl CapturedGraph {
             }
         }
         self.constants_written = true;
+        self.device.count_call();
         self.graph.launch().ctx("cuGraphLaunch")
     }
 
@@ -233,6 +235,7 @@ impl CudaDevice {
             // SAFETY: the buffer holds at least words.len() 4-byte elements.
             let mut view = unsafe { s.slice_mut().transmute_mut::<u32>(words.len()) }
                 .ok_or_else(|| super::error::cuda_error("upload", "buffer too small"))?;
+            self.count_call();
             self.stream().memcpy_htod(words, &mut view).ctx("upload (host to device copy)")?;
         }
         Ok(s)

@@ -55,6 +55,7 @@ impl CudaDevice {
         // SAFETY: the buffer holds at least data.len() f32, and no copy reads it any more.
         let host = unsafe { std::slice::from_raw_parts_mut(ptr, data.len()) };
         host.copy_from_slice(data);
+        self.count_call();
         // SAFETY: `dst` holds at least data.len() f32; the pinned buffer stays alive and
         // unwritten until `copied` has passed this copy.
         unsafe { cudarc::driver::result::memcpy_htod_async(dst.raw_ptr(), &*host, self.stream().cu_stream()) }

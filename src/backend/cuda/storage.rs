@@ -84,6 +84,7 @@ impl CudaStorage {
         }
         if !self.is_empty() {
             let stream = self.device.stream().clone();
+            self.device.count_call();
             stream.memcpy_dtod(src.slice(), self.slice_mut()).ctx("device to device copy")?;
         }
         Ok(())
@@ -136,6 +137,7 @@ impl BackendStorage for CudaStorage {
     fn try_clone(&self) -> Result<Self> {
         let mut out = self.device.alloc(self.len())?;
         if !self.is_empty() {
+            self.device.count_call();
             self.device.stream().memcpy_dtod(self.slice(), out.slice_mut()).ctx("device to device copy")?;
         }
         Ok(out)

@@ -43,6 +43,7 @@ const MAX_ELEMS: usize = i32::MAX as usize;
 macro_rules! launch {
     ($dev:expr, $entry:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         let func = $dev.function($entry)?;
+        $dev.count_call();
         let stream = $dev.stream();
         let mut builder = stream.launch_builder(&func);
         $( builder.arg($arg); )+
