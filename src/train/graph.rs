@@ -231,7 +231,9 @@ impl StepRunner {
                     self.replays += 1;
                     return Ok(pending);
                 }
-                Err(e @ (Error::GraphCapture { .. } | Error::Cuda { .. })) => {
+                // A capture cannot release cached memory to make room, so it may run out where
+                // an eager step does not.
+                Err(e @ (Error::GraphCapture { .. } | Error::Cuda { .. } | Error::OutOfMemory { .. })) => {
                     self.gave_up = true;
                     self.notice = Some(format!("{e}; continuing without CUDA graphs"));
                 }
