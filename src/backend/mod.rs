@@ -182,8 +182,14 @@ pub(crate) fn check_plane_sum(plane_lens: &[usize], bias_len: usize, points: &[S
     if bias_len != s.cols {
         return Err(Error::bad_shape(OP, format!("bias has {bias_len} elements for {} columns", s.cols)));
     }
-    if let Some(p) = points.iter().find(|p| p.image as usize >= s.n || p.y as usize >= s.in_h || p.x as usize >= s.in_w) {
-        return Err(Error::bad_shape(OP, format!("point {p:?} outside a batch of {} images of {}x{}", s.n, s.in_h, s.in_w)));
+    check_points_in(OP, points, s.n, s.in_h, s.in_w)
+}
+
+/// Errors unless every point lies in a batch of `n` frames of `h x w` (the kernels index with
+/// the points unchecked).
+pub(crate) fn check_points_in(op: &'static str, points: &[SamplePoint], n: usize, h: usize, w: usize) -> Result<()> {
+    if let Some(p) = points.iter().find(|p| p.image as usize >= n || p.y as usize >= h || p.x as usize >= w) {
+        return Err(Error::bad_shape(op, format!("point {p:?} outside a batch of {n} images of {h}x{w}")));
     }
     Ok(())
 }

@@ -17,7 +17,7 @@
 //! since) or the precision settings changed.
 
 use crate::backend::cuda::graph::{CapturedGraph, StepFeeds};
-use crate::backend::{AdamStep, SamplePoint};
+use crate::backend::{check_points_in, check_softmax_xent, AdamStep, SamplePoint};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::HypercolumnNet;
@@ -50,8 +50,14 @@ fn refuse(msg: impl Into<String>) -> Error {
     Error::GraphCapture { msg: msg.into() }
 }
 
-fn adam_scalars(h: &AdamStep) -> [f32; 3] {
-    [h.lr, h.bias_correction1, h.bias_correction2]
+/// The values a replay of this step reads from device memory (Adam's being `h`).
+fn step_feeds(inputs: &StepInputs<'_>, h: &AdamStep) -> StepFeeds {
+    StepFeeds {
+        step: inputs.step,
+        points: SamplePoint::words(inputs.points).to_vec(),
+        labels: inputs.labels.to_vec(),
+        adam: [h.lr, h.bias_correction1, h.bias_correction2],
+    }
 }
 
 /// A training step captured as a CUDA graph, replayable for batches of the captured shape.
@@ -82,18 +88,13 @@ impl StepGraph {
     /// On failure nothing has run: the optimiser's step count is restored and the parameters
     /// hold no gradient, so the same batch can be queued eagerly.
     pub fn capture(model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<(StepGraph, PendingStep)> {
-        let StepInputs { images, points, labels, step, epoch } = inputs;
+        let StepInputs { images, points, step, epoch, .. } = inputs;
         let Device::Cuda(dev) = images.device() else {
             return Err(refuse(format!("CUDA graphs need a CUDA device, not {}", images.device())));
         };
         let settings = Settings::now();
+        let feeds = step_feeds(&inputs, &adam.next_update());
         let images = images.deep_clone()?;
-        let feeds = StepFeeds {
-            step,
-            points: SamplePoint::words(points).to_vec(),
-            labels: labels.to_vec(),
-            adam: adam_scalars(&adam.next_update()),
-        };
         let steps_before = adam.steps();
         dev.begin_capture(feeds.clone())?;
         let recorded = match queue_step(model, adam, StepInputs { images: &images, ..inputs }) {
@@ -161,8 +162,8 @@ impl StepGraph {
     }
 
     /// Queues one replay for this batch (which must fit: [`StepGraph::stale`] and
-    /// [`StepGraph::mismatch`] are `None`) and counts the optimiser's step. The points and labels are checked as the eager ops check
-    /// them (the kernels would read out of bounds otherwise).
+    /// [`StepGraph::mismatch`] are `None`) and counts the optimiser's step. The points and
+    /// labels are checked as the eager ops check them (the kernels would read out of bounds).
     pub fn replay(&mut self, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
         let StepInputs { images, points, labels, step, epoch } = inputs;
         if let Some(why) = self.mismatch(&inputs) {
@@ -172,14 +173,9 @@ impl StepGraph {
             return Err(refuse(format!("{why}; capture again")));
         }
         let [n, _, h, w] = self.images.shape().dims4("images")?;
-        if let Some(p) = points.iter().find(|p| p.image as usize >= n || p.y as usize >= h || p.x as usize >= w) {
-            return Err(Error::bad_shape("gather", format!("point {p:?} is outside the batch of {n} images of {h}x{w}")));
-        }
-        if let Some(l) = labels.iter().find(|&&l| l as usize >= self.classes) {
-            return Err(Error::bad_shape("softmax_cross_entropy", format!("label {l} is not below the {} classes", self.classes)));
-        }
-        let feeds =
-            StepFeeds { step, points: SamplePoint::words(points).to_vec(), labels: labels.to_vec(), adam: adam_scalars(&adam.advance()) };
+        check_points_in("gather", points, n, h, w)?;
+        check_softmax_xent(labels.len() * self.classes, labels, self.classes, None)?;
+        let feeds = step_feeds(&inputs, &adam.advance());
         self.images.copy_from(images)?;
         self.graph.launch(&feeds)?;
         self.outputs(step, epoch)

@@ -692,10 +692,7 @@ fn check_gather(tap_lens: &[usize], points: &[SamplePoint], g: &GatherSpec) -> R
 }
 
 fn check_points(points: &[SamplePoint], g: &GatherSpec) -> Result<()> {
-    if let Some(p) = points.iter().find(|p| p.image as usize >= g.n || p.y as usize >= g.in_h || p.x as usize >= g.in_w) {
-        return Err(Error::bad_shape("gather", format!("point {p:?} outside a batch of {} images of {}x{}", g.n, g.in_h, g.in_w)));
-    }
-    Ok(())
+    check_points_in("gather", points, g.n, g.in_h, g.in_w)
 }
 
 /// The points as u32 triples (image, y, x).
