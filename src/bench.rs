@@ -191,7 +191,8 @@ pub fn time_iters(device: &Device, warmup: usize, iters: usize, mut f: impl FnMu
 }
 
 /// Queues `iters` steps back to back as the trainer does (each step finished only after the
-/// next one is queued, so the host queues ahead of the device) and returns the mean time per
+/// next one is queued, so the host queues ahead of the device; `run_bench` also uploads each
+/// step's images, as the trainer does) and returns the mean time per
 /// step, from a synchronised device to the last step finished: a throughput, where
 /// [`time_iters`] measures the latency of one synchronised step.
 pub fn time_pipelined(device: &Device, iters: usize, mut queue: impl FnMut() -> Result<PendingStep>) -> Result<f64> {
@@ -550,10 +551,12 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let model = HypercolumnNet::new(config.clone(), &mut rng, device)?;
     let (n, s) = (config.batch_size, config.input_size);
-    let (images, masks) = synthetic_batch(n, s, &mut rng);
+    let (pixels, masks) = synthetic_batch(n, s, &mut rng);
     let (points, labels) = sample_points(n, s, config.sample_points, &masks, &mut rng);
-    let first_image = Tensor::from_slice(&images[..3 * s * s], [1, 3, s, s], device)?;
-    let images = Tensor::from_vec(images, [n, 3, s, s], device)?;
+    let first_image = Tensor::from_slice(&pixels[..3 * s * s], [1, 3, s, s], device)?;
+    let images = Tensor::from_slice(&pixels, [n, 3, s, s], device)?;
+    // The back-to-back timings upload their batch at every step, as the trainer does.
+    let upload = || Tensor::from_slice(&pixels, [n, 3, s, s], device);
 
     // Training step.
     let (train, last_loss, peak_mem_bytes, train_driver_allocs, train_phases, train_pipelined_ms, train_device_calls) = {
@@ -580,7 +583,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
         // The same steps back to back, as the trainer queues them.
         let pipelined = time_pipelined(device, opts.iters, || {
-            let q = queue_step(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0));
+            let q = queue_step(&model, &mut adam, StepInputs::new(&upload()?, &points, &labels, step, 0));
             step += 1;
             q
         })?;
@@ -633,7 +636,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
             let calls = calls_per_step(calls_before, queued_calls(device), opts.iters);
             let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
             let pipelined = time_pipelined(device, opts.iters, || {
-                let q = runner.queue(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0));
+                let q = runner.queue(&model, &mut adam, StepInputs::new(&upload()?, &points, &labels, step, 0));
                 step += 1;
                 q
             })?;
