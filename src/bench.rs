@@ -533,6 +533,22 @@ fn peak(device: &Device) -> Option<usize> {
     }
 }
 
+/// The training step replayed as a CUDA graph, as [`run_bench`] times it.
+struct GraphRun {
+    timing: Option<Timing>,
+    note: String,
+    driver_allocs: Option<u64>,
+    pipelined_ms: Option<f64>,
+    device_calls: Option<f64>,
+}
+
+impl GraphRun {
+    /// Nothing timed, for this reason.
+    fn not_run(note: String) -> GraphRun {
+        GraphRun { timing: None, note, driver_allocs: None, pipelined_ms: None, device_calls: None }
+    }
+}
+
 /// Builds the model of `opts.config` on `device` and times a training step and dense
 /// inference of one image.
 pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
@@ -613,44 +629,6 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         (timing, last, peak, allocs, phases, pipelined, calls)
     };
 
-    // The same step as a CUDA graph: warm-up (the runner's eager steps, its capture), then
-    // timed replays, each finished at once as above.
-    let (train_graph, train_graph_note, train_graph_driver_allocs, train_graph_pipelined_ms, train_graph_device_calls) = match device {
-        Device::Cpu => (None, "not on the CPU".to_string(), None, None, None),
-        Device::Cuda(_) => {
-            let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
-            let mut runner = StepRunner::new(true);
-            let mut step = 0u64;
-            let mut graph_step = || -> Result<()> {
-                runner.queue(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0))?.finish()?;
-                step += 1;
-                Ok(())
-            };
-            for _ in 0..crate::train::graph::WARMUP_STEPS + opts.warmup {
-                graph_step()?;
-            }
-            device.synchronize()?;
-            let allocs_before = driver_allocs(device);
-            let calls_before = queued_calls(device);
-            let timing = time_iters(device, 0, opts.iters, &mut graph_step)?;
-            let calls = calls_per_step(calls_before, queued_calls(device), opts.iters);
-            let allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
-            let pipelined = time_pipelined(device, opts.iters, || {
-                let q = runner.queue(&model, &mut adam, StepInputs::new(&upload()?, &points, &labels, step, 0));
-                step += 1;
-                q
-            })?;
-            let replayed = runner.graph().is_some();
-            let note = runner.take_notice().unwrap_or_else(|| "captured once, then replayed".to_string());
-            adam.zero_grad();
-            if replayed {
-                (Some(timing), note, allocs, Some(pipelined), calls)
-            } else {
-                (None, note, None, None, None)
-            }
-        }
-    };
-
     // Dense inference of one image.
     let mut dense_peak: Option<usize> = None;
     let mut time_dense = |path: DensePath| -> Result<Timing> {
@@ -669,6 +647,49 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     };
     let dense_naive = if opts.dense_naive { Some(time_dense(DensePath::Naive)?) } else { None };
     let dense_factored = if opts.dense_factored { Some(time_dense(DensePath::Factored)?) } else { None };
+
+    // The same step as a CUDA graph, last (a failure there must not cost the figures above): the
+    // runner's eager warm-up steps and its capture, then timed replays, each finished at once as
+    // above, then back to back.
+    let graph = match device {
+        Device::Cpu => GraphRun::not_run("not on the CPU".into()),
+        Device::Cuda(_) => (|| -> Result<GraphRun> {
+            let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
+            let mut runner = StepRunner::new(true);
+            let mut step = 0u64;
+            let mut graph_step = || -> Result<()> {
+                runner.queue(&model, &mut adam, StepInputs::new(&images, &points, &labels, step, 0))?.finish()?;
+                step += 1;
+                Ok(())
+            };
+            for _ in 0..crate::train::graph::WARMUP_STEPS + opts.warmup {
+                graph_step()?;
+            }
+            device.synchronize()?;
+            let allocs_before = driver_allocs(device);
+            let calls_before = queued_calls(device);
+            let timing = time_iters(device, 0, opts.iters, &mut graph_step)?;
+            let device_calls = calls_per_step(calls_before, queued_calls(device), opts.iters);
+            let driver_allocs = driver_allocs(device).zip(allocs_before).map(|(after, before)| after - before);
+            let pipelined = time_pipelined(device, opts.iters, || {
+                let q = runner.queue(&model, &mut adam, StepInputs::new(&upload()?, &points, &labels, step, 0));
+                step += 1;
+                q
+            })?;
+            adam.zero_grad();
+            Ok(match (runner.graph().is_some(), runner.take_notice()) {
+                (true, _) => GraphRun {
+                    timing: Some(timing),
+                    note: "captured once, then replayed".into(),
+                    driver_allocs,
+                    pipelined_ms: Some(pipelined),
+                    device_calls,
+                },
+                (false, note) => GraphRun::not_run(note.unwrap_or_else(|| "not captured".into())),
+            })
+        })()
+        .unwrap_or_else(|e| GraphRun::not_run(format!("failed: {e}"))),
+    };
 
     let device_name = match device {
         Device::Cuda(d) => d.name(),
@@ -691,13 +712,13 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         dense_peak_mem_bytes: dense_peak,
         train_driver_allocs,
         train_phases,
-        train_graph,
-        train_graph_note,
-        train_graph_driver_allocs,
+        train_graph: graph.timing,
+        train_graph_note: graph.note,
+        train_graph_driver_allocs: graph.driver_allocs,
         train_pipelined_ms,
-        train_graph_pipelined_ms,
+        train_graph_pipelined_ms: graph.pipelined_ms,
         train_device_calls,
-        train_graph_device_calls,
+        train_graph_device_calls: graph.device_calls,
         flops: flops(config),
     })
 }
