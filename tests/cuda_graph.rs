@@ -5,7 +5,8 @@
 //! between) and a state load (which makes the runner capture again); replays allocate nothing
 //! from the driver and queue a tenth of the eager step's work items or fewer. With the atomic gather backward (additions in a varying order) the losses
 //! agree within 1e-2 relative over the 9 steps: a loose sanity bound, the bitwise check is the
-//! test.
+//! test. The trainer with graphs on gives the same run as without (losses, validation scores,
+//! saved weights and optimiser state), bit for bit in deterministic mode.
 //! Its own test binary, because it switches the global deterministic setting. The CPU runs the
 //! same steps (the runner falls back to eager steps there) so that the test's own logic is
 //! exercised without a GPU; without a GPU the CUDA half prints that it was skipped, and with
@@ -15,10 +16,12 @@ mod common;
 
 use common::cuda_device;
 use hyperseg_engine::backend::cuda::graph::StepFeeds;
+use hyperseg_engine::data::Augment;
+use hyperseg_engine::infer::InferOptions;
 use hyperseg_engine::model::{sample_points, HypercolumnNet, ModelConfig};
 use hyperseg_engine::nn::{Module, Named};
 use hyperseg_engine::optim::{Adam, AdamConfig};
-use hyperseg_engine::train::{queue_step, StepInputs, StepRunner};
+use hyperseg_engine::train::{bundled_sample, queue_step, train, EpochRecord, StepInputs, StepRunner, TrainObserver, TrainOptions};
 use hyperseg_engine::{settings, Device, Result, SamplePoint, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -157,6 +160,70 @@ fn graph_replays_are_the_eager_steps() -> Result<()> {
     settings::set_deterministic(false);
     Ok(())
 }
+
+/// The trainer with `cuda_graph` on gives the same run as without, bit for bit in deterministic
+/// mode: every epoch's loss and validation scores, and the weights and optimiser state it saves.
+/// Validation (dense inference, eager) runs between epochs while the graph holds its memory.
+#[test]
+fn training_with_graphs_is_training_without() -> Result<()> {
+    let mut devices = vec![Device::Cpu];
+    devices.extend(cuda_device());
+    let (train_dir, val_dir) = bundled_sample();
+    settings::set_deterministic(true);
+    for dev in &devices {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let run = |cuda_graph: bool| -> Result<(Vec<EpochRecord>, Vec<u8>, Vec<u8>)> {
+            let out = dir.path().join(if cuda_graph { "graph" } else { "eager" });
+            let opts = TrainOptions {
+                data: train_dir.clone(),
+                val: Some(val_dir.clone()),
+                out: out.clone(),
+                config: ModelConfig { input_size: 32, batch_size: 4, sample_points: 256, mlp_dropout: 0.3, ..ModelConfig::tiny() },
+                epochs: 2,
+                seed: 3,
+                resume: None,
+                augment: Augment::paper(),
+                workers: 1,
+                infer: InferOptions::default(),
+                cuda_graph,
+            };
+            let summary = train(&opts, dev, &mut Silent)?;
+            let read = |name: &str| std::fs::read(out.join(name)).expect("a checkpoint file");
+            Ok((summary.records, read("last.safetensors"), read("last.optim.safetensors")))
+        };
+        let (eager, graph) = (run(false)?, run(true)?);
+        for (a, b) in eager.0.iter().zip(&graph.0) {
+            assert_eq!((a.epoch, a.step), (b.epoch, b.step));
+            assert_eq!(
+                a.train_loss.to_bits(),
+                b.train_loss.to_bits(),
+                "{dev}: epoch {} loss {} vs {}",
+                a.epoch,
+                a.train_loss,
+                b.train_loss
+            );
+            assert_eq!(a.val_jaccard.map(f64::to_bits), b.val_jaccard.map(f64::to_bits), "{dev}: epoch {} validation", a.epoch);
+            assert_eq!(a.val_dice.map(f64::to_bits), b.val_dice.map(f64::to_bits));
+        }
+        assert_eq!(eager.0.len(), 2);
+        assert!(safetensors_content(&eager.1) == safetensors_content(&graph.1), "{dev}: the saved weights differ");
+        assert!(safetensors_content(&eager.2) == safetensors_content(&graph.2), "{dev}: the saved optimiser states differ");
+        eprintln!("{dev}: two epochs with and without CUDA graphs: identical losses, scores and checkpoints");
+    }
+    settings::set_deterministic(false);
+    Ok(())
+}
+
+/// A safetensors file's header (as JSON: its metadata map's key order varies from run to run) and
+/// its data bytes.
+fn safetensors_content(file: &[u8]) -> (serde_json::Value, &[u8]) {
+    let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    (serde_json::from_slice(&file[8..8 + n]).expect("a JSON header"), &file[8 + n..])
+}
+
+/// A trainer observer that shows nothing.
+struct Silent;
+impl TrainObserver for Silent {}
 
 /// A loss with class weights cannot be replayed (its normalisation is a launch parameter):
 /// the capture fails with a typed error and nothing has run.
