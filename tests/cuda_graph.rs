@@ -1,12 +1,14 @@
 //! The training step as a CUDA graph against the same steps run eagerly, on two copies of one
-//! model: in deterministic mode every loss, every parameter, every batch-norm running statistic
+//! model. In deterministic mode every loss, every parameter, every batch-norm running statistic
 //! and the optimiser's moments are bitwise equal after captures, replays with new points,
 //! labels, dropout seeds and Adam bias corrections, a batch of another shape (run eagerly in
 //! between) and a state load (which makes the runner capture again); replays allocate nothing
-//! from the driver and queue a tenth of the eager step's work items or fewer. With the atomic gather backward (additions in a varying order) the losses
-//! agree within 1e-2 relative over the 9 steps: a loose sanity bound, the bitwise check is the
-//! test. The trainer with graphs on gives the same run as without (losses, validation scores,
-//! saved weights and optimiser state), bit for bit in deterministic mode.
+//! from the driver and queue a tenth of the eager step's work items or fewer. With the atomic
+//! gather backward (additions in a varying order) the losses agree within 1e-2 relative over
+//! the 9 steps: a loose sanity bound, the bitwise check is the test. The trainer with graphs on
+//! gives the same run as without (losses, validation scores, saved weights and optimiser
+//! state), bit for bit in deterministic mode.
+//!
 //! Its own test binary, because it switches the global deterministic setting. The CPU runs the
 //! same steps (the runner falls back to eager steps there) so that the test's own logic is
 //! exercised without a GPU; without a GPU the CUDA half prints that it was skipped, and with
