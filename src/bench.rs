@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 
 use crate::backend::ConvSpec;
@@ -751,16 +750,8 @@ impl Blob {
 }
 
 fn write_safetensors(path: &Path, blobs: &[Blob], meta: HashMap<String, String>) -> Result<()> {
-    let views = blobs
-        .iter()
-        .map(|b| {
-            TensorView::new(Dtype::F32, b.shape.clone(), &b.bytes)
-                .map(|v| (b.name.clone(), v))
-                .map_err(|e| Error::bad_file(path, format!("tensor {}: {e}", b.name)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    write_bytes_atomic(path, &bytes)
+    let tensors = blobs.iter().map(|b| (b.name.as_str(), b.shape.as_slice(), b.bytes.as_slice()));
+    write_bytes_atomic(path, &crate::model::safetensors_bytes(tensors, meta, path)?)
 }
 
 /// Writes into `dir` what `bench/pytorch_reference.py --parity DIR` needs to replay `steps`

@@ -79,16 +79,45 @@ fn to_bytes(values: &[f32]) -> Vec<u8> {
     bytemuck::cast_slice(values).to_vec()
 }
 
-fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>, meta: HashMap<String, String>, path: &Path) -> Result<Vec<u8>> {
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
+/// A safetensors file of f32 tensors `(name, shape, little-endian bytes)` with `meta`, its header
+/// in a canonical order ([`canonical_header`]): identical inputs give identical bytes. Also
+/// writes the engine's parity dumps ([`crate::bench::dump_parity`]).
+pub(crate) fn safetensors_bytes<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8])>,
+    meta: HashMap<String, String>,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let views: Vec<(&str, TensorView<'_>)> = tensors
+        .into_iter()
         .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
+            TensorView::new(Dtype::F32, shape.to_vec(), bytes)
+                .map(|v| (name, v))
                 .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::bad_file(path, e.to_string()))
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    Ok(canonical_header(bytes))
+}
+
+fn serialize(tensors: Vec<(String, Vec<usize>, Vec<u8>)>, meta: HashMap<String, String>, path: &Path) -> Result<Vec<u8>> {
+    safetensors_bytes(tensors.iter().map(|(n, s, b)| (n.as_str(), s.as_slice(), b.as_slice())), meta, path)
+}
+
+/// The same file with its JSON header's keys in sorted order: `safetensors` writes the metadata
+/// map in hash order, which differs from run to run, so two identical runs would save different
+/// bytes. The header keeps its length (same tokens, reordered; the padding after it is kept), so
+/// the tensors' offsets stay valid.
+fn canonical_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(n) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else { return bytes };
+    let Some(header) = bytes.get(8..8 + n) else { return bytes };
+    // serde_json's maps are sorted (no preserve_order feature), so a round trip sorts every key.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else { return bytes };
+    let Ok(sorted) = serde_json::to_vec(&value) else { return bytes };
+    if sorted.len() <= n {
+        bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+        bytes[8 + sorted.len()..8 + n].fill(b' ');
+    }
+    bytes
 }
 
 /// Saves `model` (and, for training, the optimiser and the run's state) to `path`.
@@ -331,5 +360,22 @@ mod tests {
         assert!(model_size(&ModelConfig { fc6_kernel: 7, ..ModelConfig::paper() }).0 < MAX_PARAMETERS);
         let absurd = ModelConfig { block_widths: [usize::MAX; 5], fc_width: usize::MAX, ..ModelConfig::paper() };
         assert_eq!(model_size(&absurd).0, u128::MAX);
+    }
+
+    /// The same tensors and metadata give the same bytes, whatever order the metadata map
+    /// iterates in (each HashMap has its own random order), and the file still loads.
+    #[test]
+    fn identical_checkpoints_are_identical_bytes() {
+        let path = Path::new("x.safetensors");
+        let tensors = || vec![("b".to_string(), vec![2], to_bytes(&[1.0, 2.0])), ("a".to_string(), vec![1, 3], to_bytes(&[3.0, 4.0, 5.0]))];
+        let meta = || (0..6).map(|i| (format!("key{i}"), format!("value {i}"))).collect::<HashMap<_, _>>();
+        let first = serialize(tensors(), meta(), path).unwrap();
+        for _ in 0..8 {
+            assert_eq!(serialize(tensors(), meta(), path).unwrap(), first);
+        }
+        let st = SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(st.tensor("a").unwrap().data(), to_bytes(&[3.0, 4.0, 5.0]).as_slice());
+        let (_, header) = SafeTensors::read_metadata(&first).unwrap();
+        assert_eq!(header.metadata().as_ref().unwrap().get("key3").map(String::as_str), Some("value 3"));
     }
 }

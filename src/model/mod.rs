@@ -8,6 +8,7 @@ mod mlp;
 mod sampling;
 mod vgg;
 
+pub(crate) use checkpoint::safetensors_bytes;
 pub use checkpoint::{load_checkpoint, load_optimizer, save_checkpoint, Checkpoint, TrainingState};
 pub use config::ModelConfig;
 pub use hypercolumn::{lesion_probability, DensePath, HypercolumnNet};
