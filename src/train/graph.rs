@@ -165,13 +165,19 @@ impl StepGraph {
     /// [`StepGraph::mismatch`] are `None`) and counts the optimiser's step. The points and
     /// labels are checked as the eager ops check them (the kernels would read out of bounds).
     pub fn replay(&mut self, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
-        let StepInputs { images, points, labels, step, epoch } = inputs;
         if let Some(why) = self.mismatch(&inputs) {
             return Err(refuse(format!("the batch does not fit the captured graph: {why}")));
         }
         if let Some(why) = self.stale(adam) {
             return Err(refuse(format!("{why}; capture again")));
         }
+        self.replay_fitting(adam, inputs)
+    }
+
+    /// [`StepGraph::replay`] for a batch already known to fit a graph that is not stale (the
+    /// runner checks both before choosing to replay).
+    fn replay_fitting(&mut self, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
+        let StepInputs { images, points, labels, step, epoch } = inputs;
         let [n, _, h, w] = self.images.shape().dims4("images")?;
         check_points_in("gather", points, n, h, w)?;
         check_softmax_xent(labels.len() * self.classes, labels, self.classes, None)?;
@@ -218,7 +224,7 @@ impl StepRunner {
         if let Some(g) = &mut self.graph {
             if g.mismatch(&inputs).is_none() {
                 self.replays += 1;
-                return g.replay(adam, inputs);
+                return g.replay_fitting(adam, inputs);
             }
         } else if self.use_graph && !self.gave_up && self.eager_steps >= WARMUP_STEPS {
             match StepGraph::capture(model, adam, inputs) {

@@ -200,11 +200,6 @@ impl CapturedGraph {
         self.device.count_call();
         self.graph.launch().ctx("cuGraphLaunch")
     }
-
-    /// Number of recorded feeds (constant and varying).
-    pub fn feed_count(&self) -> usize {
-        self.feeds.len()
-    }
 }
 
 impl Drop for CapturedGraph {
