@@ -17,7 +17,9 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use hyperseg_engine::backend::{AdamStep, ConvSpec, GatherSpec, GemmSpec, Nchw, PlaneSumSpec, SamplePoint, UnaryOp};
+use hyperseg_engine::bf16::{upsample_sum_bias_relu_bf16, Bf16Matrix};
 use hyperseg_engine::storage::Storage;
+use hyperseg_engine::Tensor;
 use hyperseg_engine::{settings, Device, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -311,6 +313,66 @@ fn mlp_fused(c: &mut Criterion) {
     g.finish();
 }
 
+/// bf16 activations (the dense path's bf16 mode): the cast of a tap, bias + ReLU on a bf16
+/// hidden layer, the fused first layer on bf16 planes (the sizes of `mlp_fused`), and the dense
+/// path's largest GEMM, one tile's second layer `[tile, 4096] x [2048, 4096]^T`, on fp32
+/// buffers (fp32, TF32, bf16 tensor cores converting inside cuBLAS) and on bf16 buffers.
+fn bf16_activations(c: &mut Criterion) {
+    let t = target();
+    let mut g = group(c, "bf16");
+    let tensor = |len: usize, seed: u64, dims: &[usize]| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, dims.to_vec(), &t.dev).expect("upload")
+    };
+    let (rows, cols) = if t.full { (1600, 4096) } else { (1600, 512) };
+    let x = tensor(rows * cols, 80, &[rows, cols]);
+    let bias = tensor(cols, 81, &[cols]);
+    let bytes = (rows * cols) as u64;
+    run(&mut g, &t.dev, &format!("cast_f32_to_bf16_{rows}x{cols}"), Throughput::Bytes(6 * bytes), || {
+        Bf16Matrix::from_tensor(&x, rows, cols)
+    });
+    let mut y = Bf16Matrix::from_tensor(&x, rows, cols).expect("cast");
+    run(&mut g, &t.dev, &format!("bias_relu_bf16_{rows}x{cols}/forward"), Throughput::Bytes(4 * bytes), || y.bias_relu_assign(&bias));
+
+    let (s, tile) = if t.full { (224usize, 8192usize) } else { (64, 1024) };
+    let sizes: Vec<(usize, usize)> = (0..6).map(|i| (s >> i, s >> i)).collect();
+    let planes: Vec<Bf16Matrix> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(h, w))| Bf16Matrix::from_tensor(&tensor(h * w * cols, 82 + i as u64, &[h * w, cols]), h * w, cols).expect("cast"))
+        .collect();
+    let refs: Vec<(&Bf16Matrix, usize, usize)> = planes.iter().zip(&sizes).map(|(p, &(h, w))| (p, h, w)).collect();
+    let pts: Vec<SamplePoint> = (0..tile as u32).map(|p| SamplePoint { image: 0, y: p / s as u32, x: p % s as u32 }).collect();
+    let touched: usize = sizes.iter().map(|&(h, w)| (tile * h * w).div_ceil(s * s).max(1)).sum();
+    let plane_bytes = 2 * (touched * cols + tile * cols) as u64;
+    run(&mut g, &t.dev, &format!("upsample_sum_bias_relu_bf16_{tile}px_{cols}cols/forward"), Throughput::Bytes(plane_bytes), || {
+        upsample_sum_bias_relu_bf16(&refs, &bias, &pts, s, s)
+    });
+
+    let (k, n) = if t.full { (4096, 2048) } else { (512, 256) };
+    let h1 = tensor(tile * k, 90, &[tile, k]);
+    let w2 = tensor(n * k, 91, &[n, k]);
+    let flops = Throughput::Elements(2 * (tile * n * k) as u64);
+    let name = format!("dense_fc2_{tile}x{k}_to_{n}");
+    let spec = GemmSpec { m: tile, n, k, trans_a: false, trans_b: true };
+    let modes: &[(bool, bool, &str)] = if t.dev.is_cuda() {
+        &[(false, false, "fp32"), (true, false, "tf32"), (true, true, "fp32_on_bf16_cores")]
+    } else {
+        &[(false, false, "fp32")]
+    };
+    for &(tf32, bf16_gemm, label) in modes {
+        settings::set_allow_tf32(tf32);
+        settings::set_bf16_gemm(bf16_gemm);
+        run(&mut g, &t.dev, &format!("{name}/{label}"), flops.clone(), || h1.storage().gemm(&w2.storage(), spec));
+    }
+    settings::set_allow_tf32(false);
+    settings::set_bf16_gemm(false);
+    let (h1b, w2b) = (Bf16Matrix::from_tensor(&h1, tile, k).expect("cast"), Bf16Matrix::from_tensor(&w2, n, k).expect("cast"));
+    run(&mut g, &t.dev, &format!("{name}/bf16_buffers"), flops, || h1b.matmul(false, &w2b, true));
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -322,6 +384,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = kernels;
     config = config();
-    targets = conv, linear, gather, upsample, mlp_fused, bn_pool_relu, softmax_xent, adam
+    targets = conv, linear, gather, upsample, mlp_fused, bf16_activations, bn_pool_relu, softmax_xent, adam
 }
 criterion_main!(kernels);

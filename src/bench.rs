@@ -44,8 +44,9 @@ pub enum Precision {
     Fp32,
     /// fp32 storage, TF32 tensor cores allowed in cuBLAS and cuDNN.
     Tf32,
-    /// fp32 storage; GEMMs on bf16-rounded operands ([`settings::bf16_gemm`]), convolutions
-    /// in TF32. Activations are not stored in bf16 (yet).
+    /// GEMMs on bf16-rounded operands ([`settings::bf16_gemm`]), convolutions in TF32; dense
+    /// inference keeps its activations in bf16 ([`settings::bf16_activations`]), training
+    /// keeps fp32 activations.
     Bf16,
 }
 
@@ -64,7 +65,7 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32 storage and math",
             Precision::Tf32 => "fp32 storage, TF32 tensor cores in convolutions and GEMMs",
-            Precision::Bf16 => "fp32 storage, bf16 GEMMs (fp32 accumulation), TF32 convolutions",
+            Precision::Bf16 => "bf16 GEMMs (fp32 accumulation), TF32 convolutions; bf16 activations in dense inference, fp32 in training",
         }
     }
 }
@@ -492,11 +493,13 @@ impl BenchReport {
 struct SettingsGuard {
     tf32: bool,
     bf16_gemm: bool,
+    bf16_activations: bool,
 }
 impl Drop for SettingsGuard {
     fn drop(&mut self) {
         settings::set_allow_tf32(self.tf32);
         settings::set_bf16_gemm(self.bf16_gemm);
+        settings::set_bf16_activations(self.bf16_activations);
     }
 }
 
@@ -559,9 +562,11 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     if opts.tile_pixels == 0 {
         return Err(Error::InvalidValue { name: "tile size", msg: "must be positive".into() });
     }
-    let _restore = SettingsGuard { tf32: settings::allow_tf32(), bf16_gemm: settings::bf16_gemm() };
+    let _restore =
+        SettingsGuard { tf32: settings::allow_tf32(), bf16_gemm: settings::bf16_gemm(), bf16_activations: settings::bf16_activations() };
     settings::set_allow_tf32(opts.precision != Precision::Fp32);
     settings::set_bf16_gemm(opts.precision == Precision::Bf16);
+    settings::set_bf16_activations(opts.precision == Precision::Bf16);
 
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let model = HypercolumnNet::new(config.clone(), &mut rng, device)?;

@@ -9,10 +9,12 @@
 //! - [`autograd`]: the tape of backward closures and `Tensor::backward`.
 //! - [`ops`]: differentiable ops (conv, batch norm, pooling, gather, upsample, linear, loss...).
 //! - [`optim`][]: Adam.
+//! - [`bf16`]: bf16 activation matrices for the dense path's bf16 mode.
 
 pub mod autograd;
 pub mod backend;
 pub mod bench;
+pub mod bf16;
 pub mod data;
 pub mod device;
 pub mod dtype;

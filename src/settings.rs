@@ -1,10 +1,11 @@
-//! Process-wide engine settings: deterministic mode, TF32 and bf16 GEMMs.
+//! Process-wide engine settings: deterministic mode, TF32, bf16 GEMMs and bf16 activations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
 static ALLOW_TF32: AtomicBool = AtomicBool::new(false);
 static BF16_GEMM: AtomicBool = AtomicBool::new(false);
+static BF16_ACTIVATIONS: AtomicBool = AtomicBool::new(false);
 
 /// Asks every backend for bitwise-reproducible results: deterministic cuDNN algorithms and the
 /// deterministic gather backward (no atomics). Off by default (slower when on).
@@ -40,4 +41,19 @@ pub fn set_bf16_gemm(on: bool) {
 /// Whether GEMMs round their operands to bf16.
 pub fn bf16_gemm() -> bool {
     BF16_GEMM.load(Ordering::Relaxed)
+}
+
+/// Stores the activations of factored dense inference in bf16 ([`crate::bf16::Bf16Matrix`]):
+/// the taps as they enter the first layer, the per-tap planes and every hidden layer, with every
+/// GEMM on bf16 buffers (fp32 accumulation) and every sum, bias and ReLU computed in fp32 and
+/// rounded once. Halves the memory and traffic of the planes, the largest buffers of dense
+/// inference. The backbone, the naive dense path and training keep fp32 activations; weights
+/// stay fp32 (rounded copies are made per call). Off by default.
+pub fn set_bf16_activations(on: bool) {
+    BF16_ACTIVATIONS.store(on, Ordering::Relaxed);
+}
+
+/// Whether dense inference keeps its activations in bf16.
+pub fn bf16_activations() -> bool {
+    BF16_ACTIVATIONS.load(Ordering::Relaxed)
 }

@@ -85,6 +85,19 @@ fn train_eval_predict_score_resume_end_to_end() {
         assert!(v.get(k).is_some(), "{k} missing from {v}");
     }
     assert_eq!(v["n_images"], 30);
+    // The same evaluation with bf16 activations in dense inference scores about the same.
+    let json16 = dir.path().join("eval_bf16.json");
+    let o = run(bin()
+        .args(["eval", "--device", "cpu", "--bf16", "--model"])
+        .arg(runp.join("last.safetensors"))
+        .arg("--data")
+        .arg(sample("val"))
+        .arg("--json")
+        .arg(&json16));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v16: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json16).unwrap()).unwrap();
+    let (j32, j16) = (v["jaccard"].as_f64().unwrap(), v16["jaccard"].as_f64().unwrap());
+    assert!((j32 - j16).abs() < 0.02, "Jaccard fp32 {j32} vs bf16 activations {j16}");
 
     let preds = dir.path().join("preds");
     let o = run(bin()

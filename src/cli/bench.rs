@@ -18,7 +18,7 @@ pub enum PrecisionArg {
     Fp32,
     /// fp32 storage, TF32 tensor cores allowed in cuBLAS and cuDNN.
     Tf32,
-    /// fp32 storage, GEMMs on bf16-rounded operands (bf16 tensor cores), convolutions in TF32.
+    /// GEMMs on bf16-rounded operands (bf16 tensor cores), convolutions in TF32, bf16 activations in dense inference.
     Bf16,
 }
 
@@ -45,7 +45,7 @@ pub struct BenchArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// fp32, tf32, or bf16 (bf16 GEMMs, TF32 convolutions; activations stay fp32).
+    /// fp32, tf32, or bf16 (bf16 GEMMs, TF32 convolutions; dense inference with bf16 activations).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     pub precision: PrecisionArg,
     /// The model to time (random weights).
@@ -101,6 +101,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         device: a.device,
         tf32: precision != Precision::Fp32,
         bf16_gemm: precision == Precision::Bf16,
+        bf16: precision == Precision::Bf16,
         deterministic: a.deterministic,
         mem_limit: a.mem_limit.clone(),
     }

@@ -12,6 +12,7 @@
 use rand::Rng;
 
 use super::config::ModelConfig;
+use super::dense_bf16;
 use super::mlp::Mlp;
 use super::vgg::Vgg16Bn;
 use crate::autograd::no_grad;
@@ -20,6 +21,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::{join, Module, Named};
 use crate::ops::{gather_hypercolumns, upsample_sum_bias_relu};
+use crate::settings;
 use crate::tensor::Tensor;
 
 /// How dense inference evaluates the first MLP layer.
@@ -96,6 +98,9 @@ impl HypercolumnNet {
         let path = if self.mlp.layers.len() < 2 { DensePath::Naive } else { path };
         no_grad(|| {
             let taps = self.backbone.forward(images, false)?;
+            if path == DensePath::Factored && settings::bf16_activations() {
+                return self.predict_dense_bf16(&taps, n, s, tile_pixels);
+            }
             let blocks = match path {
                 DensePath::Naive => Vec::new(),
                 DensePath::Factored => self.first_layer_blocks(&taps)?,
@@ -127,11 +132,33 @@ impl HypercolumnNet {
                     };
                     tiles.push(logits);
                 }
-                let logits = crate::ops::concat(&tiles.iter().collect::<Vec<_>>(), 0)?;
-                out.push(lesion_probability(&logits.to_vec()?, self.config.classes));
+                out.push(self.probabilities(&tiles)?);
             }
             Ok(out)
         })
+    }
+
+    /// The factored dense path in bf16 mode ([`dense_bf16`]), from the backbone's taps.
+    fn predict_dense_bf16(&self, taps: &[Tensor], n: usize, s: usize, tile_pixels: usize) -> Result<Vec<Vec<f32>>> {
+        let channels: Vec<usize> = taps.iter().map(|t| t.dims()[1]).collect();
+        let weights = dense_bf16::Bf16Weights::new(&self.mlp, &channels)?;
+        let mut out = Vec::with_capacity(n);
+        for img in 0..n {
+            let planes = dense_bf16::first_layer_planes(taps, &weights, img)?;
+            let mut tiles = Vec::with_capacity((s * s).div_ceil(tile_pixels));
+            for start in (0..s * s).step_by(tile_pixels) {
+                let points = tile_points(0, s, start, (start + tile_pixels).min(s * s));
+                tiles.push(dense_bf16::tile_logits(&self.mlp, &weights, &planes, &points, s)?);
+            }
+            out.push(self.probabilities(&tiles)?);
+        }
+        Ok(out)
+    }
+
+    /// One image's lesion probabilities from its tiles' logits (one copy to the host).
+    fn probabilities(&self, tiles: &[Tensor]) -> Result<Vec<f32>> {
+        let logits = crate::ops::concat(&tiles.iter().collect::<Vec<_>>(), 0)?;
+        Ok(lesion_probability(&logits.to_vec()?, self.config.classes))
     }
 
     /// The first MLP layer's block of columns `W1_i [hidden, c_i]` for each tap, contiguous.

@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod config;
+mod dense_bf16;
 mod hypercolumn;
 mod mlp;
 mod sampling;

@@ -7,6 +7,7 @@
 
 mod adam;
 mod batch_norm;
+pub mod bf16;
 mod conv;
 mod elementwise;
 mod gemm;

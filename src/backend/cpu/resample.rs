@@ -126,6 +126,18 @@ pub fn gather_forward(taps: &[&[f32]], points: &[SamplePoint], g: &GatherSpec) -
 /// ([`point_weights`]); the planes are added in order starting from `z_0`. The CPU reference
 /// for `kernels/hypercolumn_sum.ptx` and the factored dense path's first layer.
 pub fn plane_sum_forward(planes: &[&[f32]], bias: &[f32], points: &[SamplePoint], s: &PlaneSumSpec) -> Vec<f32> {
+    plane_sum_with(planes, bias, points, s, |v| v)
+}
+
+/// [`plane_sum_forward`] over planes of any element type, each element widened to f32 by
+/// `widen` as it is read (the bf16 planes of the dense path's bf16 mode).
+pub(crate) fn plane_sum_with<T: Copy + Sync>(
+    planes: &[&[T]],
+    bias: &[f32],
+    points: &[SamplePoint],
+    s: &PlaneSumSpec,
+    widen: impl Fn(T) -> f32 + Sync,
+) -> Vec<f32> {
     let cols = s.cols;
     let mut out = vec![0.0; points.len() * cols];
     if cols == 0 {
@@ -136,7 +148,7 @@ pub fn plane_sum_forward(planes: &[&[f32]], bias: &[f32], points: &[SamplePoint]
             let img = &plane[p.image as usize * h * w * cols..(p.image as usize + 1) * h * w * cols];
             let wts = point_weights(p, h, w, s.in_h, s.in_w);
             for (j, acc) in row.iter_mut().enumerate() {
-                let z: f32 = wts.iter().map(|&(o, wt)| wt * img[o * cols + j]).sum();
+                let z: f32 = wts.iter().map(|&(o, wt)| wt * widen(img[o * cols + j])).sum();
                 *acc = if i == 0 { z } else { *acc + z };
             }
         }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use cudarc::cublas::{sys, CudaBlas};
 use cudarc::driver::CudaStream;
 
+use super::device::CudaDevice;
 use super::error::{cuda_error, CudaResultExt};
 use super::storage::CudaStorage;
 use crate::backend::GemmSpec;
@@ -117,48 +118,56 @@ pub fn gemm(a: &CudaStorage, b: &CudaStorage, g: GemmSpec) -> Result<CudaStorage
         return dev.zeros(g.m * g.n);
     }
     let c = dev.alloc(g.m * g.n)?;
+    let bf16 = crate::settings::bf16_gemm();
+    let _r = super::nvtx::range(if bf16 { "cublas.gemm_bf16" } else { "cublas.sgemm" });
+    let kind = if bf16 { GemmKind::F32OnBf16Cores } else { GemmKind::F32 };
+    // SAFETY: a, b and c hold m*k, k*n and m*n floats (checked and allocated above).
+    unsafe { gemm_raw(dev, a.raw_ptr(), b.raw_ptr(), c.raw_ptr(), g, kind)? };
+    Ok(c)
+}
+
+/// Element types and compute mode of one GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GemmKind {
+    /// fp32 operands and output: `cublasSgemm` (TF32 tensor cores when allowed).
+    F32,
+    /// fp32 operands and output, converted to bf16 inside cuBLAS (`cublasGemmEx`,
+    /// `CUBLAS_COMPUTE_32F_FAST_16BF`).
+    F32OnBf16Cores,
+    /// bf16 operands, fp32 accumulation (`CUBLAS_COMPUTE_32F`), the output in bf16 (`true`,
+    /// rounded once by cuBLAS) or fp32 (`false`).
+    Bf16 { bf16_out: bool },
+}
+
+/// `C = op(A) op(B)` for row-major buffers at device addresses `a`, `b` and `c`, element types
+/// as `kind` says (see [`column_major_args`] for the mapping onto column-major cuBLAS).
+///
+/// # Safety
+/// `a`, `b` and `c` must be live device buffers on `dev` holding `m*k`, `k*n` and `m*n`
+/// elements of their types, with `m`, `n`, `k` all non-zero.
+pub(crate) unsafe fn gemm_raw(dev: &CudaDevice, a: u64, b: u64, c: u64, g: GemmSpec, kind: GemmKind) -> Result<()> {
     let cm = column_major_args(g);
     let (m, n, k) = (to_int("n", cm.m)?, to_int("m", cm.n)?, to_int("k", cm.k)?);
     let (lda, ldb, ldc) = (to_int("ld", cm.ld_first)?, to_int("ld", cm.ld_second)?, to_int("ld", cm.ldc)?);
     let (alpha, beta) = (1.0f32, 0.0f32);
-    let bf16 = crate::settings::bf16_gemm();
-    let _r = super::nvtx::range(if bf16 { "cublas.gemm_bf16" } else { "cublas.sgemm" });
     dev.bind()?;
     let mut blas = dev.blas();
     blas.set_tf32(crate::settings::allow_tf32())?;
-    let (first, second, out) = (b.raw_ptr(), a.raw_ptr(), c.raw_ptr());
+    // cuBLAS's first operand is our B, its second our A.
+    let (first, second) = (b as *const std::ffi::c_void, a as *const std::ffi::c_void);
+    let (alpha_p, beta_p) = (&alpha as *const f32 as *const std::ffi::c_void, &beta as *const f32 as *const std::ffi::c_void);
+    let (f32_t, bf16_t) = (sys::cudaDataType::CUDA_R_32F, sys::cudaDataType::CUDA_R_16BF);
+    let h = *blas.handle.handle();
+    let (ta, tb) = (op(cm.trans_first), op(cm.trans_second));
     dev.count_call();
-    // SAFETY: the buffers hold k*n, m*k and m*n floats (checked above), the leading
-    // dimensions are those of `column_major_args`, and all work is on the handle's stream.
-    unsafe {
-        if bf16 {
-            let f32_t = sys::cudaDataType::CUDA_R_32F;
-            cudarc::cublas::result::gemm_ex(
-                *blas.handle.handle(),
-                op(cm.trans_first),
-                op(cm.trans_second),
-                m,
-                n,
-                k,
-                &alpha as *const f32 as *const std::ffi::c_void,
-                first as *const std::ffi::c_void,
-                f32_t,
-                lda,
-                second as *const std::ffi::c_void,
-                f32_t,
-                ldb,
-                &beta as *const f32 as *const std::ffi::c_void,
-                out as *mut std::ffi::c_void,
-                f32_t,
-                ldc,
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        } else {
-            cudarc::cublas::result::sgemm(
-                *blas.handle.handle(),
-                op(cm.trans_first),
-                op(cm.trans_second),
+    // SAFETY: the caller's buffers, the leading dimensions of `column_major_args`, all work on
+    // the handle's stream.
+    let status = unsafe {
+        match kind {
+            GemmKind::F32 => cudarc::cublas::result::sgemm(
+                h,
+                ta,
+                tb,
                 m,
                 n,
                 k,
@@ -168,13 +177,47 @@ pub fn gemm(a: &CudaStorage, b: &CudaStorage, g: GemmSpec) -> Result<CudaStorage
                 second as *const f32,
                 ldb,
                 &beta,
-                out as *mut f32,
+                c as *mut f32,
                 ldc,
-            )
+            ),
+            GemmKind::F32OnBf16Cores | GemmKind::Bf16 { .. } => {
+                let (in_t, out_t, compute) = match kind {
+                    GemmKind::Bf16 { bf16_out } => {
+                        (bf16_t, if bf16_out { bf16_t } else { f32_t }, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F)
+                    }
+                    _ => (f32_t, f32_t, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF),
+                };
+                cudarc::cublas::result::gemm_ex(
+                    h,
+                    ta,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    alpha_p,
+                    first,
+                    in_t,
+                    lda,
+                    second,
+                    in_t,
+                    ldb,
+                    beta_p,
+                    c as *mut std::ffi::c_void,
+                    out_t,
+                    ldc,
+                    compute,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
         }
-    }
-    .ctx(&format!("{} {g:?}", if bf16 { "cublasGemmEx (bf16)" } else { "cublasSgemm" }))?;
-    Ok(c)
+    };
+    let what = match kind {
+        GemmKind::F32 => "cublasSgemm",
+        GemmKind::F32OnBf16Cores => "cublasGemmEx (fp32 on bf16 tensor cores)",
+        GemmKind::Bf16 { bf16_out: true } => "cublasGemmEx (bf16 in, bf16 out)",
+        GemmKind::Bf16 { bf16_out: false } => "cublasGemmEx (bf16 in, fp32 out)",
+    };
+    status.ctx(&format!("{what} {g:?}"))
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {

@@ -37,6 +37,7 @@
 //!   error into [`Error::Cuda`](crate::error::Error::Cuda).
 
 pub mod allocator;
+pub mod bf16;
 pub mod blas;
 pub mod cudnn;
 pub mod device;
@@ -49,5 +50,6 @@ pub mod staging;
 pub mod storage;
 
 pub use allocator::MemoryStats;
+pub use bf16::CudaBf16;
 pub use device::CudaDevice;
 pub use storage::CudaStorage;

@@ -11,6 +11,22 @@
 //! method that is implemented by a PTX kernel, plus a few fused extras for the MLP and the
 //! optimiser.
 
+/// Launches `$entry` on `$dev`'s stream with `$cfg` and the given arguments, in order.
+/// Scalar arguments must be references to locals (the launch reads them through pointers).
+macro_rules! launch {
+    ($dev:expr, $entry:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let func = $dev.function($entry)?;
+        $dev.count_call();
+        let stream = $dev.stream();
+        let mut builder = stream.launch_builder(&func);
+        $( cudarc::driver::PushKernelArg::arg(&mut builder, $arg); )+
+        // SAFETY: the argument list matches the kernel's .param list (see its .ptx header),
+        // buffers are live for the launch (stream-ordered pool) and sized by the checks above.
+        $crate::backend::cuda::error::CudaResultExt::ctx(unsafe { builder.launch($cfg) }, $entry).map(|_| ())
+    }};
+}
+pub(crate) use launch;
+
 pub mod ops;
 
 /// One embedded PTX module: a `kernels/*.ptx` file.

@@ -11,11 +11,10 @@
 //! alignment holds); small integer tables (points, labels, orders) are copied into pool
 //! buffers as raw u32/u64 bits.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use rayon::prelude::*;
 
 use super::entry;
-use crate::backend::cuda::error::CudaResultExt;
 use crate::backend::cuda::graph::FeedKind;
 use crate::backend::cuda::{nvtx, CudaDevice, CudaStorage};
 use crate::backend::*;
@@ -26,7 +25,7 @@ const BLOCK: u32 = 256;
 /// Cap on the blocks of a 1-D grid-stride launch.
 const MAX_GRID_1D: u32 = 65535;
 /// Cap on gridDim.y (the kernels loop over y by gridDim.y beyond it).
-const MAX_GRID_Y: u32 = 65535;
+pub(crate) const MAX_GRID_Y: u32 = 65535;
 /// Blocks of the first pass of sum_all / softmax cross-entropy (fixed, so sums are reproducible).
 const MAX_SUM_BLOCKS: u32 = 1024;
 /// Elements one block reduces in the per-channel partial kernels (batch norm, reduce_to_mid).
@@ -38,22 +37,7 @@ const MAX_ELEMS: usize = i32::MAX as usize;
 
 // ---- helpers -------------------------------------------------------------------------------
 
-/// Launches `$entry` on `$dev`'s stream with `$cfg` and the given arguments, in order.
-/// Scalar arguments must be references to locals (the launch reads them through pointers).
-macro_rules! launch {
-    ($dev:expr, $entry:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let func = $dev.function($entry)?;
-        $dev.count_call();
-        let stream = $dev.stream();
-        let mut builder = stream.launch_builder(&func);
-        $( builder.arg($arg); )+
-        // SAFETY: the argument list matches the kernel's .param list (see its .ptx header),
-        // buffers are live for the launch (stream-ordered pool) and sized by the checks above.
-        unsafe { builder.launch($cfg) }.ctx($entry).map(|_| ())
-    }};
-}
-
-fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+pub(crate) fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
         return Err(Error::bad_shape(op, format!("{what} has {got} elements, expected {want}")));
     }
@@ -61,14 +45,14 @@ fn check_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()
 }
 
 /// `n` as a kernel element count (< 2^31).
-fn count(op: &'static str, n: usize) -> Result<u32> {
+pub(crate) fn count(op: &'static str, n: usize) -> Result<u32> {
     if n > MAX_ELEMS {
         return Err(Error::bad_shape(op, format!("{n} elements: the CUDA kernels take at most {MAX_ELEMS}")));
     }
     Ok(n as u32)
 }
 
-fn same_device(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
+pub(crate) fn same_device(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
     if !a.device().same_device(b.device()) {
         return Err(Error::DeviceMismatch {
             op,
@@ -79,17 +63,17 @@ fn same_device(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()>
     Ok(())
 }
 
-fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
+pub(crate) fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// A 1-D grid-stride launch over `n > 0` elements: block 256, up to 65535 blocks.
-fn grid_1d(n: u32) -> LaunchConfig {
+pub(crate) fn grid_1d(n: u32) -> LaunchConfig {
     cfg((n.div_ceil(BLOCK).clamp(1, MAX_GRID_1D), 1, 1), BLOCK)
 }
 
 /// Threads for a kernel whose block covers `n` items along x: a multiple of 32, at most 256.
-fn block_for(n: u32) -> u32 {
+pub(crate) fn block_for(n: u32) -> u32 {
     n.clamp(1, BLOCK).next_multiple_of(32)
 }
 
@@ -104,12 +88,12 @@ fn scratch_f64(dev: &CudaDevice, k: usize) -> Result<CudaStorage> {
 
 /// A pool buffer holding a copy of `data` as raw u32 bits, whose values are of `kind` (a
 /// captured graph rebuilds them for each replay, see `backend::cuda::graph`).
-fn upload_u32(dev: &CudaDevice, data: &[u32], kind: FeedKind) -> Result<CudaStorage> {
+pub(crate) fn upload_u32(dev: &CudaDevice, data: &[u32], kind: FeedKind) -> Result<CudaStorage> {
     dev.upload_words(data, 0, kind)
 }
 
 /// A pool buffer holding a copy of `data` as raw u64 bits (pool blocks are 256-byte aligned).
-fn upload_u64(dev: &CudaDevice, data: &[u64], kind: FeedKind) -> Result<CudaStorage> {
+pub(crate) fn upload_u64(dev: &CudaDevice, data: &[u64], kind: FeedKind) -> Result<CudaStorage> {
     let s = dev.upload_words(bytemuck::cast_slice(data), 0, kind)?;
     if s.raw_ptr() % 8 != 0 {
         return Err(crate::backend::cuda::error::cuda_error("upload u64", "pool block is not 8-byte aligned"));
@@ -696,7 +680,7 @@ fn check_points(points: &[SamplePoint], g: &GatherSpec) -> Result<()> {
 }
 
 /// The points as u32 triples (image, y, x).
-fn points_u32(points: &[SamplePoint]) -> &[u32] {
+pub(crate) fn points_u32(points: &[SamplePoint]) -> &[u32] {
     SamplePoint::words(points)
 }
 
@@ -1289,28 +1273,54 @@ pub fn upsample_sum_bias_relu(
     points: &[SamplePoint],
     s: &PlaneSumSpec,
 ) -> Result<CudaStorage> {
-    const OP: &str = "upsample_sum_bias_relu";
-    let _r = nvtx::range(OP);
-    let lens: Vec<usize> = planes.iter().map(|z| z.len()).collect();
+    let _r = nvtx::range("upsample_sum_bias_relu");
+    let planes: Vec<PlaneBuf> = planes.iter().map(|z| PlaneBuf { buffer: z, len: z.len(), ptr: z.raw_ptr() }).collect();
+    plane_sum_launch("upsample_sum_bias_relu", entry::UPSAMPLE_SUM_BIAS_RELU_F32, &planes, bias, points, s, |dev, total| {
+        let out = dev.alloc(total)?;
+        let ptr = out.raw_ptr();
+        Ok((out, ptr))
+    })
+}
+
+/// One plane of the fused first layer: the buffer holding it (for its device), its element
+/// count and its device address.
+pub(crate) struct PlaneBuf<'a> {
+    pub buffer: &'a CudaStorage,
+    pub len: usize,
+    pub ptr: u64,
+}
+
+/// The checks and the launch shared by the fused first layer's f32 and bf16 kernels (`kernel`,
+/// with the parameter list of `kernels/hypercolumn_sum.ptx`): `alloc(dev, elements)` makes the
+/// `[points, cols]` output and gives its device address.
+pub(crate) fn plane_sum_launch<T>(
+    op: &'static str,
+    kernel: &'static str,
+    planes: &[PlaneBuf<'_>],
+    bias: &CudaStorage,
+    points: &[SamplePoint],
+    s: &PlaneSumSpec,
+    alloc: impl FnOnce(&CudaDevice, usize) -> Result<(T, u64)>,
+) -> Result<T> {
+    let lens: Vec<usize> = planes.iter().map(|z| z.len).collect();
     crate::backend::check_plane_sum(&lens, bias.len(), points, s)?;
     let Some(first) = planes.first() else {
-        return Err(Error::bad_shape(OP, "no planes"));
+        return Err(Error::bad_shape(op, "no planes"));
     };
     for z in planes {
-        same_device(OP, first, z)?;
+        same_device(op, first.buffer, z.buffer)?;
+        count(op, z.len)?;
     }
-    same_device(OP, first, bias)?;
-    for &len in &lens {
-        count(OP, len)?;
-    }
-    let dev = first.device().clone();
-    let total = count(OP, points.len() * s.cols)?;
-    let mut out = dev.alloc(total as usize)?;
+    same_device(op, first.buffer, bias)?;
+    let dev = first.buffer.device().clone();
+    let total = count(op, points.len() * s.cols)?;
+    let (out, out_ptr) = alloc(&dev, total as usize)?;
     if total == 0 {
         return Ok(out);
     }
     dev.refuse_capture("the factored dense first layer")?;
-    let table_d = upload_u64(&dev, &plane_table(planes, s), FeedKind::Constant)?;
+    let ptrs: Vec<u64> = planes.iter().map(|z| z.ptr).collect();
+    let table_d = upload_u64(&dev, &plane_table(&ptrs, s), FeedKind::Constant)?;
     let pts = upload_u32(&dev, points_u32(points), FeedKind::Points)?;
     let (nt, np, cols) = (planes.len() as u32, points.len() as u32, s.cols as u32);
     let block = block_for(cols);
@@ -1318,9 +1328,9 @@ pub fn upsample_sum_bias_relu(
     // stream is in order, and table_d / pts (pool buffers) live until the launch is enqueued.
     launch!(
         dev,
-        entry::UPSAMPLE_SUM_BIAS_RELU_F32,
+        kernel,
         cfg((cols.div_ceil(block), np.min(MAX_GRID_Y), 1), block),
-        out.slice_mut(),
+        &out_ptr,
         table_d.slice(),
         &nt,
         bias.slice(),
@@ -1331,20 +1341,16 @@ pub fn upsample_sum_bias_relu(
     Ok(out)
 }
 
-/// The plane descriptors of `upsample_sum_bias_relu_f32`, 24 bytes (three u64) per plane:
-/// { ptr: u64, h: u32, w: u32, scale_h: f32, scale_w: f32 } (little-endian, so the low word of
-/// each u64 is the first field).
-fn plane_table(planes: &[&CudaStorage], s: &PlaneSumSpec) -> Vec<u64> {
-    let mut table = Vec::with_capacity(planes.len() * 3);
-    for (z, &(h, w)) in planes.iter().zip(&s.planes) {
+/// The plane descriptors of `upsample_sum_bias_relu_{f32,bf16}` for the planes at device
+/// addresses `ptrs`, 24 bytes (three u64) per plane: { ptr: u64, h: u32, w: u32, scale_h: f32,
+/// scale_w: f32 } (little-endian, so the low word of each u64 is the first field).
+pub(crate) fn plane_table(ptrs: &[u64], s: &PlaneSumSpec) -> Vec<u64> {
+    let mut table = Vec::with_capacity(ptrs.len() * 3);
+    for (&ptr, &(h, w)) in ptrs.iter().zip(&s.planes) {
         // As Lerp::new(y, h, in_h): h as f32 / in_h as f32.
         let scale_h = h as f32 / s.in_h as f32;
         let scale_w = w as f32 / s.in_w as f32;
-        table.extend([
-            z.raw_ptr(),
-            (h as u32 as u64) | ((w as u32 as u64) << 32),
-            (scale_h.to_bits() as u64) | ((scale_w.to_bits() as u64) << 32),
-        ]);
+        table.extend([ptr, (h as u32 as u64) | ((w as u32 as u64) << 32), (scale_h.to_bits() as u64) | ((scale_w.to_bits() as u64) << 32)]);
     }
     table
 }
