@@ -74,6 +74,6 @@ if want parity; then
     env -u LD_LIBRARY_PATH timeout 180 python3 bench/pytorch_reference.py --parity /tmp/parity --device cuda; } \
     > "$O/parity.log" 2>&1
   stamp "parity rc=$?"
-  grep -E "FAIL|^parity:|closest" "$O/parity.log" >> "$S"
+  grep -E "FAIL|^parity:|closest|bf16" "$O/parity.log" >> "$S"
 fi
 stamp "done"

@@ -22,7 +22,7 @@ Modes:
   --parity DIR   replay `hyperseg-engine bench --parity-dump DIR` with the same weights, inputs and steps, twice: in
                  fp32 (TF32 as the dump says) and in fp64 (the reference). Checks the engine's step-0 logits and loss,
                  every parameter's step-0 gradient, the batch-norm running statistics after step 0, dense-inference
-                 probabilities of image 0 (both paths) and the loss of every later step; PASS/FAIL per tensor, exit 1
+                 probabilities of image 0 (both paths, and the factored one with bf16 activations) and the loss of every later step; PASS/FAIL per tensor, exit 1
                  on a failure.
 
 How parity is judged. A fixed tolerance between two fp32 implementations does not work for the gradients of this
@@ -41,6 +41,9 @@ tiny error would be noise). Floors, fp32 with TF32 off on both sides:
   - dense-inference probabilities (eval mode, step-0 weights, running statistics after one update): 1e-3;
   - losses of steps >= 1: 1e-3 (Adam's first update is about lr * sign(g): a gradient component at rounding-noise
     level can take the other sign and move its weight by 2 * lr, so trajectories drift apart by more than rounding).
+The factored path with bf16 activations (the engine's settings::bf16_activations; dense_factored_bf16 in the dump)
+is checked against PyTorch emulating the same roundings to bf16 in fp32 (HypercolumnNet.dense_factored_bf16), with
+the floor 1e-2: on the tiny model both are 2.5e-3 off the fp64 probabilities, 4x that is the limit.
 With a dump made with TF32 on (metadata tf32=true) the fp32 replay enables TF32 too and the floors are 1e-2 (forward),
 5e-2 (gradients, later losses), 1e-1 (dense). The engine-vs-PyTorch-fp32 max relative error is printed for information.
 
@@ -76,6 +79,7 @@ BLOCK_DEPTHS = [2, 2, 3, 3, 3]
 # Floors of the --parity tolerances: (forward, gradients, losses after Adam steps), see the module doc.
 FLOORS_FP32 = (1e-4, 1e-3, 1e-3)
 FLOORS_TF32 = (1e-2, 5e-2, 5e-2)
+FLOOR_DENSE_BF16 = 1e-2
 
 
 # ---- FLOP count (the same formula as hyperseg_engine::bench::flops) ----------------------------------------------
@@ -226,6 +230,32 @@ def build_model_classes():
                 off += c
             z = z.flatten(2).transpose(1, 2)[0] + self.mlp.fc1.bias.to(z.dtype)
             return torch.softmax(self.mlp.forward_from_first(z).float(), dim=1)[:, 1]
+
+    def dense_factored_bf16(model, image):
+        """The engine's factored path with bf16 activations (settings::bf16_activations), emulated in the model's
+        dtype with explicit roundings to bf16 where the engine stores bf16: each tap and W1's block of columns
+        rounded, each plane their product rounded once; the planes upsampled and summed, plus the bias, ReLU,
+        rounded; each later hidden layer a product of rounded operands rounded once, plus the bias, ReLU, rounded;
+        the last layer's product of rounded operands plus the bias unrounded (fp32 logits)."""
+        def r(x):
+            return x.to(torch.bfloat16).to(x.dtype)
+
+        s = model.cfg["input_size"]
+        w1, off, z = model.mlp.fc1.weight, 0, None
+        for t in model.backbone(image):
+            c = t.shape[1]
+            plane = r(F.conv2d(r(t), r(w1[:, off:off + c, None, None].to(t.dtype))))
+            u = F.interpolate(plane, size=(s, s), mode="bilinear", align_corners=False)
+            z = u if z is None else z + u
+            off += c
+        x = r(F.relu(z.flatten(2).transpose(1, 2)[0] + model.mlp.fc1.bias.to(z.dtype)))
+        layers = [getattr(model.mlp, name) for name in model.mlp.names[1:]]
+        for layer in layers[:-1]:
+            x = r(F.relu(r(x @ r(layer.weight).t()) + layer.bias))
+        logits = x @ r(layers[-1].weight).t() + layers[-1].bias
+        return torch.softmax(logits.float(), dim=1)[:, 1]
+
+    HypercolumnNet.dense_factored_bf16 = dense_factored_bf16
 
     def init_like_engine(model, seed):
         """He-normal weights (std sqrt(2 / fan_in)), zero biases, BN gamma 1 and beta 0: the engine's init."""
@@ -552,6 +582,8 @@ def replay(cfg, weights, inputs, steps, device, dtype, dense):
                 with torch.no_grad():
                     out["dense_naive"] = model.dense_naive(images[:1]).cpu()
                     out["dense_factored"] = model.dense_factored(images[:1]).cpu()
+                    if dtype == torch.float32:
+                        out["dense_factored_bf16"] = model.dense_factored_bf16(images[:1]).cpu()
                 model.train()
         opt.step()
     del model, opt, images
@@ -636,6 +668,10 @@ def parity(args):
         for key in ("dense_naive", "dense_factored"):
             c.check("dense probabilities", f"{key} (image 0)", outputs[key], t32[key], f64["dense_naive"],
                     10 * floor_fwd)
+        if "dense_factored_bf16" in outputs:
+            # Against PyTorch emulating the same roundings in fp32 (dense_factored_bf16).
+            c.check("dense probabilities", "dense_factored_bf16 (image 0)", outputs["dense_factored_bf16"],
+                    t32["dense_factored_bf16"], f64["dense_naive"], FLOOR_DENSE_BF16)
     for t in range(1, steps):
         c.check("later losses", f"loss (step {t})", outputs["loss"][t], t32["loss"][t], f64["loss"][t], floor_steps)
     print("closest to its limit, per kind: " + "; ".join(

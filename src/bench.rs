@@ -828,10 +828,17 @@ pub fn dump_parity(dir: &Path, config: &ModelConfig, device: &Device, steps: usi
             blobs.push(Blob::new("logits", logits.dims().to_vec(), &logits.to_vec()?));
             // Dense inference of image 0 with these weights and the running statistics after
             // one update (eval mode), by both paths.
+            let tile = crate::infer::InferOptions::default().tile_pixels;
             for (key, path) in [("dense_naive", DensePath::Naive), ("dense_factored", DensePath::Factored)] {
-                let prob = model.predict_dense(&first_image, path, crate::infer::InferOptions::default().tile_pixels)?.remove(0);
+                let prob = model.predict_dense(&first_image, path, tile)?.remove(0);
                 blobs.push(Blob::new(key, vec![s, s], &prob));
             }
+            // And the factored path with bf16 activations.
+            let was = settings::bf16_activations();
+            settings::set_bf16_activations(true);
+            let prob = model.predict_dense(&first_image, DensePath::Factored, tile);
+            settings::set_bf16_activations(was);
+            blobs.push(Blob::new("dense_factored_bf16", vec![s, s], &prob?.remove(0)));
             for nt in &named {
                 if nt.trainable {
                     let g = match nt.tensor.grad() {

@@ -138,12 +138,15 @@ fn parity_dump_reopens_with_safetensors() {
     }
     let g: Vec<f32> = f32s(outputs.tensor("grad.mlp.fc1.weight").unwrap().data());
     assert!(g.iter().any(|&v| v != 0.0), "the first MLP layer has a gradient");
-    for key in ["dense_naive", "dense_factored"] {
+    for key in ["dense_naive", "dense_factored", "dense_factored_bf16"] {
         assert_eq!(outputs.tensor(key).unwrap().shape(), [s, s], "{key}");
     }
     let naive = f32s(outputs.tensor("dense_naive").unwrap().data());
     let factored = f32s(outputs.tensor("dense_factored").unwrap().data());
     let diff = naive.iter().zip(&factored).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff < 1e-3, "the dense paths disagree by {diff}");
-    assert_eq!(outputs.len(), 4 + named.len());
+    let bf16 = f32s(outputs.tensor("dense_factored_bf16").unwrap().data());
+    let diff = bf16.iter().zip(&factored).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff > 0.0 && diff < 5e-2, "bf16 activations move the dense probabilities by {diff}");
+    assert_eq!(outputs.len(), 5 + named.len());
 }
