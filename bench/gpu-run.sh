@@ -10,8 +10,8 @@
 #   compile-graphs  the same with torch.compile's CUDA graphs (mode max-autotune; not run unless named), the peer
 #            of the engine's train_step_graph_ms (~2-4 min)
 #   parity   the engine's parity dump of the paper model replayed in PyTorch against fp64 (~1.5 min)
-# Usage on the GPU machine, from the checkout root, after `bash ../shared/gpu/bundle.sh` here (and optionally
-# `cp <old target/release/hyperseg-engine> .gpu/before/hyperseg-engine`), carrying .gpu:
+# Usage on the GPU machine, from the checkout root, after `bash bench/gpu-pack.sh [--before OLD_BINARY]` here
+# (or `bash ../shared/gpu/bundle.sh`, uncompressed), carrying .gpu:
 #   bash bench/gpu-run.sh [PART...]   # results under $OUT (or /tmp/out): summary.txt, *.log, *.json
 set -uo pipefail
 O=${OUT:-/tmp/out}; mkdir -p "$O"
@@ -20,6 +20,10 @@ want() { [[ " $parts " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 # The engine's CUDA libraries; PyTorch runs without them on the path (it bundles a newer cuDNN).
 ELIB=$(ls -d /usr/local/cuda*/targets/x86_64-linux/lib 2>/dev/null | head -n 1):/usr/lib/x86_64-linux-gnu
+# bench/gpu-pack.sh carries the executables compressed.
+if [[ -f .gpu/bin.tar.xz && ! -d .gpu/bin ]]; then
+  tar -C .gpu -xJf .gpu/bin.tar.xz || { echo "gpu-run: cannot unpack .gpu/bin.tar.xz" >&2; exit 1; }
+fi
 S=$O/summary.txt
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$S" 2>&1
 echo "parts: $parts" >> "$S"
