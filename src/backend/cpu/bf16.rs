@@ -43,7 +43,7 @@ pub fn gemm(a: &[bf16], b: &[bf16], g: GemmSpec) -> Vec<f32> {
     c
 }
 
-/// The factored dense first layer on bf16 planes, bf16 result: [`super::resample::plane_sum_forward`]
+/// The factored dense first layer on bf16 planes, bf16 result: `resample::plane_sum_forward`
 /// with every plane element widened as it is read and the output rounded to bf16.
 pub fn plane_sum_forward_bf16(planes: &[&[bf16]], bias: &[f32], points: &[SamplePoint], s: &PlaneSumSpec) -> Vec<bf16> {
     to_bf16(&plane_sum_with(planes, bias, points, s, |v: bf16| v.to_f32()))

@@ -1,0 +1,206 @@
+//! Launch wrappers of `kernels/batch_norm.ptx`: training-mode batch norm forward (statistics, then
+//! normalise, ReLU fused when asked) and backward.
+
+use super::*;
+
+/// The per-channel work split of the batch-norm partial kernels: (nchunk, pieces P, block).
+fn bn_split(op: &'static str, d: Nchw) -> Result<(u32, u32, u32)> {
+    let hw = count(op, d.h * d.w)?;
+    let nchunk = hw.div_ceil(PLANE_CHUNK);
+    let pieces = count(op, d.n * nchunk as usize)?;
+    count(op, pieces as usize * d.c)?;
+    Ok((nchunk, pieces, block_for(hw.min(PLANE_CHUNK))))
+}
+
+/// The launch of the per-plane kernels (normalise, dx): grid (ceil(HW/B) capped, planes capped).
+fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
+    let block = block_for(hw);
+    cfg((hw.div_ceil(block).clamp(1, MAX_GRID_1D), planes.clamp(1, MAX_GRID_Y), 1), block)
+}
+
+/// Training-mode batch norm over `[n, c, h, w]`. Kernels: `bn_stats_partial_f32`
+/// (grid (N * nchunk, min(C, 65535)), block min(256, HW rounded up to 32), nchunk =
+/// ceil(HW / 2048)), `bn_stats_final_f32` (grid ceil(C/256), block 256), `bn_normalize_f32`
+/// (grid (ceil(HW/B), min(N*C, 65535)), block B = min(256, HW rounded up to 32)).
+///
+/// With `relu`, the ReLU that follows is fused into `bn_normalize_f32`: `y = max(bn(x), 0)`
+/// (the statistics are those of x, unchanged). Pass that `y` as `relu_out` to
+/// [`batch_norm_backward`].
+pub fn batch_norm_train(
+    x: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    d: Nchw,
+    eps: f32,
+    relu: bool,
+) -> Result<BatchNormForward<CudaStorage>> {
+    let _r = nvtx::range("batch_norm");
+    check_len("batch_norm", "input", x.len(), d.len())?;
+    check_len("batch_norm", "gamma", gamma.len(), d.c)?;
+    check_len("batch_norm", "beta", beta.len(), d.c)?;
+    same_device("batch_norm", x, gamma)?;
+    same_device("batch_norm", x, beta)?;
+    count("batch_norm", x.len())?;
+    let dev = x.device().clone();
+    let mut y = dev.alloc(x.len())?;
+    let mut mean = dev.alloc(d.c)?;
+    let mut invstd = dev.alloc(d.c)?;
+    let mut var_unbiased = dev.alloc(d.c)?;
+    if d.c == 0 {
+        return Ok(BatchNormForward { y, mean, invstd, var_unbiased });
+    }
+    if d.n * d.h * d.w == 0 {
+        // No sample: the CPU's statistics are 0/0.
+        for s in [&mut mean, &mut invstd, &mut var_unbiased] {
+            fill(s, f32::NAN)?;
+        }
+        return Ok(BatchNormForward { y, mean, invstd, var_unbiased });
+    }
+    let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
+    let planes = count("batch_norm", d.n * d.c)?;
+    let (nchunk, pieces, block) = bn_split("batch_norm", d)?;
+    let chunk = PLANE_CHUNK;
+    let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
+    launch!(
+        dev,
+        entry::BN_STATS_PARTIAL_F32,
+        cfg((pieces, c.min(MAX_GRID_Y), 1), block),
+        partial.slice_mut(),
+        x.slice(),
+        &c,
+        &hw,
+        &chunk,
+        &nchunk
+    )?;
+    let count_f = (d.n * d.h * d.w) as f64;
+    launch!(
+        dev,
+        entry::BN_STATS_FINAL_F32,
+        cfg((c.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK),
+        mean.slice_mut(),
+        invstd.slice_mut(),
+        var_unbiased.slice_mut(),
+        partial.slice(),
+        x.slice(),
+        &c,
+        &hw,
+        &pieces,
+        &count_f,
+        &eps
+    )?;
+    let relu = relu as u32;
+    launch!(
+        dev,
+        entry::BN_NORMALIZE_F32,
+        plane_cfg(hw, planes),
+        y.slice_mut(),
+        x.slice(),
+        mean.slice(),
+        invstd.slice(),
+        gamma.slice(),
+        beta.slice(),
+        &c,
+        &hw,
+        &planes,
+        &relu
+    )?;
+    Ok(BatchNormForward { y, mean, invstd, var_unbiased })
+}
+
+/// Backward of [`batch_norm_train`]. Kernels: `bn_bwd_partial_f32` (grid as the stats),
+/// `bn_bwd_final_f32` (grid ceil(C/256), block 256; writes dgamma, dbeta and an f64
+/// coefficient table [C, 8]), `bn_bwd_dx_f32` (grid as the normalisation).
+///
+/// `relu_out` is the output `y` of a forward with `relu` (the fused ReLU): then both
+/// `bn_bwd_partial_f32` and `bn_bwd_dx_f32` read the gradient as `y > 0 ? dy : 0`, which gives
+/// bit for bit the result of passing `relu_backward(y, dy)` with `relu_out = None`. `None`:
+/// plain batch norm (`dy` is the gradient of the normalised output).
+pub fn batch_norm_backward(
+    x: &CudaStorage,
+    dy: &CudaStorage,
+    gamma: &CudaStorage,
+    mean: &CudaStorage,
+    invstd: &CudaStorage,
+    d: Nchw,
+    relu_out: Option<&CudaStorage>,
+) -> Result<BatchNormBackward<CudaStorage>> {
+    let _r = nvtx::range("batch_norm_backward");
+    check_len("batch_norm_backward", "input", x.len(), d.len())?;
+    check_len("batch_norm_backward", "dy", dy.len(), d.len())?;
+    check_len("batch_norm_backward", "gamma", gamma.len(), d.c)?;
+    check_len("batch_norm_backward", "mean", mean.len(), d.c)?;
+    check_len("batch_norm_backward", "invstd", invstd.len(), d.c)?;
+    for o in [dy, gamma, mean, invstd] {
+        same_device("batch_norm_backward", x, o)?;
+    }
+    if let Some(y) = relu_out {
+        check_len("batch_norm_backward", "relu output", y.len(), d.len())?;
+        same_device("batch_norm_backward", x, y)?;
+    }
+    count("batch_norm_backward", x.len())?;
+    let dev = x.device().clone();
+    let mut dx = dev.alloc(x.len())?;
+    if d.c == 0 {
+        return Ok(BatchNormBackward { dx, dgamma: dev.alloc(0)?, dbeta: dev.alloc(0)? });
+    }
+    if d.n * d.h * d.w == 0 {
+        return Ok(BatchNormBackward { dx, dgamma: dev.zeros(d.c)?, dbeta: dev.zeros(d.c)? });
+    }
+    let mut dgamma = dev.alloc(d.c)?;
+    let mut dbeta = dev.alloc(d.c)?;
+    let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
+    let planes = count("batch_norm_backward", d.n * d.c)?;
+    let (nchunk, pieces, block) = bn_split("batch_norm_backward", d)?;
+    let chunk = PLANE_CHUNK;
+    let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
+    let mut coef = scratch_f64(&dev, d.c * 8)?;
+    // The fused ReLU's output as a raw device pointer (0: no ReLU). `relu_out` stays borrowed
+    // until the launches are queued; when its owner drops it later, the pool hands its block
+    // only to work queued after them on the same stream.
+    let ymask: u64 = relu_out.map_or(0, |y| y.raw_ptr());
+    launch!(
+        dev,
+        entry::BN_BWD_PARTIAL_F32,
+        cfg((pieces, c.min(MAX_GRID_Y), 1), block),
+        partial.slice_mut(),
+        x.slice(),
+        dy.slice(),
+        mean.slice(),
+        &c,
+        &hw,
+        &chunk,
+        &nchunk,
+        &ymask
+    )?;
+    let count_f = (d.n * d.h * d.w) as f64;
+    launch!(
+        dev,
+        entry::BN_BWD_FINAL_F32,
+        cfg((c.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK),
+        dgamma.slice_mut(),
+        dbeta.slice_mut(),
+        coef.slice_mut(),
+        partial.slice(),
+        mean.slice(),
+        invstd.slice(),
+        gamma.slice(),
+        &c,
+        &pieces,
+        &count_f
+    )?;
+    launch!(
+        dev,
+        entry::BN_BWD_DX_F32,
+        plane_cfg(hw, planes),
+        dx.slice_mut(),
+        x.slice(),
+        dy.slice(),
+        coef.slice(),
+        &c,
+        &hw,
+        &planes,
+        &count_f,
+        &ymask
+    )?;
+    Ok(BatchNormBackward { dx, dgamma, dbeta })
+}
