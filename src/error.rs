@@ -40,10 +40,11 @@ pub enum Error {
     /// Training produced a loss or gradient that is not finite.
     #[error("training diverged: the loss or a gradient became {value} at step {step} (epoch {epoch}); the last good checkpoint is kept; lower the learning rate or check the data")]
     Diverged { step: u64, epoch: usize, value: f32 },
-    /// Reading or writing a file failed.
+    /// The training step cannot be captured or replayed as a CUDA graph; `msg` says what
+    /// stopped it (the trainer then runs the step eagerly).
     #[error("the training step cannot run as a CUDA graph: {msg}")]
     GraphCapture { msg: String },
-
+    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
