@@ -281,6 +281,21 @@ fn cuda_kernels_match_the_cpu_reference() {
         }
     }
 
+    // ---- batch norm statistics of non-finite input: NaN as on the CPU, not clamped to 0 ----
+    {
+        let d = Nchw { n: 2, c: 3, h: 4, w: 4 };
+        let mut x = rng.vec(d.len(), -2.0, 3.0);
+        x[5] = f32::INFINITY; // channel 0 (not its first element, the kernel's shift)
+        x[16 + 7] = f32::NAN; // channel 1; channel 2 stays finite
+        let (gamma, beta) = (rng.vec(d.c, 0.5, 1.5), rng.vec(d.c, -0.5, 0.5));
+        let f = c(&x).batch_norm_train(&c(&gamma), &c(&beta), d, 1e-5, false).unwrap();
+        let fg = up(&x).batch_norm_train(&up(&gamma), &up(&beta), d, 1e-5, false).unwrap();
+        assert!(f.invstd.as_f32()[0].is_nan() && f.invstd.as_f32()[1].is_nan() && f.invstd.as_f32()[2].is_finite());
+        r.check("bn mean, non-finite x", &host(&fg.mean), f.mean.as_f32(), false, 1e-5, 1e-6);
+        r.check("bn invstd, non-finite x", &host(&fg.invstd), f.invstd.as_f32(), false, 1e-5, 0.0);
+        r.check("bn var_unbiased, non-finite x", &host(&fg.var_unbiased), f.var_unbiased.as_f32(), false, 1e-5, 1e-7);
+    }
+
     // ---- pooling (quantised values: many ties) ----
     for d in [Nchw { n: 2, c: 3, h: 8, w: 8 }, Nchw { n: 2, c: 5, h: 7, w: 9 }, Nchw { n: 5, c: 64, h: 224, w: 224 }] {
         let x: Vec<f32> = (0..d.len()).map(|_| rng.below(4) as f32 - 1.0).collect();

@@ -327,7 +327,7 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>>;
     /// Backward of [`BackendStorage::batch_norm_train`], `self` being x. `relu_out` is the
     /// forward's output when it had `relu`: then only the gradient where it is > 0 counts,
-    /// exactly as if `dy * (relu_out > 0)` were passed.
+    /// exactly as if `relu_out > 0 ? dy : 0` (a select, so +0 where masked) were passed.
     fn batch_norm_backward(
         &self,
         dy: &Self,

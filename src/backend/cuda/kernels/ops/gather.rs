@@ -249,6 +249,9 @@ pub fn gather_hypercolumns_backward(
     check_len("gather_backward", "grad", grad.len(), points.len() * g.total_channels())?;
     check_points(points, g)?;
     count("gather_backward", grad.len())?;
+    if let Some((i, &(_, h, w))) = g.taps.iter().enumerate().find(|(_, &(_, h, w))| h == 0 || w == 0) {
+        return Err(Error::bad_shape("gather_backward", format!("tap {i} is {h}x{w}: taps must not be empty")));
+    }
     if points.len() >= 1 << 30 {
         return Err(Error::bad_shape("gather_backward", format!("{} points: at most 2^30", points.len())));
     }
@@ -265,6 +268,10 @@ pub fn gather_hypercolumns_backward(
     if deterministic {
         let (table, bound) = gather_csr_table(points, g);
         let table_d = dev.upload_words(&table, bound, FeedKind::GatherCsr(g.clone()))?;
+        if table_d.raw_ptr() % 16 != 0 {
+            // The kernel reads each tap's header with one 16-byte load.
+            return Err(crate::backend::cuda::error::cuda_error("gather table", "pool block is not 16-byte aligned"));
+        }
         for (tap, ((dtap, t), &(_, h, w))) in outs.iter_mut().zip(&geoms).zip(&g.taps).enumerate() {
             // Launched for the most locations the points can touch, whatever this step's
             // count (in the table's header), so that the launch is the same at every step.
