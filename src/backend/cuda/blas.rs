@@ -9,7 +9,9 @@
 //! on the handle when the setting changes); otherwise `CUBLAS_DEFAULT_MATH`, which in cuBLAS
 //! 11+ keeps fp32 GEMMs in full fp32. With [`crate::settings::bf16_gemm`] the product goes
 //! through `cublasGemmEx` with `CUBLAS_COMPUTE_32F_FAST_16BF`: the same fp32 buffers, the
-//! operands converted to bf16 inside cuBLAS, bf16 tensor cores, fp32 accumulation.
+//! operands converted to bf16 inside cuBLAS, bf16 tensor cores, fp32 accumulation. The bf16
+//! activation buffers of [`super::CudaBf16`] multiply through `gemm_raw` with
+//! `GemmKind::Bf16`: bf16 operands, `CUBLAS_COMPUTE_32F`, a bf16 or fp32 output.
 
 use std::ffi::c_int;
 use std::sync::Arc;
