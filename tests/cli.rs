@@ -95,6 +95,7 @@ fn train_eval_predict_score_resume_end_to_end() {
         .arg("--json")
         .arg(&json16));
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("note: on the CPU, --bf16"), "{}", stderr(&o));
     let v16: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json16).unwrap()).unwrap();
     let (j32, j16) = (v["jaccard"].as_f64().unwrap(), v16["jaccard"].as_f64().unwrap());
     assert!((j32 - j16).abs() < 0.02, "Jaccard fp32 {j32} vs bf16 activations {j16}");

@@ -52,6 +52,9 @@ impl DeviceArgs {
                 d
             }
         };
+        if (self.bf16 || self.bf16_gemm) && !device.is_cuda() {
+            eprintln!("note: on the CPU, --bf16 and --bf16-gemm reproduce the GPU's bf16 rounding but are not faster than fp32");
+        }
         if let (Some(limit), Device::Cuda(d)) = (&self.mem_limit, &device) {
             let bytes =
                 hyperseg_engine::backend::cuda::allocator::parse_bytes(limit).ok_or_else(|| hyperseg_engine::Error::InvalidValue {
