@@ -7,6 +7,23 @@
 //! throughout: each value is widened when read and rounded once when written. There is no
 //! autograd here (inference only). Every op has its CPU reference in `backend::cpu::bf16`, which
 //! the CUDA kernels match bit for bit (cuBLAS's GEMMs to accumulation order).
+//!
+//! ```
+//! use hyperseg_engine::bf16::Bf16Matrix;
+//! use hyperseg_engine::{Device, Tensor};
+//!
+//! # fn main() -> hyperseg_engine::Result<()> {
+//! let dev = Device::Cpu;
+//! let x = Tensor::from_vec(vec![0.5, -1.0, 2.0, 1.0 + 1.0 / 256.0], [2, 2], &dev)?;
+//! let w = Tensor::from_vec(vec![1.0, 0.0, 0.0, 1.0], [2, 2], &dev)?;
+//! let (xb, wb) = (Bf16Matrix::from_tensor(&x, 2, 2)?, Bf16Matrix::from_tensor(&w, 2, 2)?);
+//! // x . w^T in fp32 accumulation, rounded once to bf16: 1 + 2^-8 ties to 1.
+//! let mut h = xb.matmul(false, &wb, true)?;
+//! h.bias_relu_assign(&Tensor::from_vec(vec![0.0, 0.5], [2], &dev)?)?;
+//! assert_eq!(h.to_tensor()?.to_vec()?, vec![0.5, 0.0, 2.0, 1.5]);
+//! # Ok(())
+//! # }
+//! ```
 
 use half::bf16;
 
