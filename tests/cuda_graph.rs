@@ -132,7 +132,8 @@ fn eager_against_graph(dev: &Device, bitwise: bool) -> Result<f32> {
         assert!(runner.graph().is_some());
         assert!(runner.take_notice().is_none(), "graphs were not given up");
         assert_eq!(replay_allocs, 0, "driver allocations during replays");
-        // A replay queues its feed copies, the image copy, one launch and two output copies.
+        // A replay queues its feed copies, the image copy, one launch, and two output buffers
+        // (zeroed before the launch, copied after).
         assert!(replay_calls * 10 <= eager_calls, "a replay queued {replay_calls} work items, the eager step {eager_calls}");
         eprintln!("{dev}: work items queued per step: eager {}, replay {}", eager_calls / 2, replay_calls / 2);
     } else {

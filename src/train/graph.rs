@@ -71,7 +71,8 @@ pub struct StepGraph {
     points: usize,
     classes: usize,
     settings: Settings,
-    /// Parameter and moment buffers at capture time (the graph writes to these addresses).
+    /// The model's tensors (parameters and batch-norm statistics) and the optimiser's moments
+    /// at capture time: the graph reads and writes these addresses.
     addresses: Vec<Option<u64>>,
 }
 
@@ -82,13 +83,14 @@ impl std::fmt::Debug for StepGraph {
 }
 
 impl StepGraph {
-    /// Captures [`queue_step`] for this batch (on a CUDA device, after at least one eager step
-    /// of this shape), then launches it once: the returned step is this batch's.
+    /// Captures [`queue_step`] for this batch's shape (on a CUDA device, after at least one
+    /// eager step of this shape). Nothing runs: [`StepGraph::replay`] then queues this batch,
+    /// or any other of its shape.
     ///
-    /// On failure nothing has run: the optimiser's step count is restored and the parameters
-    /// hold no gradient, so the same batch can be queued eagerly.
-    pub fn capture(model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<(StepGraph, PendingStep)> {
-        let StepInputs { images, points, step, epoch, .. } = inputs;
+    /// Success or failure, the optimiser's step count is as before and the parameters hold no
+    /// gradient, so a failed capture leaves the batch to be queued eagerly.
+    pub fn capture(model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<StepGraph> {
+        let StepInputs { images, points, .. } = inputs;
         let Device::Cuda(dev) = images.device() else {
             return Err(refuse(format!("CUDA graphs need a CUDA device, not {}", images.device())));
         };
@@ -96,7 +98,7 @@ impl StepGraph {
         let feeds = step_feeds(&inputs, &adam.next_update());
         let images = images.deep_clone()?;
         let steps_before = adam.steps();
-        dev.begin_capture(feeds.clone())?;
+        dev.begin_capture(feeds)?;
         let recorded = match queue_step(model, adam, StepInputs { images: &images, ..inputs }) {
             Ok(pending) => dev.end_capture().map(|g| (g, pending)),
             Err(e) => {
@@ -105,16 +107,12 @@ impl StepGraph {
             }
         };
         // The gradients the capture attached are the graph's own buffers; the parameters keep
-        // none (an eager step in between allocates its own).
+        // none (an eager step in between allocates its own). Nothing ran, so the step count is
+        // restored: the first replay counts the step.
         adam.zero_grad();
-        let (graph, pending) = match recorded {
-            Ok(r) => r,
-            Err(e) => {
-                adam.rewind(steps_before);
-                return Err(e);
-            }
-        };
-        let mut g = StepGraph {
+        adam.rewind(steps_before);
+        let (graph, pending) = recorded?;
+        Ok(StepGraph {
             graph,
             images,
             loss: pending.loss,
@@ -122,23 +120,16 @@ impl StepGraph {
             points: points.len(),
             classes: model.config.classes,
             settings,
-            addresses: adam.device_addresses(),
-        };
-        if let Err(e) = g.graph.launch(&feeds) {
-            // The graph did not run: its feed copies or its launch failed.
-            adam.rewind(steps_before);
-            return Err(e);
-        }
-        let first = g.outputs(step, epoch)?;
-        Ok((g, first))
+            addresses: buffer_addresses(model, adam),
+        })
     }
 
     /// Why the graph can no longer be replayed at all, if so: the parameters' or the
     /// optimiser's buffers moved since the capture (a state was loaded), or the precision
     /// settings changed. Capture again.
-    pub fn stale(&self, adam: &Adam) -> Option<String> {
-        if adam.device_addresses() != self.addresses {
-            return Some("the parameters' or the optimiser's buffers moved since the capture (a state was loaded)".into());
+    pub fn stale(&self, model: &HypercolumnNet, adam: &Adam) -> Option<String> {
+        if buffer_addresses(model, adam) != self.addresses {
+            return Some("the model's or the optimiser's buffers moved since the capture (a state was loaded)".into());
         }
         if Settings::now() != self.settings {
             return Some(format!("the precision settings are {:?}, captured under {:?}", Settings::now(), self.settings));
@@ -164,11 +155,11 @@ impl StepGraph {
     /// Queues one replay for this batch (which must fit: [`StepGraph::stale`] and
     /// [`StepGraph::mismatch`] are `None`) and counts the optimiser's step. The points and
     /// labels are checked as the eager ops check them (the kernels would read out of bounds).
-    pub fn replay(&mut self, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
+    pub fn replay(&mut self, model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
         if let Some(why) = self.mismatch(&inputs) {
             return Err(refuse(format!("the batch does not fit the captured graph: {why}")));
         }
-        if let Some(why) = self.stale(adam) {
+        if let Some(why) = self.stale(model, adam) {
             return Err(refuse(format!("{why}; capture again")));
         }
         self.replay_fitting(adam, inputs)
@@ -181,19 +172,37 @@ impl StepGraph {
         let [n, _, h, w] = self.images.shape().dims4("images")?;
         check_points_in("gather", points, n, h, w)?;
         check_softmax_xent(labels.len() * self.classes, labels, self.classes, None)?;
+        let outputs = self.output_buffers()?;
         let feeds = step_feeds(&inputs, &adam.advance());
         self.images.copy_from(images)?;
         self.graph.launch(&feeds)?;
-        self.outputs(step, epoch)
+        self.outputs(outputs, step, epoch)
     }
 
-    /// The step's loss and gradient check, copied out of the graph's buffers (the next replay
-    /// rewrites them before this step is finished).
-    fn outputs(&self, step: u64, epoch: usize) -> Result<PendingStep> {
-        let loss = self.loss.deep_clone()?;
-        let grad_check = self.grad_check.as_ref().map(Tensor::deep_clone).transpose()?;
+    /// Buffers for a step's loss and gradient check, made before its launch.
+    fn output_buffers(&self) -> Result<(Tensor, Option<Tensor>)> {
+        let like = |t: &Tensor| Tensor::zeros(t.shape().clone(), t.device());
+        Ok((like(&self.loss)?, self.grad_check.as_ref().map(like).transpose()?))
+    }
+
+    /// The step's loss and gradient check, copied out of the graph's buffers into `buffers`
+    /// (the next replay rewrites the graph's before this step is finished).
+    fn outputs(&self, buffers: (Tensor, Option<Tensor>), step: u64, epoch: usize) -> Result<PendingStep> {
+        let (loss, grad_check) = buffers;
+        loss.copy_from(&self.loss)?;
+        if let (Some(dst), Some(src)) = (&grad_check, &self.grad_check) {
+            dst.copy_from(src)?;
+        }
         Ok(PendingStep { step, epoch, images: self.images.dims()[0], loss, grad_check })
     }
+}
+
+/// The device addresses of every tensor of `model` (parameters and batch-norm statistics) and
+/// of the optimiser's state.
+fn buffer_addresses(model: &HypercolumnNet, adam: &Adam) -> Vec<Option<u64>> {
+    let mut out: Vec<Option<u64>> = model.named().iter().map(|n| n.tensor.storage().device_address()).collect();
+    out.extend(adam.device_addresses());
+    out
 }
 
 /// Queues training steps, eagerly or, with CUDA graphs on, by replaying a captured step.
@@ -216,7 +225,7 @@ impl StepRunner {
     /// Queues one step of `model` on this batch (as [`queue_step`]). One model and optimiser per
     /// runner: the graph it captures writes to their buffers.
     pub fn queue(&mut self, model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
-        if self.graph.as_ref().is_some_and(|g| g.stale(adam).is_some()) {
+        if self.graph.as_ref().is_some_and(|g| g.stale(model, adam).is_some()) {
             // Captured against buffers or settings that are gone: warm up and capture again.
             self.graph = None;
             self.eager_steps = 0;
@@ -228,10 +237,11 @@ impl StepRunner {
             }
         } else if self.use_graph && !self.gave_up && self.eager_steps >= WARMUP_STEPS {
             match StepGraph::capture(model, adam, inputs) {
-                Ok((g, pending)) => {
-                    self.graph = Some(g);
+                Ok(g) => {
+                    // An error from here on comes after the step may have run: it is not
+                    // answered by running the batch eagerly (that would apply it twice).
                     self.replays += 1;
-                    return Ok(pending);
+                    return self.graph.insert(g).replay_fitting(adam, inputs);
                 }
                 // A capture cannot release cached memory to make room, so it may run out where
                 // an eager step does not.

@@ -24,9 +24,13 @@
 //! which the graph replays in the same order). A capture first takes blocks from its arena,
 //! then adopts free blocks of the shared cache (the warm-up steps left exactly the sizes a
 //! step needs), and only then asks the driver; it never returns cached blocks to the driver
-//! (that would wait on the stream, which a capture forbids) and fails instead. When the graph
-//! is dropped ([`Pool::retire_arena`]) its free blocks join the shared cache, and its blocks
-//! still in use join it when they are freed.
+//! (that would wait on the stream, which a capture forbids) and fails instead. A block in use
+//! when the capture began and freed during it joins the arena too (captured work may have used
+//! it). A graph feed, a buffer the host rewrites before every replay, gets a block no work of
+//! the graph touches ([`Pool::allocate_feed`]: from the shared cache or the driver, never from
+//! the arena's free list, whose blocks earlier nodes of the graph use), held until the graph is
+//! dropped. When the graph is dropped ([`Pool::retire_arena`]) its free blocks join the shared
+//! cache, and its blocks still in use join it when they are freed.
 //!
 //! [`Pool`] holds the pure accounting and is generic over [`RawMemory`] (the driver calls),
 //! so the logic is unit-tested on the CPU with a fake.
@@ -250,14 +254,6 @@ impl Pool {
         });
     }
 
-    /// Keeps a block of the active arena out of every free list until the arena retires, even
-    /// within the capture: its contents are written from outside the graph before each replay.
-    pub fn hold(&mut self, block: Block) {
-        if self.owner.get(&block.ptr).is_some_and(|a| Some(*a) == self.active) {
-            self.held.insert(block.ptr);
-        }
-    }
-
     /// The counters.
     pub fn stats(&self) -> MemoryStats {
         MemoryStats {
@@ -340,6 +336,43 @@ impl Pool {
         Ok(self.hand_out(ptr, class))
     }
 
+    /// A block for a graph feed of `bytes` bytes: during a capture, a block no work of the
+    /// capture has touched (from the shared cache, whose blocks have been free since before the
+    /// capture, or from the driver; never one of the arena's own free blocks, which earlier
+    /// nodes of the graph use), held for the arena's life. The host writes a feed before each
+    /// replay, so a node replayed before the feed's reader must not share its memory. Outside
+    /// a capture, a plain [`Pool::allocate`].
+    pub fn allocate_feed(&mut self, raw: &mut impl RawMemory, bytes: usize) -> Result<Block> {
+        let Some(arena) = self.active else {
+            return self.allocate(raw, bytes);
+        };
+        let class = size_class(bytes).ok_or_else(|| self.oom(bytes))?;
+        if self.in_use.saturating_add(class) > self.cap {
+            return Err(self.oom(bytes));
+        }
+        let ptr = match pop(&mut self.free, class) {
+            Some(ptr) => {
+                self.cached -= class;
+                ptr
+            }
+            None => {
+                if self.in_use + self.cached + class > self.cap {
+                    return Err(self.oom(bytes));
+                }
+                let ptr = match raw.alloc(class) {
+                    Ok(p) => p,
+                    Err(RawError::OutOfMemory) => return Err(self.oom(bytes)),
+                    Err(RawError::Other(e)) => return Err(e),
+                };
+                self.driver_allocs += 1;
+                ptr
+            }
+        };
+        self.owner.insert(ptr, arena);
+        self.held.insert(ptr);
+        Ok(self.hand_out(ptr, class))
+    }
+
     fn hand_out(&mut self, ptr: u64, class: usize) -> Block {
         self.in_use += class;
         self.peak = self.peak.max(self.in_use);
@@ -356,6 +389,13 @@ impl Pool {
                 self.held_free.entry(arena).or_default().push(block);
                 return;
             }
+        }
+        if let (None, Some(arena)) = (self.owner.get(&block.ptr), self.active) {
+            // In use when the capture began and freed during it: captured work may have used
+            // it, so it stays with the graph (reused only by later work of the capture), and
+            // the shared cache keeps only blocks no captured work touched (feeds come from
+            // there, see `allocate_feed`).
+            self.owner.insert(block.ptr, arena);
         }
         let lists = match self.owner.get(&block.ptr).and_then(|a| self.arenas.get_mut(a)) {
             Some(lists) => lists,
@@ -603,8 +643,7 @@ mod tests {
         let mut raw = Fake::new(1 << 30);
         let mut pool = Pool::new(1 << 30);
         let arena = pool.begin_arena().unwrap();
-        let feed = pool.allocate(&mut raw, 100).unwrap();
-        pool.hold(feed);
+        let feed = pool.allocate_feed(&mut raw, 100).unwrap();
         pool.release(feed);
         let next = pool.allocate(&mut raw, 100).unwrap();
         assert_ne!(next.ptr, feed.ptr, "a held block is not handed out within the capture");
@@ -613,11 +652,42 @@ mod tests {
         pool.end_arena();
         pool.retire_arena(arena);
         assert_eq!(pool.allocate(&mut raw, 100).unwrap().ptr, feed.ptr, "the held block joined the shared cache");
-        // Outside a capture, hold does nothing.
-        let plain = pool.allocate(&mut raw, 100).unwrap();
-        pool.hold(plain);
+        // Outside a capture, a feed's block is a plain one.
+        let plain = pool.allocate_feed(&mut raw, 100).unwrap();
         pool.release(plain);
         assert_eq!(pool.allocate(&mut raw, 100).unwrap().ptr, plain.ptr);
+    }
+
+    /// A feed's block is never one the capture used and freed (a node replayed before the
+    /// feed's reader would overwrite what the host wrote), nor one in use when the capture began
+    /// and freed during it; it comes from blocks idle since before the capture, or the driver.
+    #[test]
+    fn feeds_never_share_memory_with_earlier_work_of_the_capture() {
+        let mut raw = Fake::new(1 << 30);
+        let mut pool = Pool::new(1 << 30);
+        let idle = pool.allocate(&mut raw, 100).unwrap();
+        let busy = pool.allocate(&mut raw, 100).unwrap();
+        pool.release(idle);
+        let arena = pool.begin_arena().unwrap();
+        let temp = pool.allocate(&mut raw, 100).unwrap(); // adopts `idle`
+        assert_eq!(temp.ptr, idle.ptr);
+        pool.release(temp); // a temporary of an earlier node
+        pool.release(busy); // a pre-capture buffer freed by the capture
+        let feed = pool.allocate_feed(&mut raw, 12).unwrap();
+        assert!(feed.ptr != temp.ptr && feed.ptr != busy.ptr, "the feed reuses memory of earlier captured work");
+        assert_eq!(pool.stats().driver_allocs, 3, "it came from the driver");
+        // Work of the capture still reuses its own blocks; the feed stays held.
+        let later = pool.allocate(&mut raw, 100).unwrap();
+        assert!(later.ptr == temp.ptr || later.ptr == busy.ptr);
+        pool.release(feed);
+        let again = pool.allocate(&mut raw, 12).unwrap();
+        assert_ne!(again.ptr, feed.ptr, "a freed feed is not reused within its graph");
+        pool.end_arena();
+        // After the capture, the graph's blocks (the pre-capture one included) stay out of the
+        // shared cache until it retires.
+        let eager = pool.allocate(&mut raw, 100).unwrap();
+        assert!(eager.ptr != busy.ptr && eager.ptr != temp.ptr);
+        pool.retire_arena(arena);
     }
 
     /// During a capture the cap is never met by releasing cached memory (that would wait on

@@ -581,6 +581,21 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()
     let mut dnn = dev.dnn();
     let h = dnn.handle;
     let budget = dev.workspace_budget(MAX_WORKSPACE);
+    if dev.is_capturing() {
+        // During a CUDA-graph capture only a plan made before it can run: choosing one times
+        // algorithms and waits on the stream, which would invalidate the capture. The plan is
+        // kept either way (the eager fallback uses it).
+        let Some(p) = dnn.plans.get(&key) else {
+            return Err(Error::GraphCapture { msg: format!("{} {s:?} has no algorithm chosen before the capture", dir.name()) });
+        };
+        return match launch(dev, h, dir, &p.desc, o, p.cand, p.workspace) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                Err(Error::GraphCapture { msg: format!("no device memory for the workspace of {} {s:?} within the capture", dir.name()) })
+            }
+            Err(e) => Err(e),
+        };
+    }
     if let Some(p) = dnn.plans.get(&key) {
         if p.workspace <= budget {
             if let Ok(true) = launch(dev, h, dir, &p.desc, o, p.cand, p.workspace) {

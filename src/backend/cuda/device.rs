@@ -267,6 +267,18 @@ impl CudaDevice {
         Ok(CudaStorage::from_block(self.clone(), block, len))
     }
 
+    /// A buffer of `len` f32 for a graph feed ([`super::allocator::Pool::allocate_feed`]).
+    pub(crate) fn alloc_feed(&self, len: usize) -> Result<CudaStorage> {
+        let bytes = len.checked_mul(4).ok_or(Error::OutOfMemory {
+            requested: usize::MAX,
+            cap: self.memory_stats().cap_bytes,
+            in_use: self.memory_stats().current_bytes,
+        })?;
+        let mut raw = Driver { ctx: &self.0.ctx, stream: &self.0.stream };
+        let block = lock(&self.0.pool).allocate_feed(&mut raw, bytes)?;
+        Ok(CudaStorage::from_block(self.clone(), block, len))
+    }
+
     /// A zero-filled buffer of `len` f32.
     pub fn zeros(&self, len: usize) -> Result<CudaStorage> {
         let mut s = self.alloc(len)?;

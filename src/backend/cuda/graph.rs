@@ -217,15 +217,16 @@ impl CudaDevice {
     /// A pool buffer of at least `min_len` words holding a copy of `words`, whose values are of
     /// `kind` (see the module doc): copied now, or during a capture recorded as a feed.
     pub fn upload_words(&self, words: &[u32], min_len: usize, kind: FeedKind) -> Result<CudaStorage> {
-        let mut s = self.alloc(words.len().max(min_len).max(1))?;
+        let len = words.len().max(min_len).max(1);
         let mut capture = lock(&self.0.capture);
         if let Some(c) = capture.as_mut() {
-            // The host rewrites this buffer before every replay, so no other work of the graph
-            // may reuse it once the op that reads it has dropped it.
-            lock(&self.0.pool).hold(s.block());
+            // The host rewrites this buffer before every replay: a block that no other work of
+            // the graph uses, before or after (`Pool::allocate_feed`).
+            let s = self.alloc_feed(len)?;
             return c.record(s.raw_ptr(), s.len(), words, kind).map(|()| s);
         }
         drop(capture);
+        let mut s = self.alloc(len)?;
         if !words.is_empty() {
             // SAFETY: the buffer holds at least words.len() 4-byte elements.
             let mut view = unsafe { s.slice_mut().transmute_mut::<u32>(words.len()) }
@@ -267,8 +268,17 @@ impl CudaDevice {
     pub fn end_capture(&self) -> Result<CapturedGraph> {
         let capture = lock(&self.0.capture).take().ok_or_else(|| Error::GraphCapture { msg: "no capture in progress".into() })?;
         lock(&self.0.pool).end_arena();
+        // An error a destructor left in the context during the capture: cudarc's end_capture
+        // would report it before ending the capture, leaving the stream capturing.
+        let stored = self.context().check_err().err();
         let flags = sys::CUgraphInstantiate_flags(0);
-        let graph = match self.stream().end_capture(flags) {
+        let ended = self.stream().end_capture(flags);
+        if let Some(e) = stored {
+            drop(ended);
+            lock(&self.0.pool).retire_arena(capture.arena);
+            return Err(Error::GraphCapture { msg: format!("a CUDA call failed during the capture: {e}") });
+        }
+        let graph = match ended {
             Ok(Some(g)) => g,
             Ok(None) => {
                 lock(&self.0.pool).retire_arena(capture.arena);
@@ -287,8 +297,19 @@ impl CudaDevice {
     pub fn abort_capture(&self) {
         let Some(capture) = lock(&self.0.capture).take() else { return };
         lock(&self.0.pool).end_arena();
-        // The graph (if the stream still holds one) is dropped unlaunched.
-        drop(self.stream().end_capture(sys::CUgraphInstantiate_flags(0)));
+        // The capture is abandoned after an error already reported: an error stored in the
+        // context is dropped so that binding it cannot fail before the capture ends, and the
+        // capture is ended with the raw call (nothing to instantiate).
+        let _ = self.context().check_err();
+        let _ = self.bind();
+        // SAFETY: the device's own stream; a graph the call returns is ours, destroyed unused.
+        unsafe {
+            if let Ok(graph) = cudarc::driver::result::stream::end_capture(self.stream().cu_stream()) {
+                if !graph.is_null() {
+                    let _ = cudarc::driver::result::graph::destroy(graph);
+                }
+            }
+        }
         lock(&self.0.pool).retire_arena(capture.arena);
     }
 }

@@ -65,11 +65,6 @@ impl CudaStorage {
         self.block.ptr
     }
 
-    /// The allocator block behind the buffer.
-    pub(crate) fn block(&self) -> Block {
-        self.block
-    }
-
     /// Overwrites this buffer with `src` (same length, same device), queued on the stream.
     pub fn copy_from(&mut self, src: &CudaStorage) -> Result<()> {
         if src.len() != self.len() {
