@@ -287,27 +287,8 @@ impl Pool {
             return Err(self.oom(bytes));
         }
         if let Some(arena) = self.active {
-            // A capture: its own free blocks, then the shared cache's, then the driver, and
-            // never a release of cached blocks (that waits on the stream).
-            let own = self.arenas.get_mut(&arena).and_then(|l| pop(l, class));
-            let ptr = match own.or_else(|| pop(&mut self.free, class)) {
-                Some(ptr) => {
-                    self.cached -= class;
-                    ptr
-                }
-                None => {
-                    if self.in_use + self.cached + class > self.cap {
-                        return Err(self.oom(bytes));
-                    }
-                    let ptr = match raw.alloc(class) {
-                        Ok(p) => p,
-                        Err(RawError::OutOfMemory) => return Err(self.oom(bytes)),
-                        Err(RawError::Other(e)) => return Err(e),
-                    };
-                    self.driver_allocs += 1;
-                    ptr
-                }
-            };
+            // A capture: its own free blocks, then the shared cache's, then the driver.
+            let ptr = self.take_in_capture(raw, bytes, class, Some(arena))?;
             self.owner.insert(ptr, arena);
             return Ok(self.hand_out(ptr, class));
         }
@@ -350,27 +331,31 @@ impl Pool {
         if self.in_use.saturating_add(class) > self.cap {
             return Err(self.oom(bytes));
         }
-        let ptr = match pop(&mut self.free, class) {
-            Some(ptr) => {
-                self.cached -= class;
-                ptr
-            }
-            None => {
-                if self.in_use + self.cached + class > self.cap {
-                    return Err(self.oom(bytes));
-                }
-                let ptr = match raw.alloc(class) {
-                    Ok(p) => p,
-                    Err(RawError::OutOfMemory) => return Err(self.oom(bytes)),
-                    Err(RawError::Other(e)) => return Err(e),
-                };
-                self.driver_allocs += 1;
-                ptr
-            }
-        };
+        let ptr = self.take_in_capture(raw, bytes, class, None)?;
         self.owner.insert(ptr, arena);
         self.held.insert(ptr);
         Ok(self.hand_out(ptr, class))
+    }
+
+    /// During a capture, a free block of `class` from the free list of `arena` (when given),
+    /// else from the shared cache, else from the driver; never by releasing cached blocks (that
+    /// waits on the stream, which a capture forbids).
+    fn take_in_capture(&mut self, raw: &mut impl RawMemory, bytes: usize, class: usize, arena: Option<ArenaId>) -> Result<u64> {
+        let own = arena.and_then(|a| self.arenas.get_mut(&a)).and_then(|l| pop(l, class));
+        if let Some(ptr) = own.or_else(|| pop(&mut self.free, class)) {
+            self.cached -= class;
+            return Ok(ptr);
+        }
+        if self.in_use + self.cached + class > self.cap {
+            return Err(self.oom(bytes));
+        }
+        let ptr = match raw.alloc(class) {
+            Ok(p) => p,
+            Err(RawError::OutOfMemory) => return Err(self.oom(bytes)),
+            Err(RawError::Other(e)) => return Err(e),
+        };
+        self.driver_allocs += 1;
+        Ok(ptr)
     }
 
     fn hand_out(&mut self, ptr: u64, class: usize) -> Block {
