@@ -365,37 +365,52 @@ mod tests {
     fn the_gather_table_read_as_the_kernel_reads_it_is_the_cpu_backward() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let g = GatherSpec { n: 3, in_h: 32, in_w: 32, taps: vec![(4, 32, 32), (3, 8, 8), (5, 1, 1), (2, 4, 4)] };
-        for npoints in [1usize, 7, 200] {
+        let small = GatherSpec { n: 3, in_h: 32, in_w: 32, taps: vec![(4, 32, 32), (3, 8, 8), (5, 1, 1), (2, 4, 4)] };
+        // More locations than blocks along y (65535) in the first tap: the grid-stride path.
+        let large = GatherSpec { n: 3, in_h: 300, in_w: 300, taps: vec![(1, 300, 300), (2, 75, 75)] };
+        for (g, npoints) in [(&small, 1usize), (&small, 7), (&small, 200), (&large, 40_000)] {
             let points: Vec<SamplePoint> = (0..npoints)
-                .map(|_| SamplePoint { image: rng.random_range(0..3), y: rng.random_range(0..32), x: rng.random_range(0..32) })
+                .map(|_| SamplePoint {
+                    image: rng.random_range(0..g.n as u32),
+                    y: rng.random_range(0..g.in_h as u32),
+                    x: rng.random_range(0..g.in_w as u32),
+                })
                 .collect();
             let ctot = g.total_channels();
             let grad: Vec<f32> = (0..npoints * ctot).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let (table, bound) = gather_csr_table(&points, &g);
+            let (table, bound) = gather_csr_table(&points, g);
             assert!(table.len() <= bound, "{} words, buffer of {bound}", table.len());
-            let want = crate::backend::cpu::resample::gather_backward(&grad, &points, &g);
+            let want = crate::backend::cpu::resample::gather_backward(&grad, &points, g);
             let mut col_off = 0;
             for (tap, &(c, h, w)) in g.taps.iter().enumerate() {
                 let header = &table[4 * tap..4 * tap + 4];
                 let (n_locs, l_at, s_at, e_at) = (header[0] as usize, header[1] as usize, header[2] as usize, header[3] as usize);
-                assert!(n_locs <= csr_max_locations(npoints, g.n, h, w));
+                let max_locs = csr_max_locations(npoints, g.n, h, w);
+                assert!(n_locs <= max_locs);
                 assert!(l_at % 2 == 0 && e_at % 2 == 0, "u32 pairs are 8-byte aligned");
                 let mut dtap = vec![0.0f32; g.n * c * h * w];
-                for l in 0..csr_max_locations(npoints, g.n, h, w) {
-                    if l >= n_locs {
-                        continue;
-                    }
-                    let (image, offset) = (table[l_at + 2 * l] as usize, table[l_at + 2 * l + 1] as usize);
-                    let (first, end) = (table[s_at + l] as usize, table[s_at + l + 1] as usize);
-                    for ch in 0..c {
-                        let mut acc = 0.0f32;
-                        for k in first..end {
-                            let (p, wt) = (table[e_at + 2 * k] as usize, f32::from_bits(table[e_at + 2 * k + 1]));
-                            acc += wt * grad[p * ctot + col_off + ch];
+                let mut visits = vec![0u32; n_locs];
+                // As launched: blockIdx.y in 0..min(max_locs, 65535), each block walking the
+                // locations by gridDim.y; blocks at or beyond L do nothing.
+                let grid_y = max_locs.min(MAX_GRID_Y as usize);
+                for by in 0..grid_y {
+                    for l in (by..n_locs).step_by(grid_y) {
+                        visits[l] += 1;
+                        let (image, offset) = (table[l_at + 2 * l] as usize, table[l_at + 2 * l + 1] as usize);
+                        let (first, end) = (table[s_at + l] as usize, table[s_at + l + 1] as usize);
+                        for ch in 0..c {
+                            let mut acc = 0.0f32;
+                            for k in first..end {
+                                let (p, wt) = (table[e_at + 2 * k] as usize, f32::from_bits(table[e_at + 2 * k + 1]));
+                                acc += wt * grad[p * ctot + col_off + ch];
+                            }
+                            dtap[(image * c + ch) * h * w + offset] = acc;
                         }
-                        dtap[(image * c + ch) * h * w + offset] = acc;
                     }
+                }
+                assert!(visits.iter().all(|&v| v == 1), "tap {tap}: every location is written exactly once");
+                if g.n * h * w > MAX_GRID_Y as usize && 4 * npoints > MAX_GRID_Y as usize {
+                    assert!(n_locs > MAX_GRID_Y as usize, "the large case must take the grid-stride path ({n_locs} locations)");
                 }
                 let same = dtap.iter().zip(&want[tap]).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "tap {tap} with {npoints} points differs from the CPU backward");
