@@ -10,7 +10,9 @@
 //! - GEMMs on bf16 matrices, every transpose the dense path uses: the fp32-output CPU product
 //!   is within 1e-6 (max-normalised) of an f64 product of the same bf16 operands, and the
 //!   bf16-output one is that product rounded (within one bf16 rounding, 2^-8 relative); CUDA
-//!   (cuBLAS, `CUBLAS_COMPUTE_32F`) within 1e-5 of the CPU for fp32 output and within one
+//!   (cuBLAS, `CUBLAS_COMPUTE_32F`) within 1e-4 of the CPU for fp32 output (the same operands
+//!   summed in another order give ~1e-6 at k = 300; the bound leaves room for the tensor cores'
+//!   internal summation, and still catches a wrong transpose or scale) and within one
 //!   rounding (8e-3 relative per element, above 1e-3 of the row's scale) for bf16 output.
 //! - Dense inference, factored, tiny model, unit-scale inputs: bf16 mode differs from fp32 (it
 //!   is on) by at most 2e-2 in probability (5.5e-3 measured on the CPU), does not depend on the
@@ -132,7 +134,7 @@ fn gemms_on_bf16_matrices_accumulate_in_fp32() -> Result<()> {
             let (g_f32, g_bf16) = run(&gpu)?;
             let e = max_rel_err(&g_f32, &cpu_f32);
             eprintln!("{what}: CUDA fp32-output bf16 GEMM vs CPU {e:.2e}");
-            assert!(e <= 1e-5, "{what}: CUDA bf16 GEMM (fp32 out) off the CPU by {e}");
+            assert!(e <= 1e-4, "{what}: CUDA bf16 GEMM (fp32 out) off the CPU by {e}");
             let scale = cpu_f32.iter().fold(0.0f32, |s, v| s.max(v.abs()));
             for (i, (&g, &c)) in g_bf16.iter().zip(&cpu_f32).enumerate() {
                 assert!((g - c).abs() <= c.abs() / 128.0 + 1e-3 * scale, "{what}: CUDA bf16 output [{i}] {g} vs {c}");
