@@ -7,6 +7,9 @@
 //!   sizes, stated separately as `GEMM_TOL` in case a library picks a split-K algorithm;
 //! - TF32 (10-bit mantissa inputs): 5e-3.
 //!
+//! The settings (TF32, deterministic mode) are process-wide and the tests of a binary run in
+//! parallel threads, so every test here holds one lock for its whole run ([`serial`]).
+//!
 //! Without a GPU every test prints that it was skipped; with HYPERSEG_REQUIRE_GPU=1 it fails.
 
 mod common;
@@ -14,6 +17,23 @@ mod common;
 use common::{cuda_device, max_rel_err, rand_vec, separated_vec};
 use hyperseg_engine::optim::{Adam, AdamConfig};
 use hyperseg_engine::{concat, gather_hypercolumns, settings, Device, Result, SamplePoint, Tensor};
+
+/// Holds the file's settings lock: one test at a time, so that a test switching TF32 or
+/// deterministic mode on cannot change another's arithmetic (a poisoned lock is still a lock).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sets the process-wide settings back to their defaults when dropped, even after a failed
+/// assertion.
+struct DefaultSettings;
+impl Drop for DefaultSettings {
+    fn drop(&mut self) {
+        settings::set_allow_tf32(false);
+        settings::set_deterministic(false);
+    }
+}
 
 const TOL: f32 = 1e-5;
 const GEMM_TOL: f32 = 1e-5;
@@ -49,6 +69,7 @@ fn r(shape: &[usize], seed: u64) -> (Vec<f32>, Vec<usize>) {
 
 #[test]
 fn cuda_parity_conv() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     for (k, stride, pad) in [(3, 1, 1), (1, 1, 0), (7, 1, 3), (3, 2, 1)] {
         let inputs = [r(&[3, 5, 13, 11], 1), r(&[7, 5, k, k], 2), r(&[7], 3)];
         parity(&inputs, GEMM_TOL, &format!("conv {k}x{k} s{stride} p{pad}"), |t| t[0].conv2d(&t[1], Some(&t[2]), stride, pad))?;
@@ -58,15 +79,15 @@ fn cuda_parity_conv() -> Result<()> {
 
 #[test]
 fn cuda_parity_conv_tf32() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     settings::set_allow_tf32(true);
     let inputs = [r(&[2, 16, 15, 13], 4), r(&[32, 16, 3, 3], 5)];
-    let res = parity(&inputs, TF32_TOL, "conv tf32", |t| t[0].conv2d(&t[1], None, 1, 1));
-    settings::set_allow_tf32(false);
-    res
+    parity(&inputs, TF32_TOL, "conv tf32", |t| t[0].conv2d(&t[1], None, 1, 1))
 }
 
 #[test]
 fn cuda_parity_linear_and_matmul() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     parity(&[r(&[37, 53], 6), r(&[29, 53], 7), r(&[29], 8)], GEMM_TOL, "linear", |t| t[0].linear(&t[1], Some(&t[2])))?;
     parity(&[r(&[37, 53], 6), r(&[29, 53], 7), r(&[29], 8)], GEMM_TOL, "linear + relu (fused)", |t| t[0].linear_relu(&t[1], &t[2]))?;
     parity(&[r(&[17, 23], 9), r(&[23, 31], 10)], GEMM_TOL, "matmul", |t| t[0].matmul(&t[1]))
@@ -74,6 +95,7 @@ fn cuda_parity_linear_and_matmul() -> Result<()> {
 
 #[test]
 fn cuda_parity_batch_norm() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     let x: Vec<f32> = rand_vec(3 * 6 * 9 * 7, 11).iter().enumerate().map(|(i, v)| v * 3.0 + (i % 5) as f32).collect();
     let inputs = [(x, vec![3, 6, 9, 7]), r(&[6], 12), r(&[6], 13)];
     parity(&inputs, TOL, "batch_norm train", |t| Ok(t[0].batch_norm_train(&t[1], &t[2], 1e-5)?.0))?;
@@ -82,18 +104,21 @@ fn cuda_parity_batch_norm() -> Result<()> {
 
 #[test]
 fn cuda_parity_relu_pool_dropout() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     parity(&[(separated_vec(2 * 3 * 9 * 7, 0.01, 14), vec![2, 3, 9, 7])], TOL, "relu+max_pool", |t| t[0].relu()?.max_pool2x2())?;
     parity(&[r(&[5, 301], 15)], TOL, "dropout", |t| t[0].dropout(0.4, 99))
 }
 
 #[test]
 fn cuda_parity_upsample() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     parity(&[r(&[2, 5, 7, 6], 16)], TOL, "upsample 7x6->224x200", |t| t[0].upsample_bilinear(224, 200))?;
     parity(&[r(&[1, 3, 14, 14], 17)], TOL, "upsample x16", |t| t[0].upsample_bilinear(224, 224))
 }
 
 #[test]
 fn cuda_parity_gather_atomic_and_deterministic() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     use rand::Rng;
     let (n, h, w) = (3, 64, 48);
     let shapes: Vec<Vec<usize>> = vec![vec![n, 8, 64, 48], vec![n, 16, 32, 24], vec![n, 32, 16, 12], vec![n, 64, 2, 2]];
@@ -116,6 +141,7 @@ fn cuda_parity_gather_atomic_and_deterministic() -> Result<()> {
 
 #[test]
 fn cuda_parity_loss_and_shapes() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     let labels: Vec<u32> = (0..1601).map(|i| (i * 13 % 7 % 2) as u32).collect();
     let logits: Vec<f32> = rand_vec(1601 * 2, 30).iter().map(|v| v * 4.0).collect();
     parity(&[(logits.clone(), vec![1601, 2])], TOL, "softmax cross-entropy", |t| t[0].softmax_cross_entropy(&labels, None))?;
@@ -133,6 +159,7 @@ fn cuda_parity_loss_and_shapes() -> Result<()> {
 
 #[test]
 fn cuda_parity_adam() -> Result<()> {
+    let (_serial, _reset) = (serial(), DefaultSettings);
     let Some(gpu) = cuda_device() else { return Ok(()) };
     let mut finals = Vec::new();
     for dev in [Device::Cpu, gpu] {
