@@ -29,6 +29,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// The tiny model with dropout on, so that replays must draw a new mask at every step.
+/// One test at a time: they share the device's stream, pool, capture slot and counters, and
+/// the process-wide deterministic setting (a poisoned lock is still a lock).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn config() -> ModelConfig {
     ModelConfig { mlp_dropout: 0.3, ..ModelConfig::tiny() }
 }
@@ -150,6 +157,7 @@ fn eager_against_graph(dev: &Device, bitwise: bool) -> Result<f32> {
 
 #[test]
 fn graph_replays_are_the_eager_steps() -> Result<()> {
+    let _serial = serial();
     let mut devices = vec![Device::Cpu];
     devices.extend(cuda_device());
     for dev in &devices {
@@ -169,6 +177,7 @@ fn graph_replays_are_the_eager_steps() -> Result<()> {
 /// Validation (dense inference, eager) runs between epochs while the graph holds its memory.
 #[test]
 fn training_with_graphs_is_training_without() -> Result<()> {
+    let _serial = serial();
     let mut devices = vec![Device::Cpu];
     devices.extend(cuda_device());
     let (train_dir, val_dir) = bundled_sample();
@@ -225,12 +234,16 @@ impl TrainObserver for Silent {}
 /// the capture fails with a typed error and nothing has run.
 #[test]
 fn a_refused_capture_changes_nothing() -> Result<()> {
+    let _serial = serial();
     let Some(dev) = cuda_device() else { return Ok(()) };
     let Device::Cuda(cuda) = &dev else { unreachable!("cuda_device gives a CUDA device") };
     let config = config();
     let model = HypercolumnNet::new(config.clone(), &mut ChaCha8Rng::seed_from_u64(2), &dev)?;
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let b = batch(config.batch_size, &config, &mut rng, &dev)?;
+    // One eager forward first, as the runner's warm-up does: a capture only runs convolution
+    // algorithms chosen before it.
+    model.forward_sparse(&b.images, &b.points, true, 0)?.softmax_cross_entropy(&b.labels, None)?.to_scalar()?;
     let before = model.parameters()[0].to_vec()?;
     let feeds = StepFeeds { step: 0, points: SamplePoint::words(&b.points).to_vec(), labels: b.labels.clone(), adam: [0.0; 3] };
     cuda.begin_capture(feeds)?;
