@@ -199,7 +199,12 @@ fn training_with_graphs_is_training_without() -> Result<()> {
                 infer: InferOptions::default(),
                 cuda_graph,
             };
-            let summary = train(&opts, dev, &mut Silent)?;
+            let mut notices = Notices(Vec::new());
+            let summary = train(&opts, dev, &mut notices)?;
+            if cuda_graph && dev.is_cuda() {
+                // On the GPU the steps must really run as a graph: giving graphs up is a notice.
+                assert!(notices.0.is_empty(), "{dev}: CUDA graphs were given up: {:?}", notices.0);
+            }
             let read = |name: &str| std::fs::read(out.join(name)).expect("a checkpoint file");
             Ok((summary.records, read("last.safetensors"), read("last.optim.safetensors")))
         };
@@ -226,9 +231,13 @@ fn training_with_graphs_is_training_without() -> Result<()> {
     Ok(())
 }
 
-/// A trainer observer that shows nothing.
-struct Silent;
-impl TrainObserver for Silent {}
+/// A trainer observer that keeps the notices and shows nothing.
+struct Notices(Vec<String>);
+impl TrainObserver for Notices {
+    fn on_notice(&mut self, message: &str) {
+        self.0.push(message.to_string());
+    }
+}
 
 /// A loss with class weights cannot be replayed (its normalisation is a launch parameter):
 /// the capture fails with a typed error and nothing has run.
