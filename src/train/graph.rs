@@ -71,8 +71,11 @@ pub struct StepGraph {
     points: usize,
     classes: usize,
     settings: Settings,
-    /// The model's tensors (parameters and batch-norm statistics) and the optimiser's moments
-    /// at capture time: the graph reads and writes these addresses.
+    /// The model's tensors that the optimiser does not hold (the batch-norm statistics, which
+    /// the graph updates in place), kept to see whether their buffers are replaced.
+    state: Vec<Tensor>,
+    /// The addresses of `state`, then of the optimiser's parameters and moments, at capture
+    /// time: the graph reads and writes these.
     addresses: Vec<Option<u64>>,
 }
 
@@ -112,6 +115,7 @@ impl StepGraph {
         adam.zero_grad();
         adam.rewind(steps_before);
         let (graph, pending) = recorded?;
+        let state: Vec<Tensor> = model.named().into_iter().filter(|n| !n.trainable).map(|n| n.tensor).collect();
         Ok(StepGraph {
             graph,
             images,
@@ -120,15 +124,16 @@ impl StepGraph {
             points: points.len(),
             classes: model.config.classes,
             settings,
-            addresses: buffer_addresses(model, adam),
+            addresses: buffer_addresses(&state, adam),
+            state,
         })
     }
 
     /// Why the graph can no longer be replayed at all, if so: the parameters' or the
     /// optimiser's buffers moved since the capture (a state was loaded), or the precision
     /// settings changed. Capture again.
-    pub fn stale(&self, model: &HypercolumnNet, adam: &Adam) -> Option<String> {
-        if buffer_addresses(model, adam) != self.addresses {
+    pub fn stale(&self, adam: &Adam) -> Option<String> {
+        if buffer_addresses(&self.state, adam) != self.addresses {
             return Some("the model's or the optimiser's buffers moved since the capture (a state was loaded)".into());
         }
         if Settings::now() != self.settings {
@@ -155,11 +160,11 @@ impl StepGraph {
     /// Queues one replay for this batch (which must fit: [`StepGraph::stale`] and
     /// [`StepGraph::mismatch`] are `None`) and counts the optimiser's step. The points and
     /// labels are checked as the eager ops check them (the kernels would read out of bounds).
-    pub fn replay(&mut self, model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
+    pub fn replay(&mut self, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
         if let Some(why) = self.mismatch(&inputs) {
             return Err(refuse(format!("the batch does not fit the captured graph: {why}")));
         }
-        if let Some(why) = self.stale(model, adam) {
+        if let Some(why) = self.stale(adam) {
             return Err(refuse(format!("{why}; capture again")));
         }
         self.replay_fitting(adam, inputs)
@@ -197,10 +202,10 @@ impl StepGraph {
     }
 }
 
-/// The device addresses of every tensor of `model` (parameters and batch-norm statistics) and
-/// of the optimiser's state.
-fn buffer_addresses(model: &HypercolumnNet, adam: &Adam) -> Vec<Option<u64>> {
-    let mut out: Vec<Option<u64>> = model.named().iter().map(|n| n.tensor.storage().device_address()).collect();
+/// The device addresses of `state` (the model's tensors outside the optimiser), then of the
+/// optimiser's parameters and moments.
+fn buffer_addresses(state: &[Tensor], adam: &Adam) -> Vec<Option<u64>> {
+    let mut out: Vec<Option<u64>> = state.iter().map(|t| t.storage().device_address()).collect();
     out.extend(adam.device_addresses());
     out
 }
@@ -225,7 +230,7 @@ impl StepRunner {
     /// Queues one step of `model` on this batch (as [`queue_step`]). One model and optimiser per
     /// runner: the graph it captures writes to their buffers.
     pub fn queue(&mut self, model: &HypercolumnNet, adam: &mut Adam, inputs: StepInputs<'_>) -> Result<PendingStep> {
-        if self.graph.as_ref().is_some_and(|g| g.stale(model, adam).is_some()) {
+        if self.graph.as_ref().is_some_and(|g| g.stale(adam).is_some()) {
             // Captured against buffers or settings that are gone: warm up and capture again.
             self.graph = None;
             self.eager_steps = 0;
