@@ -256,24 +256,24 @@ impl CudaDevice {
         lock(&self.0.pool).release(block);
     }
 
+    /// The bytes of `len` f32, or the out-of-memory error a request that large gets.
+    fn f32_bytes(&self, len: usize) -> Result<usize> {
+        len.checked_mul(4).ok_or_else(|| {
+            let stats = self.memory_stats();
+            Error::OutOfMemory { requested: usize::MAX, cap: stats.cap_bytes, in_use: stats.current_bytes }
+        })
+    }
+
     /// An uninitialised buffer of `len` f32 from the capped caching allocator.
     pub fn alloc(&self, len: usize) -> Result<CudaStorage> {
-        let bytes = len.checked_mul(4).ok_or(Error::OutOfMemory {
-            requested: usize::MAX,
-            cap: self.memory_stats().cap_bytes,
-            in_use: self.memory_stats().current_bytes,
-        })?;
+        let bytes = self.f32_bytes(len)?;
         let block = self.alloc_block(bytes)?;
         Ok(CudaStorage::from_block(self.clone(), block, len))
     }
 
     /// A buffer of `len` f32 for a graph feed ([`super::allocator::Pool::allocate_feed`]).
     pub(crate) fn alloc_feed(&self, len: usize) -> Result<CudaStorage> {
-        let bytes = len.checked_mul(4).ok_or(Error::OutOfMemory {
-            requested: usize::MAX,
-            cap: self.memory_stats().cap_bytes,
-            in_use: self.memory_stats().current_bytes,
-        })?;
+        let bytes = self.f32_bytes(len)?;
         let mut raw = Driver { ctx: &self.0.ctx, stream: &self.0.stream };
         let block = lock(&self.0.pool).allocate_feed(&mut raw, bytes)?;
         Ok(CudaStorage::from_block(self.clone(), block, len))
