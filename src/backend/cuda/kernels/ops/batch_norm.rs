@@ -4,7 +4,7 @@
 use super::*;
 
 /// The per-channel work split of the batch-norm partial kernels: (nchunk, pieces P, block).
-fn bn_split(op: &'static str, d: Nchw) -> Result<(u32, u32, u32)> {
+pub fn bn_split(op: &'static str, d: Nchw) -> Result<(u32, u32, u32)> {
     let hw = count(op, d.h * d.w)?;
     let nchunk = hw.div_ceil(PLANE_CHUNK);
     let pieces = count(op, d.n * nchunk as usize)?;
@@ -13,7 +13,7 @@ fn bn_split(op: &'static str, d: Nchw) -> Result<(u32, u32, u32)> {
 }
 
 /// The launch of the per-plane kernels (normalise, dx): grid (ceil(HW/B) capped, planes capped).
-fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
+pub fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
     let block = block_for(hw);
     cfg((hw.div_ceil(block).clamp(1, MAX_GRID_1D), planes.clamp(1, MAX_GRID_Y), 1), block)
 }

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Elements per block of `nonfinite_multi_f32`.
-const FINITE_CHUNK: u32 = 1 << 16;
+pub const FINITE_CHUNK: u32 = 1 << 16;
 
 /// Whether every element of every buffer is finite, in one launch: `+0.0`, `+inf` or `NaN`
 /// as a one-element buffer (see `BackendStorage::non_finite`). Kernel `nonfinite_multi_f32`

@@ -201,7 +201,7 @@ fn csr_max_locations(points: usize, n: usize, h: usize, w: usize) -> usize {
 /// as u32 pairs; pool blocks are 256-byte aligned). Also returns the most words the table can
 /// take for this many points (the buffer's size, the same at every step, so that the allocator
 /// serves the same size class and a captured graph's buffer always fits).
-pub(crate) fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u32>, usize) {
+pub fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u32>, usize) {
     let csrs: Vec<_> = g.taps.par_iter().map(|&(_, h, w)| tap_csr(points, h, w, g.in_h, g.in_w)).collect();
     let mut table: Vec<u32> = vec![0; 4 * g.taps.len()];
     let push_even = |table: &mut Vec<u32>, part: &[u32]| {

@@ -10,6 +10,10 @@
 //! buffer of `2 k` f32 holds `k` f64; pool blocks are whole driver allocations, so 8-byte
 //! alignment holds); small integer tables (points, labels, orders) are copied into pool
 //! buffers as raw u32/u64 bits.
+//!
+//! The launch shapes (constants, [`cfg`], [`grid_1d`], [`block_for`]) and the host-built tables
+//! ([`plane_table`], [`gather_csr_table`], ...) are public so that `tests/ptx_kernels` runs each
+//! kernel in the PTX simulator with the very shape and table its wrapper uses.
 
 use cudarc::driver::LaunchConfig;
 
@@ -42,22 +46,22 @@ pub use reduce::*;
 pub use upsample::*;
 
 /// Threads per block of the 1-D and reduction kernels.
-const BLOCK: u32 = 256;
+pub const BLOCK: u32 = 256;
 
 /// Cap on the blocks of a 1-D grid-stride launch.
-const MAX_GRID_1D: u32 = 65535;
+pub const MAX_GRID_1D: u32 = 65535;
 
 /// Cap on gridDim.y (the kernels loop over y by gridDim.y beyond it).
-pub(crate) const MAX_GRID_Y: u32 = 65535;
+pub const MAX_GRID_Y: u32 = 65535;
 
 /// Blocks of the first pass of sum_all / softmax cross-entropy (fixed, so sums are reproducible).
-const MAX_SUM_BLOCKS: u32 = 1024;
+pub const MAX_SUM_BLOCKS: u32 = 1024;
 
 /// Elements one block reduces in the per-channel partial kernels (batch norm, reduce_to_mid).
-const PLANE_CHUNK: u32 = 2048;
+pub const PLANE_CHUNK: u32 = 2048;
 
 /// Elements of one tensor one block of the multi-tensor Adam updates.
-const ADAM_CHUNK: u32 = 16384;
+pub const ADAM_CHUNK: u32 = 16384;
 
 /// Largest element count any kernel indexes (u32 indices, grid-stride steps that never wrap).
 const MAX_ELEMS: usize = i32::MAX as usize;
@@ -88,17 +92,18 @@ pub(crate) fn same_device(op: &'static str, a: &CudaStorage, b: &CudaStorage) ->
     Ok(())
 }
 
-pub(crate) fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
+/// A launch of `grid` blocks of `block` threads along x, no dynamic shared memory.
+pub fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// A 1-D grid-stride launch over `n > 0` elements: block 256, up to 65535 blocks.
-pub(crate) fn grid_1d(n: u32) -> LaunchConfig {
+pub fn grid_1d(n: u32) -> LaunchConfig {
     cfg((n.div_ceil(BLOCK).clamp(1, MAX_GRID_1D), 1, 1), BLOCK)
 }
 
 /// Threads for a kernel whose block covers `n` items along x: a multiple of 32, at most 256.
-pub(crate) fn block_for(n: u32) -> u32 {
+pub fn block_for(n: u32) -> u32 {
     n.clamp(1, BLOCK).next_multiple_of(32)
 }
 

@@ -88,7 +88,7 @@ pub(crate) fn plane_sum_launch<T>(
 /// The plane descriptors of `upsample_sum_bias_relu_{f32,bf16}` for the planes at device
 /// addresses `ptrs`, 24 bytes (three u64) per plane: { ptr: u64, h: u32, w: u32, scale_h: f32,
 /// scale_w: f32 } (little-endian, so the low word of each u64 is the first field).
-pub(crate) fn plane_table(ptrs: &[u64], s: &PlaneSumSpec) -> Vec<u64> {
+pub fn plane_table(ptrs: &[u64], s: &PlaneSumSpec) -> Vec<u64> {
     let mut table = Vec::with_capacity(ptrs.len() * 3);
     for (&ptr, &(h, w)) in ptrs.iter().zip(&s.planes) {
         // As Lerp::new(y, h, in_h): h as f32 / in_h as f32.

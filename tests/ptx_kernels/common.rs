@@ -1,0 +1,68 @@
+//! What every module of `tests/ptx_kernels` shares: launch shapes taken from the wrappers, a
+//! runner that turns simulator faults into panics, a deterministic generator and the comparisons.
+
+use crate::sim::{self, Arg, Dims, Kernels, Memory};
+use hyperseg_engine::backend::cuda::kernels::ops;
+
+/// The simulator's launch shape of a cudarc launch config (the wrapper's own).
+pub fn dims(c: cudarc::driver::LaunchConfig) -> Dims {
+    Dims { grid: c.grid_dim, block: c.block_dim }
+}
+
+/// `ops::grid_1d(n)`, the 1-D grid-stride shape of most elementwise kernels.
+pub fn grid_1d(n: usize) -> Dims {
+    dims(ops::grid_1d(n as u32))
+}
+
+/// Runs `entry` of `k`, panicking with the simulator's message on any fault.
+pub fn run(k: &Kernels, mem: &mut Memory, entry: &str, d: Dims, args: &[Arg]) -> sim::Stats {
+    k.launch(mem, entry, d, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A deterministic xorshift generator (no all-zero inputs).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn bits(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [lo, hi).
+    pub fn f(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.bits() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f(lo, hi)).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.bits() % n as u64) as u32
+    }
+}
+
+/// Asserts bit equality, NaNs of any payload being equal; names the first difference.
+pub fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let same = g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+        assert!(same, "{what}: element {i} is {g:e} ({:#010x}), the CPU reference has {w:e} ({:#010x})", g.to_bits(), w.to_bits());
+    }
+}
+
+/// Asserts equal values (+0 == -0, NaN == NaN); names the first difference.
+pub fn assert_values(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g == w || (g.is_nan() && w.is_nan()), "{what}: element {i} is {g:e}, the CPU reference has {w:e}");
+    }
+}
+
+/// Asserts |got - want| <= atol + rtol |want| element-wise; names the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan());
+        assert!(ok, "{what}: element {i} is {g:e}, the CPU reference has {w:e} (rtol {rtol:e}, atol {atol:e})");
+    }
+}

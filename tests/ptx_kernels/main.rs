@@ -1,0 +1,14 @@
+//! Every hand-written PTX kernel (`kernels/*.ptx`) run in a PTX simulator on the CPU and
+//! compared with its CPU reference (`backend::cpu`), with the launch shape and host-built tables
+//! of its wrapper (`backend::cuda::kernels::ops`). This runs everywhere, CI included, and checks
+//! what `tests/cuda_kernels.rs` checks on a GPU, minus timing, the JIT and cuBLAS/cuDNN (see
+//! `sim/mod.rs` for what the simulator models). One module per `.ptx` file.
+//!
+//! Tolerances: bit-exact where the kernel's header promises it; otherwise stated per check.
+
+mod common;
+mod sim;
+
+mod bf16;
+
+pub use common::*;

@@ -1,0 +1,963 @@
+//! Runs a parsed kernel over a grid, one thread at a time, on a simulated device memory.
+//!
+//! Each block's threads run in turn until they reach a collective (`bar.sync` or
+//! `shfl.sync`) or exit; a collective runs once every thread it needs has reached it. This is
+//! one legal interleaving of a race-free kernel, so results are those of the GPU for any kernel
+//! whose result does not depend on scheduling (the engine's all are, except the order of
+//! `red.global.add` — sequential here, which is one of the orders a GPU may take).
+//!
+//! Everything a GPU would let slide is an error here, naming the kernel, block, thread and PTX
+//! line: a load or store outside every allocation or misaligned, a register read before it was
+//! written, a `shfl.sync` whose full-warp member mask does not match the lanes that reach it, a
+//! barrier that some threads never reach, an integer division by zero, a launch shape over the
+//! hardware's limits, a parameter list that does not match the entry's `.param`s.
+
+use std::collections::HashMap;
+
+use super::parse::{AddrBase, AtomOp, Cmp, Function, Inst, Module, Op, Operand, Round, Space, Special, Ty};
+
+/// A kernel argument, as the host passes it (`PushKernelArg` in cudarc).
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+}
+
+impl Arg {
+    fn bits(self) -> u64 {
+        match self {
+            Arg::U32(v) => v as u64,
+            Arg::U64(v) => v,
+            Arg::F32(v) => v.to_bits() as u64,
+            Arg::F64(v) => v.to_bits(),
+        }
+    }
+
+    fn matches(self, ty: Ty) -> bool {
+        matches!(
+            (self, ty),
+            (Arg::U32(_), Ty::U32 | Ty::S32 | Ty::B32)
+                | (Arg::U64(_), Ty::U64 | Ty::S64 | Ty::B64)
+                | (Arg::F32(_), Ty::F32)
+                | (Arg::F64(_), Ty::F64)
+        )
+    }
+}
+
+/// A launch's grid and block dimensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+}
+
+/// What went wrong, and where.
+#[derive(Debug)]
+pub struct SimError(pub String);
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Counters of one launch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Instructions executed, over all threads.
+    pub instructions: u64,
+    pub global_loads: u64,
+    pub global_stores: u64,
+    pub atomics: u64,
+}
+
+struct Allocation {
+    base: u64,
+    data: Vec<u8>,
+}
+
+/// The simulated device memory: separate allocations at distinct, 256-byte aligned addresses
+/// with unmapped gaps between them, so that an access past one buffer never lands in another.
+#[derive(Default)]
+pub struct Memory {
+    allocations: Vec<Allocation>,
+    next: u64,
+}
+
+const FIRST_ADDRESS: u64 = 0x7f00_0000_0000;
+const GAP: u64 = 4096;
+const SHARED_BASE: u64 = 0x400;
+
+impl Memory {
+    /// A new allocation holding `bytes`; returns its device address.
+    pub fn alloc_bytes(&mut self, bytes: Vec<u8>) -> u64 {
+        if self.next == 0 {
+            self.next = FIRST_ADDRESS;
+        }
+        let base = self.next;
+        self.next = (base + bytes.len() as u64 + GAP).next_multiple_of(256);
+        self.allocations.push(Allocation { base, data: bytes });
+        base
+    }
+
+    /// A copy of `values` in a new allocation.
+    pub fn upload<T: bytemuck::Pod>(&mut self, values: &[T]) -> u64 {
+        self.alloc_bytes(bytemuck::cast_slice(values).to_vec())
+    }
+
+    /// `bytes` bytes of 0xFF (every f32 and bf16 a NaN): a buffer whose unwritten elements show.
+    pub fn poisoned(&mut self, bytes: usize) -> u64 {
+        self.alloc_bytes(vec![0xFF; bytes])
+    }
+
+    /// `n` values of type `T` read back from `address`.
+    pub fn download<T: bytemuck::Pod>(&self, address: u64, n: usize) -> Vec<T> {
+        let size = n * std::mem::size_of::<T>();
+        let (a, off) = self.find(address, size).unwrap_or_else(|| panic!("download of {size} bytes at {address:#x}: no such allocation"));
+        bytemuck::pod_collect_to_vec(&self.allocations[a].data[off..off + size])
+    }
+
+    fn find(&self, address: u64, size: usize) -> Option<(usize, usize)> {
+        let i = self.allocations.partition_point(|a| a.base <= address).checked_sub(1)?;
+        let a = &self.allocations[i];
+        let off = (address - a.base) as usize;
+        (off + size <= a.data.len()).then_some((i, off))
+    }
+
+    fn bytes_mut(&mut self, address: u64, size: usize) -> Result<&mut [u8], String> {
+        let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
+        Ok(&mut self.allocations[i].data[off..off + size])
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Ready,
+    /// Stopped at a collective (the instruction at the top frame's pc, not yet executed).
+    Waiting,
+    Exited,
+}
+
+struct Frame<'m> {
+    func: &'m Function,
+    pc: usize,
+    regs: Vec<u64>,
+    written: Vec<bool>,
+    /// `.param` variables by name: the entry's or function's own, and those of call blocks.
+    params: HashMap<String, u64>,
+    /// Where the caller wants this call's result: the caller's param name.
+    result_into: Option<String>,
+}
+
+struct Thread<'m> {
+    tid: (u32, u32, u32),
+    linear: u32,
+    frames: Vec<Frame<'m>>,
+    state: State,
+}
+
+struct Block {
+    ctaid: (u32, u32, u32),
+    shared: Vec<u8>,
+}
+
+/// A loaded module: parsed functions and the layout of its `.shared` arrays.
+pub struct Kernels {
+    module: Module,
+    shared_offsets: HashMap<String, u64>,
+    shared_bytes: usize,
+}
+
+impl Kernels {
+    pub fn new(module: Module) -> Kernels {
+        let mut shared_offsets = HashMap::new();
+        let mut at = 0usize;
+        for s in &module.shared {
+            at = at.next_multiple_of(s.align.max(1));
+            shared_offsets.insert(s.name.clone(), SHARED_BASE + at as u64);
+            at += s.bytes;
+        }
+        Kernels { module, shared_offsets, shared_bytes: at }
+    }
+
+    /// Runs `entry` over `dims` with `args` against `memory`.
+    pub fn launch(&self, memory: &mut Memory, entry: &str, dims: Dims, args: &[Arg]) -> Result<Stats, SimError> {
+        let func = self.module.functions.get(entry).filter(|f| f.is_entry).ok_or_else(|| SimError(format!("no entry `{entry}`")))?;
+        if func.params.len() != args.len() {
+            return Err(SimError(format!("{entry}: {} arguments for {} parameters", args.len(), func.params.len())));
+        }
+        let mut params = HashMap::new();
+        for (i, (p, a)) in func.params.iter().zip(args).enumerate() {
+            if !a.matches(p.ty) {
+                return Err(SimError(format!("{entry}: argument {i} ({}) is {a:?}, the parameter is .{:?}", p.name, p.ty)));
+            }
+            params.insert(p.name.clone(), a.bits());
+        }
+        let Dims { grid, block } = dims;
+        let threads = block.0 as u64 * block.1 as u64 * block.2 as u64;
+        if threads == 0
+            || threads > 1024
+            || block.2 > 64
+            || grid.0 == 0
+            || grid.1 == 0
+            || grid.2 == 0
+            || grid.1 > 65535
+            || grid.2 > 65535
+            || grid.0 > i32::MAX as u32
+        {
+            return Err(SimError(format!("{entry}: launch shape {dims:?} is outside the hardware's limits")));
+        }
+        let mut stats = Stats::default();
+        for bz in 0..grid.2 {
+            for by in 0..grid.1 {
+                for bx in 0..grid.0 {
+                    let mut b = Block { ctaid: (bx, by, bz), shared: vec![0u8; self.shared_bytes] };
+                    self.run_block(memory, func, &params, dims, &mut b, &mut stats)
+                        .map_err(|e| SimError(format!("{entry}, block {:?}: {}", b.ctaid, e.0)))?;
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    fn run_block<'m>(
+        &'m self,
+        memory: &mut Memory,
+        func: &'m Function,
+        params: &HashMap<String, u64>,
+        dims: Dims,
+        b: &mut Block,
+        stats: &mut Stats,
+    ) -> Result<(), SimError> {
+        let (bx, by, bz) = dims.block;
+        let mut threads: Vec<Thread<'m>> = Vec::with_capacity((bx * by * bz) as usize);
+        for z in 0..bz {
+            for y in 0..by {
+                for x in 0..bx {
+                    let linear = x + bx * (y + by * z);
+                    let frame = Frame {
+                        func,
+                        pc: 0,
+                        regs: vec![0; func.nregs],
+                        written: vec![false; func.nregs],
+                        params: params.clone(),
+                        result_into: None,
+                    };
+                    threads.push(Thread { tid: (x, y, z), linear, frames: vec![frame], state: State::Ready });
+                }
+            }
+        }
+        loop {
+            for t in threads.iter_mut().filter(|t| t.state == State::Ready) {
+                let mut ctx = Ctx { kernels: self, memory, block: b, dims, stats };
+                ctx.run(t).map_err(|e| SimError(format!("thread {:?}: {e}", t.tid)))?;
+            }
+            if threads.iter().all(|t| t.state == State::Exited) {
+                return Ok(());
+            }
+            if !self.release_shuffles(&mut threads)? {
+                self.release_barrier(&mut threads)?;
+            }
+        }
+    }
+
+    /// Runs every warp whose 32 lanes all wait at the same `shfl.sync`; false when none does.
+    fn release_shuffles(&self, threads: &mut [Thread<'_>]) -> Result<bool, SimError> {
+        let mut progressed = false;
+        for warp in threads.chunks_mut(32) {
+            let at_shfl = |t: &Thread| t.state == State::Waiting && current(t).op == Op::ShflDown;
+            if !warp.iter().any(at_shfl) {
+                continue;
+            }
+            let leader = warp.iter().find(|t| at_shfl(t)).unwrap();
+            let (first, depth) = (current(leader), leader.frames.len());
+            let where_ = format!("line {} `{}`", first.line, first.text);
+            if warp.len() != 32 {
+                return Err(SimError(format!("shfl.sync in a partial warp of {} lanes at {where_}", warp.len())));
+            }
+            let same = |t: &Thread| at_shfl(t) && std::ptr::eq(current(t), first) && t.frames.len() == depth;
+            if !warp.iter().all(same) {
+                let lanes: Vec<String> = warp.iter().filter(|t| !same(t)).map(|t| format!("{} ({:?})", t.linear % 32, t.state)).collect();
+                return Err(SimError(format!(
+                    "shfl.sync with a full member mask at {where_}, but lanes {} are elsewhere",
+                    lanes.join(", ")
+                )));
+            }
+            let [dst, a, b, c, mask] = first.operands.as_slice() else {
+                return Err(SimError(format!("shfl.sync takes 5 operands at {where_}")));
+            };
+            let mut values = [0u64; 32];
+            let mut deltas = [0u64; 32];
+            let mut clamps = [0u64; 32];
+            for (lane, t) in warp.iter().enumerate() {
+                let f = t.frames.last().unwrap();
+                values[lane] = read_plain(f, a, Ty::B32).map_err(|e| SimError(format!("{where_}: {e}")))?;
+                deltas[lane] = read_plain(f, b, Ty::B32).map_err(|e| SimError(format!("{where_}: {e}")))?;
+                clamps[lane] = read_plain(f, c, Ty::B32).map_err(|e| SimError(format!("{where_}: {e}")))?;
+                let m = read_plain(f, mask, Ty::B32).map_err(|e| SimError(format!("{where_}: {e}")))?;
+                if m != 0xFFFF_FFFF {
+                    return Err(SimError(format!("{where_}: member mask {m:#x} (only full warps are modelled)")));
+                }
+            }
+            for (lane, t) in warp.iter_mut().enumerate() {
+                let segmask = (clamps[lane] >> 8) & 0x1F;
+                let max_lane = ((lane as u64) & segmask) | (clamps[lane] & 0x1F & !segmask);
+                let j = lane as u64 + (deltas[lane] & 0x1F);
+                let (src, valid) = if j <= max_lane { (j as usize, true) } else { (lane, false) };
+                let f = t.frames.last_mut().unwrap();
+                match dst {
+                    Operand::Reg(d) => write(f, *d, values[src]),
+                    Operand::RegPair(d, p) => {
+                        write(f, *d, values[src]);
+                        write(f, *p, valid as u64);
+                    }
+                    _ => return Err(SimError(format!("{where_}: bad destination"))),
+                }
+                f.pc += 1;
+                t.state = State::Ready;
+            }
+            progressed = true;
+        }
+        Ok(progressed)
+    }
+
+    /// Releases a `bar.sync` that every thread still running has reached (exited threads count
+    /// as arrived, as on sm_70 and later).
+    fn release_barrier(&self, threads: &mut [Thread]) -> Result<(), SimError> {
+        let live: Vec<&Thread> = threads.iter().filter(|t| t.state != State::Exited).collect();
+        let all_at_barrier = live.iter().all(|t| t.state == State::Waiting && current(t).op == Op::BarSync);
+        if !all_at_barrier {
+            let stuck: Vec<String> = live.iter().take(4).map(|t| format!("thread {:?} at line {}", t.tid, current(t).line)).collect();
+            return Err(SimError(format!("deadlock: threads wait at different collectives ({} ...)", stuck.join(", "))));
+        }
+        for t in threads.iter_mut().filter(|t| t.state == State::Waiting) {
+            t.frames.last_mut().unwrap().pc += 1;
+            t.state = State::Ready;
+        }
+        Ok(())
+    }
+}
+
+/// The instruction a thread is at.
+fn current<'m>(t: &Thread<'m>) -> &'m Inst {
+    let f = t.frames.last().unwrap();
+    let func: &'m Function = f.func;
+    &func.body[f.pc]
+}
+
+fn write(f: &mut Frame, reg: usize, bits: u64) {
+    f.regs[reg] = bits;
+    f.written[reg] = true;
+}
+
+fn mask(ty: Ty, v: u64) -> u64 {
+    match ty.bytes() {
+        2 => v & 0xFFFF,
+        4 => v & 0xFFFF_FFFF,
+        _ => v,
+    }
+}
+
+/// Reads a register or literal operand as `ty` (no specials, no addresses).
+fn read_plain(f: &Frame, o: &Operand, ty: Ty) -> Result<u64, String> {
+    match o {
+        Operand::Reg(r) => {
+            if !f.written[*r] {
+                return Err("read of a register never written".into());
+            }
+            Ok(if ty == Ty::Pred { f.regs[*r] } else { mask(ty, f.regs[*r]) })
+        }
+        Operand::Int(v) => Ok(mask(ty, *v as u64)),
+        Operand::F32Bits(b) if ty == Ty::F32 || ty.bytes() == 4 => Ok(*b as u64),
+        Operand::F64Bits(b) if ty == Ty::F64 || ty.bytes() == 8 => Ok(*b),
+        _ => Err(format!("operand {o:?} cannot be read as .{ty:?}")),
+    }
+}
+
+struct Ctx<'a, 'm> {
+    kernels: &'m Kernels,
+    memory: &'a mut Memory,
+    block: &'a mut Block,
+    dims: Dims,
+    stats: &'a mut Stats,
+}
+
+fn f32_of(v: u64) -> f32 {
+    f32::from_bits(v as u32)
+}
+fn f64_of(v: u64) -> f64 {
+    f64::from_bits(v)
+}
+fn is_float(ty: Ty) -> bool {
+    matches!(ty, Ty::F32 | Ty::F64)
+}
+fn is_signed(ty: Ty) -> bool {
+    matches!(ty, Ty::S32 | Ty::S64)
+}
+/// A value of `ty` as i128, for integer comparisons and conversions.
+fn int_of(ty: Ty, v: u64) -> i128 {
+    match ty {
+        Ty::S32 => v as u32 as i32 as i128,
+        Ty::S64 => v as i64 as i128,
+        _ => mask(ty, v) as i128,
+    }
+}
+
+impl<'m> Ctx<'_, 'm> {
+    fn special(&self, t: &Thread, s: Special) -> u64 {
+        let pick = |d: (u32, u32, u32), axis: usize| [d.0, d.1, d.2][axis] as u64;
+        match s {
+            Special::Tid(a) => pick(t.tid, a),
+            Special::Ntid(a) => pick(self.dims.block, a),
+            Special::Ctaid(a) => pick(self.block.ctaid, a),
+            Special::Nctaid(a) => pick(self.dims.grid, a),
+        }
+    }
+
+    fn read(&self, t: &Thread, o: &Operand, ty: Ty) -> Result<u64, String> {
+        match o {
+            Operand::Special(s) => Ok(self.special(t, *s)),
+            Operand::Name(n) => self.kernels.shared_offsets.get(n).copied().ok_or_else(|| format!("unknown symbol `{n}`")),
+            _ => read_plain(t.frames.last().unwrap(), o, ty),
+        }
+    }
+
+    /// The address an `[base+offset]` operand names, in its space.
+    fn address(&self, t: &Thread, o: &Operand, space: Space) -> Result<Address, String> {
+        let Operand::Addr(base, off) = o else { return Err(format!("expected an address, got {o:?}")) };
+        let f = t.frames.last().unwrap();
+        match (space, base) {
+            (Space::Param, AddrBase::Symbol(name)) if *off == 0 => Ok(Address::Param(name.clone())),
+            (Space::Param, _) => Err("parameter access with an offset or a register".into()),
+            (Space::Shared, AddrBase::Symbol(name)) => {
+                let at = self.kernels.shared_offsets.get(name).ok_or_else(|| format!("unknown shared array `{name}`"))?;
+                Ok(Address::Shared(at.wrapping_add(*off as u64)))
+            }
+            (_, AddrBase::Reg(r)) => {
+                let v = read_plain(f, &Operand::Reg(*r), Ty::B64)?;
+                let a = v.wrapping_add(*off as u64);
+                Ok(if space == Space::Shared { Address::Shared(a) } else { Address::Global(a) })
+            }
+            (Space::Global, AddrBase::Symbol(name)) => Err(format!("global symbol `{name}` is not modelled")),
+        }
+    }
+
+    fn load(&mut self, t: &Thread, addr: &Address, ty: Ty, offset: u64) -> Result<u64, String> {
+        let size = ty.bytes();
+        match addr {
+            Address::Param(name) => {
+                t.frames.last().unwrap().params.get(name).copied().ok_or_else(|| format!("parameter `{name}` read before it was written"))
+            }
+            Address::Global(a) => {
+                let a = a + offset;
+                if !a.is_multiple_of(size as u64) {
+                    return Err(format!("misaligned {size}-byte load at {a:#x}"));
+                }
+                self.stats.global_loads += 1;
+                let bytes = self.memory.bytes_mut(a, size)?;
+                Ok(le(bytes))
+            }
+            Address::Shared(a) => {
+                let a = a + offset;
+                let bytes = shared_bytes(&mut self.block.shared, a, size)?;
+                Ok(le(bytes))
+            }
+        }
+    }
+
+    fn store(&mut self, t: &mut Thread, addr: &Address, ty: Ty, offset: u64, v: u64) -> Result<(), String> {
+        let size = ty.bytes();
+        match addr {
+            Address::Param(name) => {
+                t.frames.last_mut().unwrap().params.insert(name.clone(), v);
+                Ok(())
+            }
+            Address::Global(a) => {
+                let a = a + offset;
+                if !a.is_multiple_of(size as u64) {
+                    return Err(format!("misaligned {size}-byte store at {a:#x}"));
+                }
+                self.stats.global_stores += 1;
+                set_le(self.memory.bytes_mut(a, size)?, v);
+                Ok(())
+            }
+            Address::Shared(a) => {
+                set_le(shared_bytes(&mut self.block.shared, a + offset, size)?, v);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `t` until it exits or reaches a collective.
+    fn run(&mut self, t: &mut Thread<'m>) -> Result<(), String> {
+        loop {
+            let inst = {
+                let f = t.frames.last().unwrap();
+                if f.pc >= f.func.body.len() {
+                    return Err(format!("fell off the end of `{}`", f.func.name));
+                }
+                current(t)
+            };
+            if let Some((p, neg)) = inst.guard {
+                let f = t.frames.last().unwrap();
+                if !f.written[p] {
+                    return Err(format!("line {}: guard predicate never written", inst.line));
+                }
+                if (f.regs[p] != 0) == neg {
+                    t.frames.last_mut().unwrap().pc += 1;
+                    continue;
+                }
+            }
+            if matches!(inst.op, Op::BarSync | Op::ShflDown) {
+                t.state = State::Waiting;
+                return Ok(());
+            }
+            self.stats.instructions += 1;
+            let flow = self.exec(t, inst).map_err(|e| format!("line {} `{}`: {e}", inst.line, inst.text))?;
+            match flow {
+                Flow::Next => t.frames.last_mut().unwrap().pc += 1,
+                Flow::Jump(target) => t.frames.last_mut().unwrap().pc = target,
+                Flow::Call(frame) => {
+                    t.frames.last_mut().unwrap().pc += 1;
+                    t.frames.push(frame);
+                }
+                Flow::Return => {
+                    let done = t.frames.pop().unwrap();
+                    match t.frames.last_mut() {
+                        None => {
+                            t.state = State::Exited;
+                            return Ok(());
+                        }
+                        Some(caller) => {
+                            if let (Some(into), Some(ret)) = (done.result_into, done.func.ret.as_ref()) {
+                                let v = done
+                                    .params
+                                    .get(&ret.name)
+                                    .copied()
+                                    .ok_or_else(|| format!("`{}` returned without storing its result", done.func.name))?;
+                                caller.params.insert(into, v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn exec(&mut self, t: &mut Thread<'m>, inst: &'m Inst) -> Result<Flow<'m>, String> {
+        let ops = &inst.operands;
+        let dst_reg = |i: usize| -> Result<usize, String> {
+            match ops.get(i) {
+                Some(Operand::Reg(r)) => Ok(*r),
+                other => Err(format!("expected a register, got {other:?}")),
+            }
+        };
+        macro_rules! arg {
+            ($i:expr, $ty:expr) => {
+                self.read(t, ops.get($i).ok_or("missing operand")?, $ty)?
+            };
+        }
+        let set = |t: &mut Thread, r: usize, v: u64| write(t.frames.last_mut().unwrap(), r, v);
+        match &inst.op {
+            Op::Mov(ty) => match (&ops[0], &ops[1]) {
+                (Operand::Reg(d), Operand::Vector(parts)) => {
+                    let f = t.frames.last().unwrap();
+                    let half = 64 / parts.len() as u32;
+                    let mut v = 0u64;
+                    for (k, r) in parts.iter().enumerate() {
+                        let part = read_plain(f, &Operand::Reg(*r), Ty::B32)?;
+                        v |= (part & ((1u64 << half) - 1)) << (half * k as u32);
+                    }
+                    set(t, *d, mask(*ty, v));
+                }
+                (Operand::Vector(parts), src) => {
+                    let v = arg!(1, *ty);
+                    let _ = src;
+                    let half = 64 / parts.len() as u32;
+                    for (k, r) in parts.clone().iter().enumerate() {
+                        set(t, *r, (v >> (half * k as u32)) & ((1u64 << half) - 1));
+                    }
+                }
+                (Operand::Reg(d), _) => {
+                    let v = arg!(1, *ty);
+                    set(t, *d, v);
+                }
+                _ => return Err("unsupported mov".into()),
+            },
+            Op::Add(ty)
+            | Op::Sub(ty)
+            | Op::Mul(ty)
+            | Op::Div(ty)
+            | Op::Rem(ty)
+            | Op::Min(ty)
+            | Op::Max(ty)
+            | Op::And(ty)
+            | Op::Or(ty)
+            | Op::Xor(ty) => {
+                let (a, b) = (arg!(1, *ty), arg!(2, *ty));
+                let v = binary(&inst.op, *ty, a, b)?;
+                set(t, dst_reg(0)?, v);
+            }
+            Op::Shl(ty) | Op::Shr(ty) => {
+                let a = arg!(1, *ty);
+                let b = arg!(2, Ty::U32);
+                let width = ty.bytes() as u64 * 8;
+                let v = match (&inst.op, ty) {
+                    (Op::Shl(_), _) => {
+                        if b >= width {
+                            0
+                        } else {
+                            mask(*ty, a << b)
+                        }
+                    }
+                    (_, Ty::S32) => (a as u32 as i32 >> b.min(31)) as u32 as u64,
+                    (_, Ty::S64) => (a as i64 >> b.min(63)) as u64,
+                    _ => {
+                        if b >= width {
+                            0
+                        } else {
+                            a >> b
+                        }
+                    }
+                };
+                set(t, dst_reg(0)?, v);
+            }
+            Op::MulLo(ty) => {
+                let v = mask(*ty, arg!(1, *ty).wrapping_mul(arg!(2, *ty)));
+                set(t, dst_reg(0)?, v);
+            }
+            Op::MadLo(ty) => {
+                let v = mask(*ty, arg!(1, *ty).wrapping_mul(arg!(2, *ty)).wrapping_add(arg!(3, *ty)));
+                set(t, dst_reg(0)?, v);
+            }
+            Op::MulWide(ty) => {
+                let (a, b) = (int_of(*ty, arg!(1, *ty)), int_of(*ty, arg!(2, *ty)));
+                set(t, dst_reg(0)?, (a * b) as u64);
+            }
+            Op::Fma(ty) => {
+                let v = match ty {
+                    Ty::F32 => f32_of(arg!(1, *ty)).mul_add(f32_of(arg!(2, *ty)), f32_of(arg!(3, *ty))).to_bits() as u64,
+                    Ty::F64 => f64_of(arg!(1, *ty)).mul_add(f64_of(arg!(2, *ty)), f64_of(arg!(3, *ty))).to_bits(),
+                    _ => return Err("fma on integers".into()),
+                };
+                set(t, dst_reg(0)?, v);
+            }
+            Op::Abs(ty) | Op::Neg(ty) | Op::Sqrt(ty) | Op::Rcp(ty) => {
+                let a = arg!(1, *ty);
+                let v = match (&inst.op, ty) {
+                    (Op::Abs(_), Ty::F32) => a & 0x7FFF_FFFF,
+                    (Op::Neg(_), Ty::F32) => a ^ 0x8000_0000,
+                    (Op::Abs(_), Ty::F64) => a & !(1 << 63),
+                    (Op::Neg(_), Ty::F64) => a ^ (1 << 63),
+                    (Op::Abs(_), Ty::S32) => (a as u32 as i32).wrapping_abs() as u32 as u64,
+                    (Op::Neg(_), Ty::S32) => (a as u32 as i32).wrapping_neg() as u32 as u64,
+                    (Op::Sqrt(_), Ty::F32) => f32_of(a).sqrt().to_bits() as u64,
+                    (Op::Sqrt(_), Ty::F64) => f64_of(a).sqrt().to_bits(),
+                    (Op::Rcp(_), Ty::F32) => (1.0 / f32_of(a)).to_bits() as u64,
+                    (Op::Rcp(_), Ty::F64) => (1.0 / f64_of(a)).to_bits(),
+                    _ => return Err("unsupported type".into()),
+                };
+                set(t, dst_reg(0)?, v);
+            }
+            Op::Setp(cmp, ty) => {
+                let (a, b) = (arg!(1, *ty), arg!(2, *ty));
+                let p = compare(*cmp, *ty, a, b)?;
+                match &ops[0] {
+                    Operand::Reg(d) => set(t, *d, p as u64),
+                    Operand::RegPair(d, q) => {
+                        set(t, *d, p as u64);
+                        set(t, *q, !p as u64);
+                    }
+                    other => return Err(format!("bad setp destination {other:?}")),
+                }
+            }
+            Op::Selp(ty) => {
+                let (a, b, c) = (arg!(1, *ty), arg!(2, *ty), arg!(3, Ty::Pred));
+                set(t, dst_reg(0)?, if c != 0 { a } else { b });
+            }
+            Op::Cvt { dst, src, round } => {
+                let a = arg!(1, *src);
+                set(t, dst_reg(0)?, convert(*dst, *src, *round, a)?);
+            }
+            Op::Cvta => {
+                let a = arg!(1, Ty::U64);
+                set(t, dst_reg(0)?, a);
+            }
+            Op::Ld { space, ty, vec } => {
+                let addr = self.address(t, &ops[1], *space)?;
+                check_vector_alignment(&addr, ty.bytes() * vec)?;
+                let dests: Vec<usize> = match &ops[0] {
+                    Operand::Reg(r) if *vec == 1 => vec![*r],
+                    Operand::Vector(rs) if rs.len() == *vec => rs.clone(),
+                    other => return Err(format!("bad load destination {other:?}")),
+                };
+                for (k, r) in dests.into_iter().enumerate() {
+                    let v = self.load(t, &addr, *ty, (k * ty.bytes()) as u64)?;
+                    set(t, r, v);
+                }
+            }
+            Op::St { space, ty, vec } => {
+                if *vec != 1 {
+                    return Err("vector stores are not modelled".into());
+                }
+                let addr = self.address(t, &ops[0], *space)?;
+                let v = arg!(1, *ty);
+                self.store(t, &addr, *ty, 0, v)?;
+            }
+            Op::Atomic { op, ty, returns } => {
+                let (addr_op, val_op) = if *returns { (&ops[1], 2) } else { (&ops[0], 1) };
+                let addr = self.address(t, addr_op, Space::Global)?;
+                let v = arg!(val_op, *ty);
+                let old = self.load(t, &addr, *ty, 0)?;
+                let new = match (op, ty) {
+                    (AtomOp::Add, Ty::F32) => (f32_of(old) + f32_of(v)).to_bits() as u64,
+                    (AtomOp::Add, Ty::U32 | Ty::S32) => mask(*ty, old.wrapping_add(v)),
+                    (AtomOp::Or, Ty::B32 | Ty::U32) => old | v,
+                    _ => return Err("unsupported atomic".into()),
+                };
+                self.stats.atomics += 1;
+                self.store(t, &addr, *ty, 0, new)?;
+                if *returns {
+                    set(t, dst_reg(0)?, old);
+                }
+            }
+            Op::Bra => match ops.as_slice() {
+                [Operand::Int(target)] => return Ok(Flow::Jump(*target as usize)),
+                _ => return Err("unresolved branch".into()),
+            },
+            Op::Ret => return Ok(Flow::Return),
+            Op::Call => {
+                let (results, name, args) = match ops.as_slice() {
+                    [Operand::ParamList(r), Operand::Name(n), Operand::ParamList(a)] => (r.clone(), n, a.clone()),
+                    [Operand::Name(n), Operand::ParamList(a)] => (Vec::new(), n, a.clone()),
+                    _ => return Err("unsupported call form".into()),
+                };
+                let callee =
+                    self.kernels.module.functions.get(name).filter(|f| !f.is_entry).ok_or_else(|| format!("no function `{name}`"))?;
+                if callee.params.len() != args.len() || results.len() != callee.ret.iter().count() {
+                    return Err(format!("call of `{name}` with the wrong number of parameters"));
+                }
+                let caller = t.frames.last().unwrap();
+                let mut params = HashMap::new();
+                for (p, a) in callee.params.iter().zip(&args) {
+                    let v = caller.params.get(a).copied().ok_or_else(|| format!("argument `{a}` passed before it was stored"))?;
+                    params.insert(p.name.clone(), v);
+                }
+                let frame = Frame {
+                    func: callee,
+                    pc: 0,
+                    regs: vec![0; callee.nregs],
+                    written: vec![false; callee.nregs],
+                    params,
+                    result_into: results.into_iter().next(),
+                };
+                return Ok(Flow::Call(frame));
+            }
+            Op::BarSync | Op::ShflDown => unreachable!("collectives are run by the block scheduler"),
+        }
+        Ok(Flow::Next)
+    }
+}
+
+enum Flow<'m> {
+    Next,
+    Jump(usize),
+    Call(Frame<'m>),
+    Return,
+}
+
+enum Address {
+    Param(String),
+    Global(u64),
+    Shared(u64),
+}
+
+fn check_vector_alignment(addr: &Address, bytes: usize) -> Result<(), String> {
+    match addr {
+        Address::Global(a) | Address::Shared(a) if a % bytes as u64 != 0 => Err(format!("misaligned {bytes}-byte access at {a:#x}")),
+        _ => Ok(()),
+    }
+}
+
+fn shared_bytes(shared: &mut [u8], a: u64, size: usize) -> Result<&mut [u8], String> {
+    if !a.is_multiple_of(size as u64) {
+        return Err(format!("misaligned {size}-byte shared access at {a:#x}"));
+    }
+    let off = a.checked_sub(SHARED_BASE).ok_or_else(|| format!("shared address {a:#x} below the window"))? as usize;
+    let declared = shared.len();
+    shared.get_mut(off..off + size).ok_or_else(|| format!("shared access at {a:#x} outside the {declared} declared bytes"))
+}
+
+fn le(bytes: &[u8]) -> u64 {
+    let mut v = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        v |= (*b as u64) << (8 * i);
+    }
+    v
+}
+
+fn set_le(bytes: &mut [u8], v: u64) {
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (v >> (8 * i)) as u8;
+    }
+}
+
+fn binary(op: &Op, ty: Ty, a: u64, b: u64) -> Result<u64, String> {
+    Ok(match ty {
+        Ty::F32 => {
+            let (x, y) = (f32_of(a), f32_of(b));
+            let r = match op {
+                Op::Add(_) => x + y,
+                Op::Sub(_) => x - y,
+                Op::Mul(_) => x * y,
+                Op::Div(_) => x / y,
+                Op::Min(_) => fmin(x as f64, y as f64) as f32,
+                Op::Max(_) => fmax(x as f64, y as f64) as f32,
+                _ => return Err("unsupported f32 operation".into()),
+            };
+            r.to_bits() as u64
+        }
+        Ty::F64 => {
+            let (x, y) = (f64_of(a), f64_of(b));
+            let r = match op {
+                Op::Add(_) => x + y,
+                Op::Sub(_) => x - y,
+                Op::Mul(_) => x * y,
+                Op::Div(_) => x / y,
+                Op::Min(_) => fmin(x, y),
+                Op::Max(_) => fmax(x, y),
+                _ => return Err("unsupported f64 operation".into()),
+            };
+            r.to_bits()
+        }
+        Ty::Pred => match op {
+            Op::And(_) => a & b & 1,
+            Op::Or(_) => (a | b) & 1,
+            Op::Xor(_) => (a ^ b) & 1,
+            _ => return Err("unsupported predicate operation".into()),
+        },
+        _ => {
+            let (x, y) = (int_of(ty, a), int_of(ty, b));
+            let r: i128 = match op {
+                Op::Add(_) => x + y,
+                Op::Sub(_) => x - y,
+                Op::Div(_) | Op::Rem(_) if y == 0 => return Err("integer division by zero".into()),
+                Op::Div(_) => x / y,
+                Op::Rem(_) => x % y,
+                Op::Min(_) => x.min(y),
+                Op::Max(_) => x.max(y),
+                Op::And(_) => return Ok(a & b),
+                Op::Or(_) => return Ok(a | b),
+                Op::Xor(_) => return Ok(a ^ b),
+                _ => return Err("unsupported integer operation".into()),
+            };
+            mask(ty, r as u64)
+        }
+    })
+}
+
+/// PTX `min.f32`: NaN only if both are NaN, else the other; -0 below +0.
+fn fmin(x: f64, y: f64) -> f64 {
+    if x.is_nan() {
+        y
+    } else if y.is_nan() || x < y || (x == y && x.is_sign_negative()) {
+        x
+    } else {
+        y
+    }
+}
+
+/// PTX `max.f32`: NaN only if both are NaN, else the other; +0 above -0.
+fn fmax(x: f64, y: f64) -> f64 {
+    if x.is_nan() {
+        y
+    } else if y.is_nan() || x > y || (x == y && x.is_sign_positive()) {
+        x
+    } else {
+        y
+    }
+}
+
+fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> Result<bool, String> {
+    if is_float(ty) {
+        let (x, y) = if ty == Ty::F32 { (f32_of(a) as f64, f32_of(b) as f64) } else { (f64_of(a), f64_of(b)) };
+        let unordered = x.is_nan() || y.is_nan();
+        return Ok(match cmp {
+            Cmp::Eq => x == y,
+            Cmp::Ne => !unordered && x != y,
+            Cmp::Lt => x < y,
+            Cmp::Le => x <= y,
+            Cmp::Gt => x > y,
+            Cmp::Ge => x >= y,
+            Cmp::Equ => unordered || x == y,
+            Cmp::Neu => unordered || x != y,
+            Cmp::Ltu => unordered || x < y,
+            Cmp::Leu => unordered || x <= y,
+            Cmp::Gtu => unordered || x > y,
+            Cmp::Geu => unordered || x >= y,
+            Cmp::Nan => unordered,
+            Cmp::Num => !unordered,
+        });
+    }
+    let (x, y) = (int_of(ty, a), int_of(ty, b));
+    let _ = is_signed(ty);
+    Ok(match cmp {
+        Cmp::Eq => x == y,
+        Cmp::Ne => x != y,
+        Cmp::Lt => x < y,
+        Cmp::Le => x <= y,
+        Cmp::Gt => x > y,
+        Cmp::Ge => x >= y,
+        _ => return Err("unordered comparison of integers".into()),
+    })
+}
+
+fn convert(dst: Ty, src: Ty, round: Round, a: u64) -> Result<u64, String> {
+    let integral = |x: f64| -> Result<f64, String> {
+        Ok(match round {
+            Round::Rni => x.round_ties_even(),
+            Round::Rzi => x.trunc(),
+            Round::Rmi => x.floor(),
+            Round::Rpi => x.ceil(),
+            _ => return Err(format!("conversion to .{dst:?} needs an integer rounding")),
+        })
+    };
+    Ok(match (is_float(dst), is_float(src)) {
+        (false, false) => {
+            if round != Round::None {
+                return Err("rounding on an integer conversion".into());
+            }
+            mask(dst, int_of(src, a) as u64)
+        }
+        (true, false) => {
+            let x = int_of(src, a);
+            match (dst, round) {
+                (Ty::F32, Round::Rn) => (x as f32).to_bits() as u64,
+                (Ty::F64, Round::Rn) => (x as f64).to_bits(),
+                _ => return Err("integer to float needs .rn".into()),
+            }
+        }
+        (false, true) => {
+            let x = if src == Ty::F32 { f32_of(a) as f64 } else { f64_of(a) };
+            let r = integral(x)?;
+            // Saturating, NaN to 0: as PTX's cvt to an integer, and as Rust's `as`.
+            match dst {
+                Ty::U32 => r as u32 as u64,
+                Ty::S32 => r as i32 as u32 as u64,
+                Ty::U64 => r as u64,
+                Ty::S64 => r as i64 as u64,
+                Ty::U16 => r as u16 as u64,
+                _ => return Err("unsupported float to integer conversion".into()),
+            }
+        }
+        (true, true) => match (dst, src, round) {
+            (Ty::F64, Ty::F32, Round::None) => (f32_of(a) as f64).to_bits(),
+            (Ty::F32, Ty::F64, Round::Rn) => (f64_of(a) as f32).to_bits() as u64,
+            (Ty::F32, Ty::F32, _) => (integral(f32_of(a) as f64)? as f32).to_bits() as u64,
+            (Ty::F64, Ty::F64, _) => integral(f64_of(a))?.to_bits(),
+            _ => return Err("unsupported float conversion".into()),
+        },
+    })
+}
