@@ -79,3 +79,17 @@ fn bias_relu_rounds_as_half() {
         assert_eq!(*g, w.to_bits(), "bias_relu_fwd_bf16: element {i}: {} vs the CPU's {w}", bf16::from_bits(*g));
     }
 }
+
+/// The cast check notices a rounding constant off by one (a fault planted in the PTX text).
+#[test]
+fn a_wrong_rounding_is_caught() {
+    let k = sim::load_edited("bf16", |t| t.replacen("add.u32 %r7, %r7, 0x7FFF;", "add.u32 %r7, %r7, 0x7FFE;", 1));
+    let x = awkward(1000);
+    let mut mem = Memory::default();
+    let xd = mem.upload(&x);
+    let yd = mem.poisoned(2 * x.len());
+    run(&k, &mut mem, "cast_f32_to_bf16", grid_1d(x.len()), &[Arg::U64(yd), Arg::U64(xd), Arg::U32(x.len() as u32)]);
+    let got: Vec<u16> = mem.download(yd, x.len());
+    let want = cpu::to_bf16(&x);
+    assert!(got.iter().zip(&want).any(|(g, w)| *g != w.to_bits()), "a cast with the wrong rounding constant matched half everywhere");
+}

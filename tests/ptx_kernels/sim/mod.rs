@@ -38,3 +38,16 @@ pub fn load(name: &str) -> Kernels {
     let module = parse::Module::parse(m.ptx).unwrap_or_else(|e| panic!("kernels/{name}.ptx: {e}"));
     Kernels::new(module)
 }
+
+/// The embedded module `name` with `edit` applied to its text first: for checks that a test
+/// notices a broken kernel (`edit` plants the fault).
+pub fn load_edited(name: &str, edit: impl FnOnce(&str) -> String) -> Kernels {
+    let m = hyperseg_engine::backend::cuda::kernels::MODULES
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no kernel module `{name}`"));
+    let text = edit(m.ptx);
+    assert_ne!(text, m.ptx, "the edit of kernels/{name}.ptx changed nothing");
+    let module = parse::Module::parse(&text).unwrap_or_else(|e| panic!("kernels/{name}.ptx (edited): {e}"));
+    Kernels::new(module)
+}
