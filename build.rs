@@ -7,6 +7,9 @@
 //! - `pub mod entry { pub const FILL_F32: &str = "fill_f32"; ... }`: one constant per entry, so
 //!   Rust code names kernels only through these and a missing or misspelled entry is a compile
 //!   error.
+//! - `pub mod signature { pub type FILL_F32 = (P<U64>, P<U32>, P<F32>,); ... }`: each entry's
+//!   `.param` list as a tuple of marker types, against which `launch!` checks the count and
+//!   types of its arguments at compile time.
 //!
 //! When `ptxas` is available (`HYPERSEG_PTXAS` names it, or it is on `PATH`), every file is also
 //! assembled for its own `.target` (sm_75 at least: ptxas 13 knows nothing older) and the build
@@ -36,6 +39,7 @@ fn main() {
 
     let mut modules = String::new();
     let mut consts: BTreeMap<String, (String, String)> = BTreeMap::new(); // CONST -> (entry, module)
+    let mut signatures: BTreeMap<String, Vec<&'static str>> = BTreeMap::new(); // CONST -> param kinds
     let ptxas = find_ptxas();
     for path in &files {
         let stem = path.file_stem().and_then(|s| s.to_str()).expect("kernel file name is UTF-8").to_string();
@@ -52,6 +56,9 @@ fn main() {
             if let Some((prev, m)) = consts.insert(c.clone(), (e.clone(), stem.clone())) {
                 panic!("kernel entry {e} ({stem}.ptx) clashes with {prev} ({m}.ptx): entry names must be unique");
             }
+        }
+        for (e, kinds) in entry_params(&src, path) {
+            signatures.insert(e.to_ascii_uppercase(), kinds);
         }
         if let Some(ptxas) = &ptxas {
             assemble(ptxas, path, &src, &out_dir);
@@ -76,6 +83,13 @@ fn main() {
     out.push_str("pub mod entry {\n");
     for (c, (e, m)) in &consts {
         writeln!(out, "    /// `{e}`, in `kernels/{m}.ptx`.\n    pub const {c}: &str = {e:?};").unwrap();
+    }
+    out.push_str("}\n\n");
+    out.push_str("/// Each entry's `.param` list as marker types (`launch!` checks its arguments against them).\n");
+    out.push_str("#[allow(non_camel_case_types)]\npub mod signature {\n    use super::param::*;\n    use std::marker::PhantomData as P;\n");
+    for (c, kinds) in &signatures {
+        let list: Vec<String> = kinds.iter().map(|k| format!("P<{k}>, ")).collect();
+        writeln!(out, "    pub type {c} = ({});", list.concat().trim_end()).unwrap();
     }
     out.push_str("}\n");
     let dest = out_dir.join("kernel_table.rs");
@@ -103,6 +117,40 @@ fn entry_names(src: &str) -> Vec<String> {
         rest = after;
     }
     names
+}
+
+/// Each `.entry` of a PTX source with the marker type of each `.param` (`U64`, `U32`, `S32`,
+/// `F32`, `F64`), in order.
+fn entry_params(src: &str, path: &Path) -> Vec<(String, Vec<&'static str>)> {
+    let code = strip_comments(src);
+    let mut out = Vec::new();
+    for name in entry_names(src) {
+        let header = code
+            .match_indices(".entry")
+            .map(|(i, _)| &code[i + ".entry".len()..])
+            .find(|rest| rest.trim_start().starts_with(&name) && rest.trim_start()[name.len()..].trim_start().starts_with('('))
+            .unwrap_or_else(|| panic!("{}: no parameter list for .entry {name}", path.display()));
+        let open = header.find('(').unwrap();
+        let close = header.find(')').unwrap_or_else(|| panic!("{}: unclosed parameter list of {name}", path.display()));
+        let kinds = header[open + 1..close]
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let ty = p.split_whitespace().nth(1).unwrap_or("");
+                match ty {
+                    ".u64" | ".b64" | ".s64" => "U64",
+                    ".u32" | ".b32" => "U32",
+                    ".s32" => "S32",
+                    ".f32" => "F32",
+                    ".f64" => "F64",
+                    _ => panic!("{}: parameter `{p}` of {name} has a type launch! cannot check", path.display()),
+                }
+            })
+            .collect();
+        out.push((name, kinds));
+    }
+    out
 }
 
 fn is_ident(c: char) -> bool {

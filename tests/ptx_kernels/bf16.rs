@@ -12,25 +12,15 @@ use crate::{grid_1d, run, Rng};
 fn awkward(n: usize) -> Vec<f32> {
     let mut rng = Rng(0x5EED_BF16);
     let mut v = rng.vec(n, -4.0, 4.0);
-    let special = [
-        0.0,
-        -0.0,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::NAN,
-        f32::MAX,
-        -f32::MAX,
-        f32::MIN_POSITIVE,
-        1.0e-40,
-        -1.0e-40,
+    let special = crate::SPECIAL.into_iter().chain([
         f32::from_bits(0x3F80_8000), // a tie, rounds down to even
         f32::from_bits(0x3F81_8000), // a tie, rounds up to even
         f32::from_bits(0x3F80_8001),
         f32::from_bits(0x7F7F_FFFF),
         f32::from_bits(0x7F80_0001), // a signalling NaN
-    ];
-    for (i, s) in special.iter().enumerate() {
-        v[i * 7 % n] = *s;
+    ]);
+    for (i, s) in special.enumerate() {
+        v[i * 7 % n] = s;
     }
     v
 }

@@ -66,3 +66,21 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32)
         assert!(ok, "{what}: element {i} is {g:e}, the CPU reference has {w:e} (rtol {rtol:e}, atol {atol:e})");
     }
 }
+
+/// The values every map has to carry through: signed zeros, infinities, NaN, the extremes of
+/// the range, subnormals, +-1.
+pub const SPECIAL: [f32; 13] = [
+    0.0,
+    -0.0,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    f32::NAN,
+    f32::MAX,
+    -f32::MAX,
+    f32::MIN_POSITIVE,
+    -f32::MIN_POSITIVE,
+    1.0e-40,
+    -1.0e-40,
+    1.0,
+    -1.0,
+];

@@ -9,6 +9,16 @@
 mod common;
 mod sim;
 
+mod adam;
+mod batch_norm;
 mod bf16;
+mod elementwise;
+mod finite;
+mod gather;
+mod hypercolumn_sum;
+mod mlp;
+mod pool;
+mod reduce;
+mod upsample;
 
 pub use common::*;

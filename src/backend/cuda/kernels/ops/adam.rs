@@ -38,6 +38,19 @@ pub fn adam_step(p: &mut CudaStorage, grad: &CudaStorage, m: &mut CudaStorage, v
     )
 }
 
+/// The `blocks` table of `adam_multi_f32` for tensors of `lens` elements: one (tensor, chunk
+/// index) pair per [`ADAM_CHUNK`]-element chunk of each tensor, tensors in order (none for an
+/// empty tensor). Its length / 2 is the launch's grid.
+pub fn adam_blocks(lens: &[u32]) -> Vec<u32> {
+    let mut blocks = Vec::new();
+    for (t, n) in lens.iter().enumerate() {
+        for c in 0..n.div_ceil(ADAM_CHUNK) {
+            blocks.extend([t as u32, c]);
+        }
+    }
+    blocks
+}
+
 /// One parameter buffer of a multi-tensor Adam step.
 pub struct AdamGroup<'a> {
     pub p: &'a mut CudaStorage,
@@ -57,8 +70,8 @@ pub fn adam_step_multi(groups: &mut [AdamGroup<'_>], h: &AdamStep) -> Result<()>
     };
     let dev = first.p.device().clone();
     let mut table: Vec<u64> = Vec::with_capacity(groups.len() * 5);
-    let mut blocks: Vec<u32> = Vec::new();
-    for (t, gr) in groups.iter().enumerate() {
+    let mut lens: Vec<u32> = Vec::with_capacity(groups.len());
+    for gr in groups.iter() {
         let n = gr.p.len();
         check_len("adam", "grad", gr.grad.len(), n)?;
         check_len("adam", "m", gr.m.len(), n)?;
@@ -74,10 +87,9 @@ pub fn adam_step_multi(groups: &mut [AdamGroup<'_>], h: &AdamStep) -> Result<()>
         }
         let n32 = count("adam", n)?;
         table.extend([gr.p.raw_ptr(), gr.grad.raw_ptr(), gr.m.raw_ptr(), gr.v.raw_ptr(), n as u64]);
-        for c in 0..n32.div_ceil(ADAM_CHUNK) {
-            blocks.extend([t as u32, c]);
-        }
+        lens.push(n32);
     }
+    let blocks = adam_blocks(&lens);
     let nblocks = count("adam", blocks.len() / 2)?;
     if nblocks == 0 {
         return Ok(());

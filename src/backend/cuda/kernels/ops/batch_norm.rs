@@ -18,6 +18,18 @@ pub fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
     cfg((hw.div_ceil(block).clamp(1, MAX_GRID_1D), planes.clamp(1, MAX_GRID_Y), 1), block)
 }
 
+/// The launch of the partial kernels (`bn_stats_partial_f32`, `bn_bwd_partial_f32`): grid
+/// (pieces, min(C, 65535)), block `block` (both as [`bn_split`] returns them).
+pub fn bn_partial_cfg(pieces: u32, c: u32, block: u32) -> LaunchConfig {
+    cfg((pieces, c.min(MAX_GRID_Y), 1), block)
+}
+
+/// The launch of the per-channel final kernels (`bn_stats_final_f32`, `bn_bwd_final_f32`): one
+/// thread per channel, grid ceil(C/256) capped, block 256.
+pub fn bn_final_cfg(c: u32) -> LaunchConfig {
+    cfg((c.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK)
+}
+
 /// Training-mode batch norm over `[n, c, h, w]`. Kernels: `bn_stats_partial_f32`
 /// (grid (N * nchunk, min(C, 65535)), block min(256, HW rounded up to 32), nchunk =
 /// ceil(HW / 2048)), `bn_stats_final_f32` (grid ceil(C/256), block 256), `bn_normalize_f32`
@@ -61,22 +73,12 @@ pub fn batch_norm_train(
     let (nchunk, pieces, block) = bn_split("batch_norm", d)?;
     let chunk = PLANE_CHUNK;
     let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
-    launch!(
-        dev,
-        entry::BN_STATS_PARTIAL_F32,
-        cfg((pieces, c.min(MAX_GRID_Y), 1), block),
-        partial.slice_mut(),
-        x.slice(),
-        &c,
-        &hw,
-        &chunk,
-        &nchunk
-    )?;
+    launch!(dev, entry::BN_STATS_PARTIAL_F32, bn_partial_cfg(pieces, c, block), partial.slice_mut(), x.slice(), &c, &hw, &chunk, &nchunk)?;
     let count_f = (d.n * d.h * d.w) as f64;
     launch!(
         dev,
         entry::BN_STATS_FINAL_F32,
-        cfg((c.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK),
+        bn_final_cfg(c),
         mean.slice_mut(),
         invstd.slice_mut(),
         var_unbiased.slice_mut(),
@@ -161,7 +163,7 @@ pub fn batch_norm_backward(
     launch!(
         dev,
         entry::BN_BWD_PARTIAL_F32,
-        cfg((pieces, c.min(MAX_GRID_Y), 1), block),
+        bn_partial_cfg(pieces, c, block),
         partial.slice_mut(),
         x.slice(),
         dy.slice(),
@@ -176,7 +178,7 @@ pub fn batch_norm_backward(
     launch!(
         dev,
         entry::BN_BWD_FINAL_F32,
-        cfg((c.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK),
+        bn_final_cfg(c),
         dgamma.slice_mut(),
         dbeta.slice_mut(),
         coef.slice_mut(),

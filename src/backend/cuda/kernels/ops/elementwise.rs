@@ -4,8 +4,8 @@
 use super::*;
 
 /// The integer threshold a hash is compared with for a keep probability (as
-/// `cpu::elementwise::keep_threshold`).
-pub(super) fn keep_threshold(keep: f32) -> u64 {
+/// `cpu::elementwise::keep_threshold`): the `threshold` argument of `dropout_mask_f32`.
+pub fn keep_threshold(keep: f32) -> u64 {
     ((keep as f64) * 4294967296.0) as u64
 }
 
@@ -37,7 +37,7 @@ pub fn unary(x: &CudaStorage, op: UnaryOp) -> Result<CudaStorage> {
         UnaryOp::Log => entry::LOG_F32,
         UnaryOp::Relu => entry::RELU_F32,
     };
-    launch!(dev, k, grid_1d(n), out.slice_mut(), x.slice(), &n)?;
+    launch!(dev, k as NEG_F32 | SQR_F32 | SQRT_F32 | EXP_F32 | LOG_F32 | RELU_F32, grid_1d(n), out.slice_mut(), x.slice(), &n)?;
     Ok(out)
 }
 
@@ -71,7 +71,7 @@ pub fn binary(x: &CudaStorage, rhs: &CudaStorage, op: BinaryOp) -> Result<CudaSt
         BinaryOp::Mul => entry::MUL_F32,
         BinaryOp::Div => entry::DIV_F32,
     };
-    launch!(dev, k, grid_1d(n), out.slice_mut(), x.slice(), rhs.slice(), &n)?;
+    launch!(dev, k as ADD_F32 | SUB_F32 | MUL_F32 | DIV_F32, grid_1d(n), out.slice_mut(), x.slice(), rhs.slice(), &n)?;
     Ok(out)
 }
 
@@ -115,7 +115,7 @@ fn broadcast(op: &'static str, k: &'static str, x: &CudaStorage, v: &CudaStorage
         return Ok(out);
     }
     let (mid, inner) = (s.mid as u32, s.inner as u32);
-    launch!(dev, k, grid_1d(n), out.slice_mut(), x.slice(), v.slice(), &n, &mid, &inner)?;
+    launch!(dev, k as BROADCAST_ADD_F32 | BROADCAST_MUL_F32, grid_1d(n), out.slice_mut(), x.slice(), v.slice(), &n, &mid, &inner)?;
     Ok(out)
 }
 

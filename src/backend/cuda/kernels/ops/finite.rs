@@ -18,20 +18,12 @@ pub fn non_finite(buffers: &[&CudaStorage]) -> Result<CudaStorage> {
     };
     let dev = first.device().clone();
     let mut out = dev.zeros(1)?;
-    let mut table: Vec<u64> = Vec::with_capacity(buffers.len() * 2);
-    let mut blocks: Vec<u32> = Vec::new();
+    let mut bufs: Vec<(u64, u32)> = Vec::with_capacity(buffers.len());
     for b in buffers {
         same_device("non_finite", first, b)?;
-        let n = count("non_finite", b.len())?;
-        if n == 0 {
-            continue;
-        }
-        let t = (table.len() / 2) as u32;
-        table.extend([b.raw_ptr(), n as u64]);
-        for c in 0..n.div_ceil(FINITE_CHUNK) {
-            blocks.extend([t, c]);
-        }
+        bufs.push((b.raw_ptr(), count("non_finite", b.len())?));
     }
+    let (table, blocks) = nonfinite_tables(&bufs);
     let nblocks = count("non_finite", blocks.len() / 2)?;
     if nblocks == 0 {
         return Ok(out);
@@ -41,4 +33,24 @@ pub fn non_finite(buffers: &[&CudaStorage]) -> Result<CudaStorage> {
     let chunk = FINITE_CHUNK;
     launch!(dev, entry::NONFINITE_MULTI_F32, cfg((nblocks, 1, 1), BLOCK), out.slice_mut(), table_d.slice(), blocks_d.slice(), &chunk)?;
     Ok(out)
+}
+
+/// The host tables of `nonfinite_multi_f32` for buffers given as (device address, element
+/// count): `table` holds (address, n) per non-empty buffer (empty ones are left out), `blocks`
+/// a (table index, chunk index) pair per block, one per `FINITE_CHUNK` elements (the grid is
+/// `blocks.len() / 2` blocks).
+pub fn nonfinite_tables(buffers: &[(u64, u32)]) -> (Vec<u64>, Vec<u32>) {
+    let mut table: Vec<u64> = Vec::with_capacity(buffers.len() * 2);
+    let mut blocks: Vec<u32> = Vec::new();
+    for &(ptr, n) in buffers {
+        if n == 0 {
+            continue;
+        }
+        let t = (table.len() / 2) as u32;
+        table.extend([ptr, n as u64]);
+        for c in 0..n.div_ceil(FINITE_CHUNK) {
+            blocks.extend([t, c]);
+        }
+    }
+    (table, blocks)
 }

@@ -28,17 +28,20 @@ pub(crate) fn points_u32(points: &[SamplePoint]) -> &[u32] {
     SamplePoint::words(points)
 }
 
-/// Per-tap launch geometry shared by the gather kernels.
-struct TapGeom {
-    col_off: u32,
-    c: u32,
-    h: u32,
-    w: u32,
-    scale_h: f32,
-    scale_w: f32,
+/// Per-tap launch geometry shared by the gather kernels: the tap's first column in the
+/// gathered matrix, its channels and size, and the lerp scales `h / in_h`, `w / in_w` in f32.
+pub struct TapGeom {
+    pub col_off: u32,
+    pub c: u32,
+    pub h: u32,
+    pub w: u32,
+    pub scale_h: f32,
+    pub scale_w: f32,
 }
 
-fn tap_geoms(g: &GatherSpec) -> Result<Vec<TapGeom>> {
+/// The launch geometry of every tap of `g`, in column order (an error if a tap has 2^31
+/// elements or more).
+pub fn tap_geoms(g: &GatherSpec) -> Result<Vec<TapGeom>> {
     let mut col = 0usize;
     let mut out = Vec::with_capacity(g.taps.len());
     for &(c, h, w) in &g.taps {
@@ -55,6 +58,14 @@ fn tap_geoms(g: &GatherSpec) -> Result<Vec<TapGeom>> {
         col += c;
     }
     Ok(out)
+}
+
+/// The launch shape of the gather kernels for a tap of `c` channels over `rows` points (or, for
+/// `gather_bwd_csr_f32`, locations): grid (ceil(c/B), min(rows, 65535), 1), block (B,1,1) with
+/// B = min(256, c rounded up to 32).
+pub fn gather_cfg(c: u32, rows: u32) -> LaunchConfig {
+    let block = block_for(c);
+    cfg((c.div_ceil(block), rows.min(MAX_GRID_Y), 1), block)
 }
 
 /// Sparse hypercolumn gather: `[points, total_channels]`. Kernel `gather_fwd_f32`, one launch
@@ -83,11 +94,10 @@ pub fn gather_hypercolumns(taps: &[&CudaStorage], points: &[SamplePoint], g: &Ga
         if t.c == 0 {
             continue;
         }
-        let block = block_for(t.c);
         launch!(
             dev,
             entry::GATHER_FWD_F32,
-            cfg((t.c.div_ceil(block), np.min(MAX_GRID_Y), 1), block),
+            gather_cfg(t.c, np),
             out.slice_mut(),
             tap.slice(),
             pts.slice(),
@@ -189,14 +199,15 @@ fn radix_sort_high(keys: &mut Vec<u64>, bits: u32) {
     }
 }
 
-/// The most locations of an `n x h x w` tap that `points` points can touch (4 each).
-fn csr_max_locations(points: usize, n: usize, h: usize, w: usize) -> usize {
+/// The most locations of an `n x h x w` tap that `points` points can touch (4 each): the
+/// grid's y extent of `gather_bwd_csr_f32` before the `MAX_GRID_Y` cap.
+pub fn csr_max_locations(points: usize, n: usize, h: usize, w: usize) -> usize {
     (4 * points).min(n * h * w)
 }
 
 /// The deterministic gather backward's table for every tap of `g`, as `gather_bwd_csr_f32`
 /// reads it (kernels/gather.ptx): a 4-word header per tap, (L, locs, starts, entries) = the
-/// tap's location count and the word offsets of its three CSR arrays ([`tap_csr`]), then the
+/// tap's location count and the word offsets of its three CSR arrays (`tap_csr`), then the
 /// arrays, each starting at an even offset (8-byte aligned: the kernel reads locs and entries
 /// as u32 pairs; pool blocks are 256-byte aligned). Also returns the most words the table can
 /// take for this many points (the buffer's size, the same at every step, so that the allocator
@@ -280,11 +291,10 @@ pub fn gather_hypercolumns_backward(
                 continue;
             }
             let (tap, hw) = (tap as u32, t.h * t.w);
-            let block = block_for(t.c);
             launch!(
                 dev,
                 entry::GATHER_BWD_CSR_F32,
-                cfg((t.c.div_ceil(block), max_locs.min(MAX_GRID_Y), 1), block),
+                gather_cfg(t.c, max_locs),
                 dtap.slice_mut(),
                 grad.slice(),
                 table_d.slice(),
@@ -305,11 +315,10 @@ pub fn gather_hypercolumns_backward(
             if t.c == 0 || t.h * t.w == 0 {
                 continue;
             }
-            let block = block_for(t.c);
             launch!(
                 dev,
                 entry::GATHER_BWD_ATOMIC_F32,
-                cfg((t.c.div_ceil(block), np.min(MAX_GRID_Y), 1), block),
+                gather_cfg(t.c, np),
                 dtap.slice_mut(),
                 grad.slice(),
                 pts.slice(),

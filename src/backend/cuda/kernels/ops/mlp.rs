@@ -3,6 +3,19 @@
 
 use super::*;
 
+/// The loss normalisation `inv` of `softmax_xent_f32` and `sum_final_f64`: 1 / the sum in f64 of
+/// the labels' class weights (1 each without weights), 0 if that sum is not positive; the
+/// same value `cpu::loss::softmax_cross_entropy` computes.
+pub fn softmax_xent_inv(labels: &[u32], class_weights: Option<&[f32]>) -> f64 {
+    let wt = |y: u32| class_weights.map_or(1.0, |w| w[y as usize]);
+    let norm: f64 = labels.iter().map(|&y| wt(y) as f64).sum();
+    if norm > 0.0 {
+        1.0 / norm
+    } else {
+        0.0
+    }
+}
+
 /// Softmax cross-entropy with its gradient, fused: kernel `softmax_xent_f32` (grid
 /// G = min(ceil(rows/256), 1024), block 256, one thread per row) writes the gradient and per-block
 /// f64 loss sums; `sum_final_f64` (grid 1, block 256, scale = 1 / sum of weights) gives the
@@ -22,9 +35,7 @@ pub fn softmax_cross_entropy(
     if rows == 0 {
         return Ok((dev.zeros(1)?, grad));
     }
-    let wt = |y: u32| class_weights.map_or(1.0, |w| w[y as usize]);
-    let norm: f64 = labels.iter().map(|&y| wt(y) as f64).sum();
-    let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+    let inv = softmax_xent_inv(labels, class_weights);
     if class_weights.is_some() {
         // The normalisation (a launch parameter) changes with the labels.
         dev.refuse_capture("a class-weighted loss")?;
@@ -33,7 +44,7 @@ pub fn softmax_cross_entropy(
     let weights = upload_u32(&dev, bytemuck::cast_slice(class_weights.unwrap_or(&ones)), FeedKind::Constant)?;
     let labels_d = upload_u32(&dev, labels, FeedKind::Labels)?;
     let (rows32, k) = (rows as u32, classes as u32);
-    let g = rows32.div_ceil(BLOCK).clamp(1, MAX_SUM_BLOCKS);
+    let g = sum_blocks(rows32);
     let mut partial = scratch_f64(&dev, g as usize)?;
     launch!(
         dev,
@@ -102,14 +113,6 @@ pub fn bias_relu_backward(y: &CudaStorage, dy: &CudaStorage, rows: usize, cols: 
         &cols,
         &rpc
     )?;
-    launch!(
-        dev,
-        entry::REDUCE_COLS_FINAL_F64,
-        cfg((colblocks.min(MAX_GRID_1D), 1, 1), BLOCK),
-        db.slice_mut(),
-        partial.slice(),
-        &cols,
-        &chunks
-    )?;
+    launch!(dev, entry::REDUCE_COLS_FINAL_F64, cols_final_cfg(cols), db.slice_mut(), partial.slice(), &cols, &chunks)?;
     Ok((dz, db))
 }

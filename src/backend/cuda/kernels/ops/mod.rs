@@ -11,7 +11,7 @@
 //! alignment holds); small integer tables (points, labels, orders) are copied into pool
 //! buffers as raw u32/u64 bits.
 //!
-//! The launch shapes (constants, [`cfg`], [`grid_1d`], [`block_for`]) and the host-built tables
+//! The launch shapes (constants, [`cfg()`], [`grid_1d`], [`block_for`]) and the host-built tables
 //! ([`plane_table`], [`gather_csr_table`], ...) are public so that `tests/ptx_kernels` runs each
 //! kernel in the PTX simulator with the very shape and table its wrapper uses.
 

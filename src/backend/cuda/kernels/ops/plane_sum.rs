@@ -67,13 +67,12 @@ pub(crate) fn plane_sum_launch<T>(
     let table_d = upload_u64(&dev, &plane_table(&ptrs, s), FeedKind::Constant)?;
     let pts = upload_u32(&dev, points_u32(points), FeedKind::Points)?;
     let (nt, np, cols) = (planes.len() as u32, points.len() as u32, s.cols as u32);
-    let block = block_for(cols);
     // The table holds raw pointers to the planes: they are borrowed for this call and the
     // stream is in order, and table_d / pts (pool buffers) live until the launch is enqueued.
     launch!(
         dev,
-        kernel,
-        cfg((cols.div_ceil(block), np.min(MAX_GRID_Y), 1), block),
+        kernel as UPSAMPLE_SUM_BIAS_RELU_F32 | UPSAMPLE_SUM_BIAS_RELU_BF16,
+        plane_sum_cfg(cols, np),
         &out_ptr,
         table_d.slice(),
         &nt,
@@ -83,6 +82,14 @@ pub(crate) fn plane_sum_launch<T>(
         &cols
     )?;
     Ok(out)
+}
+
+/// The launch shape of `upsample_sum_bias_relu_{f32,bf16}` over `points` points of `cols`
+/// columns: grid (ceil(cols / B), min(points, 65535), 1), block B = min(256, cols rounded up
+/// to 32); blockIdx.y strides over the points.
+pub fn plane_sum_cfg(cols: u32, points: u32) -> LaunchConfig {
+    let block = block_for(cols);
+    cfg((cols.div_ceil(block), points.min(MAX_GRID_Y), 1), block)
 }
 
 /// The plane descriptors of `upsample_sum_bias_relu_{f32,bf16}` for the planes at device

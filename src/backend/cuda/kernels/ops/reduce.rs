@@ -13,13 +13,25 @@ pub fn sum_all(x: &CudaStorage) -> Result<CudaStorage> {
     if n == 0 {
         return dev.zeros(1);
     }
-    let g = n.div_ceil(BLOCK).clamp(1, MAX_SUM_BLOCKS);
+    let g = sum_blocks(n);
     let mut partial = scratch_f64(&dev, g as usize)?;
     launch!(dev, entry::SUM_PARTIAL_F32, cfg((g, 1, 1), BLOCK), partial.slice_mut(), x.slice(), &n)?;
     let mut out = dev.alloc(1)?;
     let scale = 1.0f64;
     launch!(dev, entry::SUM_FINAL_F64, cfg((1, 1, 1), BLOCK), out.slice_mut(), partial.slice(), &g, &scale)?;
     Ok(out)
+}
+
+/// Blocks of the first pass of a deterministic sum over `n` elements (`sum_partial_f32`, and
+/// `softmax_xent_f32` over `n` rows): min(ceil(n/256), 1024), at least 1.
+pub fn sum_blocks(n: u32) -> u32 {
+    n.div_ceil(BLOCK).clamp(1, MAX_SUM_BLOCKS)
+}
+
+/// The launch of `reduce_cols_final_f64` over `cols > 0` columns: grid ceil(cols/256) (capped at
+/// 65535, the kernel strides over the rest), block 256.
+pub fn cols_final_cfg(cols: u32) -> LaunchConfig {
+    cfg((cols.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK)
 }
 
 /// Column sums of `x [rows, cols]` (f64, deterministic) into `out [cols]`:
@@ -29,25 +41,27 @@ fn column_sums(dev: &CudaDevice, out: &mut CudaStorage, x: &CudaStorage, rows: u
     let mut partial = scratch_f64(dev, chunks as usize * cols as usize)?;
     let colblocks = cols.div_ceil(BLOCK);
     launch!(dev, entry::REDUCE_COLS_PARTIAL_F32, cfg((colblocks, chunks, 1), BLOCK), partial.slice_mut(), x.slice(), &rows, &cols, &rpc)?;
-    launch!(
-        dev,
-        entry::REDUCE_COLS_FINAL_F64,
-        cfg((colblocks.min(MAX_GRID_1D), 1, 1), BLOCK),
-        out.slice_mut(),
-        partial.slice(),
-        &cols,
-        &chunks
-    )
+    launch!(dev, entry::REDUCE_COLS_FINAL_F64, cols_final_cfg(cols), out.slice_mut(), partial.slice(), &cols, &chunks)
 }
 
 /// How to cut `rows` into chunks for a column reduction: (chunks, rows per chunk), aiming at
 /// about 1024 blocks in all, chunks <= 65535.
-pub(super) fn row_chunks(rows: u32, cols: u32) -> (u32, u32) {
+pub fn row_chunks(rows: u32, cols: u32) -> (u32, u32) {
     let colblocks = cols.div_ceil(BLOCK).max(1);
     let want = (1024 / colblocks).max(1);
     let chunks0 = want.min(rows).clamp(1, MAX_GRID_Y);
     let rpc = rows.div_ceil(chunks0).max(1);
     (rows.div_ceil(rpc).max(1), rpc)
+}
+
+/// The work split of `reduce_mid_partial_f32` over `x [outer, mid, inner]`, inner > 1:
+/// (nchunk = ceil(inner / 2048), pieces P = outer * nchunk, block min(256, inner rounded up to
+/// 32)); an error if P or P * mid reaches 2^31. The grid is (P, min(mid, 65535)).
+pub fn reduce_mid_split(outer: u32, mid: u32, inner: u32) -> Result<(u32, u32, u32)> {
+    let nchunk = inner.div_ceil(PLANE_CHUNK);
+    let pieces = count("reduce_to_mid", outer as usize * nchunk as usize)?;
+    count("reduce_to_mid", pieces as usize * mid as usize)?;
+    Ok((nchunk, pieces, block_for(inner.min(PLANE_CHUNK))))
 }
 
 /// `out[m] = sum over o, i of x[o, m, i]` (f64, deterministic). inner == 1: the column
@@ -71,11 +85,8 @@ pub fn reduce_to_mid(x: &CudaStorage, s: BroadcastSpec) -> Result<CudaStorage> {
         column_sums(&dev, &mut out, x, outer, mid)?;
         return Ok(out);
     }
-    let nchunk = inner.div_ceil(PLANE_CHUNK);
-    let pieces = count("reduce_to_mid", outer as usize * nchunk as usize)?;
-    count("reduce_to_mid", pieces as usize * mid as usize)?;
+    let (nchunk, pieces, block) = reduce_mid_split(outer, mid, inner)?;
     let mut partial = scratch_f64(&dev, pieces as usize * mid as usize)?;
-    let block = block_for(inner.min(PLANE_CHUNK));
     let chunk = PLANE_CHUNK;
     launch!(
         dev,
@@ -89,15 +100,7 @@ pub fn reduce_to_mid(x: &CudaStorage, s: BroadcastSpec) -> Result<CudaStorage> {
         &chunk,
         &nchunk
     )?;
-    launch!(
-        dev,
-        entry::REDUCE_COLS_FINAL_F64,
-        cfg((mid.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK),
-        out.slice_mut(),
-        partial.slice(),
-        &mid,
-        &pieces
-    )?;
+    launch!(dev, entry::REDUCE_COLS_FINAL_F64, cols_final_cfg(mid), out.slice_mut(), partial.slice(), &mid, &pieces)?;
     Ok(out)
 }
 

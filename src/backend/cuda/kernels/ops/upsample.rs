@@ -41,9 +41,8 @@ pub fn upsample_bilinear_backward(dy: &CudaStorage, d: Nchw, out_h: usize, out_w
     let total_tmp = count("upsample_bilinear_backward", planes * out_h * d.w)?;
     let mut tmp = dev.alloc(total_tmp as usize)?;
     let mut dx = dev.alloc(d.len())?;
-    let (h, w, oh, ow) = (d.h as u32, d.w as u32, out_h as u32, out_w as u32);
+    let [p1, p2] = upsample_bwd_passes(d, out_h, out_w);
     // Pass 1, along x: src [planes*out_h, out_w] -> tmp [planes*out_h, w].
-    let (inner1, scale1, ratio1) = (1u32, d.w as f32 / out_w as f32, out_w as f32 / d.w as f32);
     launch!(
         dev,
         entry::UPSAMPLE_BWD_AXIS_F32,
@@ -51,14 +50,48 @@ pub fn upsample_bilinear_backward(dy: &CudaStorage, d: Nchw, out_h: usize, out_w
         tmp.slice_mut(),
         dy.slice(),
         &total_tmp,
-        &w,
-        &ow,
-        &inner1,
-        &scale1,
-        &ratio1
+        &p1.in_len,
+        &p1.out_len,
+        &p1.inner,
+        &p1.scale,
+        &p1.ratio
     )?;
     // Pass 2, along y: tmp [planes, out_h, w] -> dx [planes, h, w].
-    let (scale2, ratio2) = (d.h as f32 / out_h as f32, out_h as f32 / d.h as f32);
-    launch!(dev, entry::UPSAMPLE_BWD_AXIS_F32, grid_1d(total_dx), dx.slice_mut(), tmp.slice(), &total_dx, &h, &oh, &w, &scale2, &ratio2)?;
+    launch!(
+        dev,
+        entry::UPSAMPLE_BWD_AXIS_F32,
+        grid_1d(total_dx),
+        dx.slice_mut(),
+        tmp.slice(),
+        &total_dx,
+        &p2.in_len,
+        &p2.out_len,
+        &p2.inner,
+        &p2.scale,
+        &p2.ratio
+    )?;
     Ok(dx)
+}
+
+/// The arguments after `total` of one `upsample_bwd_axis_f32` pass: `src` viewed as
+/// `[A, out_len, inner]`, `dst` as `[A, in_len, inner]`, `scale = in_len / out_len` and
+/// `ratio = out_len / in_len` in f32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpsampleBwdPass {
+    pub in_len: u32,
+    pub out_len: u32,
+    pub inner: u32,
+    pub scale: f32,
+    pub ratio: f32,
+}
+
+/// The two passes of [`upsample_bilinear_backward`]: along x (`dy` `[planes*out_h, out_w]` ->
+/// tmp `[planes*out_h, w]`, inner 1), then along y (tmp `[planes, out_h, w]` -> dx
+/// `[planes, h, w]`, inner `w`).
+pub fn upsample_bwd_passes(d: Nchw, out_h: usize, out_w: usize) -> [UpsampleBwdPass; 2] {
+    let (h, w, oh, ow) = (d.h as u32, d.w as u32, out_h as u32, out_w as u32);
+    [
+        UpsampleBwdPass { in_len: w, out_len: ow, inner: 1, scale: d.w as f32 / out_w as f32, ratio: out_w as f32 / d.w as f32 },
+        UpsampleBwdPass { in_len: h, out_len: oh, inner: w, scale: d.h as f32 / out_h as f32, ratio: out_h as f32 / d.h as f32 },
+    ]
 }

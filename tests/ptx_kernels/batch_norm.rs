@@ -1,0 +1,483 @@
+//! `kernels/batch_norm.ptx`: all six entries (statistics partial / final, normalise with and
+//! without the fused ReLU, backward partial / final / dx with and without the fused-ReLU mask
+//! `ymask`) against the CPU backend's batch norm (`cpu::batch_norm::forward_train` /
+//! `backward`, through `CpuStorage`, which composes `cpu::elementwise::relu_backward` for the
+//! fused case), with the launch shapes and arguments of `ops::batch_norm_train` /
+//! `ops::batch_norm_backward`.
+//!
+//! What is bit-exact and what is not:
+//! - The statistics are summed in f64 both sides, but by different formulas (the kernel: one
+//!   pass over `x - K` with the shift `K = x[0, c, 0]`; the CPU: the mean, then a second pass
+//!   over `(x - mean)^2`) and in different orders. Both carry an f64 error of about 1e-12
+//!   relative, far below an f32 ulp, and are rounded once to f32, so they agree to within one
+//!   f32 ulp (they differ only when the f64 values straddle an f32 rounding boundary).
+//! - `bn_normalize_f32` given the same statistics: bit-exact, as the header promises (checked
+//!   with the CPU's own statistics fed in). Under the fused ReLU a zero's sign is not compared:
+//!   Rust's `f32::max(-0.0, 0.0)` may return either zero (its documentation leaves it open).
+//! - The backward sums differ from the CPU's in order and in where `invstd` is applied, so
+//!   they too agree to within an f32 ulp (dx too, away from cancellation in
+//!   `count dy - sdy - xhat sdyx`, which these random inputs do not come near); with dyadic statistics and coarse inputs every f64
+//!   sum is exact on both sides, and then dgamma, dbeta and dx are bit-exact.
+//! - The fused-ReLU backward is bit-exact against the unfused kernels given the masked
+//!   gradient (`relu_backward(y, dy)` materialised), as the header promises.
+//!
+//! Not reached: the loops over channels / planes by gridDim.y (more than 65535 of them) and
+//! over a plane by gridDim.x (HW over 16.7 M): one launch of that size takes the simulator
+//! some 20 s.
+
+use hyperseg_engine::backend::cpu::CpuStorage;
+use hyperseg_engine::backend::cuda::kernels::ops;
+use hyperseg_engine::backend::{BackendStorage, Nchw};
+
+use crate::sim::{self, Arg, Kernels, Memory};
+use crate::{assert_bits, assert_values, dims, run, Rng};
+
+const EPS: f32 = 1e-5;
+
+/// What the forward kernels wrote.
+struct Stats {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    var_unbiased: Vec<f32>,
+}
+
+/// What the backward kernels wrote.
+struct Grads {
+    dx: Vec<f32>,
+    dgamma: Vec<f32>,
+    dbeta: Vec<f32>,
+}
+
+fn cpu(v: &[f32]) -> CpuStorage {
+    CpuStorage::F32(v.to_vec())
+}
+
+fn hw(d: Nchw) -> u32 {
+    (d.h * d.w) as u32
+}
+
+/// The element count per channel, as the wrappers pass it (`count: f64`).
+fn count(d: Nchw) -> f64 {
+    (d.n * d.h * d.w) as f64
+}
+
+/// `bn_stats_partial_f32` then `bn_stats_final_f32`, as `ops::batch_norm_train` launches them
+/// (`d` with channels and samples). The partial buffer starts poisoned (NaN), so a piece the
+/// partial kernel leaves unwritten shows in the statistics.
+fn statistics(k: &Kernels, x: &[f32], d: Nchw) -> Stats {
+    let (nchunk, pieces, block) = ops::bn_split("batch_norm", d).unwrap();
+    let c = d.c as u32;
+    let mut mem = Memory::default();
+    let xd = mem.upload(x);
+    let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
+    let shape = dims(ops::bn_partial_cfg(pieces, c, block));
+    let args = [Arg::U64(partial), Arg::U64(xd), Arg::U32(c), Arg::U32(hw(d)), Arg::U32(ops::PLANE_CHUNK), Arg::U32(nchunk)];
+    run(k, &mut mem, "bn_stats_partial_f32", shape, &args);
+    let [mean, invstd, var] = [(); 3].map(|_| mem.poisoned(4 * d.c));
+    let args = [
+        Arg::U64(mean),
+        Arg::U64(invstd),
+        Arg::U64(var),
+        Arg::U64(partial),
+        Arg::U64(xd),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(pieces),
+        Arg::F64(count(d)),
+        Arg::F32(EPS),
+    ];
+    run(k, &mut mem, "bn_stats_final_f32", dims(ops::bn_final_cfg(c)), &args);
+    Stats { mean: mem.download(mean, d.c), invstd: mem.download(invstd, d.c), var_unbiased: mem.download(var, d.c) }
+}
+
+/// `bn_normalize_f32` with the given statistics, as `ops::batch_norm_train` launches it.
+fn normalize(k: &Kernels, x: &[f32], s: (&[f32], &[f32]), gamma: &[f32], beta: &[f32], d: Nchw, relu: bool) -> Vec<f32> {
+    let c = d.c as u32;
+    let planes = (d.n * d.c) as u32;
+    let mut mem = Memory::default();
+    let xd = mem.upload(x);
+    let [md, id, gd, bd] = [s.0, s.1, gamma, beta].map(|v| mem.upload(v));
+    let y = mem.poisoned(4 * x.len());
+    let args = [
+        Arg::U64(y),
+        Arg::U64(xd),
+        Arg::U64(md),
+        Arg::U64(id),
+        Arg::U64(gd),
+        Arg::U64(bd),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(planes),
+        Arg::U32(relu as u32),
+    ];
+    run(k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args);
+    mem.download(y, x.len())
+}
+
+/// The inputs of one backward.
+struct BwdIn<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    gamma: &'a [f32],
+    mean: &'a [f32],
+    invstd: &'a [f32],
+    /// The fused ReLU's output (`ymask`), or none (a null `ymask`).
+    relu_out: Option<&'a [f32]>,
+}
+
+/// `bn_bwd_partial_f32`, `bn_bwd_final_f32` and `bn_bwd_dx_f32`, as `ops::batch_norm_backward`
+/// launches them (poisoned partial and coefficient buffers, so unwritten entries show).
+fn backward(k: &Kernels, b: &BwdIn, d: Nchw) -> Grads {
+    let (nchunk, pieces, block) = ops::bn_split("batch_norm_backward", d).unwrap();
+    let (c, planes) = (d.c as u32, (d.n * d.c) as u32);
+    let mut mem = Memory::default();
+    let [xd, dyd, gd, md, id] = [b.x, b.dy, b.gamma, b.mean, b.invstd].map(|v| mem.upload(v));
+    let ymask = b.relu_out.map_or(0, |y| mem.upload(y));
+    let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
+    let coef = mem.poisoned(d.c * 8 * 8);
+    let args = [
+        Arg::U64(partial),
+        Arg::U64(xd),
+        Arg::U64(dyd),
+        Arg::U64(md),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(ops::PLANE_CHUNK),
+        Arg::U32(nchunk),
+        Arg::U64(ymask),
+    ];
+    run(k, &mut mem, "bn_bwd_partial_f32", dims(ops::bn_partial_cfg(pieces, c, block)), &args);
+    let [dgamma, dbeta] = [(); 2].map(|_| mem.poisoned(4 * d.c));
+    let args = [
+        Arg::U64(dgamma),
+        Arg::U64(dbeta),
+        Arg::U64(coef),
+        Arg::U64(partial),
+        Arg::U64(md),
+        Arg::U64(id),
+        Arg::U64(gd),
+        Arg::U32(c),
+        Arg::U32(pieces),
+        Arg::F64(count(d)),
+    ];
+    run(k, &mut mem, "bn_bwd_final_f32", dims(ops::bn_final_cfg(c)), &args);
+    let dx = mem.poisoned(4 * b.x.len());
+    let args = [
+        Arg::U64(dx),
+        Arg::U64(xd),
+        Arg::U64(dyd),
+        Arg::U64(coef),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(planes),
+        Arg::F64(count(d)),
+        Arg::U64(ymask),
+    ];
+    run(k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args);
+    Grads { dx: mem.download(dx, b.x.len()), dgamma: mem.download(dgamma, d.c), dbeta: mem.download(dbeta, d.c) }
+}
+
+/// The CPU backend's backward of the same inputs (`relu_backward` composed when fused).
+fn cpu_backward(b: &BwdIn, d: Nchw) -> Grads {
+    let y = b.relu_out.map(cpu);
+    let r = cpu(b.x).batch_norm_backward(&cpu(b.dy), &cpu(b.gamma), &cpu(b.mean), &cpu(b.invstd), d, y.as_ref()).unwrap();
+    Grads { dx: r.dx.as_f32().to_vec(), dgamma: r.dgamma.as_f32().to_vec(), dbeta: r.dbeta.as_f32().to_vec() }
+}
+
+/// The CPU backend's forward: (y, its statistics).
+fn cpu_forward(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, relu: bool) -> (Vec<f32>, Stats) {
+    let f = cpu(x).batch_norm_train(&cpu(gamma), &cpu(beta), d, EPS, relu).unwrap();
+    let s = Stats { mean: f.mean.as_f32().to_vec(), invstd: f.invstd.as_f32().to_vec(), var_unbiased: f.var_unbiased.as_f32().to_vec() };
+    (f.y.as_f32().to_vec(), s)
+}
+
+/// Whether `g` is `w` or its f32 neighbour (both NaN counts as equal).
+fn within_an_ulp(g: f32, w: f32) -> bool {
+    g.to_bits() == w.to_bits()
+        || (g.is_nan() && w.is_nan())
+        || (g.is_sign_negative() == w.is_sign_negative() && g.to_bits().abs_diff(w.to_bits()) <= 1)
+}
+
+/// Asserts `got` is within one f32 ulp of `want` element-wise (see the module comment for
+/// why); names the first element that is not.
+fn assert_within_an_ulp(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            within_an_ulp(*g, *w),
+            "{what}: element {i} is {g:e} ({:#010x}), the CPU reference has {w:e} ({:#010x}), more than an ulp apart",
+            g.to_bits(),
+            w.to_bits()
+        );
+    }
+}
+
+/// The three statistics of the kernels against the CPU's, to within an ulp.
+fn assert_stats(tag: &str, got: &Stats, want: &Stats) {
+    assert_within_an_ulp(&format!("bn_stats_final_f32 mean {tag}"), &got.mean, &want.mean);
+    assert_within_an_ulp(&format!("bn_stats_final_f32 invstd {tag}"), &got.invstd, &want.invstd);
+    assert_within_an_ulp(&format!("bn_stats_final_f32 var_unbiased {tag}"), &got.var_unbiased, &want.var_unbiased);
+}
+
+/// Random `x` of `d` in [lo, lo + 5), gamma in [0.5, 1.5) with one negative, beta in
+/// [-0.5, 0.5).
+fn inputs(d: Nchw, lo: f32, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng(seed);
+    let x = rng.vec(d.len(), lo, lo + 5.0);
+    let mut gamma = rng.vec(d.c, 0.5, 1.5);
+    gamma[d.c / 2] = -gamma[d.c / 2];
+    let beta = rng.vec(d.c, -0.5, 0.5);
+    (x, gamma, beta)
+}
+
+fn tag(d: Nchw) -> String {
+    format!("{}x{}x{}x{}", d.n, d.c, d.h, d.w)
+}
+
+/// Shapes for the per-channel work split: HW over one chunk (2048) and not a multiple of it
+/// (two pieces per plane, the second of 67 elements; block 256, whose threads loop 8 times
+/// over the first); HW under a warp (block 32, most lanes idle); more than 256 channels (two
+/// blocks of the final kernels, threads past C idle); one sample per channel (count 1: the
+/// unbiased variance falls back to the biased one).
+const SHAPES: [Nchw; 4] = [
+    Nchw { n: 2, c: 3, h: 45, w: 47 },
+    Nchw { n: 2, c: 3, h: 5, w: 3 },
+    Nchw { n: 1, c: 257, h: 1, w: 3 },
+    Nchw { n: 1, c: 4, h: 1, w: 1 },
+];
+
+#[test]
+fn statistics_match_the_cpu_to_an_ulp() {
+    let k = sim::load("batch_norm");
+    for (i, d) in SHAPES.into_iter().enumerate() {
+        // An offset of 100 makes the shift matter (the variance of values far from 0).
+        for lo in [-2.0, 100.0] {
+            let (x, gamma, beta) = inputs(d, lo, 11 + i as u64);
+            let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
+            assert_stats(&format!("{} from {lo}", tag(d)), &statistics(&k, &x, d), &want);
+        }
+    }
+}
+
+/// Some `x` of `d` set to signed zeros, large and tiny values, so that y has zeros (of both
+/// signs, through the negative gamma), values clamped by the ReLU and exact ties at 0.
+fn with_awkward_values(x: &mut [f32], rng: &mut Rng) {
+    let special = [0.0, -0.0, 1.0e-40, -1.0e-40, 3.0e4, -3.0e4, f32::MIN_POSITIVE];
+    for (i, s) in special.iter().cycle().take(x.len() / 5).enumerate() {
+        let at = (i * 7 + rng.below(5) as usize) % x.len();
+        x[at] = *s;
+    }
+}
+
+#[test]
+fn normalize_is_bit_exact_given_the_cpu_statistics() {
+    let k = sim::load("batch_norm");
+    for (i, d) in SHAPES.into_iter().enumerate() {
+        let (mut x, gamma, mut beta) = inputs(d, -2.0, 21 + i as u64);
+        with_awkward_values(&mut x, &mut Rng(5 + i as u64));
+        beta[d.c / 2] = -0.0; // the channel of the negative gamma
+        for relu in [false, true] {
+            let (want, s) = cpu_forward(&x, &gamma, &beta, d, relu);
+            let got = normalize(&k, &x, (&s.mean, &s.invstd), &gamma, &beta, d, relu);
+            let what = format!("bn_normalize_f32 relu={relu} {}", tag(d));
+            if relu {
+                // Bit for bit, but for the sign of zeros (f32::max(-0.0, 0.0) may be -0.0).
+                assert_values(&what, &got, &want);
+                let neg = got.iter().position(|v| *v < 0.0);
+                assert!(neg.is_none(), "{what}: element {neg:?} is negative after the fused ReLU");
+            } else {
+                assert_bits(&what, &got, &want);
+            }
+        }
+    }
+}
+
+/// The fused ReLU is `max(y, 0)` of the plain output (NaN -> 0), bit for bit but for the sign
+/// of zeros (see the module comment).
+#[test]
+fn fused_relu_is_the_relu_of_the_plain_output() {
+    let k = sim::load("batch_norm");
+    let d = Nchw { n: 2, c: 3, h: 9, w: 7 };
+    let hw = d.h * d.w;
+    let (mut x, mut gamma, mut beta) = inputs(d, -2.0, 31);
+    let (_, s) = cpu_forward(&x, &gamma, &beta, d, false);
+    // A NaN statistic of channel 1: its plain output is NaN, the fused one 0.
+    let mut invstd = s.invstd.clone();
+    invstd[1] = f32::NAN;
+    // Channel 2 with gamma < 0 and beta = -0, one x at its mean: (gamma * +0) * invstd + -0 is -0.
+    (gamma[2], beta[2]) = (-gamma[2].abs(), -0.0);
+    let at = (d.c + 2) * hw + 4;
+    x[at] = s.mean[2];
+    let plain = normalize(&k, &x, (&s.mean, &invstd), &gamma, &beta, d, false);
+    let fused = normalize(&k, &x, (&s.mean, &invstd), &gamma, &beta, d, true);
+    assert!(plain[hw..2 * hw].iter().all(|v| v.is_nan()), "bn_normalize_f32: a NaN invstd gave a number");
+    assert_eq!(plain[at].to_bits(), (-0.0f32).to_bits(), "bn_normalize_f32: element {at} at the mean is {:e}, not -0", plain[at]);
+    let want: Vec<f32> = plain.iter().map(|&v| if v.is_nan() || v <= 0.0 { 0.0 } else { v }).collect();
+    assert_values("bn_normalize_f32 relu=1 against relu=0 then max(y, 0)", &fused, &want);
+}
+
+/// A batch with an infinity and a NaN in different channels: statistics NaN where the CPU's
+/// are (the variance is not clamped to 0), finite elsewhere; the normalised output follows.
+#[test]
+fn statistics_of_a_non_finite_batch_stay_nan() {
+    let k = sim::load("batch_norm");
+    let d = Nchw { n: 2, c: 4, h: 4, w: 5 };
+    let hw = d.h * d.w;
+    let (mut x, gamma, beta) = inputs(d, -2.0, 41);
+    x[5] = f32::INFINITY; // channel 0, not its first element (the kernels' shift K)
+    x[hw + 7] = f32::NAN; // channel 1
+    x[(d.c + 3) * hw + 2] = f32::NAN; // channel 3, second image
+    x[3 * hw] = f32::NAN; // channel 3's shift K itself; channel 2 stays finite
+    let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
+    let got = statistics(&k, &x, d);
+    for c in [0, 1, 3] {
+        assert!(
+            want.invstd[c].is_nan() && want.var_unbiased[c].is_nan(),
+            "the CPU's statistics of channel {c} are finite (invstd {:e}, var {:e})",
+            want.invstd[c],
+            want.var_unbiased[c]
+        );
+    }
+    assert!(got.mean[2].is_finite() && got.invstd[2].is_finite() && got.var_unbiased[2].is_finite(), "channel 2's statistics");
+    assert_stats("of a non-finite batch", &got, &want);
+    for relu in [false, true] {
+        let (want_y, _) = cpu_forward(&x, &gamma, &beta, d, relu);
+        let y = normalize(&k, &x, (&got.mean, &got.invstd), &gamma, &beta, d, relu);
+        assert_values(&format!("bn_normalize_f32 relu={relu} of a non-finite batch"), &y, &want_y);
+    }
+}
+
+/// An infinity as a channel's first element (the shift K of both statistics kernels): the
+/// CPU's mean is that infinity (the sum of finite values and one +inf), the variance NaN.
+/// The kernels' shifted sums make it NaN: `x - K` is NaN at K itself and -inf elsewhere.
+#[test]
+fn an_infinite_shift_sample_gives_the_cpu_mean() {
+    let k = sim::load("batch_norm");
+    let d = Nchw { n: 2, c: 2, h: 3, w: 3 };
+    let (mut x, gamma, beta) = inputs(d, -2.0, 43);
+    x[d.h * d.w] = f32::INFINITY; // x[0, 1, 0]: channel 1's K
+    let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
+    assert_eq!(want.mean[1], f32::INFINITY, "the CPU's mean of channel 1");
+    assert_stats("with an infinite shift sample", &statistics(&k, &x, d), &want);
+}
+
+/// Inputs whose every f64 sum in the backward is exact on both sides: x and dy on a grid of
+/// 1/256, means multiples of 1/4 and invstd powers of 2 (any statistics are valid inputs of the
+/// backward). Returns (x, dy, gamma, mean, invstd, y) with y a fused ReLU output to mask with:
+/// random, with zeros of both signs, NaN, infinities and tiny values.
+#[allow(clippy::type_complexity)]
+fn exact_backward_inputs(d: Nchw, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng(seed);
+    let mut grid = |n: usize, lo: i32, hi: i32| -> Vec<f32> {
+        (0..n).map(|_| (lo + rng.below((hi - lo) as u32) as i32) as f32 / 256.0).collect::<Vec<_>>()
+    };
+    let x = grid(d.len(), -1024, 1024);
+    let dy = grid(d.len(), -256, 256);
+    let mut rng = Rng(seed ^ 0x9E37_79B9);
+    let gamma = rng.vec(d.c, -1.5, 1.5);
+    let mean = (0..d.c).map(|_| (rng.below(16) as f32 - 8.0) / 4.0).collect();
+    let invstd = (0..d.c).map(|_| (2.0f32).powi(rng.below(5) as i32 - 2)).collect();
+    let mut y = rng.vec(d.len(), -1.0, 1.0);
+    let special = [0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0e-40, -1.0e-40];
+    for (i, s) in special.iter().cycle().take(d.len() / 4).enumerate() {
+        let at = (i * 5 + rng.below(4) as usize) % d.len();
+        y[at] = *s;
+    }
+    (x, dy, gamma, mean, invstd, y)
+}
+
+fn assert_grads_bits(what: &str, got: &Grads, want: &Grads) {
+    assert_bits(&format!("bn_bwd_final_f32 dgamma {what}"), &got.dgamma, &want.dgamma);
+    assert_bits(&format!("bn_bwd_final_f32 dbeta {what}"), &got.dbeta, &want.dbeta);
+    assert_bits(&format!("bn_bwd_dx_f32 dx {what}"), &got.dx, &want.dx);
+}
+
+#[test]
+fn backward_is_bit_exact_when_the_sums_are_exact() {
+    let k = sim::load("batch_norm");
+    for (i, d) in SHAPES.into_iter().enumerate() {
+        let (x, dy, gamma, mean, invstd, y) = exact_backward_inputs(d, 51 + i as u64);
+        for fused in [false, true] {
+            let b = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &mean, invstd: &invstd, relu_out: fused.then_some(&y[..]) };
+            assert_grads_bits(&format!("ymask={fused} {}", tag(d)), &backward(&k, &b, d), &cpu_backward(&b, d));
+        }
+    }
+}
+
+/// The backward with the statistics of a forward and full-precision inputs: to within an ulp
+/// (the sums differ in order; see the module comment).
+#[test]
+fn backward_matches_the_cpu_to_an_ulp() {
+    let k = sim::load("batch_norm");
+    for (i, d) in SHAPES.into_iter().enumerate() {
+        let (x, gamma, beta) = inputs(d, 1.0, 61 + i as u64);
+        let dy = Rng(71 + i as u64).vec(d.len(), -1.0, 1.0);
+        for relu in [false, true] {
+            let (y, s) = cpu_forward(&x, &gamma, &beta, d, relu);
+            let b = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &s.mean, invstd: &s.invstd, relu_out: relu.then_some(&y[..]) };
+            let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
+            let what = format!("ymask={relu} {}", tag(d));
+            assert_within_an_ulp(&format!("bn_bwd_final_f32 dgamma {what}"), &got.dgamma, &want.dgamma);
+            assert_within_an_ulp(&format!("bn_bwd_final_f32 dbeta {what}"), &got.dbeta, &want.dbeta);
+            assert_within_an_ulp(&format!("bn_bwd_dx_f32 dx {what}"), &got.dx, &want.dx);
+        }
+    }
+}
+
+/// The header's promise: with `ymask`, dgamma, dbeta and dx are bit for bit those of the
+/// unfused kernels given `relu_backward(y, dy)` materialised (full-precision inputs).
+#[test]
+fn fused_relu_backward_is_the_unfused_backward_of_the_masked_gradient() {
+    let k = sim::load("batch_norm");
+    let d = SHAPES[0];
+    let (x, gamma, beta) = inputs(d, -2.0, 81);
+    let dy = Rng(82).vec(d.len(), -1.0, 1.0);
+    let (_, s) = cpu_forward(&x, &gamma, &beta, d, false);
+    let (_, _, _, _, _, y) = exact_backward_inputs(d, 83);
+    let masked = cpu(&y).relu_backward(&cpu(&dy)).unwrap().as_f32().to_vec();
+    let fused = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &s.mean, invstd: &s.invstd, relu_out: Some(&y) };
+    let unfused = BwdIn { dy: &masked, relu_out: None, ..fused };
+    let (got, want) = (backward(&k, &fused, d), backward(&k, &unfused, d));
+    assert_grads_bits("with ymask against without it on relu_backward(y, dy)", &got, &want);
+}
+
+/// The statistics check notices a final kernel that takes its shift K from the wrong element
+/// (x[0, c, 1], not the x[0, c, 0] the partial kernel subtracted).
+#[test]
+fn a_shift_read_from_the_wrong_element_is_caught() {
+    let k = sim::load_edited("batch_norm", |t| t.replacen("ld.global.nc.f32 %f2, [%rd8];", "ld.global.nc.f32 %f2, [%rd8+4];", 1));
+    let d = SHAPES[0];
+    let (x, gamma, beta) = inputs(d, -2.0, 11);
+    let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
+    let got = statistics(&k, &x, d);
+    assert!(got.mean.iter().zip(&want.mean).any(|(g, w)| !within_an_ulp(*g, *w)), "a wrong shift K gave the CPU's means");
+}
+
+/// The backward check notices a dx kernel that reads sdy from the wrong slot of the
+/// coefficient table (sdyx's, offset 32 instead of 24).
+#[test]
+fn a_wrong_coefficient_offset_is_caught() {
+    let k = sim::load_edited("batch_norm", |t| t.replacen("ld.global.nc.f64 %fd5, [%rd5+24];", "ld.global.nc.f64 %fd5, [%rd5+32];", 1));
+    let d = SHAPES[0];
+    let (x, dy, gamma, mean, invstd, _) = exact_backward_inputs(d, 51);
+    let b = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &mean, invstd: &invstd, relu_out: None };
+    let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
+    assert_bits("dgamma (untouched by the fault)", &got.dgamma, &want.dgamma);
+    assert!(got.dx.iter().zip(&want.dx).any(|(g, w)| g.to_bits() != w.to_bits()), "dx with sdy read from sdyx's slot matched the CPU");
+}
+
+/// The non-finite check notices the variance clamped with `max.f64` (which turns NaN into 0,
+/// so a bad batch gets finite statistics), the clamp this kernel had before.
+#[test]
+fn a_variance_clamp_that_drops_nan_is_caught() {
+    let clamp = "setp.lt.f64 %p2, %fd12, 0d0000000000000000;\n    @%p2 mov.f64 %fd12, 0d0000000000000000;";
+    let k = sim::load_edited("batch_norm", |t| t.replacen(clamp, "max.f64 %fd12, %fd12, 0d0000000000000000;", 1));
+    let d = Nchw { n: 2, c: 2, h: 3, w: 3 };
+    let (mut x, gamma, beta) = inputs(d, -2.0, 45);
+    x[d.h * d.w + 4] = f32::NAN; // channel 1
+    let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
+    let got = statistics(&k, &x, d);
+    assert!(want.invstd[1].is_nan(), "the CPU's invstd of a channel with a NaN");
+    assert!(got.invstd[1].is_finite() && got.var_unbiased[1].is_finite(), "a max.f64 clamp kept the NaN statistics");
+    assert!(!within_an_ulp(got.invstd[1], want.invstd[1]), "the statistics check would not notice");
+}
