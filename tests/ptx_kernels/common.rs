@@ -19,6 +19,18 @@ pub fn run(k: &Kernels, mem: &mut Memory, entry: &str, d: Dims, args: &[Arg]) ->
     k.launch(mem, entry, d, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The simulator's message when `f` runs a launch that faults (`run` panics with it); panics
+/// if `f` completes. For planted faults that the simulator itself must refuse (races,
+/// out-of-bounds accesses).
+pub fn launch_error(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+    match std::panic::catch_unwind(f) {
+        Ok(()) => panic!("the launch completed; a fault was expected"),
+        Err(payload) => {
+            payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+        }
+    }
+}
+
 /// A deterministic xorshift generator (no all-zero inputs).
 pub struct Rng(pub u64);
 

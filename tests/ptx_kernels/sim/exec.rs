@@ -10,9 +10,12 @@
 //! line: a load or store outside every allocation or misaligned, a register read before it was
 //! written, a `shfl.sync` whose full-warp member mask does not match the lanes that reach it, a
 //! barrier that some threads never reach, an integer division by zero, a launch shape over the
-//! hardware's limits, a parameter list that does not match the entry's `.param`s.
+//! hardware's limits, a parameter list that does not match the entry's `.param`s, and a data race
+//! on global memory: a location that one thread of the launch writes and another reads or writes
+//! without atomics (tracked per byte, whatever order the simulator happened to run them in).
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use super::parse::{AddrBase, AtomOp, Cmp, Function, Inst, Module, Op, Operand, Round, Space, Special, Ty};
 
@@ -76,6 +79,22 @@ pub struct Stats {
 struct Allocation {
     base: u64,
     data: Vec<u8>,
+    /// Per byte, during a launch: the thread that last wrote it ([`NOBODY`], [`ATOMICS`] or a
+    /// thread's id) and the thread(s) that read it ([`NOBODY`], [`MANY`] or a thread's id).
+    writer: Vec<u32>,
+    reader: Vec<u32>,
+}
+
+const NOBODY: u32 = 0;
+const ATOMICS: u32 = u32::MAX;
+const MANY: u32 = u32::MAX;
+
+/// How a thread touches global memory, for the race check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Load,
+    Store,
+    Atomic,
 }
 
 /// The simulated device memory: separate allocations at distinct, 256-byte aligned addresses
@@ -98,7 +117,8 @@ impl Memory {
         }
         let base = self.next;
         self.next = (base + bytes.len() as u64 + GAP).next_multiple_of(256);
-        self.allocations.push(Allocation { base, data: bytes });
+        let n = bytes.len();
+        self.allocations.push(Allocation { base, data: bytes, writer: vec![NOBODY; n], reader: vec![NOBODY; n] });
         base
     }
 
@@ -130,6 +150,38 @@ impl Memory {
         let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
         Ok(&mut self.allocations[i].data[off..off + size])
     }
+
+    /// Forgets who touched what: a launch begins.
+    fn begin_launch(&mut self) {
+        for a in &mut self.allocations {
+            a.writer.fill(NOBODY);
+            a.reader.fill(NOBODY);
+        }
+    }
+
+    /// The bytes at `address` for `thread` (an id > 0), after checking that no other thread of
+    /// the launch wrote them or (for a write) read them, unless every access is atomic: two
+    /// threads touching one location without an atomic are a data race on a GPU, whatever
+    /// order the simulator happens to run them in.
+    fn access(&mut self, address: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
+        let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
+        let a = &mut self.allocations[i];
+        for b in off..off + size {
+            let (w, r) = (a.writer[b], a.reader[b]);
+            let other_wrote = w != NOBODY && w != thread && !(how == Access::Atomic && w == ATOMICS);
+            let other_read = how != Access::Load && r != NOBODY && r != thread;
+            if other_wrote || other_read {
+                let what = if other_wrote { "written" } else { "read" };
+                return Err(format!("data race at {:#x}: {what} by another thread of the launch without an atomic", address));
+            }
+            match how {
+                Access::Load => a.reader[b] = if r == NOBODY || r == thread { thread } else { MANY },
+                Access::Store => a.writer[b] = thread,
+                Access::Atomic => a.writer[b] = ATOMICS,
+            }
+        }
+        Ok(&mut a.data[off..off + size])
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +198,8 @@ struct Frame<'m> {
     regs: Vec<u64>,
     written: Vec<bool>,
     /// `.param` variables by name: the entry's or function's own, and those of call blocks.
-    params: HashMap<String, u64>,
+    /// Shared by every thread's entry frame until one writes (copy on write).
+    params: Rc<HashMap<String, u64>>,
     /// Where the caller wants this call's result: the caller's param name.
     result_into: Option<String>,
 }
@@ -160,6 +213,8 @@ struct Thread<'m> {
 
 struct Block {
     ctaid: (u32, u32, u32),
+    /// The block's index in the grid, x fastest.
+    linear: u64,
     shared: Vec<u8>,
 }
 
@@ -195,6 +250,7 @@ impl Kernels {
             }
             params.insert(p.name.clone(), a.bits());
         }
+        let params = Rc::new(params);
         let Dims { grid, block } = dims;
         let threads = block.0 as u64 * block.1 as u64 * block.2 as u64;
         if threads == 0
@@ -209,11 +265,13 @@ impl Kernels {
         {
             return Err(SimError(format!("{entry}: launch shape {dims:?} is outside the hardware's limits")));
         }
+        memory.begin_launch();
         let mut stats = Stats::default();
         for bz in 0..grid.2 {
             for by in 0..grid.1 {
                 for bx in 0..grid.0 {
-                    let mut b = Block { ctaid: (bx, by, bz), shared: vec![0u8; self.shared_bytes] };
+                    let linear = bx as u64 + grid.0 as u64 * (by as u64 + grid.1 as u64 * bz as u64);
+                    let mut b = Block { ctaid: (bx, by, bz), linear, shared: vec![0u8; self.shared_bytes] };
                     self.run_block(memory, func, &params, dims, &mut b, &mut stats)
                         .map_err(|e| SimError(format!("{entry}, block {:?}: {}", b.ctaid, e.0)))?;
                 }
@@ -226,7 +284,7 @@ impl Kernels {
         &'m self,
         memory: &mut Memory,
         func: &'m Function,
-        params: &HashMap<String, u64>,
+        params: &Rc<HashMap<String, u64>>,
         dims: Dims,
         b: &mut Block,
         stats: &mut Stats,
@@ -242,7 +300,7 @@ impl Kernels {
                         pc: 0,
                         regs: vec![0; func.nregs],
                         written: vec![false; func.nregs],
-                        params: params.clone(),
+                        params: Rc::clone(params),
                         result_into: None,
                     };
                     threads.push(Thread { tid: (x, y, z), linear, frames: vec![frame], state: State::Ready });
@@ -424,6 +482,13 @@ impl<'m> Ctx<'_, 'm> {
         }
     }
 
+    /// The thread's id for the race check: 1 + its index in the grid (blocks x fastest).
+    fn thread_id(&self, t: &Thread) -> Result<u32, String> {
+        let (bx, by, bz) = self.dims.block;
+        let id = self.block.linear * (bx * by * bz) as u64 + t.linear as u64 + 1;
+        u32::try_from(id).ok().filter(|&i| i != ATOMICS).ok_or_else(|| "grids of 2^32 threads are not modelled".to_string())
+    }
+
     /// The address an `[base+offset]` operand names, in its space.
     fn address(&self, t: &Thread, o: &Operand, space: Space) -> Result<Address, String> {
         let Operand::Addr(base, off) = o else { return Err(format!("expected an address, got {o:?}")) };
@@ -456,8 +521,8 @@ impl<'m> Ctx<'_, 'm> {
                     return Err(format!("misaligned {size}-byte load at {a:#x}"));
                 }
                 self.stats.global_loads += 1;
-                let bytes = self.memory.bytes_mut(a, size)?;
-                Ok(le(bytes))
+                let id = self.thread_id(t)?;
+                Ok(le(self.memory.access(a, size, id, Access::Load)?))
             }
             Address::Shared(a) => {
                 let a = a + offset;
@@ -471,7 +536,7 @@ impl<'m> Ctx<'_, 'm> {
         let size = ty.bytes();
         match addr {
             Address::Param(name) => {
-                t.frames.last_mut().unwrap().params.insert(name.clone(), v);
+                Rc::make_mut(&mut t.frames.last_mut().unwrap().params).insert(name.clone(), v);
                 Ok(())
             }
             Address::Global(a) => {
@@ -480,7 +545,8 @@ impl<'m> Ctx<'_, 'm> {
                     return Err(format!("misaligned {size}-byte store at {a:#x}"));
                 }
                 self.stats.global_stores += 1;
-                set_le(self.memory.bytes_mut(a, size)?, v);
+                let id = self.thread_id(t)?;
+                set_le(self.memory.access(a, size, id, Access::Store)?, v);
                 Ok(())
             }
             Address::Shared(a) => {
@@ -537,7 +603,7 @@ impl<'m> Ctx<'_, 'm> {
                                     .get(&ret.name)
                                     .copied()
                                     .ok_or_else(|| format!("`{}` returned without storing its result", done.func.name))?;
-                                caller.params.insert(into, v);
+                                Rc::make_mut(&mut caller.params).insert(into, v);
                             }
                         }
                     }
@@ -710,7 +776,14 @@ impl<'m> Ctx<'_, 'm> {
                 let (addr_op, val_op) = if *returns { (&ops[1], 2) } else { (&ops[0], 1) };
                 let addr = self.address(t, addr_op, Space::Global)?;
                 let v = arg!(val_op, *ty);
-                let old = self.load(t, &addr, *ty, 0)?;
+                let Address::Global(at) = addr else { return Err("atomics are modelled on global memory only".into()) };
+                let size = ty.bytes();
+                if !at.is_multiple_of(size as u64) {
+                    return Err(format!("misaligned {size}-byte atomic at {at:#x}"));
+                }
+                let id = self.thread_id(t)?;
+                let bytes = self.memory.access(at, size, id, Access::Atomic)?;
+                let old = le(bytes);
                 let new = match (op, ty) {
                     (AtomOp::Add, Ty::F32) => (f32_of(old) + f32_of(v)).to_bits() as u64,
                     (AtomOp::Add, Ty::U32 | Ty::S32) => mask(*ty, old.wrapping_add(v)),
@@ -718,7 +791,7 @@ impl<'m> Ctx<'_, 'm> {
                     _ => return Err("unsupported atomic".into()),
                 };
                 self.stats.atomics += 1;
-                self.store(t, &addr, *ty, 0, new)?;
+                set_le(bytes, new);
                 if *returns {
                     set(t, dst_reg(0)?, old);
                 }
@@ -750,7 +823,7 @@ impl<'m> Ctx<'_, 'm> {
                     pc: 0,
                     regs: vec![0; callee.nregs],
                     written: vec![false; callee.nregs],
-                    params,
+                    params: Rc::new(params),
                     result_into: results.into_iter().next(),
                 };
                 return Ok(Flow::Call(frame));
