@@ -481,3 +481,19 @@ fn a_variance_clamp_that_drops_nan_is_caught() {
     assert!(got.invstd[1].is_finite() && got.var_unbiased[1].is_finite(), "a max.f64 clamp kept the NaN statistics");
     assert!(!within_an_ulp(got.invstd[1], want.invstd[1]), "the statistics check would not notice");
 }
+
+/// The block sum without its first barrier (warp leaders store their partial sums to shared
+/// memory, then the first warp reads them back) is reported as a race on shared memory, even
+/// though the simulator's order of threads could have hidden it.
+#[test]
+fn a_missing_barrier_is_caught_as_a_shared_memory_race() {
+    let k = sim::load_edited("batch_norm", |t| {
+        t.replacen("    @%p1 st.shared.f64 [%r9], %fd1;\n    bar.sync 0;\n", "    @%p1 st.shared.f64 [%r9], %fd1;\n", 1)
+    });
+    let d = SHAPES[0];
+    let (x, _, _) = inputs(d, -2.0, 13);
+    let err = crate::launch_error(|| {
+        statistics(&k, &x, d);
+    });
+    assert!(err.contains("data race on shared memory"), "the block sum without its barrier was not reported as a race: {err}");
+}

@@ -11,8 +11,9 @@
 //! written, a `shfl.sync` whose full-warp member mask does not match the lanes that reach it, a
 //! barrier that some threads never reach, an integer division by zero, a launch shape over the
 //! hardware's limits, a parameter list that does not match the entry's `.param`s, and a data race
-//! on global memory: a location that one thread of the launch writes and another reads or writes
-//! without atomics (tracked per byte, whatever order the simulator happened to run them in).
+//! on global memory (a location that one thread of the launch writes and another reads or writes
+//! without atomics) or on shared memory (the same within a block between two barriers), tracked
+//! per byte whatever order the simulator happened to run the threads in.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -166,20 +167,8 @@ impl Memory {
     fn access(&mut self, address: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
         let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
         let a = &mut self.allocations[i];
-        for b in off..off + size {
-            let (w, r) = (a.writer[b], a.reader[b]);
-            let other_wrote = w != NOBODY && w != thread && !(how == Access::Atomic && w == ATOMICS);
-            let other_read = how != Access::Load && r != NOBODY && r != thread;
-            if other_wrote || other_read {
-                let what = if other_wrote { "written" } else { "read" };
-                return Err(format!("data race at {:#x}: {what} by another thread of the launch without an atomic", address));
-            }
-            match how {
-                Access::Load => a.reader[b] = if r == NOBODY || r == thread { thread } else { MANY },
-                Access::Store => a.writer[b] = thread,
-                Access::Atomic => a.writer[b] = ATOMICS,
-            }
-        }
+        track(&mut a.writer[off..off + size], &mut a.reader[off..off + size], thread, how)
+            .map_err(|what| format!("data race at {address:#x}: {what} by another thread of the launch without an atomic"))?;
         Ok(&mut a.data[off..off + size])
     }
 }
@@ -216,6 +205,9 @@ struct Block {
     /// The block's index in the grid, x fastest.
     linear: u64,
     shared: Vec<u8>,
+    /// Per shared byte since the last barrier: who wrote and read it (see [`track`]).
+    shared_writer: Vec<u32>,
+    shared_reader: Vec<u32>,
 }
 
 /// A loaded module: parsed functions and the layout of its `.shared` arrays.
@@ -271,7 +263,14 @@ impl Kernels {
             for by in 0..grid.1 {
                 for bx in 0..grid.0 {
                     let linear = bx as u64 + grid.0 as u64 * (by as u64 + grid.1 as u64 * bz as u64);
-                    let mut b = Block { ctaid: (bx, by, bz), linear, shared: vec![0u8; self.shared_bytes] };
+                    let n = self.shared_bytes;
+                    let mut b = Block {
+                        ctaid: (bx, by, bz),
+                        linear,
+                        shared: vec![0u8; n],
+                        shared_writer: vec![NOBODY; n],
+                        shared_reader: vec![NOBODY; n],
+                    };
                     self.run_block(memory, func, &params, dims, &mut b, &mut stats)
                         .map_err(|e| SimError(format!("{entry}, block {:?}: {}", b.ctaid, e.0)))?;
                 }
@@ -317,6 +316,9 @@ impl Kernels {
             }
             if !self.release_shuffles(&mut threads)? {
                 self.release_barrier(&mut threads)?;
+                // Shared memory written before the barrier is visible to every thread after it.
+                b.shared_writer.fill(NOBODY);
+                b.shared_reader.fill(NOBODY);
             }
         }
     }
@@ -526,8 +528,8 @@ impl<'m> Ctx<'_, 'm> {
             }
             Address::Shared(a) => {
                 let a = a + offset;
-                let bytes = shared_bytes(&mut self.block.shared, a, size)?;
-                Ok(le(bytes))
+                let id = t.linear + 1;
+                Ok(le(shared_access(self.block, a, size, id, Access::Load)?))
             }
         }
     }
@@ -550,7 +552,8 @@ impl<'m> Ctx<'_, 'm> {
                 Ok(())
             }
             Address::Shared(a) => {
-                set_le(shared_bytes(&mut self.block.shared, a + offset, size)?, v);
+                let id = t.linear + 1;
+                set_le(shared_access(self.block, a + offset, size, id, Access::Store)?, v);
                 Ok(())
             }
         }
@@ -854,13 +857,45 @@ fn check_vector_alignment(addr: &Address, bytes: usize) -> Result<(), String> {
     }
 }
 
-fn shared_bytes(shared: &mut [u8], a: u64, size: usize) -> Result<&mut [u8], String> {
+/// Records an access by `thread` (an id > 0) to bytes whose last writer and readers are
+/// `writer` and `reader`; the error says how another thread touched them first ("written" or
+/// "read") when that makes a race: another thread's write before any access (unless both are
+/// atomics), or another thread's read before a write.
+fn track(writer: &mut [u32], reader: &mut [u32], thread: u32, how: Access) -> Result<(), &'static str> {
+    for (w, r) in writer.iter_mut().zip(reader.iter_mut()) {
+        if *w != NOBODY && *w != thread && !(how == Access::Atomic && *w == ATOMICS) {
+            return Err("written");
+        }
+        if how != Access::Load && *r != NOBODY && *r != thread {
+            return Err("read");
+        }
+        match how {
+            Access::Load => *r = if *r == NOBODY || *r == thread { thread } else { MANY },
+            Access::Store => *w = thread,
+            Access::Atomic => *w = ATOMICS,
+        }
+    }
+    Ok(())
+}
+
+/// The block's shared bytes at `a` for `thread`, after the race check of [`track`] over the
+/// accesses since the last barrier.
+fn shared_access(b: &mut Block, a: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
+    let off = shared_offset(b.shared.len(), a, size)?;
+    track(&mut b.shared_writer[off..off + size], &mut b.shared_reader[off..off + size], thread, how)
+        .map_err(|what| format!("data race on shared memory at {a:#x}: {what} by another thread of the block since the last barrier"))?;
+    Ok(&mut b.shared[off..off + size])
+}
+
+fn shared_offset(declared: usize, a: u64, size: usize) -> Result<usize, String> {
     if !a.is_multiple_of(size as u64) {
         return Err(format!("misaligned {size}-byte shared access at {a:#x}"));
     }
     let off = a.checked_sub(SHARED_BASE).ok_or_else(|| format!("shared address {a:#x} below the window"))? as usize;
-    let declared = shared.len();
-    shared.get_mut(off..off + size).ok_or_else(|| format!("shared access at {a:#x} outside the {declared} declared bytes"))
+    if off + size > declared {
+        return Err(format!("shared access at {a:#x} outside the {declared} declared bytes"));
+    }
+    Ok(off)
 }
 
 fn le(bytes: &[u8]) -> u64 {
