@@ -94,6 +94,9 @@ const MANY: u32 = u32::MAX;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
     Load,
+    /// `ld.global.nc`: the read-only cache may serve data older than any write of the launch,
+    /// so such a load of bytes written during the launch (by any thread) is an error.
+    LoadNc,
     Store,
     Atomic,
 }
@@ -168,7 +171,7 @@ impl Memory {
         let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
         let a = &mut self.allocations[i];
         track(&mut a.writer[off..off + size], &mut a.reader[off..off + size], thread, how)
-            .map_err(|what| format!("data race at {address:#x}: {what} by another thread of the launch without an atomic"))?;
+            .map_err(|what| format!("data race at {address:#x}: {what}"))?;
         Ok(&mut a.data[off..off + size])
     }
 }
@@ -511,7 +514,7 @@ impl<'m> Ctx<'_, 'm> {
         }
     }
 
-    fn load(&mut self, t: &Thread, addr: &Address, ty: Ty, offset: u64) -> Result<u64, String> {
+    fn load(&mut self, t: &Thread, addr: &Address, ty: Ty, offset: u64, how: Access) -> Result<u64, String> {
         let size = ty.bytes();
         match addr {
             Address::Param(name) => {
@@ -524,7 +527,7 @@ impl<'m> Ctx<'_, 'm> {
                 }
                 self.stats.global_loads += 1;
                 let id = self.thread_id(t)?;
-                Ok(le(self.memory.access(a, size, id, Access::Load)?))
+                Ok(le(self.memory.access(a, size, id, how)?))
             }
             Address::Shared(a) => {
                 let a = a + offset;
@@ -754,7 +757,7 @@ impl<'m> Ctx<'_, 'm> {
                 let a = arg!(1, Ty::U64);
                 set(t, dst_reg(0)?, a);
             }
-            Op::Ld { space, ty, vec } => {
+            Op::Ld { space, ty, vec, nc } => {
                 let addr = self.address(t, &ops[1], *space)?;
                 check_vector_alignment(&addr, ty.bytes() * vec)?;
                 let dests: Vec<usize> = match &ops[0] {
@@ -763,7 +766,8 @@ impl<'m> Ctx<'_, 'm> {
                     other => return Err(format!("bad load destination {other:?}")),
                 };
                 for (k, r) in dests.into_iter().enumerate() {
-                    let v = self.load(t, &addr, *ty, (k * ty.bytes()) as u64)?;
+                    let how = if *nc { Access::LoadNc } else { Access::Load };
+                    let v = self.load(t, &addr, *ty, (k * ty.bytes()) as u64, how)?;
                     set(t, r, v);
                 }
             }
@@ -858,19 +862,22 @@ fn check_vector_alignment(addr: &Address, bytes: usize) -> Result<(), String> {
 }
 
 /// Records an access by `thread` (an id > 0) to bytes whose last writer and readers are
-/// `writer` and `reader`; the error says how another thread touched them first ("written" or
-/// "read") when that makes a race: another thread's write before any access (unless both are
-/// atomics), or another thread's read before a write.
+/// `writer` and `reader`; the error says what made it a race: another thread's write before any
+/// access (unless both are atomics), another thread's read before a write, or any write before
+/// an `ld.global.nc`.
 fn track(writer: &mut [u32], reader: &mut [u32], thread: u32, how: Access) -> Result<(), &'static str> {
     for (w, r) in writer.iter_mut().zip(reader.iter_mut()) {
-        if *w != NOBODY && *w != thread && !(how == Access::Atomic && *w == ATOMICS) {
-            return Err("written");
+        if how == Access::LoadNc && *w != NOBODY {
+            return Err("written during the launch, then loaded through the non-coherent cache (`ld.global.nc`)");
         }
-        if how != Access::Load && *r != NOBODY && *r != thread {
-            return Err("read");
+        if *w != NOBODY && *w != thread && !(how == Access::Atomic && *w == ATOMICS) {
+            return Err("written by another thread without an atomic");
+        }
+        if matches!(how, Access::Store | Access::Atomic) && *r != NOBODY && *r != thread {
+            return Err("read by another thread before this write");
         }
         match how {
-            Access::Load => *r = if *r == NOBODY || *r == thread { thread } else { MANY },
+            Access::Load | Access::LoadNc => *r = if *r == NOBODY || *r == thread { thread } else { MANY },
             Access::Store => *w = thread,
             Access::Atomic => *w = ATOMICS,
         }
@@ -883,7 +890,7 @@ fn track(writer: &mut [u32], reader: &mut [u32], thread: u32, how: Access) -> Re
 fn shared_access(b: &mut Block, a: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
     let off = shared_offset(b.shared.len(), a, size)?;
     track(&mut b.shared_writer[off..off + size], &mut b.shared_reader[off..off + size], thread, how)
-        .map_err(|what| format!("data race on shared memory at {a:#x}: {what} by another thread of the block since the last barrier"))?;
+        .map_err(|what| format!("data race on shared memory at {a:#x} since the last barrier: {what}"))?;
     Ok(&mut b.shared[off..off + size])
 }
 

@@ -133,6 +133,8 @@ pub enum Op {
         space: Space,
         ty: Ty,
         vec: usize,
+        /// `.nc`: through the read-only (non-coherent) cache.
+        nc: bool,
     },
     St {
         space: Space,
@@ -659,7 +661,7 @@ fn decode(opcode: &str, line: usize) -> PResult<Op> {
             }
             let ty = last_ty()?;
             if parts[0] == "ld" {
-                Op::Ld { space, ty, vec }
+                Op::Ld { space, ty, vec, nc: parts.contains(&"nc") }
             } else {
                 Op::St { space, ty, vec }
             }
