@@ -19,6 +19,7 @@ mod hypercolumn_sum;
 mod mlp;
 mod pool;
 mod reduce;
+mod sim_checks;
 mod upsample;
 
 pub use common::*;
