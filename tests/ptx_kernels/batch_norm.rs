@@ -497,3 +497,24 @@ fn a_missing_barrier_is_caught_as_a_shared_memory_race() {
     });
     assert!(err.contains("data race on shared memory"), "the block sum without its barrier was not reported as a race: {err}");
 }
+
+/// Statistics, normalise and backward with gridDim.y cut to 2 (`crate::with_grid_y_cap`): the
+/// partial kernels then walk the channels, and normalise / dx the planes, by gridDim.y, as
+/// they do past 65535 on a GPU.
+#[test]
+fn every_kernel_walks_channels_and_planes_past_a_short_grid() {
+    let k = sim::load("batch_norm");
+    let d = SHAPES[0];
+    let (x, gamma, beta) = inputs(d, -2.0, 91);
+    let dy = Rng(92).vec(d.len(), -1.0, 1.0);
+    crate::with_grid_y_cap(2, || {
+        let (want_y, want) = cpu_forward(&x, &gamma, &beta, d, false);
+        assert_stats(&format!("short grid {}", tag(d)), &statistics(&k, &x, d), &want);
+        let y = normalize(&k, &x, (&want.mean, &want.invstd), &gamma, &beta, d, false);
+        assert_bits(&format!("bn_normalize_f32 short grid {}", tag(d)), &y, &want_y);
+        let b = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &want.mean, invstd: &want.invstd, relu_out: None };
+        let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
+        assert_within_an_ulp("bn_bwd_final_f32 dgamma short grid", &got.dgamma, &want.dgamma);
+        assert_within_an_ulp("bn_bwd_dx_f32 dx short grid", &got.dx, &want.dx);
+    });
+}

@@ -4,9 +4,29 @@
 use crate::sim::{self, Arg, Dims, Kernels, Memory};
 use hyperseg_engine::backend::cuda::kernels::ops;
 
-/// The simulator's launch shape of a cudarc launch config (the wrapper's own).
+thread_local! {
+    static GRID_Y_CAP: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+}
+
+/// The simulator's launch shape of a cudarc launch config (the wrapper's own), with gridDim.y
+/// cut to the cap of [`with_grid_y_cap`] when one is set.
 pub fn dims(c: cudarc::driver::LaunchConfig) -> Dims {
-    Dims { grid: c.grid_dim, block: c.block_dim }
+    let (x, y, z) = c.grid_dim;
+    Dims { grid: (x, y.min(GRID_Y_CAP.get()), z), block: c.block_dim }
+}
+
+/// Runs `f` with every launch shape made by [`dims`] cut to `cap` blocks along y. The kernels
+/// that walk points or planes by gridDim.y take that loop past 65535 on a GPU; with a small cap
+/// they take it at a size the simulator runs in milliseconds, with the wrapper's shape otherwise.
+pub fn with_grid_y_cap<T>(cap: u32, f: impl FnOnce() -> T) -> T {
+    struct Reset(u32);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            GRID_Y_CAP.set(self.0);
+        }
+    }
+    let _reset = Reset(GRID_Y_CAP.replace(cap));
+    f()
 }
 
 /// `ops::grid_1d(n)`, the 1-D grid-stride shape of most elementwise kernels.

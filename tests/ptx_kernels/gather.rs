@@ -333,6 +333,23 @@ fn csr_backward_walks_locations_past_the_grid_cap() {
     check_backward_csr(&k, &g, &pts, &grad);
 }
 
+/// The same walks as the two ignored tests above, quick: gridDim.y cut to 3, so each block
+/// takes several points (forward, atomic backward) or locations (CSR backward), with the
+/// wrapper's shapes otherwise.
+#[test]
+fn every_kernel_walks_past_a_short_grid() {
+    let k = sim::load("gather");
+    let g = awkward_spec();
+    crate::with_grid_y_cap(3, || {
+        check_forward(&k, &g, 40, 0x5407);
+        let mut rng = Rng(0x5408);
+        let pts = points(&mut rng, &g, 40);
+        check_backward_atomic(&k, &g, &pts, &rng.vec(pts.len() * g.total_channels(), -1.0, 1.0));
+        let grad = with_specials(&mut rng, pts.len() * g.total_channels());
+        check_backward_csr(&k, &g, &pts, &grad);
+    });
+}
+
 /// Each comparison notices a realistic fault planted in the PTX text: the forward reading the
 /// wrong column for its second corner, the atomic backward scaling a corner by another
 /// corner's weight, the CSR backward stepping one entry instead of two in its paired loop.

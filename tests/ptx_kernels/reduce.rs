@@ -188,6 +188,17 @@ fn reduce_mid_matches_reduce_to_mid() {
     }
 }
 
+/// `reduce_mid_partial_f32` with gridDim.y cut to 3 (`crate::with_grid_y_cap`): each block
+/// walks the middle index by gridDim.y, as past 65535 on a GPU.
+#[test]
+fn reduce_mid_walks_past_a_short_grid() {
+    let k = sim::load("reduce");
+    let s = spec(4, 70, 33);
+    let x = Rng(0x3E).vec(4 * 70 * 33, -4.0, 4.0);
+    let got = crate::with_grid_y_cap(3, || reduce_to_mid_sim(&k, &x, s));
+    assert_bits("reduce_mid_partial_f32 + reduce_cols_final_f64 on a short grid", &got, &reduce_to_mid_cpu(&x, s));
+}
+
 #[test]
 fn reduce_to_mid_of_wide_range_values_agrees_to_f64_rounding() {
     let k = sim::load("reduce");
