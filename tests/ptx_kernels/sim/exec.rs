@@ -310,80 +310,84 @@ impl Kernels {
             }
         }
         loop {
-            for t in threads.iter_mut().filter(|t| t.state == State::Ready) {
-                let mut ctx = Ctx { kernels: self, memory, block: b, dims, stats };
-                ctx.run(t).map_err(|e| SimError(format!("thread {:?}: {e}", t.tid)))?;
+            // Each warp runs until every lane has exited or waits at a barrier, its shuffles
+            // resolved as its lanes reach them; then the barrier is released for the block.
+            for warp in threads.chunks_mut(32) {
+                loop {
+                    for t in warp.iter_mut().filter(|t| t.state == State::Ready) {
+                        let mut ctx = Ctx { kernels: self, memory, block: b, dims, stats };
+                        ctx.run(t).map_err(|e| SimError(format!("thread {:?}: {e}", t.tid)))?;
+                    }
+                    if !self.release_shuffle(warp)? {
+                        break;
+                    }
+                }
             }
             if threads.iter().all(|t| t.state == State::Exited) {
                 return Ok(());
             }
-            if !self.release_shuffles(&mut threads)? {
-                self.release_barrier(&mut threads)?;
-                // Shared memory written before the barrier is visible to every thread after it.
-                b.shared_writer.fill(NOBODY);
-                b.shared_reader.fill(NOBODY);
-            }
+            self.release_barrier(&mut threads)?;
+            // Shared memory written before the barrier is visible to every thread after it.
+            b.shared_writer.fill(NOBODY);
+            b.shared_reader.fill(NOBODY);
         }
     }
 
-    /// Runs every warp whose 32 lanes all wait at the same `shfl.sync`; false when none does.
-    fn release_shuffles(&self, threads: &mut [Thread<'_>]) -> Result<bool, SimError> {
-        let mut progressed = false;
-        for warp in threads.chunks_mut(32) {
-            let at_shfl = |t: &Thread| t.state == State::Waiting && current(t).op == Op::ShflDown;
-            if !warp.iter().any(at_shfl) {
-                continue;
-            }
-            let leader = warp.iter().find(|t| at_shfl(t)).unwrap();
-            let (first, depth) = (current(leader), leader.frames.len());
-            let where_ = format!("line {} `{}`", first.line, first.text);
-            if warp.len() != 32 {
-                return Err(SimError(format!("shfl.sync in a partial warp of {} lanes at {where_}", warp.len())));
-            }
-            let same = |t: &Thread| at_shfl(t) && std::ptr::eq(current(t), first) && t.frames.len() == depth;
-            if !warp.iter().all(same) {
-                let lanes: Vec<String> = warp.iter().filter(|t| !same(t)).map(|t| format!("{} ({:?})", t.linear % 32, t.state)).collect();
-                return Err(SimError(format!(
-                    "shfl.sync with a full member mask at {where_}, but lanes {} are elsewhere",
-                    lanes.join(", ")
-                )));
-            }
-            let [dst, a, b, c, mask] = first.operands.as_slice() else {
-                return Err(SimError(format!("shfl.sync takes 5 operands at {where_}")));
-            };
-            let mut values = [0u64; 32];
-            let mut deltas = [0u64; 32];
-            let mut clamps = [0u64; 32];
-            for (lane, t) in warp.iter().enumerate() {
-                let f = t.frames.last().unwrap();
-                values[lane] = read_plain(f, a, Ty::B32).map_err(|e| SimError(format!("{where_}: {e}")))?;
-                deltas[lane] = read_plain(f, b, Ty::B32).map_err(|e| SimError(format!("{where_}: {e}")))?;
-                clamps[lane] = read_plain(f, c, Ty::B32).map_err(|e| SimError(format!("{where_}: {e}")))?;
-                let m = read_plain(f, mask, Ty::B32).map_err(|e| SimError(format!("{where_}: {e}")))?;
-                if m != 0xFFFF_FFFF {
-                    return Err(SimError(format!("{where_}: member mask {m:#x} (only full warps are modelled)")));
-                }
-            }
-            for (lane, t) in warp.iter_mut().enumerate() {
-                let segmask = (clamps[lane] >> 8) & 0x1F;
-                let max_lane = ((lane as u64) & segmask) | (clamps[lane] & 0x1F & !segmask);
-                let j = lane as u64 + (deltas[lane] & 0x1F);
-                let (src, valid) = if j <= max_lane { (j as usize, true) } else { (lane, false) };
-                let f = t.frames.last_mut().unwrap();
-                match dst {
-                    Operand::Reg(d) => write(f, *d, values[src]),
-                    Operand::RegPair(d, p) => {
-                        write(f, *d, values[src]);
-                        write(f, *p, valid as u64);
-                    }
-                    _ => return Err(SimError(format!("{where_}: bad destination"))),
-                }
-                f.pc += 1;
-                t.state = State::Ready;
-            }
-            progressed = true;
+    /// Runs the `shfl.sync` the lanes of `warp` wait at, if any lane does (all 32 must wait at
+    /// the same one); false when none does.
+    fn release_shuffle(&self, warp: &mut [Thread<'_>]) -> Result<bool, SimError> {
+        let at_shfl = |t: &Thread| t.state == State::Waiting && current(t).op == Op::ShflDown;
+        let Some(leader) = warp.iter().find(|t| at_shfl(t)) else {
+            return Ok(false);
+        };
+        let (first, depth) = (current(leader), leader.frames.len());
+        let where_ = || format!("line {} `{}`", first.line, first.text);
+        if warp.len() != 32 {
+            return Err(SimError(format!("shfl.sync in a partial warp of {} lanes at {}", warp.len(), where_())));
         }
-        Ok(progressed)
+        let same = |t: &Thread| at_shfl(t) && std::ptr::eq(current(t), first) && t.frames.len() == depth;
+        if !warp.iter().all(same) {
+            let lanes: Vec<String> = warp.iter().filter(|t| !same(t)).map(|t| format!("{} ({:?})", t.linear % 32, t.state)).collect();
+            return Err(SimError(format!(
+                "shfl.sync with a full member mask at {}, but lanes {} are elsewhere",
+                where_(),
+                lanes.join(", ")
+            )));
+        }
+        let [dst, a, b, c, mask] = first.operands.as_slice() else {
+            return Err(SimError(format!("shfl.sync takes 5 operands at {}", where_())));
+        };
+        let mut values = [0u64; 32];
+        let mut deltas = [0u64; 32];
+        let mut clamps = [0u64; 32];
+        for (lane, t) in warp.iter().enumerate() {
+            let f = t.frames.last().unwrap();
+            values[lane] = read_plain(f, a, Ty::B32).map_err(|e| SimError(format!("{}: {e}", where_())))?;
+            deltas[lane] = read_plain(f, b, Ty::B32).map_err(|e| SimError(format!("{}: {e}", where_())))?;
+            clamps[lane] = read_plain(f, c, Ty::B32).map_err(|e| SimError(format!("{}: {e}", where_())))?;
+            let m = read_plain(f, mask, Ty::B32).map_err(|e| SimError(format!("{}: {e}", where_())))?;
+            if m != 0xFFFF_FFFF {
+                return Err(SimError(format!("{}: member mask {m:#x} (only full warps are modelled)", where_())));
+            }
+        }
+        for (lane, t) in warp.iter_mut().enumerate() {
+            let segmask = (clamps[lane] >> 8) & 0x1F;
+            let max_lane = ((lane as u64) & segmask) | (clamps[lane] & 0x1F & !segmask);
+            let j = lane as u64 + (deltas[lane] & 0x1F);
+            let (src, valid) = if j <= max_lane { (j as usize, true) } else { (lane, false) };
+            let f = t.frames.last_mut().unwrap();
+            match dst {
+                Operand::Reg(d) => write(f, *d, values[src]),
+                Operand::RegPair(d, p) => {
+                    write(f, *d, values[src]);
+                    write(f, *p, valid as u64);
+                }
+                _ => return Err(SimError(format!("{}: bad destination", where_()))),
+            }
+            f.pc += 1;
+            t.state = State::Ready;
+        }
+        Ok(true)
     }
 
     /// Releases a `bar.sync` that every thread still running has reached (exited threads count
@@ -495,11 +499,11 @@ impl<'m> Ctx<'_, 'm> {
     }
 
     /// The address an `[base+offset]` operand names, in its space.
-    fn address(&self, t: &Thread, o: &Operand, space: Space) -> Result<Address, String> {
+    fn address(&self, t: &Thread, o: &'m Operand, space: Space) -> Result<Address<'m>, String> {
         let Operand::Addr(base, off) = o else { return Err(format!("expected an address, got {o:?}")) };
         let f = t.frames.last().unwrap();
         match (space, base) {
-            (Space::Param, AddrBase::Symbol(name)) if *off == 0 => Ok(Address::Param(name.clone())),
+            (Space::Param, AddrBase::Symbol(name)) if *off == 0 => Ok(Address::Param(name)),
             (Space::Param, _) => Err("parameter access with an offset or a register".into()),
             (Space::Shared, AddrBase::Symbol(name)) => {
                 let at = self.kernels.shared_offsets.get(name).ok_or_else(|| format!("unknown shared array `{name}`"))?;
@@ -518,7 +522,7 @@ impl<'m> Ctx<'_, 'm> {
         let size = ty.bytes();
         match addr {
             Address::Param(name) => {
-                t.frames.last().unwrap().params.get(name).copied().ok_or_else(|| format!("parameter `{name}` read before it was written"))
+                t.frames.last().unwrap().params.get(*name).copied().ok_or_else(|| format!("parameter `{name}` read before it was written"))
             }
             Address::Global(a) => {
                 let a = a + offset;
@@ -541,7 +545,7 @@ impl<'m> Ctx<'_, 'm> {
         let size = ty.bytes();
         match addr {
             Address::Param(name) => {
-                Rc::make_mut(&mut t.frames.last_mut().unwrap().params).insert(name.clone(), v);
+                Rc::make_mut(&mut t.frames.last_mut().unwrap().params).insert(name.to_string(), v);
                 Ok(())
             }
             Address::Global(a) => {
@@ -760,12 +764,12 @@ impl<'m> Ctx<'_, 'm> {
             Op::Ld { space, ty, vec, nc } => {
                 let addr = self.address(t, &ops[1], *space)?;
                 check_vector_alignment(&addr, ty.bytes() * vec)?;
-                let dests: Vec<usize> = match &ops[0] {
-                    Operand::Reg(r) if *vec == 1 => vec![*r],
-                    Operand::Vector(rs) if rs.len() == *vec => rs.clone(),
+                let dests: &[usize] = match &ops[0] {
+                    Operand::Reg(r) if *vec == 1 => std::slice::from_ref(r),
+                    Operand::Vector(rs) if rs.len() == *vec => rs,
                     other => return Err(format!("bad load destination {other:?}")),
                 };
-                for (k, r) in dests.into_iter().enumerate() {
+                for (k, &r) in dests.iter().enumerate() {
                     let how = if *nc { Access::LoadNc } else { Access::Load };
                     let v = self.load(t, &addr, *ty, (k * ty.bytes()) as u64, how)?;
                     set(t, r, v);
@@ -848,8 +852,9 @@ enum Flow<'m> {
     Return,
 }
 
-enum Address {
-    Param(String),
+/// An address of an operand: a `.param` variable by name, or a byte address in a space.
+enum Address<'m> {
+    Param(&'m str),
     Global(u64),
     Shared(u64),
 }
