@@ -18,7 +18,9 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::parse::{AddrBase, AtomOp, Cmp, Function, Inst, Module, Op, Operand, Round, Space, Special, Ty};
+use super::arith::{binary, compare, convert, f32_of, f64_of, int_of, mask};
+use super::memory::{le, set_le, shared_offset, track, Access, Memory, ATOMICS, NOBODY, SHARED_BASE};
+use super::parse::{AddrBase, AtomOp, Function, Inst, Module, Op, Operand, Space, Special, Ty};
 
 /// A kernel argument, as the host passes it (`PushKernelArg` in cudarc).
 #[derive(Clone, Copy, Debug)]
@@ -75,105 +77,6 @@ pub struct Stats {
     pub global_loads: u64,
     pub global_stores: u64,
     pub atomics: u64,
-}
-
-struct Allocation {
-    base: u64,
-    data: Vec<u8>,
-    /// Per byte, during a launch: the thread that last wrote it ([`NOBODY`], [`ATOMICS`] or a
-    /// thread's id) and the thread(s) that read it ([`NOBODY`], [`MANY`] or a thread's id).
-    writer: Vec<u32>,
-    reader: Vec<u32>,
-}
-
-const NOBODY: u32 = 0;
-const ATOMICS: u32 = u32::MAX;
-const MANY: u32 = u32::MAX;
-
-/// How a thread touches global memory, for the race check.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Load,
-    /// `ld.global.nc`: the read-only cache may serve data older than any write of the launch,
-    /// so such a load of bytes written during the launch (by any thread) is an error.
-    LoadNc,
-    Store,
-    Atomic,
-}
-
-/// The simulated device memory: separate allocations at distinct, 256-byte aligned addresses
-/// with unmapped gaps between them, so that an access past one buffer never lands in another.
-#[derive(Default)]
-pub struct Memory {
-    allocations: Vec<Allocation>,
-    next: u64,
-}
-
-const FIRST_ADDRESS: u64 = 0x7f00_0000_0000;
-const GAP: u64 = 4096;
-const SHARED_BASE: u64 = 0x400;
-
-impl Memory {
-    /// A new allocation holding `bytes`; returns its device address.
-    pub fn alloc_bytes(&mut self, bytes: Vec<u8>) -> u64 {
-        if self.next == 0 {
-            self.next = FIRST_ADDRESS;
-        }
-        let base = self.next;
-        self.next = (base + bytes.len() as u64 + GAP).next_multiple_of(256);
-        let n = bytes.len();
-        self.allocations.push(Allocation { base, data: bytes, writer: vec![NOBODY; n], reader: vec![NOBODY; n] });
-        base
-    }
-
-    /// A copy of `values` in a new allocation.
-    pub fn upload<T: bytemuck::Pod>(&mut self, values: &[T]) -> u64 {
-        self.alloc_bytes(bytemuck::cast_slice(values).to_vec())
-    }
-
-    /// `bytes` bytes of 0xFF (every f32 and bf16 a NaN): a buffer whose unwritten elements show.
-    pub fn poisoned(&mut self, bytes: usize) -> u64 {
-        self.alloc_bytes(vec![0xFF; bytes])
-    }
-
-    /// `n` values of type `T` read back from `address`.
-    pub fn download<T: bytemuck::Pod>(&self, address: u64, n: usize) -> Vec<T> {
-        let size = n * std::mem::size_of::<T>();
-        let (a, off) = self.find(address, size).unwrap_or_else(|| panic!("download of {size} bytes at {address:#x}: no such allocation"));
-        bytemuck::pod_collect_to_vec(&self.allocations[a].data[off..off + size])
-    }
-
-    fn find(&self, address: u64, size: usize) -> Option<(usize, usize)> {
-        let i = self.allocations.partition_point(|a| a.base <= address).checked_sub(1)?;
-        let a = &self.allocations[i];
-        let off = (address - a.base) as usize;
-        (off + size <= a.data.len()).then_some((i, off))
-    }
-
-    fn bytes_mut(&mut self, address: u64, size: usize) -> Result<&mut [u8], String> {
-        let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
-        Ok(&mut self.allocations[i].data[off..off + size])
-    }
-
-    /// Forgets who touched what: a launch begins.
-    fn begin_launch(&mut self) {
-        for a in &mut self.allocations {
-            a.writer.fill(NOBODY);
-            a.reader.fill(NOBODY);
-        }
-    }
-
-    /// The bytes at `address` for `thread` (an id > 0), after checking that no other thread of
-    /// the launch wrote them or (for a write) read them, unless every access is atomic: two
-    /// threads touching one location without an atomic are a data race on a GPU, whatever
-    /// order the simulator happens to run them in.
-    fn access(&mut self, address: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
-        let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
-        let a = &mut self.allocations[i];
-        track(&mut a.writer[off..off + size], &mut a.reader[off..off + size], thread, how)
-            .map_err(|what| format!("data race at {address:#x}: {what}"))?;
-        Ok(&mut a.data[off..off + size])
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,14 +322,6 @@ fn write(f: &mut Frame, reg: usize, bits: u64) {
     f.written[reg] = true;
 }
 
-fn mask(ty: Ty, v: u64) -> u64 {
-    match ty.bytes() {
-        2 => v & 0xFFFF,
-        4 => v & 0xFFFF_FFFF,
-        _ => v,
-    }
-}
-
 /// Reads a register or literal operand as `ty` (no specials, no addresses).
 fn read_plain(f: &Frame, o: &Operand, ty: Ty) -> Result<u64, String> {
     match o {
@@ -449,27 +344,6 @@ struct Ctx<'a, 'm> {
     block: &'a mut Block,
     dims: Dims,
     stats: &'a mut Stats,
-}
-
-fn f32_of(v: u64) -> f32 {
-    f32::from_bits(v as u32)
-}
-fn f64_of(v: u64) -> f64 {
-    f64::from_bits(v)
-}
-fn is_float(ty: Ty) -> bool {
-    matches!(ty, Ty::F32 | Ty::F64)
-}
-fn is_signed(ty: Ty) -> bool {
-    matches!(ty, Ty::S32 | Ty::S64)
-}
-/// A value of `ty` as i128, for integer comparisons and conversions.
-fn int_of(ty: Ty, v: u64) -> i128 {
-    match ty {
-        Ty::S32 => v as u32 as i32 as i128,
-        Ty::S64 => v as i64 as i128,
-        _ => mask(ty, v) as i128,
-    }
 }
 
 impl<'m> Ctx<'_, 'm> {
@@ -866,30 +740,6 @@ fn check_vector_alignment(addr: &Address, bytes: usize) -> Result<(), String> {
     }
 }
 
-/// Records an access by `thread` (an id > 0) to bytes whose last writer and readers are
-/// `writer` and `reader`; the error says what made it a race: another thread's write before any
-/// access (unless both are atomics), another thread's read before a write, or any write before
-/// an `ld.global.nc`.
-fn track(writer: &mut [u32], reader: &mut [u32], thread: u32, how: Access) -> Result<(), &'static str> {
-    for (w, r) in writer.iter_mut().zip(reader.iter_mut()) {
-        if how == Access::LoadNc && *w != NOBODY {
-            return Err("written during the launch, then loaded through the non-coherent cache (`ld.global.nc`)");
-        }
-        if *w != NOBODY && *w != thread && !(how == Access::Atomic && *w == ATOMICS) {
-            return Err("written by another thread without an atomic");
-        }
-        if matches!(how, Access::Store | Access::Atomic) && *r != NOBODY && *r != thread {
-            return Err("read by another thread before this write");
-        }
-        match how {
-            Access::Load | Access::LoadNc => *r = if *r == NOBODY || *r == thread { thread } else { MANY },
-            Access::Store => *w = thread,
-            Access::Atomic => *w = ATOMICS,
-        }
-    }
-    Ok(())
-}
-
 /// The block's shared bytes at `a` for `thread`, after the race check of [`track`] over the
 /// accesses since the last barrier.
 fn shared_access(b: &mut Block, a: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
@@ -897,187 +747,4 @@ fn shared_access(b: &mut Block, a: u64, size: usize, thread: u32, how: Access) -
     track(&mut b.shared_writer[off..off + size], &mut b.shared_reader[off..off + size], thread, how)
         .map_err(|what| format!("data race on shared memory at {a:#x} since the last barrier: {what}"))?;
     Ok(&mut b.shared[off..off + size])
-}
-
-fn shared_offset(declared: usize, a: u64, size: usize) -> Result<usize, String> {
-    if !a.is_multiple_of(size as u64) {
-        return Err(format!("misaligned {size}-byte shared access at {a:#x}"));
-    }
-    let off = a.checked_sub(SHARED_BASE).ok_or_else(|| format!("shared address {a:#x} below the window"))? as usize;
-    if off + size > declared {
-        return Err(format!("shared access at {a:#x} outside the {declared} declared bytes"));
-    }
-    Ok(off)
-}
-
-fn le(bytes: &[u8]) -> u64 {
-    let mut v = 0u64;
-    for (i, b) in bytes.iter().enumerate() {
-        v |= (*b as u64) << (8 * i);
-    }
-    v
-}
-
-fn set_le(bytes: &mut [u8], v: u64) {
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = (v >> (8 * i)) as u8;
-    }
-}
-
-fn binary(op: &Op, ty: Ty, a: u64, b: u64) -> Result<u64, String> {
-    Ok(match ty {
-        Ty::F32 => {
-            let (x, y) = (f32_of(a), f32_of(b));
-            let r = match op {
-                Op::Add(_) => x + y,
-                Op::Sub(_) => x - y,
-                Op::Mul(_) => x * y,
-                Op::Div(_) => x / y,
-                Op::Min(_) => fmin(x as f64, y as f64) as f32,
-                Op::Max(_) => fmax(x as f64, y as f64) as f32,
-                _ => return Err("unsupported f32 operation".into()),
-            };
-            r.to_bits() as u64
-        }
-        Ty::F64 => {
-            let (x, y) = (f64_of(a), f64_of(b));
-            let r = match op {
-                Op::Add(_) => x + y,
-                Op::Sub(_) => x - y,
-                Op::Mul(_) => x * y,
-                Op::Div(_) => x / y,
-                Op::Min(_) => fmin(x, y),
-                Op::Max(_) => fmax(x, y),
-                _ => return Err("unsupported f64 operation".into()),
-            };
-            r.to_bits()
-        }
-        Ty::Pred => match op {
-            Op::And(_) => a & b & 1,
-            Op::Or(_) => (a | b) & 1,
-            Op::Xor(_) => (a ^ b) & 1,
-            _ => return Err("unsupported predicate operation".into()),
-        },
-        _ => {
-            let (x, y) = (int_of(ty, a), int_of(ty, b));
-            let r: i128 = match op {
-                Op::Add(_) => x + y,
-                Op::Sub(_) => x - y,
-                Op::Div(_) | Op::Rem(_) if y == 0 => return Err("integer division by zero".into()),
-                Op::Div(_) => x / y,
-                Op::Rem(_) => x % y,
-                Op::Min(_) => x.min(y),
-                Op::Max(_) => x.max(y),
-                Op::And(_) => return Ok(a & b),
-                Op::Or(_) => return Ok(a | b),
-                Op::Xor(_) => return Ok(a ^ b),
-                _ => return Err("unsupported integer operation".into()),
-            };
-            mask(ty, r as u64)
-        }
-    })
-}
-
-/// PTX `min.f32`: NaN only if both are NaN, else the other; -0 below +0.
-fn fmin(x: f64, y: f64) -> f64 {
-    if x.is_nan() {
-        y
-    } else if y.is_nan() || x < y || (x == y && x.is_sign_negative()) {
-        x
-    } else {
-        y
-    }
-}
-
-/// PTX `max.f32`: NaN only if both are NaN, else the other; +0 above -0.
-fn fmax(x: f64, y: f64) -> f64 {
-    if x.is_nan() {
-        y
-    } else if y.is_nan() || x > y || (x == y && x.is_sign_positive()) {
-        x
-    } else {
-        y
-    }
-}
-
-fn compare(cmp: Cmp, ty: Ty, a: u64, b: u64) -> Result<bool, String> {
-    if is_float(ty) {
-        let (x, y) = if ty == Ty::F32 { (f32_of(a) as f64, f32_of(b) as f64) } else { (f64_of(a), f64_of(b)) };
-        let unordered = x.is_nan() || y.is_nan();
-        return Ok(match cmp {
-            Cmp::Eq => x == y,
-            Cmp::Ne => !unordered && x != y,
-            Cmp::Lt => x < y,
-            Cmp::Le => x <= y,
-            Cmp::Gt => x > y,
-            Cmp::Ge => x >= y,
-            Cmp::Equ => unordered || x == y,
-            Cmp::Neu => unordered || x != y,
-            Cmp::Ltu => unordered || x < y,
-            Cmp::Leu => unordered || x <= y,
-            Cmp::Gtu => unordered || x > y,
-            Cmp::Geu => unordered || x >= y,
-            Cmp::Nan => unordered,
-            Cmp::Num => !unordered,
-        });
-    }
-    let (x, y) = (int_of(ty, a), int_of(ty, b));
-    let _ = is_signed(ty);
-    Ok(match cmp {
-        Cmp::Eq => x == y,
-        Cmp::Ne => x != y,
-        Cmp::Lt => x < y,
-        Cmp::Le => x <= y,
-        Cmp::Gt => x > y,
-        Cmp::Ge => x >= y,
-        _ => return Err("unordered comparison of integers".into()),
-    })
-}
-
-fn convert(dst: Ty, src: Ty, round: Round, a: u64) -> Result<u64, String> {
-    let integral = |x: f64| -> Result<f64, String> {
-        Ok(match round {
-            Round::Rni => x.round_ties_even(),
-            Round::Rzi => x.trunc(),
-            Round::Rmi => x.floor(),
-            Round::Rpi => x.ceil(),
-            _ => return Err(format!("conversion to .{dst:?} needs an integer rounding")),
-        })
-    };
-    Ok(match (is_float(dst), is_float(src)) {
-        (false, false) => {
-            if round != Round::None {
-                return Err("rounding on an integer conversion".into());
-            }
-            mask(dst, int_of(src, a) as u64)
-        }
-        (true, false) => {
-            let x = int_of(src, a);
-            match (dst, round) {
-                (Ty::F32, Round::Rn) => (x as f32).to_bits() as u64,
-                (Ty::F64, Round::Rn) => (x as f64).to_bits(),
-                _ => return Err("integer to float needs .rn".into()),
-            }
-        }
-        (false, true) => {
-            let x = if src == Ty::F32 { f32_of(a) as f64 } else { f64_of(a) };
-            let r = integral(x)?;
-            // Saturating, NaN to 0: as PTX's cvt to an integer, and as Rust's `as`.
-            match dst {
-                Ty::U32 => r as u32 as u64,
-                Ty::S32 => r as i32 as u32 as u64,
-                Ty::U64 => r as u64,
-                Ty::S64 => r as i64 as u64,
-                Ty::U16 => r as u16 as u64,
-                _ => return Err("unsupported float to integer conversion".into()),
-            }
-        }
-        (true, true) => match (dst, src, round) {
-            (Ty::F64, Ty::F32, Round::None) => (f32_of(a) as f64).to_bits(),
-            (Ty::F32, Ty::F64, Round::Rn) => (f64_of(a) as f32).to_bits() as u64,
-            (Ty::F32, Ty::F32, _) => (integral(f32_of(a) as f64)? as f32).to_bits() as u64,
-            (Ty::F64, Ty::F64, _) => integral(f64_of(a))?.to_bits(),
-            _ => return Err("unsupported float conversion".into()),
-        },
-    })
 }

@@ -23,11 +23,15 @@
 
 #![allow(dead_code)]
 
+mod arith;
 pub mod exec;
+mod memory;
 pub mod parse;
 
 #[allow(unused_imports)]
-pub use exec::{Arg, Dims, Kernels, Memory, SimError, Stats};
+pub use exec::{Arg, Dims, Kernels, SimError, Stats};
+#[allow(unused_imports)]
+pub use memory::Memory;
 
 /// The embedded module `name` (`kernels/NAME.ptx`), parsed.
 pub fn load(name: &str) -> Kernels {
