@@ -125,3 +125,29 @@ fn atomics_may_share_a_location_and_nc_loads_may_not_see_writes() {
         k.launch(&mut mem, "k", dims(1, 32), &[Arg::U64(acc), Arg::U64(buf), Arg::U32(1)]).expect_err("an .nc load of a written value").0;
     assert!(err.contains("non-coherent"), "{err}");
 }
+
+/// Every `.entry` of every embedded module is launched by some module of this test target (its
+/// name appears quoted in the module's source), so a kernel added later without a simulator
+/// test fails here.
+#[test]
+fn every_kernel_entry_is_simulated() {
+    let sources = [
+        include_str!("adam.rs"),
+        include_str!("batch_norm.rs"),
+        include_str!("bf16.rs"),
+        include_str!("elementwise.rs"),
+        include_str!("finite.rs"),
+        include_str!("gather.rs"),
+        include_str!("hypercolumn_sum.rs"),
+        include_str!("mlp.rs"),
+        include_str!("pool.rs"),
+        include_str!("reduce.rs"),
+        include_str!("upsample.rs"),
+    ];
+    let missing: Vec<&str> = hyperseg_engine::backend::cuda::kernels::MODULES
+        .iter()
+        .flat_map(|m| m.entries.iter().copied())
+        .filter(|e| !sources.iter().any(|s| s.contains(&format!("\"{e}\""))))
+        .collect();
+    assert!(missing.is_empty(), "kernel entries no test in tests/ptx_kernels launches: {missing:?}");
+}
