@@ -294,6 +294,16 @@ fn cuda_kernels_match_the_cpu_reference() {
         r.check("bn mean, non-finite x", &host(&fg.mean), f.mean.as_f32(), false, 1e-5, 1e-6);
         r.check("bn invstd, non-finite x", &host(&fg.invstd), f.invstd.as_f32(), false, 1e-5, 0.0);
         r.check("bn var_unbiased, non-finite x", &host(&fg.var_unbiased), f.var_unbiased.as_f32(), false, 1e-5, 1e-7);
+        // An infinite shift sample (a channel's first element): the mean is that infinity, as on
+        // the CPU (the kernel then shifts by 0; it used to give NaN).
+        x = rng.vec(d.len(), -2.0, 3.0);
+        x[0] = f32::INFINITY;
+        x[16] = f32::NEG_INFINITY;
+        let f = c(&x).batch_norm_train(&c(&gamma), &c(&beta), d, 1e-5, false).unwrap();
+        let fg = up(&x).batch_norm_train(&up(&gamma), &up(&beta), d, 1e-5, false).unwrap();
+        assert_eq!(&f.mean.as_f32()[..2], &[f32::INFINITY, f32::NEG_INFINITY]);
+        r.check("bn mean, infinite shift sample", &host(&fg.mean), f.mean.as_f32(), false, 1e-5, 1e-6);
+        r.check("bn invstd, infinite shift sample", &host(&fg.invstd), f.invstd.as_f32(), false, 1e-5, 0.0);
     }
 
     // ---- pooling (quantised values: many ties) ----
