@@ -1,0 +1,382 @@
+//! 2-D convolutions through cuDNN (legacy convolution API, NCHW, f32): forward, backward
+//! data (the input gradient) and backward filter (the weight gradient).
+//!
+//! Algorithm choice, once per (shape, direction, TF32, deterministic, benchmark) and cached
+//! with its descriptors and workspace size (a repeated convolution is one cuDNN call):
+//! - default ("benchmark", like PyTorch's `cudnn.benchmark`): `cudnnFind*AlgorithmEx` times
+//!   every algorithm on the real buffers with a workspace bounded by the memory budget;
+//! - deterministic mode ([`crate::settings::deterministic`]), or benchmark off
+//!   (`HYPERSEG_CUDNN_BENCHMARK=0` or [`set_cudnn_benchmark`]): the `*_v7` heuristics, which
+//!   give the same choice every run; in deterministic mode only algorithms cuDNN reports as
+//!   deterministic are kept (never BWD_DATA_ALGO_0, BWD_FILTER_ALGO_0 or _3, which use atomics).
+//!
+//! A workspace never exceeds [`MAX_WORKSPACE`] nor the room left under the allocator's cap;
+//! algorithms needing more are skipped, and one that fails to run makes way for the next.
+//! Math: `CUDNN_FMA_MATH` (true fp32) unless [`crate::settings::allow_tf32`], then the math
+//! type cuDNN reports for the chosen algorithm (TF32 tensor cores allowed).
+//!
+//! Files:
+//! - `mod.rs`: the settings ([`MAX_WORKSPACE`], [`BENCHMARK_ENV`], [`set_cudnn_benchmark`]),
+//!   the entry points [`conv2d`], [`conv2d_backward_input`] and [`conv2d_backward_weight`]
+//!   with their operand checks, the handle with its cache of chosen algorithms, and the run
+//!   path (recall or choose an algorithm, then launch it);
+//! - `algo.rs`: algorithm choice: [`Direction`], the algorithm tables, the candidates,
+//!   the workspace sizes, cuDNN's heuristics and the timed search;
+//! - `descriptors.rs`: the cuDNN descriptors of one convolution, destroyed on drop.
+
+mod algo;
+mod descriptors;
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use cudarc::cudnn::{result, sys};
+use cudarc::driver::CudaStream;
+
+use self::algo::{benchmark, bwd_data_algo, bwd_filter_algo, fwd_algo, heuristics, prepare, usable, Candidate, MATH_DEFAULT, MATH_FMA};
+use self::descriptors::Descriptors;
+use super::device::CudaDevice;
+use super::error::{cuda_error, CudaResultExt};
+use super::storage::CudaStorage;
+use crate::backend::ConvSpec;
+use crate::error::{Error, Result};
+
+pub use self::algo::Direction;
+
+/// The largest workspace any convolution may take (the budget under the cap may be smaller).
+pub const MAX_WORKSPACE: usize = 256 << 20;
+/// The environment variable that turns algorithm benchmarking off (`0`, `false`, `off`).
+pub const BENCHMARK_ENV: &str = "HYPERSEG_CUDNN_BENCHMARK";
+
+static BENCHMARK: AtomicU8 = AtomicU8::new(0); // 0 unset, 1 off, 2 on
+
+/// Chooses cuDNN algorithms by timing them (on, the default) or by cuDNN's heuristics (off).
+/// Deterministic mode always uses the heuristics.
+pub fn set_cudnn_benchmark(on: bool) {
+    BENCHMARK.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether algorithms are chosen by timing them.
+pub fn cudnn_benchmark() -> bool {
+    match BENCHMARK.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let off = std::env::var(BENCHMARK_ENV)
+                .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"))
+                .unwrap_or(false);
+            let _ = BENCHMARK.compare_exchange(0, if off { 1 } else { 2 }, Ordering::Relaxed, Ordering::Relaxed);
+            BENCHMARK.load(Ordering::Relaxed) == 2
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct AlgoKey {
+    spec: ConvSpec,
+    dir: Direction,
+    tf32: bool,
+    deterministic: bool,
+    benchmark: bool,
+}
+
+/// The cuDNN handle (bound to the device's stream) and the algorithm cache.
+pub(crate) struct Dnn {
+    handle: sys::cudnnHandle_t,
+    plans: HashMap<AlgoKey, Plan>,
+}
+
+/// A chosen algorithm with its descriptors (math type already set) and workspace size, so
+/// that a repeated convolution makes no cuDNN call but the convolution itself.
+struct Plan {
+    desc: Descriptors,
+    cand: Candidate,
+    workspace: usize,
+}
+
+// SAFETY: the handle is only used under the device's mutex, one thread at a time, as cuDNN
+// requires.
+unsafe impl Send for Dnn {}
+
+impl Drop for Dnn {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once.
+        let _ = unsafe { result::destroy_handle(self.handle) };
+    }
+}
+
+impl Dnn {
+    /// A handle on `stream` (the context must be current: it is, right after creation).
+    pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Dnn> {
+        stream.context().bind_to_thread().ctx("binding the CUDA context")?;
+        let handle = result::create_handle().ctx("cudnnCreate")?;
+        let dnn = Dnn { handle, plans: HashMap::new() };
+        // SAFETY: a live handle and the device's stream.
+        unsafe { result::set_stream(dnn.handle, stream.cu_stream() as sys::cudaStream_t) }.ctx("cudnnSetStream")?;
+        Ok(dnn)
+    }
+}
+
+/// The cuDNN library version, e.g. 91400 for 9.14.0.
+pub(crate) fn version() -> usize {
+    result::get_version()
+}
+
+/// Device addresses of x, w and y (for the backward passes, dx = x, dw = w, dy = y).
+#[derive(Clone, Copy)]
+struct Operands {
+    x: u64,
+    w: u64,
+    y: u64,
+}
+
+fn ptr(p: u64) -> *mut c_void {
+    p as *mut c_void
+}
+
+/// Runs one prepared candidate with a workspace of `need` bytes. `Ok(false)` when the
+/// workspace cannot be allocated.
+fn launch(
+    dev: &CudaDevice,
+    h: sys::cudnnHandle_t,
+    dir: Direction,
+    d: &Descriptors,
+    o: Operands,
+    c: Candidate,
+    need: usize,
+) -> Result<bool> {
+    let ws = if need > 0 {
+        match dev.alloc(need.div_ceil(4)) {
+            Ok(b) => Some(b),
+            Err(Error::OutOfMemory { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    let ws_ptr = ws.as_ref().map_or(std::ptr::null_mut(), |b| ptr(b.raw_ptr()));
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (a, b) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
+    let bad = || cuda_error(dir.name(), format!("unknown algorithm {}", c.algo));
+    dev.count_call();
+    // SAFETY: live handle and descriptors; buffers match the descriptors; the workspace holds
+    // `need` bytes; alpha and beta are f32 as cuDNN expects for float data.
+    unsafe {
+        match dir {
+            Direction::Forward => result::convolution_forward(
+                h,
+                a,
+                d.x.0,
+                ptr(o.x),
+                d.w.0,
+                ptr(o.w),
+                d.conv.0,
+                fwd_algo(c.algo).ok_or_else(bad)?,
+                ws_ptr,
+                need,
+                b,
+                d.y.0,
+                ptr(o.y),
+            ),
+            Direction::BackwardData => result::convolution_backward_data(
+                h,
+                a,
+                d.w.0,
+                ptr(o.w),
+                d.y.0,
+                ptr(o.y),
+                d.conv.0,
+                bwd_data_algo(c.algo).ok_or_else(bad)?,
+                ws_ptr,
+                need,
+                b,
+                d.x.0,
+                ptr(o.x),
+            ),
+            Direction::BackwardFilter => result::convolution_backward_filter(
+                h,
+                a,
+                d.x.0,
+                ptr(o.x),
+                d.y.0,
+                ptr(o.y),
+                d.conv.0,
+                bwd_filter_algo(c.algo).ok_or_else(bad)?,
+                ws_ptr,
+                need,
+                b,
+                d.w.0,
+                ptr(o.w),
+            ),
+        }
+    }
+    .ctx(&format!("{} (algorithm {}, math {})", dir.name(), c.algo, c.math))?;
+    // The workspace goes back to the pool now; its next user is queued after this call on the
+    // same stream.
+    drop(ws);
+    Ok(true)
+}
+
+/// Chooses (or recalls) an algorithm and runs one convolution.
+fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()> {
+    let _r = super::nvtx::range(dir.name());
+    let tf32 = crate::settings::allow_tf32();
+    let deterministic = crate::settings::deterministic();
+    let bench = cudnn_benchmark() && !deterministic;
+    let key = AlgoKey { spec: *s, dir, tf32, deterministic, benchmark: bench };
+    let base_math = if tf32 { MATH_DEFAULT } else { MATH_FMA };
+    dev.bind()?;
+    let mut dnn = dev.dnn();
+    let h = dnn.handle;
+    let budget = dev.workspace_budget(MAX_WORKSPACE);
+    if dev.is_capturing() {
+        // During a CUDA-graph capture only a plan made before it can run: choosing one times
+        // algorithms and waits on the stream, which would invalidate the capture. The plan is
+        // kept either way (the eager fallback uses it).
+        let Some(p) = dnn.plans.get(&key) else {
+            return Err(Error::GraphCapture { msg: format!("{} {s:?} has no algorithm chosen before the capture", dir.name()) });
+        };
+        return match launch(dev, h, dir, &p.desc, o, p.cand, p.workspace) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                Err(Error::GraphCapture { msg: format!("no device memory for the workspace of {} {s:?} within the capture", dir.name()) })
+            }
+            Err(e) => Err(e),
+        };
+    }
+    if let Some(p) = dnn.plans.get(&key) {
+        if p.workspace <= budget {
+            if let Ok(true) = launch(dev, h, dir, &p.desc, o, p.cand, p.workspace) {
+                return Ok(());
+            }
+        }
+        // Out of room (or failed): choose again under today's budget.
+        dnn.plans.remove(&key);
+    }
+    let d = Descriptors::new(s)?;
+    d.set_math(base_math)?;
+    // The timed search first (when on); if it fails or leaves nothing usable (it needs memory
+    // too), cuDNN's heuristics.
+    let mut candidates = Vec::new();
+    if bench {
+        if let Ok(p) = benchmark(dev, h, dir, &d, o, budget) {
+            candidates = usable(dir, &p, tf32, deterministic);
+        }
+    }
+    if candidates.is_empty() {
+        d.set_math(base_math)?;
+        candidates = usable(dir, &heuristics(h, dir, &d)?, tf32, deterministic);
+    }
+    let mut last_err = None;
+    for c in candidates {
+        let need = match prepare(h, dir, &d, c, budget) {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        match launch(dev, h, dir, &d, o, c, need) {
+            Ok(true) => {
+                dnn.plans.insert(key, Plan { desc: d, cand: c, workspace: need });
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        cuda_error(
+            dir.name(),
+            format!("no usable cuDNN algorithm for {s:?} (deterministic: {deterministic}, TF32: {tf32}, workspace budget {budget} bytes)"),
+        )
+    }))
+}
+
+fn check(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::bad_shape(op, format!("{what} has {got} elements, expected {want}")));
+    }
+    Ok(())
+}
+
+/// Checks a spec cuDNN will accept; `Ok(false)` when some extent is zero (empty result).
+fn check_spec(op: &'static str, s: &ConvSpec) -> Result<bool> {
+    if s.stride == 0 || s.h + 2 * s.pad < s.kh || s.w + 2 * s.pad < s.kw {
+        return Err(Error::bad_shape(op, format!("{s:?}: the kernel does not fit the padded input, or stride 0")));
+    }
+    Ok(s.n > 0 && s.c_in > 0 && s.c_out > 0 && s.kh > 0 && s.kw > 0)
+}
+
+fn same(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
+    if a.device().same_device(b.device()) {
+        Ok(())
+    } else {
+        Err(cuda_error(op, "operands on different CUDA devices"))
+    }
+}
+
+/// Forward convolution, no bias: `y [n, c_out, out_h, out_w]` from `x [n, c_in, h, w]` and
+/// `w [c_out, c_in, kh, kw]`.
+pub fn conv2d(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
+    let op = "conv2d";
+    let nonempty = check_spec(op, s)?;
+    check(op, "input", x.len(), s.n * s.c_in * s.h * s.w)?;
+    check(op, "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
+    same(op, x, w)?;
+    let out_len = s.n * s.c_out * s.out_h() * s.out_w();
+    if !nonempty {
+        return x.device().zeros(out_len);
+    }
+    let y = x.device().alloc(out_len)?;
+    run(x.device(), Direction::Forward, s, Operands { x: x.raw_ptr(), w: w.raw_ptr(), y: y.raw_ptr() })?;
+    Ok(y)
+}
+
+/// Gradient with respect to the input: `dx [n, c_in, h, w]` from `dy` and `w`.
+pub fn conv2d_backward_input(dy: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
+    let op = "conv2d_backward_input";
+    let nonempty = check_spec(op, s)?;
+    check(op, "dy", dy.len(), s.n * s.c_out * s.out_h() * s.out_w())?;
+    check(op, "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
+    same(op, dy, w)?;
+    let out_len = s.n * s.c_in * s.h * s.w;
+    if !nonempty {
+        return dy.device().zeros(out_len);
+    }
+    let dx = dy.device().alloc(out_len)?;
+    run(dy.device(), Direction::BackwardData, s, Operands { x: dx.raw_ptr(), w: w.raw_ptr(), y: dy.raw_ptr() })?;
+    Ok(dx)
+}
+
+/// Gradient with respect to the weights: `dw [c_out, c_in, kh, kw]` from `x` and `dy`.
+pub fn conv2d_backward_weight(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
+    let op = "conv2d_backward_weight";
+    let nonempty = check_spec(op, s)?;
+    check(op, "input", x.len(), s.n * s.c_in * s.h * s.w)?;
+    check(op, "dy", dy.len(), s.n * s.c_out * s.out_h() * s.out_w())?;
+    same(op, x, dy)?;
+    let out_len = s.c_out * s.c_in * s.kh * s.kw;
+    if !nonempty {
+        return x.device().zeros(out_len);
+    }
+    let dw = x.device().alloc(out_len)?;
+    run(x.device(), Direction::BackwardFilter, s, Operands { x: x.raw_ptr(), w: dw.raw_ptr(), y: dy.raw_ptr() })?;
+    Ok(dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_specs_are_errors_not_panics() {
+        let s = ConvSpec { n: 1, c_in: 1, h: 2, w: 2, c_out: 1, kh: 5, kw: 5, stride: 1, pad: 0 };
+        assert!(check_spec("conv2d", &s).is_err());
+        let s = ConvSpec { stride: 0, kh: 1, kw: 1, ..s };
+        assert!(check_spec("conv2d", &s).is_err());
+    }
+}
