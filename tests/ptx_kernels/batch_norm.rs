@@ -482,20 +482,30 @@ fn a_variance_clamp_that_drops_nan_is_caught() {
     assert!(!within_an_ulp(got.invstd[1], want.invstd[1]), "the statistics check would not notice");
 }
 
-/// The block sum without its first barrier (warp leaders store their partial sums to shared
-/// memory, then the first warp reads them back) is reported as a race on shared memory, even
-/// though the simulator's order of threads could have hidden it.
+/// The block sum's two barriers are both needed, and the simulator says so. Without the first
+/// (warp leaders store their partial sums to shared memory, then the first warp reads them
+/// back), a thread reads a slot its warp leader has not written yet; without the second, the
+/// next call's leaders overwrite slots the first warp is still reading: a race on shared
+/// memory, even though the simulator's order of threads could have hidden it.
 #[test]
-fn a_missing_barrier_is_caught_as_a_shared_memory_race() {
-    let k = sim::load_edited("batch_norm", |t| {
-        t.replacen("    @%p1 st.shared.f64 [%r9], %fd1;\n    bar.sync 0;\n", "    @%p1 st.shared.f64 [%r9], %fd1;\n", 1)
-    });
+fn missing_barriers_are_caught() {
     let d = SHAPES[0];
     let (x, _, _) = inputs(d, -2.0, 13);
-    let err = crate::launch_error(|| {
-        statistics(&k, &x, d);
-    });
-    assert!(err.contains("data race on shared memory"), "the block sum without its barrier was not reported as a race: {err}");
+    let cases = [
+        (
+            "    @%p1 st.shared.f64 [%r9], %fd1;\n    bar.sync 0;\n",
+            "    @%p1 st.shared.f64 [%r9], %fd1;\n",
+            "that no thread of the block wrote",
+        ),
+        ("    bar.sync 0;\n    st.param.f64 [bs_ret], %fd3;\n", "    st.param.f64 [bs_ret], %fd3;\n", "data race on shared memory"),
+    ];
+    for (old, new, expect) in cases {
+        let k = sim::load_edited("batch_norm", |t| t.replacen(old, new, 1));
+        let err = crate::launch_error(|| {
+            statistics(&k, &x, d);
+        });
+        assert!(err.contains(expect), "the block sum without a barrier: expected an error with `{expect}`, got: {err}");
+    }
 }
 
 /// Statistics, normalise and backward with gridDim.y cut to 2 (`crate::with_grid_y_cap`): the

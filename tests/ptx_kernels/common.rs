@@ -73,28 +73,41 @@ impl Rng {
     }
 }
 
-/// Asserts bit equality, NaNs of any payload being equal; names the first difference.
+/// The bits of [`Memory::poisoned`]'s f32: no input of these tests holds this NaN and
+/// arithmetic does not make it, so an output element with these bits was never written.
+pub const POISON: u32 = u32::MAX;
+
+fn assert_written(what: &str, i: usize, g: f32) {
+    assert_ne!(g.to_bits(), POISON, "{what}: element {i} was never written (it still holds the poison)");
+}
+
+/// Asserts bit equality, NaNs of any payload being equal (but never the poison of an unwritten
+/// element); names the first difference.
 pub fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_written(what, i, *g);
         let same = g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
         assert!(same, "{what}: element {i} is {g:e} ({:#010x}), the CPU reference has {w:e} ({:#010x})", g.to_bits(), w.to_bits());
     }
 }
 
-/// Asserts equal values (+0 == -0, NaN == NaN); names the first difference.
+/// Asserts equal values (+0 == -0, NaN == NaN, never the poison); names the first difference.
 pub fn assert_values(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_written(what, i, *g);
         assert!(g == w || (g.is_nan() && w.is_nan()), "{what}: element {i} is {g:e}, the CPU reference has {w:e}");
     }
 }
 
-/// Asserts |got - want| <= atol + rtol |want| element-wise; names the worst element.
+/// Asserts |got - want| <= atol + rtol |want| element-wise, and equality where the reference
+/// is infinite or NaN (never the poison); names the first element outside.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let ok = (g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan());
+        assert_written(what, i, *g);
+        let ok = if w.is_finite() { (g - w).abs() <= atol + rtol * w.abs() } else { g == w || (g.is_nan() && w.is_nan()) };
         assert!(ok, "{what}: element {i} is {g:e}, the CPU reference has {w:e} (rtol {rtol:e}, atol {atol:e})");
     }
 }

@@ -17,7 +17,7 @@ fn dims(blocks: u32, threads: u32) -> Dims {
 /// `out[tid] = f(tid)` with `f` given as PTX computing `%r2` (u32) from `%r1` (tid).
 fn per_thread_u32(f: &str, threads: u32) -> Result<Vec<u32>, String> {
     let k = kernels(&format!(
-        ".visible .entry k(.param .u64 out)\n{{\n.reg .pred %p<4>;\n.reg .b32 %r<16>;\n.reg .f32 %f<8>;\n.reg .b64 %rd<4>;\n\
+        ".shared .align 4 .u32 s[64];\n.visible .entry k(.param .u64 out)\n{{\n.reg .pred %p<4>;\n.reg .b32 %r<16>;\n.reg .f32 %f<8>;\n.reg .b64 %rd<4>;\n\
          ld.param.u64 %rd1, [out];\nmov.u32 %r1, %tid.x;\n{f}\nmul.wide.u32 %rd2, %r1, 4;\nadd.s64 %rd2, %rd1, %rd2;\n\
          st.global.u32 [%rd2], %r2;\nret;\n}}\n"
     ));
@@ -150,4 +150,44 @@ fn every_kernel_entry_is_simulated() {
         .filter(|e| !sources.iter().any(|s| s.contains(&format!("\"{e}\""))))
         .collect();
     assert!(missing.is_empty(), "kernel entries no test in tests/ptx_kernels launches: {missing:?}");
+}
+
+/// Faults found by a review of the simulator, each now refused: a call result read after its
+/// block ended (a stale value from the previous call), shared memory read before any thread
+/// wrote it, a float operand written as an integer literal, a plain store mixed with atomics,
+/// a write to a location read through `ld.global.nc`.
+#[test]
+fn stale_parameters_unwritten_shared_memory_and_mixed_atomics_are_refused() {
+    let twice = ".func (.param .u32 ret) twice(.param .u32 v)\n{\n.reg .b32 %r<3>;\nld.param.u32 %r1, [v];\nadd.u32 %r2, %r1, %r1;\nst.param.u32 [ret], %r2;\nret;\n}\n";
+    let k = kernels(&format!(
+        "{twice}.visible .entry k(.param .u64 out)\n{{\n.reg .b32 %r<4>;\n.reg .b64 %rd<3>;\nld.param.u64 %rd1, [out];\nmov.u32 %r1, 21;\n\
+         {{\n.param .u32 a0;\n.param .u32 r0;\nst.param.u32 [a0], %r1;\ncall.uni (r0), twice, (a0);\nld.param.u32 %r2, [r0];\n}}\n\
+         {{\n.param .u32 a0;\n.param .u32 r0;\nld.param.u32 %r3, [r0];\n}}\n\
+         st.global.u32 [%rd1], %r3;\nret;\n}}\n"
+    ));
+    let mut mem = Memory::default();
+    let out = mem.poisoned(4);
+    let err = k.launch(&mut mem, "k", dims(1, 1), &[Arg::U64(out)]).expect_err("a result read in a later block").0;
+    assert!(err.contains("read before it was written"), "{err}");
+
+    let err = per_thread_u32_shared("ld.shared.u32 %r2, [%r4];", 32).expect_err("an unwritten shared read");
+    assert!(err.contains("no thread of the block wrote"), "{err}");
+    assert!(
+        fault("mov.u32 %r2, 0;\nmov.f32 %f1, 0f3F800000;\nadd.rn.f32 %f2, %f1, 1;", 1).contains("integer literal"),
+        "an integer literal as a float operand"
+    );
+    // Thread 0 stores to out[0], every thread then adds to it atomically.
+    let mixed = "setp.eq.u32 %p1, %r1, 0;\n@%p1 st.global.u32 [%rd1], %r1;\natom.global.add.u32 %r3, [%rd1], 1;\nmov.u32 %r2, %r3;\nadd.u32 %r1, %r1, 1;";
+    assert!(fault(mixed, 2).contains("plain store"), "a plain store mixed with atomics");
+}
+
+/// `per_thread_u32` with a shared array `s[64]` whose address plus 4 tid is in `%r4`.
+fn per_thread_u32_shared(f: &str, threads: u32) -> Result<Vec<u32>, String> {
+    per_thread_u32(&format!("mov.u32 %r5, s;\nshl.b32 %r6, %r1, 2;\nadd.u32 %r4, %r5, %r6;\n{f}"), threads)
+}
+
+#[test]
+fn mov_packs_and_unpacks_by_the_instruction_width() {
+    let got = per_thread_u32("mov.u32 %r3, 0x1234;\nmov.u32 %r4, 0xABCD;\nmov.b32 %r2, {%r3, %r4};", 1).unwrap();
+    assert_eq!(got, vec![0xABCD_1234], "mov.b32 of two 16-bit halves, low first");
 }

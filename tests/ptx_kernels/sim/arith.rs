@@ -188,3 +188,12 @@ pub(super) fn convert(dst: Ty, src: Ty, round: Round, a: u64) -> Result<u64, Str
         },
     })
 }
+
+/// `x` with a subnormal flushed to zero of the same sign.
+pub(super) fn ftz(x: f32) -> f32 {
+    if x.is_subnormal() {
+        0.0f32.copysign(x)
+    } else {
+        x
+    }
+}

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::arith::{binary, compare, convert, f32_of, f64_of, int_of, mask};
+use super::arith::{binary, compare, convert, f32_of, f64_of, ftz, int_of, mask};
 use super::memory::{le, set_le, shared_offset, track, Access, Memory, ATOMICS, NOBODY, SHARED_BASE};
 use super::parse::{AddrBase, AtomOp, Function, Inst, Module, Op, Operand, Space, Special, Ty};
 
@@ -104,7 +104,12 @@ struct Thread<'m> {
     linear: u32,
     frames: Vec<Frame<'m>>,
     state: State,
+    /// Instructions this thread has executed (see [`MAX_INSTRUCTIONS_PER_THREAD`]).
+    executed: u64,
 }
+
+/// A thread that runs this many instructions is taken for stuck in a loop: an error, not a hang.
+const MAX_INSTRUCTIONS_PER_THREAD: u64 = 10_000_000;
 
 struct Block {
     ctaid: (u32, u32, u32),
@@ -113,6 +118,9 @@ struct Block {
     shared: Vec<u8>,
     /// Per shared byte since the last barrier: who wrote and read it (see [`track`]).
     shared_writer: Vec<u32>,
+    /// Per shared byte: whether any thread of the block wrote it (shared memory starts
+    /// undefined on a GPU: reading a byte nobody wrote is an error, not a zero).
+    shared_written: Vec<bool>,
     shared_reader: Vec<u32>,
 }
 
@@ -175,6 +183,7 @@ impl Kernels {
                         linear,
                         shared: vec![0u8; n],
                         shared_writer: vec![NOBODY; n],
+                        shared_written: vec![false; n],
                         shared_reader: vec![NOBODY; n],
                     };
                     self.run_block(memory, func, &params, dims, &mut b, &mut stats)
@@ -208,7 +217,7 @@ impl Kernels {
                         params: Rc::clone(params),
                         result_into: None,
                     };
-                    threads.push(Thread { tid: (x, y, z), linear, frames: vec![frame], state: State::Ready });
+                    threads.push(Thread { tid: (x, y, z), linear, frames: vec![frame], state: State::Ready, executed: 0 });
                 }
             }
         }
@@ -297,7 +306,12 @@ impl Kernels {
     /// as arrived, as on sm_70 and later).
     fn release_barrier(&self, threads: &mut [Thread]) -> Result<(), SimError> {
         let live: Vec<&Thread> = threads.iter().filter(|t| t.state != State::Exited).collect();
-        let all_at_barrier = live.iter().all(|t| t.state == State::Waiting && current(t).op == Op::BarSync);
+        // Every thread must wait at the same `bar.sync` (the same instruction of the same call
+        // depth): PTX leaves threads at different barrier instructions undefined.
+        let first = live.first().map(|t| (current(t) as *const Inst, t.frames.len()));
+        let all_at_barrier = live.iter().all(|t| {
+            t.state == State::Waiting && current(t).op == Op::BarSync && Some((current(t) as *const Inst, t.frames.len())) == first
+        });
         if !all_at_barrier {
             let stuck: Vec<String> = live.iter().take(4).map(|t| format!("thread {:?} at line {}", t.tid, current(t).line)).collect();
             return Err(SimError(format!("deadlock: threads wait at different collectives ({} ...)", stuck.join(", "))));
@@ -331,6 +345,7 @@ fn read_plain(f: &Frame, o: &Operand, ty: Ty) -> Result<u64, String> {
             }
             Ok(if ty == Ty::Pred { f.regs[*r] } else { mask(ty, f.regs[*r]) })
         }
+        Operand::Int(_) if matches!(ty, Ty::F32 | Ty::F64) => Err("an integer literal as a float operand (write 0f.../0d...)".into()),
         Operand::Int(v) => Ok(mask(ty, *v as u64)),
         Operand::F32Bits(b) if ty == Ty::F32 || ty.bytes() == 4 => Ok(*b as u64),
         Operand::F64Bits(b) if ty == Ty::F64 || ty.bytes() == 8 => Ok(*b),
@@ -465,6 +480,10 @@ impl<'m> Ctx<'_, 'm> {
                 return Ok(());
             }
             self.stats.instructions += 1;
+            t.executed += 1;
+            if t.executed > MAX_INSTRUCTIONS_PER_THREAD {
+                return Err(format!("more than {MAX_INSTRUCTIONS_PER_THREAD} instructions in one thread: a loop that never ends?"));
+            }
             let flow = self.exec(t, inst).map_err(|e| format!("line {} `{}`: {e}", inst.line, inst.text))?;
             match flow {
                 Flow::Next => t.frames.last_mut().unwrap().pc += 1,
@@ -514,7 +533,7 @@ impl<'m> Ctx<'_, 'm> {
             Op::Mov(ty) => match (&ops[0], &ops[1]) {
                 (Operand::Reg(d), Operand::Vector(parts)) => {
                     let f = t.frames.last().unwrap();
-                    let half = 64 / parts.len() as u32;
+                    let half = (ty.bytes() * 8) as u32 / parts.len() as u32;
                     let mut v = 0u64;
                     for (k, r) in parts.iter().enumerate() {
                         let part = read_plain(f, &Operand::Reg(*r), Ty::B32)?;
@@ -522,10 +541,9 @@ impl<'m> Ctx<'_, 'm> {
                     }
                     set(t, *d, mask(*ty, v));
                 }
-                (Operand::Vector(parts), src) => {
+                (Operand::Vector(parts), _) => {
                     let v = arg!(1, *ty);
-                    let _ = src;
-                    let half = 64 / parts.len() as u32;
+                    let half = (ty.bytes() * 8) as u32 / parts.len() as u32;
                     for (k, r) in parts.clone().iter().enumerate() {
                         set(t, *r, (v >> (half * k as u32)) & ((1u64 << half) - 1));
                     }
@@ -670,7 +688,9 @@ impl<'m> Ctx<'_, 'm> {
                 let bytes = self.memory.access(at, size, id, Access::Atomic)?;
                 let old = le(bytes);
                 let new = match (op, ty) {
-                    (AtomOp::Add, Ty::F32) => (f32_of(old) + f32_of(v)).to_bits() as u64,
+                    // PTX: red/atom.add.f32 on global memory flush subnormal inputs and
+                    // results to sign-preserving zero.
+                    (AtomOp::Add, Ty::F32) => ftz(ftz(f32_of(old)) + ftz(f32_of(v))).to_bits() as u64,
                     (AtomOp::Add, Ty::U32 | Ty::S32) => mask(*ty, old.wrapping_add(v)),
                     (AtomOp::Or, Ty::B32 | Ty::U32) => old | v,
                     _ => return Err("unsupported atomic".into()),
@@ -713,6 +733,14 @@ impl<'m> Ctx<'_, 'm> {
                 };
                 return Ok(Flow::Call(frame));
             }
+            Op::EndScope => {
+                if let [Operand::ParamList(names)] = ops.as_slice() {
+                    let params = Rc::make_mut(&mut t.frames.last_mut().unwrap().params);
+                    for n in names {
+                        params.remove(n);
+                    }
+                }
+            }
             Op::BarSync | Op::ShflDown => unreachable!("collectives are run by the block scheduler"),
         }
         Ok(Flow::Next)
@@ -744,6 +772,14 @@ fn check_vector_alignment(addr: &Address, bytes: usize) -> Result<(), String> {
 /// accesses since the last barrier.
 fn shared_access(b: &mut Block, a: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
     let off = shared_offset(b.shared.len(), a, size)?;
+    let written = &mut b.shared_written[off..off + size];
+    match how {
+        Access::Store | Access::Atomic => written.fill(true),
+        Access::Load | Access::LoadNc if !written.iter().all(|&w| w) => {
+            return Err(format!("read of shared memory at {a:#x} that no thread of the block wrote (shared memory starts undefined)"));
+        }
+        _ => {}
+    }
     track(&mut b.shared_writer[off..off + size], &mut b.shared_reader[off..off + size], thread, how)
         .map_err(|what| format!("data race on shared memory at {a:#x} since the last barrier: {what}"))?;
     Ok(&mut b.shared[off..off + size])

@@ -115,11 +115,17 @@ pub(super) fn track(writer: &mut [u32], reader: &mut [u32], thread: u32, how: Ac
         if *w != NOBODY && *w != thread && !(how == Access::Atomic && *w == ATOMICS) {
             return Err("written by another thread without an atomic");
         }
+        if how == Access::Atomic && *w != NOBODY && *w != ATOMICS {
+            return Err("written by a plain store, then updated by an atomic (other threads' atomics would race with that store)");
+        }
         if matches!(how, Access::Store | Access::Atomic) && *r != NOBODY && *r != thread {
             return Err("read by another thread before this write");
         }
         match how {
-            Access::Load | Access::LoadNc => *r = if *r == NOBODY || *r == thread { thread } else { MANY },
+            Access::Load => *r = if *r == NOBODY || *r == thread { thread } else { MANY },
+            // A later write by any thread, this one included, may leave the read-only cache stale
+            // for other reads of the launch: count it as read by everyone.
+            Access::LoadNc => *r = MANY,
             Access::Store => *w = thread,
             Access::Atomic => *w = ATOMICS,
         }

@@ -152,6 +152,9 @@ pub enum Op {
     Ret,
     BarSync,
     ShflDown,
+    /// The end of a `{ }` block in a function body: its `.param` variables (the operand, a
+    /// `ParamList`) cease to exist. Not a PTX instruction; the parser emits it.
+    EndScope,
 }
 
 /// The operation of an atomic.
@@ -799,14 +802,44 @@ fn parse_body(
     }
     let mut body = Vec::new();
     let mut labels = HashMap::new();
+    // The `.param` names declared by each open `{ }` block: a call's arguments and results.
+    // They are created when first stored and die at the block's end (an `EndScope`), so a
+    // later block that reads one before storing it fails instead of seeing a stale value.
+    let mut scopes: Vec<Vec<String>> = Vec::new();
     for s in &stmts[start..end] {
         let (ls, t) = split_labels(&s.text);
         for l in ls {
             labels.insert(l, body.len());
         }
-        if t.is_empty() || s.term != ';' || t.starts_with(".reg") || t.starts_with(".param") {
-            // Scoped `{ .param ... }` blocks only declare call parameters, which the
-            // simulator creates when they are first stored.
+        match s.term {
+            '{' => {
+                scopes.push(Vec::new());
+                continue;
+            }
+            '}' => {
+                let names = scopes.pop().unwrap_or_default();
+                if !names.is_empty() {
+                    body.push(Inst {
+                        guard: None,
+                        op: Op::EndScope,
+                        operands: vec![Operand::ParamList(names)],
+                        line: s.line,
+                        text: "}".into(),
+                    });
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(decl) = t.strip_prefix(".param") {
+            let name = decl.split_whitespace().last().unwrap_or("").to_string();
+            match scopes.last_mut() {
+                Some(scope) => scope.push(name),
+                None => return err(s.line, format!("`.param` outside a call block: `{t}`")),
+            }
+            continue;
+        }
+        if t.is_empty() || t.starts_with(".reg") {
             continue;
         }
         if t.starts_with('.') {
