@@ -304,10 +304,9 @@ fn csr_backward_is_bit_exact_and_writes_only_touched_locations() {
 }
 
 /// More points than blocks along y (65535): blockIdx.y walks the points by gridDim.y in the
-/// forward and the atomic backward, so the last points are taken on a second trip round.
-/// Ignored by default: the trip needs over 2 million simulated threads (several seconds).
+/// forward and the atomic backward, so the last points are taken on a second trip round: the
+/// wrapper's real shape at the cap (over 2 million simulated threads, a few seconds).
 #[test]
-#[ignore = "slow in the simulator (65535 blocks along y); run with --ignored"]
 fn forward_and_atomic_backward_walk_points_past_the_grid_cap() {
     let k = sim::load("gather");
     let g = GatherSpec { n: 2, in_h: 8, in_w: 8, taps: vec![(1, 3, 5)] };
@@ -324,9 +323,8 @@ fn forward_and_atomic_backward_walk_points_past_the_grid_cap() {
 
 /// More touched locations than blocks along y: 128 x 128 points two pixels apart on a
 /// 257 x 257 tap at full resolution touch 4 locations each, 65536 in all, so block 0 also
-/// takes the last location. Ignored by default for the same reason as the test above.
+/// takes the last location (a few seconds, as the test above).
 #[test]
-#[ignore = "slow in the simulator (65535 blocks along y); run with --ignored"]
 fn csr_backward_walks_locations_past_the_grid_cap() {
     let k = sim::load("gather");
     let g = GatherSpec { n: 1, in_h: 257, in_w: 257, taps: vec![(1, 257, 257)] };
@@ -337,7 +335,7 @@ fn csr_backward_walks_locations_past_the_grid_cap() {
     check_backward_csr(&k, &g, &pts, &grad);
 }
 
-/// The same walks as the two ignored tests above, quick: gridDim.y cut to 3, so each block
+/// The same walks as the two tests above, at a fraction of their cost: gridDim.y cut to 3, so each block
 /// takes several points (forward, atomic backward) or locations (CSR backward), with the
 /// wrapper's shapes otherwise.
 #[test]

@@ -155,11 +155,9 @@ fn narrow_rows_match_the_cpu() {
 }
 
 /// The wrapper's shape at more points than the grid's 65535 rows, so that blockIdx.y's stride
-/// loop wraps: about 70 million simulated instructions (both entries), 10 s in release mode,
-/// hence ignored by default (`cargo test --release --test ptx_kernels -- --ignored`);
-/// `a_short_grid_strides_over_the_points` checks the same loop quickly.
+/// loop wraps: about 70 million simulated instructions (both entries), several seconds;
+/// `a_short_grid_strides_over_the_points` checks the same loop quickly at a cut grid.
 #[test]
-#[ignore = "10 s in the simulator"]
 fn points_past_the_grid_wrap_around() {
     let k = sim::load("hypercolumn_sum");
     let np = ops::MAX_GRID_Y as usize + 40;
