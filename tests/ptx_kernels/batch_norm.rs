@@ -12,8 +12,8 @@
 //!   relative, far below an f32 ulp, and are rounded once to f32, so they agree to within one
 //!   f32 ulp (they differ only when the f64 values straddle an f32 rounding boundary).
 //! - `bn_normalize_f32` given the same statistics: bit-exact, as the header promises (checked
-//!   with the CPU's own statistics fed in). Under the fused ReLU a zero's sign is not compared:
-//!   Rust's `f32::max(-0.0, 0.0)` may return either zero (its documentation leaves it open).
+//!   with the CPU's own statistics fed in), the fused ReLU included (`max.f32` and
+//!   `cpu::relu` both give +0 for -0 and NaN).
 //! - The backward sums differ from the CPU's in order and in where `invstd` is applied, so
 //!   they too agree to within an f32 ulp (dx too, away from cancellation in
 //!   `count dy - sdy - xhat sdyx`, which these random inputs do not come near); with dyadic statistics and coarse inputs every f64
@@ -30,7 +30,7 @@ use hyperseg_engine::backend::cuda::kernels::ops;
 use hyperseg_engine::backend::{BackendStorage, Nchw};
 
 use crate::sim::{self, Arg, Kernels, Memory};
-use crate::{assert_bits, assert_values, dims, run, Rng};
+use crate::{assert_bits, dims, run, Rng};
 
 const EPS: f32 = 1e-5;
 
@@ -281,8 +281,7 @@ fn normalize_is_bit_exact_given_the_cpu_statistics() {
             let got = normalize(&k, &x, (&s.mean, &s.invstd), &gamma, &beta, d, relu);
             let what = format!("bn_normalize_f32 relu={relu} {}", tag(d));
             if relu {
-                // Bit for bit, but for the sign of zeros (f32::max(-0.0, 0.0) may be -0.0).
-                assert_values(&what, &got, &want);
+                assert_bits(&what, &got, &want);
                 let neg = got.iter().position(|v| *v < 0.0);
                 assert!(neg.is_none(), "{what}: element {neg:?} is negative after the fused ReLU");
             } else {
@@ -313,7 +312,7 @@ fn fused_relu_is_the_relu_of_the_plain_output() {
     assert!(plain[hw..2 * hw].iter().all(|v| v.is_nan()), "bn_normalize_f32: a NaN invstd gave a number");
     assert_eq!(plain[at].to_bits(), (-0.0f32).to_bits(), "bn_normalize_f32: element {at} at the mean is {:e}, not -0", plain[at]);
     let want: Vec<f32> = plain.iter().map(|&v| if v.is_nan() || v <= 0.0 { 0.0 } else { v }).collect();
-    assert_values("bn_normalize_f32 relu=1 against relu=0 then max(y, 0)", &fused, &want);
+    assert_bits("bn_normalize_f32 relu=1 against relu=0 then max(y, 0)", &fused, &want);
 }
 
 /// A batch with an infinity and a NaN in different channels: statistics NaN where the CPU's
@@ -343,7 +342,7 @@ fn statistics_of_a_non_finite_batch_stay_nan() {
     for relu in [false, true] {
         let (want_y, _) = cpu_forward(&x, &gamma, &beta, d, relu);
         let y = normalize(&k, &x, (&got.mean, &got.invstd), &gamma, &beta, d, relu);
-        assert_values(&format!("bn_normalize_f32 relu={relu} of a non-finite batch"), &y, &want_y);
+        assert_bits(&format!("bn_normalize_f32 relu={relu} of a non-finite batch"), &y, &want_y);
     }
 }
 

@@ -119,10 +119,8 @@ fn fill_writes_every_element_with_the_exact_value() {
 }
 
 /// The unary maps that the header promises bit for bit (Neg, Sqr, Sqrt, Relu): signed zeros,
-/// NaN below 0 for sqrt, NaN to 0 for relu. relu(-0) is +0 from `max.f32` (it orders -0 below
-/// +0) and from the CPU's `f32::max` at this crate's opt-levels (dev 1, test 2, release 3);
-/// Rust leaves the sign of `max(-0.0, 0.0)` unspecified and gives -0 at opt-level 0, so a
-/// failure at element of x = -0 in such a build is the reference's, not the kernel's.
+/// NaN below 0 for sqrt, NaN to +0 for relu. relu(-0) is +0 from `max.f32` (it orders -0 below
+/// +0) and from `cpu::relu`.
 #[test]
 fn exact_unary_maps_match_the_cpu_bit_for_bit() {
     let k = sim::load("elementwise");

@@ -4,9 +4,8 @@
 //! `cpu::bf16::plane_sum_forward_bf16`, with the wrapper's plane table (`ops::plane_table`) and
 //! launch shape (`ops::plane_sum_cfg`).
 //!
-//! The header promises bit-exact results except for the sign of zeros, so results are compared
-//! by value (`assert_values`: +0 == -0, NaN == NaN); bf16 results are widened to f32 (exact and
-//! one-to-one) and compared the same way. It also promises that a corner of weight exactly 0 is
+//! The header promises bit-exact results, so results are compared bit for bit (`assert_bits`);
+//! bf16 results are widened to f32 (exact and one-to-one) and compared the same way. It also promises that a corner of weight exactly 0 is
 //! skipped, so a non-finite value there does not reach the result, where the CPU reference
 //! (which multiplies it by 0) gives NaN: `corners_of_weight_zero_are_skipped` checks that
 //! against a reference computed without those values.
@@ -17,7 +16,7 @@ use hyperseg_engine::backend::cuda::kernels::ops;
 use hyperseg_engine::backend::{BackendStorage, PlaneSumSpec, SamplePoint};
 
 use crate::sim::{self, Arg, Dims, Kernels, Memory};
-use crate::{assert_values, dims, run, Rng};
+use crate::{assert_bits, dims, run, Rng};
 
 const F32: &str = "upsample_sum_bias_relu_f32";
 const BF16: &str = "upsample_sum_bias_relu_bf16";
@@ -126,11 +125,10 @@ fn run_bf16(k: &Kernels, c: &Case) -> Vec<f32> {
     bits.into_iter().map(|b| bf16::from_bits(b).to_f32()).collect()
 }
 
-/// Both entries against their CPU references, by value (the header's "bit-exact except for the
-/// sign of zeros"); `what` names the case.
+/// Both entries against their CPU references, bit for bit; `what` names the case.
 fn check_both(k: &Kernels, c: &Case, what: &str) {
-    assert_values(&format!("{F32} ({what})"), &run_f32(k, c), &c.want_f32());
-    assert_values(&format!("{BF16} ({what})"), &run_bf16(k, c), &c.want_bf16());
+    assert_bits(&format!("{F32} ({what})"), &run_f32(k, c), &c.want_f32());
+    assert_bits(&format!("{BF16} ({what})"), &run_bf16(k, c), &c.want_bf16());
 }
 
 fn spec(n: usize, in_h: usize, in_w: usize, cols: usize, planes: &[(usize, usize)]) -> PlaneSumSpec {
@@ -185,7 +183,7 @@ fn a_short_grid_strides_over_the_points() {
         } else {
             mem.download(out, want.len())
         };
-        assert_values(&format!("{entry} (grid of 7 rows for 50 points)"), &got, &want);
+        assert_bits(&format!("{entry} (grid of 7 rows for 50 points)"), &got, &want);
     }
 }
 
@@ -252,8 +250,8 @@ fn corners_of_weight_zero_are_skipped() {
     let plain = c.want_f32();
     let differ = plain.iter().zip(&want32).filter(|(a, b)| a != b && !(a.is_nan() && b.is_nan())).count();
     assert!(differ > 0, "the CPU reference is the same with and without the skipped values: the case does not exercise skipping");
-    assert_values(&format!("{F32} (non-finite values at corners of weight 0)"), &got32, &want32);
-    assert_values(&format!("{BF16} (non-finite values at corners of weight 0)"), &got16, &want16);
+    assert_bits(&format!("{F32} (non-finite values at corners of weight 0)"), &got32, &want32);
+    assert_bits(&format!("{BF16} (non-finite values at corners of weight 0)"), &got16, &want16);
 }
 
 /// The bf16 output's rounding: a full-resolution plane (the sum is plane value + bias, one
@@ -280,7 +278,7 @@ fn bf16_output_ties_round_to_even() {
     let ties = c.want_f32().iter().filter(|v| v.to_bits() & 0xFFFF == 0x8000).count();
     assert!(ties >= 20, "only {ties} sums are ties: the case does not exercise the rounding");
     assert!(c.want_bf16().iter().any(|v| v.is_infinite()), "no sum rounds to infinity");
-    assert_values(&format!("{BF16} (ties)"), &run_bf16(&k, &c), &c.want_bf16());
+    assert_bits(&format!("{BF16} (ties)"), &run_bf16(&k, &c), &c.want_bf16());
 }
 
 /// The comparison notices corner 1 read from the wrong column (`b.i0` instead of `b.i1`, a

@@ -46,7 +46,7 @@ pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32, 
         let (g, b) = (gamma[c], beta[c]);
         for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
             let y = g * (v - mean) * invstd + b;
-            *o = if relu { y.max(0.0) } else { y };
+            *o = if relu { super::relu(y) } else { y };
         }
     });
     Forward {

@@ -30,7 +30,7 @@ pub fn bias_relu_assign(y: &mut [bf16], b: &[f32]) {
     }
     y.par_chunks_mut(b.len()).for_each(|row| {
         for (v, &bias) in row.iter_mut().zip(b) {
-            *v = bf16::from_f32((v.to_f32() + bias).max(0.0));
+            *v = bf16::from_f32(super::relu(v.to_f32() + bias));
         }
     });
 }

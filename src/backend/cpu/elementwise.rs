@@ -24,6 +24,18 @@ fn zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     }
 }
 
+/// `max(v, 0)` as the GPU's `max.f32` computes it, with every case defined: NaN gives +0 (the
+/// non-NaN operand) and -0 gives +0. Rust's `f32::max(-0.0, 0.0)` may return either zero (it
+/// differs between opt-levels), so every ReLU of the CPU reference goes through this.
+#[inline]
+pub fn relu(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
 pub fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
     match op {
         UnaryOp::Neg => map(x, |v| -v),
@@ -31,7 +43,7 @@ pub fn unary(x: &[f32], op: UnaryOp) -> Vec<f32> {
         UnaryOp::Sqrt => map(x, f32::sqrt),
         UnaryOp::Exp => map(x, f32::exp),
         UnaryOp::Log => map(x, f32::ln),
-        UnaryOp::Relu => map(x, |v| v.max(0.0)),
+        UnaryOp::Relu => map(x, relu),
     }
 }
 
@@ -62,7 +74,7 @@ pub fn bias_relu_assign(y: &mut [f32], bias: &[f32]) {
     }
     y.par_chunks_mut(cols).for_each(|row| {
         for (v, &b) in row.iter_mut().zip(bias) {
-            *v = (*v + b).max(0.0);
+            *v = relu(*v + b);
         }
     });
 }

@@ -153,7 +153,7 @@ pub(crate) fn plane_sum_with<T: Copy + Sync>(
             }
         }
         for (v, &b) in row.iter_mut().zip(bias) {
-            *v = (*v + b).max(0.0);
+            *v = super::relu(*v + b);
         }
     });
     out
