@@ -92,15 +92,6 @@ pub fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
-/// Asserts equal values (+0 == -0, NaN == NaN, never the poison); names the first difference.
-pub fn assert_values(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_written(what, i, *g);
-        assert!(g == w || (g.is_nan() && w.is_nan()), "{what}: element {i} is {g:e}, the CPU reference has {w:e}");
-    }
-}
-
 /// Asserts |got - want| <= atol + rtol |want| element-wise, and equality where the reference
 /// is infinite or NaN (never the poison); names the first element outside.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {

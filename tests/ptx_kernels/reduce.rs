@@ -15,7 +15,7 @@ use hyperseg_engine::backend::cuda::kernels::ops::{self, BLOCK, MAX_GRID_Y, PLAN
 use hyperseg_engine::backend::{BackendStorage, BroadcastSpec};
 
 use crate::sim::{self, Arg, Kernels, Memory};
-use crate::{assert_bits, assert_close, assert_values, dims, run, Rng};
+use crate::{assert_bits, assert_close, dims, run, Rng};
 
 /// `sum_final_f64` as the wrappers launch it (grid 1, block 256): `out[0] = (f32)(scale *
 /// sum(partial[0..count]))` into a new poisoned buffer, whose address it returns.
@@ -150,14 +150,14 @@ fn sum_all_propagates_nan_and_infinities() {
     }
 }
 
-/// A sum of zeros is zero. Its sign is not promised: the kernels start from +0.0 (so all -0.0
-/// gives +0.0), Rust's `f64: Sum` starts from -0.0; values are compared, not bits.
+/// A sum of zeros is +0.0 whatever their signs: the kernels and the CPU both start from +0.0.
 #[test]
-fn sum_all_of_signed_zeros_is_zero() {
+fn sum_all_of_signed_zeros_is_plus_zero() {
     let k = sim::load("reduce");
     for x in [vec![-0.0f32; 300], vec![0.0; 300], (0..300).map(|i| if i % 3 == 0 { 0.0 } else { -0.0 }).collect()] {
         let got = sum_all_sim(&k, &x);
-        assert_values("sum_partial_f32 + sum_final_f64 of signed zeros", &[got], &[sum_all_cpu(&x)]);
+        assert_bits("sum_partial_f32 + sum_final_f64 of signed zeros", &[got], &[sum_all_cpu(&x)]);
+        assert_eq!(got.to_bits(), 0, "a sum of signed zeros is +0.0");
     }
 }
 

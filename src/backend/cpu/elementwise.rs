@@ -109,8 +109,11 @@ pub fn non_finite(buffers: &[&[f32]]) -> f32 {
 }
 
 /// Sum in f64 chunks: accurate and independent of the thread count.
+/// The sum in f64, rounded once. Sums start from +0.0, as the GPU's do (Rust's `f64: Sum`
+/// starts from -0.0, which would make a sum of only -0.0 differ in sign).
 pub fn sum(x: &[f32]) -> f32 {
-    x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>() as f32
+    let add = |a: f64, b: f64| a + b;
+    x.par_chunks(1 << 14).map(|c| c.iter().map(|&v| v as f64).fold(0.0, add)).collect::<Vec<_>>().into_iter().fold(0.0, add) as f32
 }
 
 /// `out[o, m, i] = f(x[o, m, i], v[m])`.
