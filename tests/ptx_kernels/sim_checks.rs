@@ -191,3 +191,22 @@ fn mov_packs_and_unpacks_by_the_instruction_width() {
     let got = per_thread_u32("mov.u32 %r3, 0x1234;\nmov.u32 %r4, 0xABCD;\nmov.b32 %r2, {%r3, %r4};", 1).unwrap();
     assert_eq!(got, vec![0xABCD_1234], "mov.b32 of two 16-bit halves, low first");
 }
+
+/// A barrier orders a block's accesses to global memory, not other blocks': thread 0 writes a
+/// word, the block passes a barrier, then every thread reads it (and adds to another atomically
+/// after thread 0 initialised it) — legal in one block, a race with two.
+#[test]
+fn barriers_order_a_blocks_global_accesses_only() {
+    let k = kernels(
+        ".visible .entry k(.param .u64 buf)\n{\n.reg .pred %p<2>;\n.reg .b32 %r<6>;\n.reg .b64 %rd<4>;\n\
+         ld.param.u64 %rd1, [buf];\nmov.u32 %r1, %tid.x;\nsetp.eq.u32 %p1, %r1, 0;\nmov.u32 %r2, 7;\nmov.u32 %r5, 0;\n\
+         @%p1 st.global.u32 [%rd1], %r2;\n@%p1 st.global.u32 [%rd1+4], %r5;\nbar.sync 0;\nld.global.u32 %r3, [%rd1];\n\
+         atom.global.add.u32 %r4, [%rd1+4], %r3;\nret;\n}\n",
+    );
+    let mut mem = Memory::default();
+    let buf = mem.poisoned(8);
+    k.launch(&mut mem, "k", dims(1, 64), &[Arg::U64(buf)]).unwrap_or_else(|e| panic!("one block: {e}"));
+    assert_eq!(mem.download::<u32>(buf, 2), vec![7, 7 * 64]);
+    let err = k.launch(&mut mem, "k", dims(2, 64), &[Arg::U64(buf)]).expect_err("two blocks writing and reading one word").0;
+    assert!(err.contains("data race"), "{err}");
+}

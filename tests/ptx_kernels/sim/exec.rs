@@ -11,15 +11,15 @@
 //! written, a `shfl.sync` whose full-warp member mask does not match the lanes that reach it, a
 //! barrier that some threads never reach, an integer division by zero, a launch shape over the
 //! hardware's limits, a parameter list that does not match the entry's `.param`s, and a data race
-//! on global memory (a location that one thread of the launch writes and another reads or writes
-//! without atomics) or on shared memory (the same within a block between two barriers), tracked
-//! per byte whatever order the simulator happened to run the threads in.
+//! on global or shared memory (a location that one thread of the launch writes and another reads
+//! or writes, with neither atomics nor a barrier of their block between them), tracked per byte
+//! whatever order the simulator happened to run the threads in.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::arith::{binary, compare, convert, f32_of, f64_of, ftz, int_of, mask};
-use super::memory::{le, set_le, shared_offset, track, Access, Memory, ATOMICS, NOBODY, SHARED_BASE};
+use super::memory::{le, set_le, shared_offset, track, Access, Mark, Memory, ATOMICS, SHARED_BASE};
 use super::parse::{AddrBase, AtomOp, Function, Inst, Module, Op, Operand, Space, Special, Ty};
 
 /// A kernel argument, as the host passes it (`PushKernelArg` in cudarc).
@@ -117,11 +117,13 @@ struct Block {
     linear: u64,
     shared: Vec<u8>,
     /// Per shared byte since the last barrier: who wrote and read it (see [`track`]).
-    shared_writer: Vec<u32>,
+    shared_writer: Vec<Mark>,
     /// Per shared byte: whether any thread of the block wrote it (shared memory starts
     /// undefined on a GPU: reading a byte nobody wrote is an error, not a zero).
     shared_written: Vec<bool>,
-    shared_reader: Vec<u32>,
+    shared_reader: Vec<Mark>,
+    /// Barriers the block has passed: accesses in different epochs are ordered.
+    epoch: u32,
 }
 
 /// A loaded module: parsed functions and the layout of its `.shared` arrays.
@@ -182,9 +184,10 @@ impl Kernels {
                         ctaid: (bx, by, bz),
                         linear,
                         shared: vec![0u8; n],
-                        shared_writer: vec![NOBODY; n],
+                        shared_writer: vec![Mark::default(); n],
                         shared_written: vec![false; n],
-                        shared_reader: vec![NOBODY; n],
+                        shared_reader: vec![Mark::default(); n],
+                        epoch: 0,
                     };
                     self.run_block(memory, func, &params, dims, &mut b, &mut stats)
                         .map_err(|e| SimError(format!("{entry}, block {:?}: {}", b.ctaid, e.0)))?;
@@ -239,9 +242,8 @@ impl Kernels {
                 return Ok(());
             }
             self.release_barrier(&mut threads)?;
-            // Shared memory written before the barrier is visible to every thread after it.
-            b.shared_writer.fill(NOBODY);
-            b.shared_reader.fill(NOBODY);
+            // Memory accesses before the barrier are ordered before every access after it.
+            b.epoch += 1;
         }
     }
 
@@ -380,11 +382,15 @@ impl<'m> Ctx<'_, 'm> {
         }
     }
 
-    /// The thread's id for the race check: 1 + its index in the grid (blocks x fastest).
-    fn thread_id(&self, t: &Thread) -> Result<u32, String> {
+    /// The thread's mark for the race check: 1 + its index in the grid (blocks x fastest), 1 +
+    /// its block's index, and the block's epoch.
+    fn thread_id(&self, t: &Thread) -> Result<Mark, String> {
         let (bx, by, bz) = self.dims.block;
         let id = self.block.linear * (bx * by * bz) as u64 + t.linear as u64 + 1;
-        u32::try_from(id).ok().filter(|&i| i != ATOMICS).ok_or_else(|| "grids of 2^32 threads are not modelled".to_string())
+        let too_big = || "grids of 2^32 threads are not modelled".to_string();
+        let who = u32::try_from(id).ok().filter(|&i| i != ATOMICS).ok_or_else(too_big)?;
+        let block = u32::try_from(self.block.linear + 1).ok().filter(|&i| i != u32::MAX).ok_or_else(too_big)?;
+        Ok(Mark { who, block, epoch: self.block.epoch })
     }
 
     /// The address an `[base+offset]` operand names, in its space.
@@ -424,8 +430,8 @@ impl<'m> Ctx<'_, 'm> {
             }
             Address::Shared(a) => {
                 let a = a + offset;
-                let id = t.linear + 1;
-                Ok(le(shared_access(self.block, a, size, id, Access::Load)?))
+                let by = Mark { who: t.linear + 1, block: 1, epoch: self.block.epoch };
+                Ok(le(shared_access(self.block, a, size, by, Access::Load)?))
             }
         }
     }
@@ -448,8 +454,8 @@ impl<'m> Ctx<'_, 'm> {
                 Ok(())
             }
             Address::Shared(a) => {
-                let id = t.linear + 1;
-                set_le(shared_access(self.block, a + offset, size, id, Access::Store)?, v);
+                let by = Mark { who: t.linear + 1, block: 1, epoch: self.block.epoch };
+                set_le(shared_access(self.block, a + offset, size, by, Access::Store)?, v);
                 Ok(())
             }
         }
@@ -768,9 +774,10 @@ fn check_vector_alignment(addr: &Address, bytes: usize) -> Result<(), String> {
     }
 }
 
-/// The block's shared bytes at `a` for `thread`, after the race check of [`track`] over the
-/// accesses since the last barrier.
-fn shared_access(b: &mut Block, a: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
+/// The block's shared bytes at `a` for the thread `by`, after the race check of [`track`]
+/// (threads of the block are ordered across its barriers) and the check that some thread of
+/// the block wrote them before any read.
+fn shared_access(b: &mut Block, a: u64, size: usize, by: Mark, how: Access) -> Result<&mut [u8], String> {
     let off = shared_offset(b.shared.len(), a, size)?;
     let written = &mut b.shared_written[off..off + size];
     match how {
@@ -780,7 +787,7 @@ fn shared_access(b: &mut Block, a: u64, size: usize, thread: u32, how: Access) -
         }
         _ => {}
     }
-    track(&mut b.shared_writer[off..off + size], &mut b.shared_reader[off..off + size], thread, how)
-        .map_err(|what| format!("data race on shared memory at {a:#x} since the last barrier: {what}"))?;
+    track(&mut b.shared_writer[off..off + size], &mut b.shared_reader[off..off + size], by, how)
+        .map_err(|what| format!("data race on shared memory at {a:#x}: {what}"))?;
     Ok(&mut b.shared[off..off + size])
 }

@@ -6,18 +6,38 @@
 struct Allocation {
     base: u64,
     data: Vec<u8>,
-    /// Per byte, during a launch: the thread that last wrote it ([`NOBODY`], [`ATOMICS`] or a
-    /// thread's id) and the thread(s) that read it ([`NOBODY`], [`MANY`] or a thread's id).
-    writer: Vec<u32>,
-    reader: Vec<u32>,
+    /// Per byte, during a launch: who last wrote it and who read it since (see [`track`]).
+    writer: Vec<Mark>,
+    reader: Vec<Mark>,
 }
 
-/// No thread touched the byte (writer or reader).
+/// No thread touched the byte (a mark's `who` or `block`).
 pub(super) const NOBODY: u32 = 0;
-/// Only atomics wrote the byte.
+/// A writer mark's `who` when atomics wrote the byte.
 pub(super) const ATOMICS: u32 = u32::MAX;
-/// More than one thread read the byte.
+/// A reader mark's `who` when more than one thread of its block read the byte; a mark's
+/// `block` when threads of more than one block did.
 const MANY: u32 = u32::MAX;
+
+/// Who touched a byte: a thread's id (> 0; or [`ATOMICS`], [`MANY`]), its block's id (> 0;
+/// or [`MANY`]), and the block's barrier count at the time (the epoch). Threads of one block
+/// are ordered across a barrier; threads of different blocks never are (within a launch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Mark {
+    pub who: u32,
+    pub block: u32,
+    pub epoch: u32,
+}
+
+impl Mark {
+    const NONE: Mark = Mark { who: NOBODY, block: NOBODY, epoch: 0 };
+
+    /// Whether an access marked `self` is ordered before one by `by` without an atomic: by the
+    /// same thread, or by its block before a barrier `by` has passed.
+    fn ordered_before(self, by: Mark) -> bool {
+        self.who == NOBODY || (self.block == by.block && (self.epoch < by.epoch || self.who == by.who))
+    }
+}
 
 /// How a thread touches global memory, for the race check.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -53,7 +73,7 @@ impl Memory {
         let base = self.next;
         self.next = (base + bytes.len() as u64 + GAP).next_multiple_of(256);
         let n = bytes.len();
-        self.allocations.push(Allocation { base, data: bytes, writer: vec![NOBODY; n], reader: vec![NOBODY; n] });
+        self.allocations.push(Allocation { base, data: bytes, writer: vec![Mark::NONE; n], reader: vec![Mark::NONE; n] });
         base
     }
 
@@ -85,49 +105,60 @@ impl Memory {
     /// Forgets who touched what: a launch begins.
     pub(super) fn begin_launch(&mut self) {
         for a in &mut self.allocations {
-            a.writer.fill(NOBODY);
-            a.reader.fill(NOBODY);
+            a.writer.fill(Mark::NONE);
+            a.reader.fill(Mark::NONE);
         }
     }
 
-    /// The bytes at `address` for `thread` (an id > 0), after checking that no other thread of
-    /// the launch wrote them or (for a write) read them, unless every access is atomic: two
-    /// threads touching one location without an atomic are a data race on a GPU, whatever
-    /// order the simulator happens to run them in.
-    pub(super) fn access(&mut self, address: u64, size: usize, thread: u32, how: Access) -> Result<&mut [u8], String> {
+    /// The bytes at `address` for the thread `by`, after the race check of [`track`]: two
+    /// threads touching one location, one of them writing, without an atomic or a barrier
+    /// between them, are a data race on a GPU, whatever order the simulator runs them in.
+    pub(super) fn access(&mut self, address: u64, size: usize, by: Mark, how: Access) -> Result<&mut [u8], String> {
         let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
         let a = &mut self.allocations[i];
-        track(&mut a.writer[off..off + size], &mut a.reader[off..off + size], thread, how)
+        track(&mut a.writer[off..off + size], &mut a.reader[off..off + size], by, how)
             .map_err(|what| format!("data race at {address:#x}: {what}"))?;
         Ok(&mut a.data[off..off + size])
     }
 }
 
-/// Records an access by `thread` (an id > 0) to bytes whose last writer and readers are
-/// `writer` and `reader`; the error says what made it a race: another thread's write before any
-/// access (unless both are atomics), another thread's read before a write, or any write before
-/// an `ld.global.nc`.
-pub(super) fn track(writer: &mut [u32], reader: &mut [u32], thread: u32, how: Access) -> Result<(), &'static str> {
+/// Records an access by `by` to bytes whose last writer and readers are `writer` and `reader`;
+/// the error says what made it a race: a write not ordered before this access (see
+/// [`Mark::ordered_before`]) unless both are atomics, a plain store and atomics in the same
+/// epoch, a read not ordered before this write, or any write before an `ld.global.nc`.
+pub(super) fn track(writer: &mut [Mark], reader: &mut [Mark], by: Mark, how: Access) -> Result<(), &'static str> {
     for (w, r) in writer.iter_mut().zip(reader.iter_mut()) {
-        if how == Access::LoadNc && *w != NOBODY {
+        let atomics_before = w.who == ATOMICS;
+        if how == Access::LoadNc && w.who != NOBODY {
             return Err("written during the launch, then loaded through the non-coherent cache (`ld.global.nc`)");
         }
-        if *w != NOBODY && *w != thread && !(how == Access::Atomic && *w == ATOMICS) {
-            return Err("written by another thread without an atomic");
+        if !w.ordered_before(by) && !(how == Access::Atomic && atomics_before) {
+            return Err("written by another thread, with no atomic or barrier between");
         }
-        if how == Access::Atomic && *w != NOBODY && *w != ATOMICS {
-            return Err("written by a plain store, then updated by an atomic (other threads' atomics would race with that store)");
+        if how == Access::Atomic && w.who != NOBODY && !atomics_before && !(w.block == by.block && w.epoch < by.epoch) {
+            return Err("written by a plain store, then updated by an atomic with no barrier between");
         }
-        if matches!(how, Access::Store | Access::Atomic) && *r != NOBODY && *r != thread {
-            return Err("read by another thread before this write");
+        if matches!(how, Access::Store | Access::Atomic) && !r.ordered_before(by) {
+            return Err("read by another thread before this write, with no barrier between");
         }
         match how {
-            Access::Load => *r = if *r == NOBODY || *r == thread { thread } else { MANY },
-            // A later write by any thread, this one included, may leave the read-only cache stale
-            // for other reads of the launch: count it as read by everyone.
-            Access::LoadNc => *r = MANY,
-            Access::Store => *w = thread,
-            Access::Atomic => *w = ATOMICS,
+            Access::Load => {
+                *r = if r.who == NOBODY || (r.block == by.block && r.epoch < by.epoch) {
+                    by
+                } else if r.block == by.block {
+                    Mark { who: if r.who == by.who { by.who } else { MANY }, ..by }
+                } else {
+                    Mark { who: MANY, block: MANY, epoch: by.epoch }
+                }
+            }
+            // A later write by any thread, this one included, may leave the read-only cache
+            // stale for other reads of the launch: count it as read by every block.
+            Access::LoadNc => *r = Mark { who: MANY, block: MANY, epoch: by.epoch },
+            Access::Store => *w = by,
+            Access::Atomic => {
+                let block = if atomics_before && w.block != by.block { MANY } else { by.block };
+                *w = Mark { who: ATOMICS, block, epoch: by.epoch };
+            }
         }
     }
     Ok(())
