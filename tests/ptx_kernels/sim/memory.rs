@@ -132,7 +132,8 @@ pub(super) fn track(writer: &mut [Mark], reader: &mut [Mark], by: Mark, how: Acc
         if how == Access::LoadNc && w.who != NOBODY {
             return Err("written during the launch, then loaded through the non-coherent cache (`ld.global.nc`)");
         }
-        if !w.ordered_before(by) && !(how == Access::Atomic && atomics_before) {
+        let both_atomic = how == Access::Atomic && atomics_before;
+        if !(w.ordered_before(by) || both_atomic) {
             return Err("written by another thread, with no atomic or barrier between");
         }
         if how == Access::Atomic && w.who != NOBODY && !atomics_before && !(w.block == by.block && w.epoch < by.epoch) {
