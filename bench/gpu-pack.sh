@@ -19,6 +19,9 @@ if [[ "${1:-}" == "--before" ]]; then
   shift 2
 fi
 bash ../shared/gpu/bundle.sh "$@" > /dev/null
+# The PTX simulator's tests (tests/ptx_kernels) use no GPU and take half a minute single-threaded: CI runs them;
+# on the device they would only spend its few minutes.
+rm -f .gpu/bin/test-ptx_kernels
 if [[ -n "$before" ]]; then
   mkdir -p .gpu/before
   cp "$before" .gpu/before/hyperseg-engine
