@@ -21,16 +21,12 @@
 //! k.launch(&mut mem, "cast_f32_to_bf16", grid_1d(2), &[Arg::U64(y), Arg::U64(x), Arg::U32(2)])?;
 //! ```
 
-#![allow(dead_code)]
-
 mod arith;
 pub mod exec;
 mod memory;
 pub mod parse;
 
-#[allow(unused_imports)]
-pub use exec::{Arg, Dims, Kernels, SimError, Stats};
-#[allow(unused_imports)]
+pub use exec::{Arg, Dims, Kernels, Stats};
 pub use memory::Memory;
 
 /// The embedded module `name` (`kernels/NAME.ptx`), parsed.
