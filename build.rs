@@ -57,7 +57,7 @@ fn main() {
                 panic!("kernel entry {e} ({stem}.ptx) clashes with {prev} ({m}.ptx): entry names must be unique");
             }
         }
-        for (e, kinds) in entry_params(&src, path) {
+        for (e, kinds) in entry_params(&src, &entries, path) {
             signatures.insert(e.to_ascii_uppercase(), kinds);
         }
         if let Some(ptxas) = &ptxas {
@@ -119,16 +119,16 @@ fn entry_names(src: &str) -> Vec<String> {
     names
 }
 
-/// Each `.entry` of a PTX source with the marker type of each `.param` (`U64`, `U32`, `S32`,
-/// `F32`, `F64`), in order.
-fn entry_params(src: &str, path: &Path) -> Vec<(String, Vec<&'static str>)> {
+/// Each of the `.entry` names `entries` of a PTX source with the marker type of each of its
+/// `.param`s (`U64`, `U32`, `S32`, `F32`, `F64`), in order.
+fn entry_params(src: &str, entries: &[String], path: &Path) -> Vec<(String, Vec<&'static str>)> {
     let code = strip_comments(src);
     let mut out = Vec::new();
-    for name in entry_names(src) {
+    for name in entries {
         let header = code
             .match_indices(".entry")
             .map(|(i, _)| &code[i + ".entry".len()..])
-            .find(|rest| rest.trim_start().starts_with(&name) && rest.trim_start()[name.len()..].trim_start().starts_with('('))
+            .find(|rest| rest.trim_start().starts_with(name.as_str()) && rest.trim_start()[name.len()..].trim_start().starts_with('('))
             .unwrap_or_else(|| panic!("{}: no parameter list for .entry {name}", path.display()));
         let open = header.find('(').unwrap();
         let close = header.find(')').unwrap_or_else(|| panic!("{}: unclosed parameter list of {name}", path.display()));
@@ -148,7 +148,7 @@ fn entry_params(src: &str, path: &Path) -> Vec<(String, Vec<&'static str>)> {
                 }
             })
             .collect();
-        out.push((name, kinds));
+        out.push((name.clone(), kinds));
     }
     out
 }

@@ -65,12 +65,12 @@ fn count(d: Nchw) -> f64 {
 /// (`d` with channels and samples). The partial buffer starts poisoned (NaN), so a piece the
 /// partial kernel leaves unwritten shows in the statistics.
 fn statistics(k: &Kernels, x: &[f32], d: Nchw) -> Stats {
-    let (nchunk, pieces, block) = ops::bn_split("batch_norm", d).unwrap();
+    let (nchunk, pieces, block) = ops::plane_split("batch_norm", d.n, d.c, d.h * d.w).unwrap();
     let c = d.c as u32;
     let mut mem = Memory::default();
     let xd = mem.upload(x);
     let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
-    let shape = dims(ops::bn_partial_cfg(pieces, c, block));
+    let shape = dims(ops::partial_cfg(pieces, c, block));
     let args = [Arg::U64(partial), Arg::U64(xd), Arg::U32(c), Arg::U32(hw(d)), Arg::U32(ops::PLANE_CHUNK), Arg::U32(nchunk)];
     run(k, &mut mem, "bn_stats_partial_f32", shape, &args);
     let [mean, invstd, var] = [(); 3].map(|_| mem.poisoned(4 * d.c));
@@ -86,7 +86,7 @@ fn statistics(k: &Kernels, x: &[f32], d: Nchw) -> Stats {
         Arg::F64(count(d)),
         Arg::F32(EPS),
     ];
-    run(k, &mut mem, "bn_stats_final_f32", dims(ops::bn_final_cfg(c)), &args);
+    run(k, &mut mem, "bn_stats_final_f32", dims(ops::grid_1d(c)), &args);
     Stats { mean: mem.download(mean, d.c), invstd: mem.download(invstd, d.c), var_unbiased: mem.download(var, d.c) }
 }
 
@@ -128,7 +128,7 @@ struct BwdIn<'a> {
 /// `bn_bwd_partial_f32`, `bn_bwd_final_f32` and `bn_bwd_dx_f32`, as `ops::batch_norm_backward`
 /// launches them (poisoned partial and coefficient buffers, so unwritten entries show).
 fn backward(k: &Kernels, b: &BwdIn, d: Nchw) -> Grads {
-    let (nchunk, pieces, block) = ops::bn_split("batch_norm_backward", d).unwrap();
+    let (nchunk, pieces, block) = ops::plane_split("batch_norm_backward", d.n, d.c, d.h * d.w).unwrap();
     let (c, planes) = (d.c as u32, (d.n * d.c) as u32);
     let mut mem = Memory::default();
     let [xd, dyd, gd, md, id] = [b.x, b.dy, b.gamma, b.mean, b.invstd].map(|v| mem.upload(v));
@@ -146,7 +146,7 @@ fn backward(k: &Kernels, b: &BwdIn, d: Nchw) -> Grads {
         Arg::U32(nchunk),
         Arg::U64(ymask),
     ];
-    run(k, &mut mem, "bn_bwd_partial_f32", dims(ops::bn_partial_cfg(pieces, c, block)), &args);
+    run(k, &mut mem, "bn_bwd_partial_f32", dims(ops::partial_cfg(pieces, c, block)), &args);
     let [dgamma, dbeta] = [(); 2].map(|_| mem.poisoned(4 * d.c));
     let args = [
         Arg::U64(dgamma),
@@ -160,7 +160,7 @@ fn backward(k: &Kernels, b: &BwdIn, d: Nchw) -> Grads {
         Arg::U32(pieces),
         Arg::F64(count(d)),
     ];
-    run(k, &mut mem, "bn_bwd_final_f32", dims(ops::bn_final_cfg(c)), &args);
+    run(k, &mut mem, "bn_bwd_final_f32", dims(ops::grid_1d(c)), &args);
     let dx = mem.poisoned(4 * b.x.len());
     let args = [
         Arg::U64(dx),

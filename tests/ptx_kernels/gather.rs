@@ -1,5 +1,5 @@
 //! `kernels/gather.ptx`: the sparse hypercolumn gather and its two backwards, launched per tap
-//! as `ops/gather.rs` launches them (`ops::tap_geoms`, `ops::gather_cfg`,
+//! as `ops/gather.rs` launches them (`ops::tap_geoms`, `ops::column_rows_cfg`,
 //! `ops::csr_max_locations`, the CSR table of `ops::gather_csr_table`), against the CPU
 //! backend (`cpu::resample::gather_forward` / `gather_backward` through `CpuStorage`):
 //! `gather_fwd_f32` and `gather_bwd_csr_f32` bit for bit, `gather_bwd_atomic_f32` within the
@@ -90,7 +90,7 @@ fn sim_forward(k: &Kernels, taps: &[Vec<f32>], pts: &[SamplePoint], g: &GatherSp
         if t.c == 0 {
             continue;
         }
-        run(k, &mut mem, "gather_fwd_f32", dims(ops::gather_cfg(t.c, np)), &tap_args([out, td, pd], np, ctot, &t));
+        run(k, &mut mem, "gather_fwd_f32", dims(ops::column_rows_cfg(t.c, np)), &tap_args([out, td, pd], np, ctot, &t));
     }
     mem.download(out, pts.len() * ctot as usize)
 }
@@ -108,7 +108,7 @@ fn sim_backward_atomic(k: &Kernels, grad: &[f32], pts: &[SamplePoint], g: &Gathe
         let len = g.n * c * h * w;
         let dtap = mem.upload(&vec![0.0f32; len]);
         if t.c != 0 {
-            run(k, &mut mem, "gather_bwd_atomic_f32", dims(ops::gather_cfg(t.c, np)), &tap_args([dtap, gd, pd], np, ctot, t));
+            run(k, &mut mem, "gather_bwd_atomic_f32", dims(ops::column_rows_cfg(t.c, np)), &tap_args([dtap, gd, pd], np, ctot, t));
         }
         outs.push(mem.download(dtap, len));
     }
@@ -142,7 +142,7 @@ fn sim_backward_csr(k: &Kernels, grad: &[f32], pts: &[SamplePoint], g: &GatherSp
                 Arg::U32(t.c),
                 Arg::U32(t.h * t.w),
             ];
-            run(k, &mut mem, "gather_bwd_csr_f32", dims(ops::gather_cfg(t.c, max_locs)), &args);
+            run(k, &mut mem, "gather_bwd_csr_f32", dims(ops::column_rows_cfg(t.c, max_locs)), &args);
         }
         outs.push(mem.download(dtap, len));
     }

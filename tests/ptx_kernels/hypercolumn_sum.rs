@@ -2,7 +2,7 @@
 //! sampled, summed, biased, clamped), both entries, against `cpu::resample::plane_sum_forward`
 //! (through `CpuStorage::upsample_sum_bias_relu`, which calls it) and
 //! `cpu::bf16::plane_sum_forward_bf16`, with the wrapper's plane table (`ops::plane_table`) and
-//! launch shape (`ops::plane_sum_cfg`).
+//! launch shape (`ops::column_rows_cfg`).
 //!
 //! The header promises bit-exact results, so results are compared bit for bit (`assert_bits`);
 //! bf16 results are widened to f32 (exact and one-to-one) and compared the same way. It also promises that a corner of weight exactly 0 is
@@ -78,10 +78,10 @@ impl Case {
 
 /// Runs `entry` as the wrapper launches it: planes uploaded (as f32, or as bf16 bits when
 /// `bf16_planes`), the descriptor table of `ops::plane_table`, the points as u32 triples,
-/// grid and block of `ops::plane_sum_cfg`, arguments in the wrapper's order. Returns the output
+/// grid and block of `ops::column_rows_cfg`, arguments in the wrapper's order. Returns the output
 /// buffer's address (poisoned before the launch).
 fn launch(k: &Kernels, mem: &mut Memory, c: &Case, entry: &str, bf16_planes: bool) -> u64 {
-    let d = dims(ops::plane_sum_cfg(c.spec.cols as u32, c.points.len() as u32));
+    let d = dims(ops::column_rows_cfg(c.spec.cols as u32, c.points.len() as u32));
     launch_with(k, mem, c, entry, bf16_planes, d)
 }
 
@@ -161,7 +161,7 @@ fn points_past_the_grid_wrap_around() {
     let np = ops::MAX_GRID_Y as usize + 40;
     let s = spec(2, 5, 7, 1, &[(2, 3)]);
     let c = Case::random(s, np, 0x9E7);
-    assert_eq!(dims(ops::plane_sum_cfg(1, np as u32)).grid.1, ops::MAX_GRID_Y, "the grid no longer caps the points");
+    assert_eq!(dims(ops::column_rows_cfg(1, np as u32)).grid.1, ops::MAX_GRID_Y, "the grid no longer caps the points");
     check_both(&k, &c, &format!("{np} points"));
 }
 
@@ -173,7 +173,7 @@ fn a_short_grid_strides_over_the_points() {
     let k = sim::load("hypercolumn_sum");
     let s = spec(2, 10, 9, 40, &[(5, 4), (10, 9)]);
     let c = Case::random(s, 50, 0x57D);
-    let mut d = dims(ops::plane_sum_cfg(40, 50));
+    let mut d = dims(ops::column_rows_cfg(40, 50));
     d.grid.1 = 7;
     for (entry, bf16_planes, want) in [(F32, false, c.want_f32()), (BF16, true, c.want_bf16())] {
         let mut mem = Memory::default();

@@ -11,7 +11,7 @@
 //! two f64 summation orders can differ by (see [`order_bound`]).
 
 use hyperseg_engine::backend::cpu::CpuStorage;
-use hyperseg_engine::backend::cuda::kernels::ops::{self, BLOCK, MAX_GRID_Y, PLANE_CHUNK};
+use hyperseg_engine::backend::cuda::kernels::ops::{self, BLOCK, PLANE_CHUNK};
 use hyperseg_engine::backend::{BackendStorage, BroadcastSpec};
 
 use crate::sim::{self, Arg, Kernels, Memory};
@@ -26,12 +26,12 @@ pub fn sum_final(k: &Kernels, mem: &mut Memory, partial: u64, count: u32, scale:
     out
 }
 
-/// `reduce_cols_final_f64` as the wrappers launch it (`ops::cols_final_cfg`): the column sums
+/// `reduce_cols_final_f64` as the wrappers launch it (`ops::grid_1d`): the column sums
 /// of `partial [chunks, cols]` into a new poisoned buffer, whose address it returns.
 pub fn cols_final(k: &Kernels, mem: &mut Memory, partial: u64, cols: u32, chunks: u32) -> u64 {
     let out = mem.poisoned(4 * cols as usize);
     let args = [Arg::U64(out), Arg::U64(partial), Arg::U32(cols), Arg::U32(chunks)];
-    run(k, mem, "reduce_cols_final_f64", dims(ops::cols_final_cfg(cols)), &args);
+    run(k, mem, "reduce_cols_final_f64", dims(ops::grid_1d(cols)), &args);
     out
 }
 
@@ -54,7 +54,7 @@ fn sum_all_cpu(x: &[f32]) -> f32 {
 
 /// `ops::reduce_to_mid` in the simulator (outer, mid and inner all > 0): for inner == 1
 /// `reduce_cols_partial_f32` on grid (ceil(mid/256), chunks) with `ops::row_chunks`, otherwise
-/// `reduce_mid_partial_f32` on grid (P, min(mid, 65535)) with `ops::reduce_mid_split`; then
+/// `reduce_mid_partial_f32` on grid (P, min(mid, 65535)) with `ops::plane_split`; then
 /// `reduce_cols_final_f64` over the partials.
 fn reduce_to_mid_sim(k: &Kernels, x: &[f32], s: BroadcastSpec) -> Vec<f32> {
     assert!(s.outer > 0 && s.mid > 0 && s.inner > 0, "the wrapper launches nothing for {s:?}");
@@ -68,11 +68,11 @@ fn reduce_to_mid_sim(k: &Kernels, x: &[f32], s: BroadcastSpec) -> Vec<f32> {
         run(k, &mut mem, "reduce_cols_partial_f32", dims(ops::cfg((mid.div_ceil(BLOCK), chunks, 1), BLOCK)), &args);
         cols_final(k, &mut mem, partial, mid, chunks)
     } else {
-        let (nchunk, pieces, block) = ops::reduce_mid_split(outer, mid, inner).expect("reduce_mid_split");
+        let (nchunk, pieces, block) = ops::plane_split("reduce_to_mid", s.outer, s.mid, s.inner).expect("plane_split");
         let partial = mem.poisoned(8 * pieces as usize * mid as usize);
         let args =
             [Arg::U64(partial), Arg::U64(xd), Arg::U32(outer), Arg::U32(mid), Arg::U32(inner), Arg::U32(PLANE_CHUNK), Arg::U32(nchunk)];
-        run(k, &mut mem, "reduce_mid_partial_f32", dims(ops::cfg((pieces, mid.min(MAX_GRID_Y), 1), block)), &args);
+        run(k, &mut mem, "reduce_mid_partial_f32", dims(ops::partial_cfg(pieces, mid, block)), &args);
         cols_final(k, &mut mem, partial, mid, pieces)
     };
     mem.download(out, s.mid)

@@ -16,7 +16,7 @@ mod pool;
 pub(crate) mod resample;
 
 pub use conv::{col2im, im2col};
-pub use elementwise::relu;
+pub use elementwise::{keep_threshold, relu};
 pub use gemm::gemm_f32;
 
 use crate::backend::*;

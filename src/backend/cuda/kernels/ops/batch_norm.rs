@@ -3,31 +3,10 @@
 
 use super::*;
 
-/// The per-channel work split of the batch-norm partial kernels: (nchunk, pieces P, block).
-pub fn bn_split(op: &'static str, d: Nchw) -> Result<(u32, u32, u32)> {
-    let hw = count(op, d.h * d.w)?;
-    let nchunk = hw.div_ceil(PLANE_CHUNK);
-    let pieces = count(op, d.n * nchunk as usize)?;
-    count(op, pieces as usize * d.c)?;
-    Ok((nchunk, pieces, block_for(hw.min(PLANE_CHUNK))))
-}
-
 /// The launch of the per-plane kernels (normalise, dx): grid (ceil(HW/B) capped, planes capped).
 pub fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
     let block = block_for(hw);
     cfg((hw.div_ceil(block).clamp(1, MAX_GRID_1D), planes.clamp(1, MAX_GRID_Y), 1), block)
-}
-
-/// The launch of the partial kernels (`bn_stats_partial_f32`, `bn_bwd_partial_f32`): grid
-/// (pieces, min(C, 65535)), block `block` (both as [`bn_split`] returns them).
-pub fn bn_partial_cfg(pieces: u32, c: u32, block: u32) -> LaunchConfig {
-    cfg((pieces, c.min(MAX_GRID_Y), 1), block)
-}
-
-/// The launch of the per-channel final kernels (`bn_stats_final_f32`, `bn_bwd_final_f32`): one
-/// thread per channel, grid ceil(C/256) capped, block 256.
-pub fn bn_final_cfg(c: u32) -> LaunchConfig {
-    cfg((c.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK)
 }
 
 /// Training-mode batch norm over `[n, c, h, w]`. Kernels: `bn_stats_partial_f32`
@@ -70,15 +49,15 @@ pub fn batch_norm_train(
     }
     let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
     let planes = count("batch_norm", d.n * d.c)?;
-    let (nchunk, pieces, block) = bn_split("batch_norm", d)?;
+    let (nchunk, pieces, block) = plane_split("batch_norm", d.n, d.c, d.h * d.w)?;
     let chunk = PLANE_CHUNK;
     let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
-    launch!(dev, entry::BN_STATS_PARTIAL_F32, bn_partial_cfg(pieces, c, block), partial.slice_mut(), x.slice(), &c, &hw, &chunk, &nchunk)?;
+    launch!(dev, entry::BN_STATS_PARTIAL_F32, partial_cfg(pieces, c, block), partial.slice_mut(), x.slice(), &c, &hw, &chunk, &nchunk)?;
     let count_f = (d.n * d.h * d.w) as f64;
     launch!(
         dev,
         entry::BN_STATS_FINAL_F32,
-        bn_final_cfg(c),
+        grid_1d(c),
         mean.slice_mut(),
         invstd.slice_mut(),
         var_unbiased.slice_mut(),
@@ -152,7 +131,7 @@ pub fn batch_norm_backward(
     let mut dbeta = dev.alloc(d.c)?;
     let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
     let planes = count("batch_norm_backward", d.n * d.c)?;
-    let (nchunk, pieces, block) = bn_split("batch_norm_backward", d)?;
+    let (nchunk, pieces, block) = plane_split("batch_norm_backward", d.n, d.c, d.h * d.w)?;
     let chunk = PLANE_CHUNK;
     let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
     let mut coef = scratch_f64(&dev, d.c * 8)?;
@@ -163,7 +142,7 @@ pub fn batch_norm_backward(
     launch!(
         dev,
         entry::BN_BWD_PARTIAL_F32,
-        bn_partial_cfg(pieces, c, block),
+        partial_cfg(pieces, c, block),
         partial.slice_mut(),
         x.slice(),
         dy.slice(),
@@ -178,7 +157,7 @@ pub fn batch_norm_backward(
     launch!(
         dev,
         entry::BN_BWD_FINAL_F32,
-        bn_final_cfg(c),
+        grid_1d(c),
         dgamma.slice_mut(),
         dbeta.slice_mut(),
         coef.slice_mut(),

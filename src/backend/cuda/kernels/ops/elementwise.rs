@@ -3,11 +3,8 @@
 
 use super::*;
 
-/// The integer threshold a hash is compared with for a keep probability (as
-/// `cpu::elementwise::keep_threshold`): the `threshold` argument of `dropout_mask_f32`.
-pub fn keep_threshold(keep: f32) -> u64 {
-    ((keep as f64) * 4294967296.0) as u64
-}
+/// The `threshold` argument of `dropout_mask_f32`: the CPU reference's own threshold.
+pub use crate::backend::cpu::keep_threshold;
 
 /// `x[i] = value`. Kernel `fill_f32`, 1-D grid (block 256).
 pub fn fill(x: &mut CudaStorage, value: f32) -> Result<()> {

@@ -60,14 +60,6 @@ pub fn tap_geoms(g: &GatherSpec) -> Result<Vec<TapGeom>> {
     Ok(out)
 }
 
-/// The launch shape of the gather kernels for a tap of `c` channels over `rows` points (or, for
-/// `gather_bwd_csr_f32`, locations): grid (ceil(c/B), min(rows, 65535), 1), block (B,1,1) with
-/// B = min(256, c rounded up to 32).
-pub fn gather_cfg(c: u32, rows: u32) -> LaunchConfig {
-    let block = block_for(c);
-    cfg((c.div_ceil(block), rows.min(MAX_GRID_Y), 1), block)
-}
-
 /// Sparse hypercolumn gather: `[points, total_channels]`. Kernel `gather_fwd_f32`, one launch
 /// per tap: grid (ceil(c/B), min(P, 65535)), block B = min(256, c rounded up to 32); thread =
 /// (point, channel), consecutive threads write consecutive columns.
@@ -97,7 +89,7 @@ pub fn gather_hypercolumns(taps: &[&CudaStorage], points: &[SamplePoint], g: &Ga
         launch!(
             dev,
             entry::GATHER_FWD_F32,
-            gather_cfg(t.c, np),
+            column_rows_cfg(t.c, np),
             out.slice_mut(),
             tap.slice(),
             pts.slice(),
@@ -294,7 +286,7 @@ pub fn gather_hypercolumns_backward(
             launch!(
                 dev,
                 entry::GATHER_BWD_CSR_F32,
-                gather_cfg(t.c, max_locs),
+                column_rows_cfg(t.c, max_locs),
                 dtap.slice_mut(),
                 grad.slice(),
                 table_d.slice(),
@@ -318,7 +310,7 @@ pub fn gather_hypercolumns_backward(
             launch!(
                 dev,
                 entry::GATHER_BWD_ATOMIC_F32,
-                gather_cfg(t.c, np),
+                column_rows_cfg(t.c, np),
                 dtap.slice_mut(),
                 grad.slice(),
                 pts.slice(),

@@ -113,6 +113,6 @@ pub fn bias_relu_backward(y: &CudaStorage, dy: &CudaStorage, rows: usize, cols: 
         &cols,
         &rpc
     )?;
-    launch!(dev, entry::REDUCE_COLS_FINAL_F64, cols_final_cfg(cols), db.slice_mut(), partial.slice(), &cols, &chunks)?;
+    launch!(dev, entry::REDUCE_COLS_FINAL_F64, grid_1d(cols), db.slice_mut(), partial.slice(), &cols, &chunks)?;
     Ok((dz, db))
 }

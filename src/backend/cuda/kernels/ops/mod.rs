@@ -107,6 +107,34 @@ pub fn block_for(n: u32) -> u32 {
     n.clamp(1, BLOCK).next_multiple_of(32)
 }
 
+/// A launch whose threads take `cols` columns along x (block [`block_for`]`(cols)`) and whose
+/// blocks take `rows` rows along y, at most 65535 of them (the kernels stride over the rest by
+/// gridDim.y): the gathers (a tap's channels over points or locations) and the fused first
+/// layer (columns over points).
+pub fn column_rows_cfg(cols: u32, rows: u32) -> LaunchConfig {
+    let block = block_for(cols);
+    cfg((cols.div_ceil(block), rows.min(MAX_GRID_Y), 1), block)
+}
+
+/// The work split of the per-channel partial kernels (batch norm's statistics and backward,
+/// `reduce_mid_partial_f32`) over `x [outer, mid, inner]`: each of the `outer` planes of
+/// `inner` contiguous values of one middle index is cut into nchunk = ceil(inner / 2048)
+/// pieces. Returns (nchunk, pieces P = outer * nchunk, block min(256, inner rounded up to 32));
+/// an error naming `op` if inner, P or P * mid reaches 2^31. Launch with [`partial_cfg`].
+pub fn plane_split(op: &'static str, outer: usize, mid: usize, inner: usize) -> Result<(u32, u32, u32)> {
+    let inner = count(op, inner)?;
+    let nchunk = inner.div_ceil(PLANE_CHUNK);
+    let pieces = count(op, outer * nchunk as usize)?;
+    count(op, pieces as usize * mid)?;
+    Ok((nchunk, pieces, block_for(inner.min(PLANE_CHUNK))))
+}
+
+/// The launch of a per-channel partial kernel split by [`plane_split`]: grid (pieces,
+/// min(mid, 65535)), block `block`; blocks walk the middle index by gridDim.y.
+pub fn partial_cfg(pieces: u32, mid: u32, block: u32) -> LaunchConfig {
+    cfg((pieces, mid.min(MAX_GRID_Y), 1), block)
+}
+
 /// A pool buffer holding `k` f64 (as `2 k` f32).
 fn scratch_f64(dev: &CudaDevice, k: usize) -> Result<CudaStorage> {
     let s = dev.alloc(2 * k.max(1))?;

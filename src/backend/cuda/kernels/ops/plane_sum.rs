@@ -72,7 +72,7 @@ pub(crate) fn plane_sum_launch<T>(
     launch!(
         dev,
         kernel as UPSAMPLE_SUM_BIAS_RELU_F32 | UPSAMPLE_SUM_BIAS_RELU_BF16,
-        plane_sum_cfg(cols, np),
+        column_rows_cfg(cols, np),
         &out_ptr,
         table_d.slice(),
         &nt,
@@ -82,14 +82,6 @@ pub(crate) fn plane_sum_launch<T>(
         &cols
     )?;
     Ok(out)
-}
-
-/// The launch shape of `upsample_sum_bias_relu_{f32,bf16}` over `points` points of `cols`
-/// columns: grid (ceil(cols / B), min(points, 65535), 1), block B = min(256, cols rounded up
-/// to 32); blockIdx.y strides over the points.
-pub fn plane_sum_cfg(cols: u32, points: u32) -> LaunchConfig {
-    let block = block_for(cols);
-    cfg((cols.div_ceil(block), points.min(MAX_GRID_Y), 1), block)
 }
 
 /// The plane descriptors of `upsample_sum_bias_relu_{f32,bf16}` for the planes at device

@@ -28,12 +28,6 @@ pub fn sum_blocks(n: u32) -> u32 {
     n.div_ceil(BLOCK).clamp(1, MAX_SUM_BLOCKS)
 }
 
-/// The launch of `reduce_cols_final_f64` over `cols > 0` columns: grid ceil(cols/256) (capped at
-/// 65535, the kernel strides over the rest), block 256.
-pub fn cols_final_cfg(cols: u32) -> LaunchConfig {
-    cfg((cols.div_ceil(BLOCK).min(MAX_GRID_1D), 1, 1), BLOCK)
-}
-
 /// Column sums of `x [rows, cols]` (f64, deterministic) into `out [cols]`:
 /// `reduce_cols_partial_f32` on grid (ceil(cols/256), chunks), then `reduce_cols_final_f64`.
 fn column_sums(dev: &CudaDevice, out: &mut CudaStorage, x: &CudaStorage, rows: u32, cols: u32) -> Result<()> {
@@ -41,7 +35,7 @@ fn column_sums(dev: &CudaDevice, out: &mut CudaStorage, x: &CudaStorage, rows: u
     let mut partial = scratch_f64(dev, chunks as usize * cols as usize)?;
     let colblocks = cols.div_ceil(BLOCK);
     launch!(dev, entry::REDUCE_COLS_PARTIAL_F32, cfg((colblocks, chunks, 1), BLOCK), partial.slice_mut(), x.slice(), &rows, &cols, &rpc)?;
-    launch!(dev, entry::REDUCE_COLS_FINAL_F64, cols_final_cfg(cols), out.slice_mut(), partial.slice(), &cols, &chunks)
+    launch!(dev, entry::REDUCE_COLS_FINAL_F64, grid_1d(cols), out.slice_mut(), partial.slice(), &cols, &chunks)
 }
 
 /// How to cut `rows` into chunks for a column reduction: (chunks, rows per chunk), aiming at
@@ -52,16 +46,6 @@ pub fn row_chunks(rows: u32, cols: u32) -> (u32, u32) {
     let chunks0 = want.min(rows).clamp(1, MAX_GRID_Y);
     let rpc = rows.div_ceil(chunks0).max(1);
     (rows.div_ceil(rpc).max(1), rpc)
-}
-
-/// The work split of `reduce_mid_partial_f32` over `x [outer, mid, inner]`, inner > 1:
-/// (nchunk = ceil(inner / 2048), pieces P = outer * nchunk, block min(256, inner rounded up to
-/// 32)); an error if P or P * mid reaches 2^31. The grid is (P, min(mid, 65535)).
-pub fn reduce_mid_split(outer: u32, mid: u32, inner: u32) -> Result<(u32, u32, u32)> {
-    let nchunk = inner.div_ceil(PLANE_CHUNK);
-    let pieces = count("reduce_to_mid", outer as usize * nchunk as usize)?;
-    count("reduce_to_mid", pieces as usize * mid as usize)?;
-    Ok((nchunk, pieces, block_for(inner.min(PLANE_CHUNK))))
 }
 
 /// `out[m] = sum over o, i of x[o, m, i]` (f64, deterministic). inner == 1: the column
@@ -85,13 +69,13 @@ pub fn reduce_to_mid(x: &CudaStorage, s: BroadcastSpec) -> Result<CudaStorage> {
         column_sums(&dev, &mut out, x, outer, mid)?;
         return Ok(out);
     }
-    let (nchunk, pieces, block) = reduce_mid_split(outer, mid, inner)?;
+    let (nchunk, pieces, block) = plane_split("reduce_to_mid", s.outer, s.mid, s.inner)?;
     let mut partial = scratch_f64(&dev, pieces as usize * mid as usize)?;
     let chunk = PLANE_CHUNK;
     launch!(
         dev,
         entry::REDUCE_MID_PARTIAL_F32,
-        cfg((pieces, mid.min(MAX_GRID_Y), 1), block),
+        partial_cfg(pieces, mid, block),
         partial.slice_mut(),
         x.slice(),
         &outer,
@@ -100,7 +84,7 @@ pub fn reduce_to_mid(x: &CudaStorage, s: BroadcastSpec) -> Result<CudaStorage> {
         &chunk,
         &nchunk
     )?;
-    launch!(dev, entry::REDUCE_COLS_FINAL_F64, cols_final_cfg(mid), out.slice_mut(), partial.slice(), &mid, &pieces)?;
+    launch!(dev, entry::REDUCE_COLS_FINAL_F64, grid_1d(mid), out.slice_mut(), partial.slice(), &mid, &pieces)?;
     Ok(out)
 }
 
