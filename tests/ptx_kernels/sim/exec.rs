@@ -382,15 +382,20 @@ impl<'m> Ctx<'_, 'm> {
         }
     }
 
-    /// The thread's mark for the race check: 1 + its index in the grid (blocks x fastest), 1 +
+    /// The thread's mark for the race check on global memory: 1 + its index in the grid (blocks x fastest), 1 +
     /// its block's index, and the block's epoch.
-    fn thread_id(&self, t: &Thread) -> Result<Mark, String> {
+    fn global_mark(&self, t: &Thread) -> Result<Mark, String> {
         let (bx, by, bz) = self.dims.block;
         let id = self.block.linear * (bx * by * bz) as u64 + t.linear as u64 + 1;
         let too_big = || "grids of 2^32 threads are not modelled".to_string();
         let who = u32::try_from(id).ok().filter(|&i| i != ATOMICS).ok_or_else(too_big)?;
         let block = u32::try_from(self.block.linear + 1).ok().filter(|&i| i != u32::MAX).ok_or_else(too_big)?;
         Ok(Mark { who, block, epoch: self.block.epoch })
+    }
+
+    /// The thread's mark for the race check on its block's shared memory (one block: id 1).
+    fn shared_mark(&self, t: &Thread) -> Mark {
+        Mark { who: t.linear + 1, block: 1, epoch: self.block.epoch }
     }
 
     /// The address an `[base+offset]` operand names, in its space.
@@ -420,18 +425,13 @@ impl<'m> Ctx<'_, 'm> {
                 t.frames.last().unwrap().params.get(*name).copied().ok_or_else(|| format!("parameter `{name}` read before it was written"))
             }
             Address::Global(a) => {
-                let a = a + offset;
-                if !a.is_multiple_of(size as u64) {
-                    return Err(format!("misaligned {size}-byte load at {a:#x}"));
-                }
                 self.stats.global_loads += 1;
-                let id = self.thread_id(t)?;
-                Ok(le(self.memory.access(a, size, id, how)?))
+                let by = self.global_mark(t)?;
+                Ok(le(self.memory.access(a + offset, size, by, how)?))
             }
             Address::Shared(a) => {
-                let a = a + offset;
-                let by = Mark { who: t.linear + 1, block: 1, epoch: self.block.epoch };
-                Ok(le(shared_access(self.block, a, size, by, Access::Load)?))
+                let by = self.shared_mark(t);
+                Ok(le(shared_access(self.block, a + offset, size, by, Access::Load)?))
             }
         }
     }
@@ -444,17 +444,13 @@ impl<'m> Ctx<'_, 'm> {
                 Ok(())
             }
             Address::Global(a) => {
-                let a = a + offset;
-                if !a.is_multiple_of(size as u64) {
-                    return Err(format!("misaligned {size}-byte store at {a:#x}"));
-                }
                 self.stats.global_stores += 1;
-                let id = self.thread_id(t)?;
-                set_le(self.memory.access(a, size, id, Access::Store)?, v);
+                let by = self.global_mark(t)?;
+                set_le(self.memory.access(a + offset, size, by, Access::Store)?, v);
                 Ok(())
             }
             Address::Shared(a) => {
-                let by = Mark { who: t.linear + 1, block: 1, epoch: self.block.epoch };
+                let by = self.shared_mark(t);
                 set_le(shared_access(self.block, a + offset, size, by, Access::Store)?, v);
                 Ok(())
             }
@@ -686,12 +682,8 @@ impl<'m> Ctx<'_, 'm> {
                 let addr = self.address(t, addr_op, Space::Global)?;
                 let v = arg!(val_op, *ty);
                 let Address::Global(at) = addr else { return Err("atomics are modelled on global memory only".into()) };
-                let size = ty.bytes();
-                if !at.is_multiple_of(size as u64) {
-                    return Err(format!("misaligned {size}-byte atomic at {at:#x}"));
-                }
-                let id = self.thread_id(t)?;
-                let bytes = self.memory.access(at, size, id, Access::Atomic)?;
+                let by = self.global_mark(t)?;
+                let bytes = self.memory.access(at, ty.bytes(), by, Access::Atomic)?;
                 let old = le(bytes);
                 let new = match (op, ty) {
                     // PTX: red/atom.add.f32 on global memory flush subnormal inputs and

@@ -113,7 +113,11 @@ impl Memory {
     /// The bytes at `address` for the thread `by`, after the race check of [`track`]: two
     /// threads touching one location, one of them writing, without an atomic or a barrier
     /// between them, are a data race on a GPU, whatever order the simulator runs them in.
+    /// The access must be aligned to its size, as on a GPU.
     pub(super) fn access(&mut self, address: u64, size: usize, by: Mark, how: Access) -> Result<&mut [u8], String> {
+        if !address.is_multiple_of(size as u64) {
+            return Err(format!("misaligned {size}-byte access at {address:#x}"));
+        }
         let (i, off) = self.find(address, size).ok_or_else(|| format!("{size}-byte access at {address:#x} is outside every allocation"))?;
         let a = &mut self.allocations[i];
         track(&mut a.writer[off..off + size], &mut a.reader[off..off + size], by, how)
