@@ -6,7 +6,8 @@
 //! `Elements` = FLOPs (2 per multiply-accumulate) for GEMMs and convolutions ("Gelem/s" reads
 //! GFLOP/s), `Bytes` = the bytes a kernel must at least read and write for memory-bound
 //! kernels. On CUDA every iteration ends with `device.synchronize()`. GEMMs and convolutions
-//! run in fp32 and again with TF32 (suffix `tf32`).
+//! run in fp32 and again with TF32 (suffix `tf32`); convolutions also in the bf16 mode (suffix
+//! `bf16`: the transposing casts and cuDNN on NHWC bf16).
 //!
 //! Run: `cargo bench --bench kernels` (a filter narrows it: `cargo bench --bench kernels -- conv`).
 
@@ -222,19 +223,24 @@ fn conv(c: &mut Criterion) {
             ("conv5_3_1x512x7x7", ConvSpec { n: 1, c_in: 512, h: 7, w: 7, c_out: 512, kh: 3, kw: 3, stride: 1, pad: 1 }),
         ]
     };
-    let modes: &[(bool, &str)] = if t.dev.is_cuda() { &[(false, ""), (true, "_tf32")] } else { &[(false, "")] };
+    // (TF32, bf16 convolution mode, suffix). bf16 times the whole computation the mode runs: the
+    // transposing casts to NHWC bf16 and back included.
+    let modes: &[(bool, bool, &str)] =
+        if t.dev.is_cuda() { &[(false, false, ""), (true, false, "_tf32"), (false, true, "_bf16")] } else { &[(false, false, "")] };
     for (name, s) in specs {
         let x = rand_storage(&t.dev, s.n * s.c_in * s.h * s.w, 50);
         let w = rand_storage(&t.dev, s.c_out * s.c_in * s.kh * s.kw, 51);
         let dy = rand_storage(&t.dev, s.n * s.c_out * s.out_h() * s.out_w(), 52);
         let fl = Throughput::Elements(s.flops() as u64);
-        for &(tf32, suffix) in modes {
+        for &(tf32, bf16, suffix) in modes {
             settings::set_allow_tf32(tf32);
+            settings::set_bf16_conv(bf16);
             run(&mut g, &t.dev, &format!("{name}/forward{suffix}"), fl.clone(), || x.conv2d(&w, &s));
             run(&mut g, &t.dev, &format!("{name}/backward_input{suffix}"), fl.clone(), || dy.conv2d_backward_input(&w, &s));
             run(&mut g, &t.dev, &format!("{name}/backward_weight{suffix}"), fl.clone(), || x.conv2d_backward_weight(&dy, &s));
         }
         settings::set_allow_tf32(false);
+        settings::set_bf16_conv(false);
     }
     g.finish();
 }

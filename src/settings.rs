@@ -1,10 +1,12 @@
-//! Process-wide engine settings: deterministic mode, TF32, bf16 GEMMs and bf16 activations.
+//! Process-wide engine settings: deterministic mode, TF32, bf16 GEMMs, bf16 convolutions and bf16
+//! activations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
 static ALLOW_TF32: AtomicBool = AtomicBool::new(false);
 static BF16_GEMM: AtomicBool = AtomicBool::new(false);
+static BF16_CONV: AtomicBool = AtomicBool::new(false);
 static BF16_ACTIVATIONS: AtomicBool = AtomicBool::new(false);
 
 /// Asks every backend for bitwise-reproducible results: deterministic cuDNN algorithms and the
@@ -41,6 +43,21 @@ pub fn set_bf16_gemm(on: bool) {
 /// Whether GEMMs round their operands to bf16.
 pub fn bf16_gemm() -> bool {
     BF16_GEMM.load(Ordering::Relaxed)
+}
+
+/// Runs every convolution (forward, input gradient and weight gradient) on bf16 operands with
+/// fp32 accumulation, its result rounded to bf16, as PyTorch's bf16 autocast does: on the GPU,
+/// cuDNN on NHWC bf16 copies of the NCHW f32 tensors (bf16 tensor cores; the copies are made and
+/// widened back by the transposing casts of `kernels/bf16.ptx`); on the CPU, the same roundings
+/// around an fp32 convolution. The tensors between the layers, the weights, the gradients as
+/// the optimizer sees them and its state stay fp32. Off by default.
+pub fn set_bf16_conv(on: bool) {
+    BF16_CONV.store(on, Ordering::Relaxed);
+}
+
+/// Whether convolutions run on bf16 operands.
+pub fn bf16_conv() -> bool {
+    BF16_CONV.load(Ordering::Relaxed)
 }
 
 /// Stores the activations of factored dense inference in bf16 ([`crate::bf16::Bf16Matrix`]):

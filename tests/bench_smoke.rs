@@ -148,5 +148,18 @@ fn parity_dump_reopens_with_safetensors() {
     let bf16 = f32s(outputs.tensor("dense_factored_bf16").unwrap().data());
     let diff = bf16.iter().zip(&factored).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff > 0.0 && diff < 5e-2, "bf16 activations move the dense probabilities by {diff}");
-    assert_eq!(outputs.len(), 5 + named.len());
+    // Step 0 again in bf16 mixed precision: its logits near the fp32 ones, not equal; a gradient
+    // for every trainable parameter.
+    let fp32_logits = f32s(logits.data());
+    let bf16_logits = f32s(outputs.tensor("bf16.logits").unwrap().data());
+    let scale = fp32_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = bf16_logits.iter().zip(&fp32_logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff > 0.0 && diff < 0.2 * scale, "bf16 mixed precision moves the logits by {diff} (largest {scale})");
+    assert_eq!(outputs.tensor("bf16.loss").unwrap().shape(), [1]);
+    let trainable: Vec<_> = named.iter().filter(|nt| nt.trainable).collect();
+    for nt in &trainable {
+        let key = format!("bf16.grad.{}", nt.name);
+        assert_eq!(outputs.tensor(&key).unwrap_or_else(|_| panic!("{key} missing")).shape(), nt.tensor.dims(), "{key}");
+    }
+    assert_eq!(outputs.len(), 5 + named.len() + 2 + trainable.len());
 }

@@ -13,14 +13,8 @@
 
 mod common;
 
-use common::{cuda_device, max_rel_err, rand_vec};
-use hyperseg_engine::model::{sample_points, HypercolumnNet, ModelConfig};
-use hyperseg_engine::nn::Module;
-use hyperseg_engine::optim::{Adam, AdamConfig};
-use hyperseg_engine::train::{queue_step, StepInputs};
+use common::{cuda_device, max_rel_err, rand_vec, train_tiny};
 use hyperseg_engine::{settings, Device, Result, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 fn bf16(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
@@ -31,39 +25,6 @@ fn bf16(v: &[f32]) -> Vec<f32> {
 fn products(dev: &Device, a: &[f32], b: &[f32], bt: &[f32], (m, k, n): (usize, usize, usize)) -> Result<[Vec<f32>; 2]> {
     let ta = Tensor::from_slice(a, [m, k], dev)?;
     Ok([ta.matmul(&Tensor::from_slice(b, [k, n], dev)?)?.to_vec()?, ta.linear(&Tensor::from_slice(bt, [n, k], dev)?, None)?.to_vec()?])
-}
-
-/// Loss of the first and the last of `steps` Adam steps of the tiny model on one fixed batch.
-fn train_tiny(dev: &Device, steps: usize) -> Result<(f32, f32)> {
-    let config = ModelConfig::tiny();
-    let (n, s) = (config.batch_size, config.input_size);
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let model = HypercolumnNet::new(config.clone(), &mut rng, dev)?;
-    let mut adam = Adam::new(model.parameters(), AdamConfig::default())?;
-    let images: Vec<f32> = (0..n * 3 * s * s).map(|_| rng.random_range(-100.0..100.0)).collect();
-    // A bright disc per image is the lesion.
-    let mut masks = vec![0u8; n * s * s];
-    let mut images = images;
-    for i in 0..n {
-        let (cy, cx) = (rng.random_range(16.0..48.0f32), rng.random_range(16.0..48.0f32));
-        for y in 0..s {
-            for x in 0..s {
-                if (y as f32 - cy).powi(2) + (x as f32 - cx).powi(2) < 144.0 {
-                    masks[(i * s + y) * s + x] = 1;
-                    for c in 0..3 {
-                        images[((i * 3 + c) * s + y) * s + x] += 80.0;
-                    }
-                }
-            }
-        }
-    }
-    let (points, labels) = sample_points(n, s, config.sample_points, &masks, &mut rng);
-    let images = Tensor::from_vec(images, [n, 3, s, s], dev)?;
-    let mut losses = Vec::new();
-    for step in 0..steps {
-        losses.push(queue_step(&model, &mut adam, StepInputs::new(&images, &points, &labels, step as u64, 0))?.finish()?);
-    }
-    Ok((losses[0], *losses.last().unwrap()))
 }
 
 #[test]

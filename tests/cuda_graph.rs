@@ -7,7 +7,8 @@
 //! gather backward (additions in a varying order) the losses agree within 1e-2 relative over
 //! the 9 steps: a loose sanity bound, the bitwise check is the test. The trainer with graphs on
 //! gives the same run as without (losses, validation scores, saved weights and optimiser
-//! state), bit for bit in deterministic mode.
+//! state), bit for bit in deterministic mode. The bitwise replay check runs again in bf16 mixed
+//! precision (bf16 convolutions and GEMMs).
 //!
 //! Its own test binary, because it switches the global deterministic setting. The CPU runs the
 //! same steps (the runner falls back to eager steps there) so that the test's own logic is
@@ -170,6 +171,24 @@ fn graph_replays_are_the_eager_steps() -> Result<()> {
     }
     settings::set_deterministic(false);
     Ok(())
+}
+
+/// The same in bf16 mixed precision (bf16 convolutions with their transposing casts, bf16
+/// GEMMs), deterministic: the replayed steps equal the eager ones bit for bit.
+#[test]
+fn bf16_graph_replays_are_the_eager_steps() -> Result<()> {
+    let _serial = serial();
+    let mut devices = vec![Device::Cpu];
+    devices.extend(cuda_device());
+    settings::set_deterministic(true);
+    settings::set_bf16_conv(true);
+    settings::set_bf16_gemm(true);
+    let result =
+        devices.iter().try_for_each(|dev| eager_against_graph(dev, true).map(|_| eprintln!("{dev}: bf16 graph steps bitwise equal")));
+    settings::set_deterministic(false);
+    settings::set_bf16_conv(false);
+    settings::set_bf16_gemm(false);
+    result
 }
 
 /// The trainer with `cuda_graph` on gives the same run as without, bit for bit in deterministic

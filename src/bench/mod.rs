@@ -36,9 +36,10 @@ pub enum Precision {
     Fp32,
     /// fp32 storage, TF32 tensor cores allowed in cuBLAS and cuDNN.
     Tf32,
-    /// GEMMs on bf16-rounded operands ([`settings::bf16_gemm`](crate::settings::bf16_gemm)), convolutions in TF32; dense
-    /// inference keeps its activations in bf16 ([`settings::bf16_activations`](crate::settings::bf16_activations)), training
-    /// keeps fp32 activations.
+    /// GEMMs on bf16-rounded operands ([`settings::bf16_gemm`](crate::settings::bf16_gemm)) and convolutions on bf16
+    /// operands ([`settings::bf16_conv`](crate::settings::bf16_conv)), fp32 accumulation; dense inference keeps its
+    /// activations in bf16 ([`settings::bf16_activations`](crate::settings::bf16_activations)); training keeps fp32
+    /// tensors between the layers.
     Bf16,
 }
 
@@ -57,7 +58,9 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32 storage and math",
             Precision::Tf32 => "fp32 storage, TF32 tensor cores in convolutions and GEMMs",
-            Precision::Bf16 => "bf16 GEMMs (fp32 accumulation), TF32 convolutions; bf16 activations in dense inference, fp32 in training",
+            Precision::Bf16 => {
+                "bf16 convolutions and GEMMs (fp32 accumulation); bf16 activations in dense inference, fp32 between the layers in training"
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::nn::Module;
 use crate::optim::{Adam, AdamConfig};
 use crate::settings;
 use crate::tensor::Tensor;
+use crate::SamplePoint;
 
 /// The format tag in the metadata of the parity files.
 pub const PARITY_FORMAT: &str = "hyperseg-engine-parity/1";
@@ -51,10 +52,61 @@ fn write_safetensors(path: &Path, blobs: &[Blob], meta: HashMap<String, String>)
 ///   t, before its Adam update), `grad.NAME` for every parameter at step 0, and
 ///   `state1.NAME` for every batch-norm running statistic after step 0's forward, and
 ///   `dense_naive`, `dense_factored` `[s, s]`: the lesion probability of image 0 by dense
-///   inference (eval mode) with the step-0 weights and those running statistics.
+///   inference (eval mode) with the step-0 weights and those running statistics, and
+///   `dense_factored_bf16` the same with bf16 activations;
+/// - in `outputs.safetensors` too, step 0 again in bf16 mixed precision (bf16 convolutions and
+///   GEMMs, [`settings::bf16_conv`], [`settings::bf16_gemm`]) on a second copy of the initial
+///   model: `bf16.logits`, `bf16.loss` `[1]` and `bf16.grad.NAME`.
+///
+/// The fp32 steps run with the bf16 modes off whatever the caller set (TF32 as set; the
+/// metadata says which), and the caller's settings are restored on return.
 ///
 /// Metadata of each file: `format`, `config` (JSON), `seed`, `steps`, `tf32`, `device`.
 pub fn dump_parity(dir: &Path, config: &ModelConfig, device: &Device, steps: usize) -> Result<()> {
+    let was = (settings::bf16_conv(), settings::bf16_gemm(), settings::bf16_activations());
+    set_bf16_modes(false);
+    let result = dump(dir, config, device, steps);
+    settings::set_bf16_conv(was.0);
+    settings::set_bf16_gemm(was.1);
+    settings::set_bf16_activations(was.2);
+    result
+}
+
+fn set_bf16_modes(on: bool) {
+    settings::set_bf16_conv(on);
+    settings::set_bf16_gemm(on);
+    settings::set_bf16_activations(on);
+}
+
+/// Step 0 of [`dump_parity`] in bf16 mixed precision, on a fresh copy of the initial model:
+/// logits, loss and every trainable parameter's gradient, named with the prefix `bf16.`.
+fn bf16_step(config: &ModelConfig, device: &Device, x: &Tensor, points: &[SamplePoint], labels: &[u32]) -> Result<Vec<Blob>> {
+    let model = HypercolumnNet::new(config.clone(), &mut ChaCha8Rng::seed_from_u64(PARITY_SEED), device)?;
+    settings::set_bf16_conv(true);
+    settings::set_bf16_gemm(true);
+    let step = || -> Result<Vec<Blob>> {
+        let logits = model.forward_sparse(x, points, true, 0)?;
+        let loss = logits.softmax_cross_entropy(labels, None)?;
+        loss.backward()?;
+        let mut blobs = vec![
+            Blob::new("bf16.logits", logits.dims().to_vec(), &logits.to_vec()?),
+            Blob::new("bf16.loss", vec![1], &[loss.to_scalar()?]),
+        ];
+        for nt in model.named().iter().filter(|nt| nt.trainable) {
+            let g = match nt.tensor.grad() {
+                Some(g) => g.to_vec()?,
+                None => vec![0.0; nt.tensor.elem_count()],
+            };
+            blobs.push(Blob::new(format!("bf16.grad.{}", nt.name), nt.tensor.dims().to_vec(), &g));
+        }
+        Ok(blobs)
+    };
+    let blobs = step();
+    set_bf16_modes(false);
+    blobs
+}
+
+fn dump(dir: &Path, config: &ModelConfig, device: &Device, steps: usize) -> Result<()> {
     if steps == 0 {
         return Err(Error::InvalidValue { name: "parity steps", msg: "at least one step is needed".into() });
     }
@@ -95,10 +147,10 @@ pub fn dump_parity(dir: &Path, config: &ModelConfig, device: &Device, steps: usi
 
     let first_image = Tensor::from_slice(&images[..3 * s * s], [1, 3, s, s], device)?;
     let x = Tensor::from_vec(images, [n, 3, s, s], device)?;
+    let mut blobs = bf16_step(&config, device, &x, &points, &labels)?;
     let mut adam = Adam::new(model.parameters(), AdamConfig { lr: config.learning_rate, ..Default::default() })?;
     let named = model.named();
     let mut losses = Vec::with_capacity(steps);
-    let mut blobs = Vec::new();
     for t in 0..steps {
         let logits = model.forward_sparse(&x, &points, true, t as u32)?;
         let loss = logits.softmax_cross_entropy(&labels, None)?;
@@ -116,10 +168,9 @@ pub fn dump_parity(dir: &Path, config: &ModelConfig, device: &Device, steps: usi
                 blobs.push(Blob::new(key, vec![s, s], &prob));
             }
             // And the factored path with bf16 activations.
-            let was = settings::bf16_activations();
             settings::set_bf16_activations(true);
             let prob = model.predict_dense(&first_image, DensePath::Factored, tile);
-            settings::set_bf16_activations(was);
+            settings::set_bf16_activations(false);
             blobs.push(Blob::new("dense_factored_bf16", vec![s, s], &prob?.remove(0)));
             for nt in &named {
                 if nt.trainable {

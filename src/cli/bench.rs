@@ -18,7 +18,8 @@ pub enum PrecisionArg {
     Fp32,
     /// fp32 storage, TF32 tensor cores allowed in cuBLAS and cuDNN.
     Tf32,
-    /// GEMMs on bf16-rounded operands (bf16 tensor cores), convolutions in TF32, bf16 activations in dense inference.
+    /// bf16 mixed precision: convolutions and GEMMs on bf16 operands (bf16 tensor cores, fp32 accumulation), bf16
+    /// activations in dense inference; weights and Adam state fp32.
     Bf16,
 }
 
@@ -45,7 +46,7 @@ pub struct BenchArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// fp32, tf32, or bf16 (bf16 GEMMs, TF32 convolutions; dense inference with bf16 activations).
+    /// fp32, tf32, or bf16 (bf16 convolutions and GEMMs; dense inference with bf16 activations).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     pub precision: PrecisionArg,
     /// The model to time (random weights).

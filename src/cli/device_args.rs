@@ -23,9 +23,10 @@ pub struct DeviceArgs {
     /// fp32: bf16 tensor cores on the GPU. Storage, weights and Adam state stay fp32.
     #[arg(long)]
     pub bf16_gemm: bool,
-    /// bf16 mixed precision: --bf16-gemm, and dense inference (validation, eval, predict) keeps
-    /// its activations in bf16 (fp32 sums, one rounding per value written). Weights, training
-    /// activations and Adam state stay fp32.
+    /// bf16 mixed precision: --bf16-gemm, every convolution on bf16 operands (bf16 tensor cores,
+    /// fp32 accumulation, the result rounded to bf16), and dense inference (validation, eval,
+    /// predict) keeps its activations in bf16 (fp32 sums, one rounding per value written).
+    /// Weights, the tensors between training's layers and Adam state stay fp32.
     #[arg(long)]
     pub bf16: bool,
     /// Bitwise-reproducible results: deterministic algorithms and reductions (slower).
@@ -41,6 +42,7 @@ impl DeviceArgs {
     pub fn open(&self) -> Result<Device> {
         settings::set_allow_tf32(self.tf32);
         settings::set_bf16_gemm(self.bf16_gemm || self.bf16);
+        settings::set_bf16_conv(self.bf16);
         settings::set_bf16_activations(self.bf16);
         settings::set_deterministic(self.deterministic);
         let device = match self.device {

@@ -37,12 +37,18 @@ pub const WARMUP_STEPS: usize = 2;
 struct Settings {
     tf32: bool,
     bf16_gemm: bool,
+    bf16_conv: bool,
     deterministic: bool,
 }
 
 impl Settings {
     fn now() -> Settings {
-        Settings { tf32: settings::allow_tf32(), bf16_gemm: settings::bf16_gemm(), deterministic: settings::deterministic() }
+        Settings {
+            tf32: settings::allow_tf32(),
+            bf16_gemm: settings::bf16_gemm(),
+            bf16_conv: settings::bf16_conv(),
+            deterministic: settings::deterministic(),
+        }
     }
 }
 

@@ -1,10 +1,14 @@
-//! `kernels/bf16.ptx`: the casts and bias + ReLU on bf16 buffers, bit for bit against
-//! `backend::cpu::bf16` (that is, `half`'s rounding).
+//! `kernels/bf16.ptx`: the casts, bias + ReLU on bf16 buffers and the batched transposes with a
+//! cast (`transpose_f32_to_bf16`, `transpose_bf16_to_f32`, with their wrapper's
+//! `ops::transpose_cfg`, its row-tile and matrix walks past short grids, and the barriers and
+//! tile indexing of the shared tile), bit for bit against `backend::cpu::bf16` (that is,
+//! `half`'s rounding).
 
 use half::bf16;
 use hyperseg_engine::backend::cpu::bf16 as cpu;
+use hyperseg_engine::backend::cuda::kernels::ops::transpose_cfg;
 
-use crate::sim::{self, Arg, Memory};
+use crate::sim::{self, Arg, Dims, Kernels, Memory};
 use crate::{grid_1d, run, Rng};
 
 /// Values that exercise the rounding: random, ties, subnormals, infinities, NaN, signed zeros,
@@ -82,4 +86,241 @@ fn a_wrong_rounding_is_caught() {
     let got: Vec<u16> = mem.download(yd, x.len());
     let want = cpu::to_bf16(&x);
     assert!(got.iter().zip(&want).any(|(g, w)| *g != w.to_bits()), "a cast with the wrong rounding constant matched half everywhere");
+}
+
+/// The bits of an unwritten bf16 element: [`Memory::poisoned`] fills with 0xFF (a NaN that
+/// neither transpose makes from the inputs here).
+const POISON_BF16: u16 = 0xFFFF;
+
+/// `transpose_f32_to_bf16` of `k` on `batch` matrices `[rows, cols]` (`x`) with the launch
+/// shape `d`: the bits of out `[batch, cols, rows]` (poisoned before), or the simulator's error.
+fn sim_to_bf16(k: &Kernels, x: &[f32], (rows, cols, batch): (usize, usize, usize), d: Dims) -> Result<Vec<u16>, String> {
+    let n = rows * cols * batch;
+    assert_eq!(x.len(), n);
+    let mut mem = Memory::default();
+    let xd = mem.upload(x);
+    let out = mem.poisoned(2 * n);
+    let args = [Arg::U64(out), Arg::U64(xd), Arg::U32(rows as u32), Arg::U32(cols as u32), Arg::U32(batch as u32)];
+    k.launch(&mut mem, "transpose_f32_to_bf16", d, &args).map_err(|e| e.0)?;
+    Ok(mem.download(out, n))
+}
+
+/// `transpose_bf16_to_f32` of `k` on `batch` matrices `[rows, cols]` of bf16 bits (`x`) with
+/// the launch shape `d`: out `[batch, cols, rows]` (poisoned before), or the simulator's error.
+fn sim_to_f32(k: &Kernels, x: &[u16], (rows, cols, batch): (usize, usize, usize), d: Dims) -> Result<Vec<f32>, String> {
+    let n = rows * cols * batch;
+    assert_eq!(x.len(), n);
+    let mut mem = Memory::default();
+    let xd = mem.upload(x);
+    let out = mem.poisoned(4 * n);
+    let args = [Arg::U64(out), Arg::U64(xd), Arg::U32(rows as u32), Arg::U32(cols as u32), Arg::U32(batch as u32)];
+    k.launch(&mut mem, "transpose_bf16_to_f32", d, &args).map_err(|e| e.0)?;
+    Ok(mem.download(out, n))
+}
+
+/// The wrapper's launch shape for `batch` matrices `[rows, cols]` (gridDim.y cut by
+/// `crate::with_grid_y_cap` when one is set).
+fn cfg((rows, cols, batch): (usize, usize, usize)) -> Dims {
+    crate::dims(transpose_cfg(rows as u32, cols as u32, batch as u32))
+}
+
+/// Asserts that two bf16 buffers are equal bit for bit, NaN payloads included (the kernel and
+/// `half` quiet a NaN with the same formula), and that no element kept the poison.
+fn assert_bf16_bits(what: &str, got: &[u16], want: &[bf16]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_ne!(*g, POISON_BF16, "{what}: element {i} was never written (it still holds the poison)");
+        assert_eq!(
+            *g,
+            w.to_bits(),
+            "{what}: element {i} is {} ({g:#06x}), the CPU reference has {w} ({:#06x})",
+            bf16::from_bits(*g),
+            w.to_bits()
+        );
+    }
+}
+
+/// Asserts that two f32 buffers are equal bit for bit, NaN payloads included, and that no
+/// element kept the poison (no widened bf16 has it: its low 16 bits are zero).
+fn assert_f32_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_ne!(g.to_bits(), crate::POISON, "{what}: element {i} was never written (it still holds the poison)");
+        assert_eq!(
+            g.to_bits(),
+            w.to_bits(),
+            "{what}: element {i} is {g:e} ({:#010x}), the CPU reference has {w:e} ({:#010x})",
+            g.to_bits(),
+            w.to_bits()
+        );
+    }
+}
+
+/// f32 -> bf16 on `awkward` values, then bf16 -> f32 of the result back to the original
+/// layout, each bit for bit against the CPU transposes (NaN payloads included), with launch
+/// shapes `d_fwd` and `d_back`.
+fn check_round_trip(k: &Kernels, shape: (usize, usize, usize), d_fwd: Dims, d_back: Dims, seed: usize) {
+    let (rows, cols, batch) = shape;
+    let n = rows * cols * batch;
+    // `awkward` rotated by `seed`, so that its specials land at other places of the tiles.
+    let mut x = awkward(n);
+    x.rotate_left(seed % n);
+    // NaNs whose bf16 keeps a payload bit and the sign: quiet and signalling, negative.
+    for (i, bits) in [0xFFC1_2345u32, 0xFF80_0001, 0x7F81_0000].into_iter().enumerate() {
+        x[(n / 2 + 5 * i) % n] = f32::from_bits(bits);
+    }
+    let tag = format!("{batch} x [{rows}, {cols}], grid {:?}", d_fwd.grid);
+    let want = cpu::transpose_to_bf16(&x, batch, rows, cols);
+    let got = sim_to_bf16(k, &x, shape, d_fwd).unwrap_or_else(|e| panic!("transpose_f32_to_bf16 {tag}: {e}"));
+    assert_bf16_bits(&format!("transpose_f32_to_bf16 {tag}"), &got, &want);
+
+    let tag = format!("{batch} x [{cols}, {rows}], grid {:?}", d_back.grid);
+    let back = sim_to_f32(k, &got, (cols, rows, batch), d_back).unwrap_or_else(|e| panic!("transpose_bf16_to_f32 {tag}: {e}"));
+    let want_back = cpu::transpose_to_f32(&want, batch, cols, rows);
+    assert_f32_bits(&format!("transpose_bf16_to_f32 {tag}"), &back, &want_back);
+    // The round trip lands on the original layout: x rounded to bf16.
+    assert_f32_bits(&format!("round trip {tag}"), &back, &cpu::to_f32(&cpu::to_bf16(&x)));
+}
+
+/// Shapes `(rows, cols, batch)` of the transposes: sides that are not multiples of the 32 x 32
+/// tile, exact multiples, a single row or column, one matrix and several.
+const TRANSPOSE_SHAPES: [(usize, usize, usize); 7] =
+    [(3, 50, 1), (37, 70, 3), (64, 32, 1), (64, 32, 2), (1, 45, 3), (45, 1, 1), (33, 31, 2)];
+
+/// Both transposes, with the wrapper's launch shape, bit for bit against the CPU on values
+/// with NaNs (quiet and signalling, either sign, with payloads), ties, infinities, subnormals and signed zeros.
+#[test]
+fn transposes_round_as_half() {
+    let k = sim::load("bf16");
+    for (s, shape) in TRANSPOSE_SHAPES.into_iter().enumerate() {
+        let (rows, cols, batch) = shape;
+        check_round_trip(&k, shape, cfg(shape), cfg((cols, rows, batch)), s);
+    }
+}
+
+/// `transpose_bf16_to_f32` on arbitrary bf16 bits, signalling NaNs included: the header
+/// promises the exact widening `bits << 16`, which is asserted bit for bit. `half`'s `to_f32`
+/// (the CPU reference) quiets a signalling NaN instead (sets 0x0040), so against the CPU a NaN
+/// only has to be a NaN; every other value is bit-exact. (Buffers made by
+/// `transpose_f32_to_bf16` or `half` never hold a signalling NaN, see `transposes_round_as_half`.)
+#[test]
+fn transpose_widening_keeps_every_bit() {
+    let k = sim::load("bf16");
+    let shape = (37, 70, 3);
+    let (rows, cols, batch) = shape;
+    let n = rows * cols * batch;
+    let mut rng = Rng(0xB16_B175);
+    let mut x: Vec<u16> = (0..n).map(|_| rng.bits() as u16).collect();
+    for (i, s) in [0x7F81u16, 0xFF81, 0xFFFF, 0x7FC0, 0x7F80, 0xFF80, 0x0001, 0x8000, 0x0000].into_iter().enumerate() {
+        x[i * 131 % n] = s;
+    }
+    let got = sim_to_f32(&k, &x, shape, cfg(shape)).unwrap_or_else(|e| panic!("transpose_bf16_to_f32: {e}"));
+    let exact: Vec<f32> = (0..n)
+        .map(|o| {
+            let (b, j, i) = (o / (rows * cols), o / rows % cols, o % rows);
+            f32::from_bits((x[b * rows * cols + i * cols + j] as u32) << 16)
+        })
+        .collect();
+    assert_f32_bits("transpose_bf16_to_f32 (bits << 16)", &got, &exact);
+    let x_bf16: Vec<bf16> = x.iter().map(|v| bf16::from_bits(*v)).collect();
+    crate::assert_bits("transpose_bf16_to_f32 vs the CPU", &got, &cpu::transpose_to_f32(&x_bf16, batch, rows, cols));
+}
+
+/// Both transposes walking beyond their grid: gridDim.y cut to 2 (`crate::with_grid_y_cap`),
+/// so a block takes several row tiles (reusing the shared tile, past 65535 row tiles on a GPU),
+/// and gridDim.z set by hand below the batch, standing for batch > 65535 (`transpose_cfg`
+/// caps z at min(batch, 65535)), so a block takes several matrices.
+#[test]
+fn transposes_walk_past_short_grids() {
+    let k = sim::load("bf16");
+    // 70 rows: 3 row tiles forward; 67 columns: 3 row tiles back; 5 matrices over 2 z blocks.
+    let shape = (70, 67, 5);
+    let (rows, cols, batch) = shape;
+    let short_z = |d: Dims| Dims { grid: (d.grid.0, d.grid.1, 2), ..d };
+    crate::with_grid_y_cap(2, || {
+        let (fwd, back) = (short_z(cfg(shape)), short_z(cfg((cols, rows, batch))));
+        assert!(fwd.grid.1 == 2 && back.grid.1 == 2 && rows.div_ceil(32) > 2 && cols.div_ceil(32) > 2, "no row-tile walk");
+        check_round_trip(&k, shape, fwd, back, 3);
+    });
+}
+
+/// `text` with the first `from` inside the entry `entry` replaced by `to` (the two transposes
+/// share most lines; `replacen` on the whole file would edit the first entry only).
+fn edit_entry(text: &str, entry: &str, from: &str, to: &str) -> String {
+    let start = text.find(&format!(".entry {entry}(")).unwrap_or_else(|| panic!("no entry {entry}"));
+    let end = text[start + 1..].find(".entry ").map_or(text.len(), |e| start + 1 + e);
+    let at = start + text[start..end].find(from).unwrap_or_else(|| panic!("`{from}` is not in {entry}"));
+    format!("{}{to}{}", &text[..at], &text[at + from.len()..])
+}
+
+/// The simulator refuses either transpose without one of its barriers: without the first (the
+/// tile is loaded, then read transposed) a thread reads tile words that other warps have not
+/// written yet; without the second, a block walking to its next tile (or matrix) overwrites
+/// words other threads may still be reading: a race on shared memory.
+#[test]
+fn missing_transpose_barriers_are_caught() {
+    let shape = (70, 67, 5);
+    let (rows, cols, batch) = shape;
+    let x = awkward(rows * cols * batch);
+    let xb: Vec<u16> = cpu::to_bf16(&x).iter().map(|v| v.to_bits()).collect();
+    let first = "    bar.sync 0;\n    // Store:";
+    let second = "    bar.sync 0;                              // the next tile reuses tr_tile\n";
+    for entry in ["transpose_f32_to_bf16", "transpose_bf16_to_f32"] {
+        for (barrier, walk, expect) in [(first, false, "that no thread of the block wrote"), (second, true, "data race on shared memory")] {
+            let k = sim::load_edited("bf16", |t| edit_entry(t, entry, barrier, &barrier.replacen("bar.sync 0;", "", 1)));
+            // The second barrier only matters when a block takes a second tile: one block
+            // along y and z walks every row tile of every matrix.
+            let d = cfg(shape);
+            let d = if walk { Dims { grid: (d.grid.0, 1, 1), ..d } } else { d };
+            let err = crate::launch_error(|| {
+                let r = if entry == "transpose_f32_to_bf16" {
+                    sim_to_bf16(&k, &x, shape, d).map(drop)
+                } else {
+                    sim_to_f32(&k, &xb, shape, d).map(drop)
+                };
+                r.unwrap_or_else(|e| panic!("{e}"));
+            });
+            assert!(err.contains(expect), "{entry} without a barrier (walking: {walk}): expected an error with `{expect}`, got: {err}");
+        }
+    }
+}
+
+/// Wrong tile indices in the store phase are noticed: `transpose_f32_to_bf16` reading the tile
+/// with row pitch 32 instead of the padded 33 (the simulator refuses the read of a padding word
+/// no thread wrote, or else the comparison fails), and `transpose_bf16_to_f32` reading
+/// tile[k][tx] (the comparison fails). A control: pitch 32 in both phases is still correct, so
+/// the faults are caught for the mismatch, not the pitch.
+#[test]
+fn a_wrong_tile_index_is_caught() {
+    let shape = (64, 32, 2);
+    let (rows, cols, batch) = shape;
+    let x = awkward(rows * cols * batch);
+    let (load, store) = ("mad.lo.u32 %r18, %r14, 33, %r4;", "mad.lo.u32 %r18, %r4, 33, %r14;");
+
+    let k = sim::load_edited("bf16", |t| edit_entry(t, "transpose_f32_to_bf16", store, "mad.lo.u32 %r18, %r4, 32, %r14;"));
+    match sim_to_bf16(&k, &x, shape, cfg(shape)) {
+        Err(e) => assert!(e.contains("no thread of the block wrote"), "{e}"),
+        Ok(got) => assert!(
+            got.iter().zip(cpu::transpose_to_bf16(&x, batch, rows, cols)).any(|(g, w)| *g != w.to_bits()),
+            "transpose_f32_to_bf16 reading the tile with pitch 32 matched the CPU"
+        ),
+    }
+
+    // The second entry, both phases with pitch 32: a consistent (unpadded) tile, still correct.
+    let xb: Vec<u16> = cpu::to_bf16(&x).iter().map(|v| v.to_bits()).collect();
+    let want = cpu::transpose_to_f32(&cpu::to_bf16(&x), batch, rows, cols);
+    let k = sim::load_edited("bf16", |t| {
+        let t = edit_entry(t, "transpose_bf16_to_f32", load, "mad.lo.u32 %r18, %r14, 32, %r4;");
+        edit_entry(&t, "transpose_bf16_to_f32", store, "mad.lo.u32 %r18, %r4, 32, %r14;")
+    });
+    let got = sim_to_f32(&k, &xb, shape, cfg(shape)).unwrap_or_else(|e| panic!("an unpadded tile: {e}"));
+    assert_f32_bits("transpose_bf16_to_f32 with an unpadded tile", &got, &want);
+    // Its store phase reading tile[k][tx] instead of tile[tx][k]: every word read was written
+    // (full tiles), so only the comparison can notice (each tile copied, not transposed).
+    let k = sim::load_edited("bf16", |t| edit_entry(t, "transpose_bf16_to_f32", store, "mad.lo.u32 %r18, %r14, 33, %r4;"));
+    let got = sim_to_f32(&k, &xb, shape, cfg(shape)).unwrap_or_else(|e| panic!("an untransposed tile read: {e}"));
+    assert!(
+        got.iter().zip(&want).any(|(g, w)| g.to_bits() != w.to_bits()),
+        "transpose_bf16_to_f32 reading the tile untransposed matched the CPU"
+    );
 }

@@ -23,6 +23,41 @@ pub fn to_f32(x: &[bf16]) -> Vec<f32> {
     x.par_iter().map(|v| v.to_f32()).collect()
 }
 
+/// The transposes of `batch` row-major matrices `[rows, cols]`, rounded to bf16: `out[b, j, i] =
+/// bf16(x[b, i, j])` (NCHW f32 to NHWC bf16 with rows = C, cols = H W). Reference of
+/// `transpose_f32_to_bf16`.
+pub fn transpose_to_bf16(x: &[f32], batch: usize, rows: usize, cols: usize) -> Vec<bf16> {
+    transpose_with(x, batch, rows, cols, bf16::from_f32)
+}
+
+/// The transposes of `batch` row-major bf16 matrices `[rows, cols]`, widened to f32 (NHWC bf16
+/// to NCHW f32 with rows = H W, cols = C). Reference of `transpose_bf16_to_f32`.
+pub fn transpose_to_f32(x: &[bf16], batch: usize, rows: usize, cols: usize) -> Vec<f32> {
+    transpose_with(x, batch, rows, cols, |v: bf16| v.to_f32())
+}
+
+fn transpose_with<T: Copy + Sync, U: Copy + Send + Default>(
+    x: &[T],
+    batch: usize,
+    rows: usize,
+    cols: usize,
+    f: impl Fn(T) -> U + Sync,
+) -> Vec<U> {
+    assert_eq!(x.len(), batch * rows * cols, "transpose: {} elements for {batch} matrices [{rows}, {cols}]", x.len());
+    let mut out = vec![U::default(); x.len()];
+    if x.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(rows).enumerate().for_each(|(bj, dst)| {
+        let (b, j) = (bj / cols, bj % cols);
+        let src = &x[b * rows * cols..(b + 1) * rows * cols];
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = f(src[i * cols + j]);
+        }
+    });
+    out
+}
+
 /// `y[r, c] = bf16(max(y[r, c] + b[c], 0))` in place on a row-major `[rows, b.len()]` matrix.
 pub fn bias_relu_assign(y: &mut [bf16], b: &[f32]) {
     if b.is_empty() {

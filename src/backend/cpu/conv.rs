@@ -1,11 +1,25 @@
 //! 2-D convolution on the host, forward and both backwards, by im2col + GEMM per image:
 //! the CPU reference for the cuDNN convolutions. A 1x1, stride-1, unpadded convolution skips
-//! the im2col copy (the image already is the column matrix).
+//! the im2col copy (the image already is the column matrix). [`with_bf16_mode`] adds the bf16
+//! convolution mode's roundings.
 
 use rayon::prelude::*;
 
-use super::gemm::gemm_f32;
+use super::gemm::{gemm_f32, round_to_bf16};
 use crate::backend::{ConvSpec, GemmSpec};
+
+/// Runs one convolution computation `f` on its two operands, with the bf16 convolution mode's
+/// roundings when [`crate::settings::bf16_conv`] is on: both operands rounded to bf16 before, the
+/// result after (to nearest, ties to even), the computation itself in f32. That is what cuDNN
+/// computes on bf16 tensors with fp32 accumulation, up to the order of the sums.
+pub fn with_bf16_mode(a: &[f32], b: &[f32], f: impl FnOnce(&[f32], &[f32]) -> Vec<f32>) -> Vec<f32> {
+    if !crate::settings::bf16_conv() {
+        return f(a, b);
+    }
+    let mut out = f(&round_to_bf16(a), &round_to_bf16(b));
+    out.par_iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+    out
+}
 
 fn is_pointwise(s: &ConvSpec) -> bool {
     s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0

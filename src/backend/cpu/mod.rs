@@ -153,19 +153,19 @@ impl BackendStorage for CpuStorage {
     fn conv2d(&self, w: &Self, s: &ConvSpec) -> Result<Self> {
         check_len("conv2d", "input", self.len(), s.n * s.c_in * s.h * s.w)?;
         check_len("conv2d", "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
-        Ok(CpuStorage::F32(conv::forward(self.as_f32(), w.as_f32(), s)))
+        Ok(CpuStorage::F32(conv::with_bf16_mode(self.as_f32(), w.as_f32(), |x, w| conv::forward(x, w, s))))
     }
 
     fn conv2d_backward_input(&self, w: &Self, s: &ConvSpec) -> Result<Self> {
         check_len("conv2d_backward_input", "dy", self.len(), s.n * s.c_out * s.out_h() * s.out_w())?;
         check_len("conv2d_backward_input", "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
-        Ok(CpuStorage::F32(conv::backward_input(self.as_f32(), w.as_f32(), s)))
+        Ok(CpuStorage::F32(conv::with_bf16_mode(self.as_f32(), w.as_f32(), |dy, w| conv::backward_input(dy, w, s))))
     }
 
     fn conv2d_backward_weight(&self, dy: &Self, s: &ConvSpec) -> Result<Self> {
         check_len("conv2d_backward_weight", "input", self.len(), s.n * s.c_in * s.h * s.w)?;
         check_len("conv2d_backward_weight", "dy", dy.len(), s.n * s.c_out * s.out_h() * s.out_w())?;
-        Ok(CpuStorage::F32(conv::backward_weight(self.as_f32(), dy.as_f32(), s)))
+        Ok(CpuStorage::F32(conv::with_bf16_mode(self.as_f32(), dy.as_f32(), |x, dy| conv::backward_weight(x, dy, s))))
     }
 
     fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>> {

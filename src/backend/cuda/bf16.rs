@@ -1,7 +1,7 @@
-//! [`CudaBf16`]: a buffer of bf16 on one GPU, and the kernels the bf16 dense path runs on it:
-//! casts and bias + ReLU (`kernels/bf16.ptx`), the fused factored first layer
-//! (`upsample_sum_bias_relu_bf16` in `kernels/hypercolumn_sum.ptx`) and GEMMs on bf16
-//! operands (`cublasGemmEx`, fp32 accumulation).
+//! [`CudaBf16`]: a buffer of bf16 on one GPU, and the kernels the bf16 paths run on it: casts,
+//! the transposing casts of the bf16 convolutions and bias + ReLU (`kernels/bf16.ptx`), the
+//! fused factored first layer (`upsample_sum_bias_relu_bf16` in `kernels/hypercolumn_sum.ptx`)
+//! and GEMMs on bf16 operands (`cublasGemmEx`, fp32 accumulation).
 //!
 //! The buffer is an ordinary pool block of the device's caching allocator, held as a
 //! [`CudaStorage`] of `ceil(len / 2)` f32 words that no f32 kernel ever sees: bf16 data is only
@@ -11,7 +11,7 @@
 use half::bf16;
 
 use super::blas::{gemm_raw, GemmKind};
-use super::kernels::ops::{check_len, count, grid_1d, plane_sum_launch, same_device, PlaneBuf};
+use super::kernels::ops::{check_len, count, grid_1d, plane_sum_launch, same_device, transpose_cfg, PlaneBuf};
 use super::kernels::{entry, launch};
 use super::{nvtx, CudaDevice, CudaStorage};
 use crate::backend::{BackendStorage, GemmSpec, PlaneSumSpec, SamplePoint};
@@ -51,6 +51,40 @@ impl CudaBf16 {
         if n > 0 {
             let x_ptr = self.raw_ptr();
             launch!(dev, entry::CAST_BF16_TO_F32, grid_1d(n), out.slice_mut(), &x_ptr, &n)?;
+        }
+        Ok(out)
+    }
+
+    /// The transposes of `batch` row-major f32 matrices `[rows, cols]` in `x`, rounded to bf16:
+    /// `out[b, j, i] = bf16(x[b, i, j])`. NCHW f32 to NHWC bf16 with rows = C, cols = H W.
+    /// Kernel `transpose_f32_to_bf16`, launch [`transpose_cfg`].
+    pub fn transposed_from_f32(x: &CudaStorage, batch: usize, rows: usize, cols: usize) -> Result<CudaBf16> {
+        const OP: &str = "transpose_f32_to_bf16";
+        let _r = nvtx::range(OP);
+        check_len(OP, "input", x.len(), batch * rows * cols)?;
+        let dev = x.device().clone();
+        let out = CudaBf16::alloc(&dev, x.len())?;
+        if count(OP, x.len())? > 0 {
+            let (rows, cols, batch) = (count(OP, rows)?, count(OP, cols)?, count(OP, batch)?);
+            let out_ptr = out.raw_ptr();
+            launch!(dev, entry::TRANSPOSE_F32_TO_BF16, transpose_cfg(rows, cols, batch), &out_ptr, x.slice(), &rows, &cols, &batch)?;
+        }
+        Ok(out)
+    }
+
+    /// The transposes of `batch` row-major bf16 matrices `[rows, cols]` in `self`, widened to
+    /// f32: `out[b, j, i] = f32(self[b, i, j])`. NHWC bf16 to NCHW f32 with rows = H W, cols = C.
+    /// Kernel `transpose_bf16_to_f32`, launch [`transpose_cfg`].
+    pub fn transposed_to_f32(&self, batch: usize, rows: usize, cols: usize) -> Result<CudaStorage> {
+        const OP: &str = "transpose_bf16_to_f32";
+        let _r = nvtx::range(OP);
+        check_len(OP, "input", self.len, batch * rows * cols)?;
+        let dev = self.device().clone();
+        let mut out = dev.alloc(self.len)?;
+        if count(OP, self.len)? > 0 {
+            let (rows, cols, batch) = (count(OP, rows)?, count(OP, cols)?, count(OP, batch)?);
+            let x_ptr = self.raw_ptr();
+            launch!(dev, entry::TRANSPOSE_BF16_TO_F32, transpose_cfg(rows, cols, batch), out.slice_mut(), &x_ptr, &rows, &cols, &batch)?;
         }
         Ok(out)
     }

@@ -80,6 +80,7 @@ const _: () = {
 };
 
 pub(super) const MATH_DEFAULT: u32 = 0;
+pub(super) const MATH_TENSOR_OP: u32 = 1;
 pub(super) const MATH_FMA: u32 = 3;
 
 pub(super) fn math_type(v: u32) -> sys::cudnnMathType_t {
@@ -142,14 +143,15 @@ fn known_algo(dir: Direction, v: u32) -> bool {
     }
 }
 
-/// Keeps the usable results, in cuDNN's order (fastest or most promising first).
-pub(super) fn usable(dir: Direction, perfs: &[RawPerf], tf32: bool, deterministic: bool) -> Vec<Candidate> {
+/// Keeps the usable results, in cuDNN's order (fastest or most promising first). Without
+/// `tensor_cores` (fp32 with TF32 off) only FMA math is kept, and run as such.
+pub(super) fn usable(dir: Direction, perfs: &[RawPerf], tensor_cores: bool, deterministic: bool) -> Vec<Candidate> {
     perfs
         .iter()
         .filter(|p| p.status == 0 && known_algo(dir, p.algo))
         .filter(|p| !deterministic || (p.determinism == 1 && !dir.uses_atomics(p.algo)))
-        .filter(|p| tf32 || p.math_type == MATH_FMA || p.math_type == MATH_DEFAULT)
-        .map(|p| Candidate { algo: p.algo, math: if tf32 { p.math_type } else { MATH_FMA } })
+        .filter(|p| tensor_cores || p.math_type == MATH_FMA || p.math_type == MATH_DEFAULT)
+        .map(|p| Candidate { algo: p.algo, math: if tensor_cores { p.math_type } else { MATH_FMA } })
         .fold(Vec::new(), |mut v, c| {
             if !v.contains(&c) {
                 v.push(c);

@@ -1,6 +1,7 @@
 //! The cuDNN descriptors of one convolution (input, filter, output, convolution), each
-//! destroyed when dropped: NCHW f32 tensors, cross-correlation with symmetric padding and
-//! stride, and the math type of the algorithm about to run.
+//! destroyed when dropped: NCHW f32 or NHWC bf16 tensors ([`ConvData`]), cross-correlation with
+//! symmetric padding and stride, fp32 accumulation, and the math type of the algorithm about to
+//! run.
 
 use std::ffi::c_int;
 
@@ -38,14 +39,38 @@ fn int(v: usize) -> Result<c_int> {
     c_int::try_from(v).map_err(|_| Error::bad_shape("conv2d", format!("extent {v} is beyond cuDNN's 32-bit range")))
 }
 
-fn tensor4d(dims: [usize; 4]) -> Result<TensorDesc> {
+/// The element type and memory layout of a convolution's three operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ConvData {
+    /// f32, NCHW (filters KCRS): the engine's own tensors.
+    F32,
+    /// bf16, NHWC (filters KRSC): the bf16 convolutions' copies ([`super::bf16`]), the layout
+    /// cuDNN's bf16 tensor-core kernels read without a transpose of their own.
+    Bf16,
+}
+
+impl ConvData {
+    fn format(self) -> sys::cudnnTensorFormat_t {
+        match self {
+            ConvData::F32 => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+            ConvData::Bf16 => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+        }
+    }
+
+    fn data_type(self) -> sys::cudnnDataType_t {
+        match self {
+            ConvData::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            ConvData::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+        }
+    }
+}
+
+/// A 4-d tensor descriptor; `dims` are always given as (n, c, h, w), the format places them.
+fn tensor4d(dims: [usize; 4], data: ConvData) -> Result<TensorDesc> {
     let d = TensorDesc(result::create_tensor_descriptor().ctx("cudnnCreateTensorDescriptor")?);
     let dims = [int(dims[0])?, int(dims[1])?, int(dims[2])?, int(dims[3])?];
     // SAFETY: a live descriptor.
-    unsafe {
-        result::set_tensor4d_descriptor(d.0, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, dims)
-    }
-    .ctx("cudnnSetTensor4dDescriptor")?;
+    unsafe { result::set_tensor4d_descriptor(d.0, data.format(), data.data_type(), dims) }.ctx("cudnnSetTensor4dDescriptor")?;
     Ok(d)
 }
 
@@ -58,16 +83,13 @@ pub(super) struct Descriptors {
 }
 
 impl Descriptors {
-    pub(super) fn new(s: &ConvSpec) -> Result<Descriptors> {
-        let x = tensor4d([s.n, s.c_in, s.h, s.w])?;
-        let y = tensor4d([s.n, s.c_out, s.out_h(), s.out_w()])?;
+    pub(super) fn new(s: &ConvSpec, data: ConvData) -> Result<Descriptors> {
+        let x = tensor4d([s.n, s.c_in, s.h, s.w], data)?;
+        let y = tensor4d([s.n, s.c_out, s.out_h(), s.out_w()], data)?;
         let w = FilterDesc(result::create_filter_descriptor().ctx("cudnnCreateFilterDescriptor")?);
         let wd = [int(s.c_out)?, int(s.c_in)?, int(s.kh)?, int(s.kw)?];
         // SAFETY: live descriptors.
-        unsafe {
-            result::set_filter4d_descriptor(w.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, wd)
-        }
-        .ctx("cudnnSetFilter4dDescriptor")?;
+        unsafe { result::set_filter4d_descriptor(w.0, data.data_type(), data.format(), wd) }.ctx("cudnnSetFilter4dDescriptor")?;
         let conv = ConvDesc(result::create_convolution_descriptor().ctx("cudnnCreateConvolutionDescriptor")?);
         let (p, st) = (int(s.pad)?, int(s.stride)?);
         // SAFETY: a live descriptor.
@@ -81,7 +103,7 @@ impl Descriptors {
                 1,
                 1,
                 sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT, // fp32 accumulation, bf16 data included
             )
         }
         .ctx("cudnnSetConvolution2dDescriptor")?;

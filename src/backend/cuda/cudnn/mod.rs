@@ -1,7 +1,8 @@
-//! 2-D convolutions through cuDNN (legacy convolution API, NCHW, f32): forward, backward
-//! data (the input gradient) and backward filter (the weight gradient).
+//! 2-D convolutions through cuDNN (legacy convolution API, NCHW f32, or NHWC bf16 in the bf16
+//! convolution mode of `bf16.rs`): forward, backward data (the input gradient) and backward
+//! filter (the weight gradient).
 //!
-//! Algorithm choice, once per (shape, direction, TF32, deterministic, benchmark) and cached
+//! Algorithm choice, once per (shape, direction, data type, TF32, deterministic, benchmark) and cached
 //! with its descriptors and workspace size (a repeated convolution is one cuDNN call):
 //! - default ("benchmark", like PyTorch's `cudnn.benchmark`): `cudnnFind*AlgorithmEx` times
 //!   every algorithm on the real buffers with a workspace bounded by the memory budget;
@@ -13,7 +14,8 @@
 //! A workspace never exceeds [`MAX_WORKSPACE`] nor the room left under the allocator's cap;
 //! algorithms needing more are skipped, and one that fails to run makes way for the next.
 //! Math: `CUDNN_FMA_MATH` (true fp32) unless [`crate::settings::allow_tf32`], then the math
-//! type cuDNN reports for the chosen algorithm (TF32 tensor cores allowed).
+//! type cuDNN reports for the chosen algorithm (TF32 tensor cores allowed); on bf16 data,
+//! `CUDNN_TENSOR_OP_MATH` and the type cuDNN reports (bf16 tensor cores, fp32 accumulation).
 //!
 //! Files:
 //! - `mod.rs`: the settings ([`MAX_WORKSPACE`], [`BENCHMARK_ENV`], [`set_cudnn_benchmark`]),
@@ -22,9 +24,12 @@
 //!   path (recall or choose an algorithm, then launch it);
 //! - `algo.rs`: algorithm choice: [`Direction`], the algorithm tables, the candidates,
 //!   the workspace sizes, cuDNN's heuristics and the timed search;
-//! - `descriptors.rs`: the cuDNN descriptors of one convolution, destroyed on drop.
+//! - `descriptors.rs`: the cuDNN descriptors of one convolution, destroyed on drop;
+//! - `bf16.rs`: the bf16 convolution mode ([`crate::settings::bf16_conv`]): NHWC bf16 copies in,
+//!   the result widened back to NCHW f32.
 
 mod algo;
+mod bf16;
 mod descriptors;
 
 use std::collections::HashMap;
@@ -35,8 +40,10 @@ use std::sync::Arc;
 use cudarc::cudnn::{result, sys};
 use cudarc::driver::CudaStream;
 
-use self::algo::{benchmark, bwd_data_algo, bwd_filter_algo, fwd_algo, heuristics, prepare, usable, Candidate, MATH_DEFAULT, MATH_FMA};
-use self::descriptors::Descriptors;
+use self::algo::{
+    benchmark, bwd_data_algo, bwd_filter_algo, fwd_algo, heuristics, prepare, usable, Candidate, MATH_DEFAULT, MATH_FMA, MATH_TENSOR_OP,
+};
+use self::descriptors::{ConvData, Descriptors};
 use super::device::CudaDevice;
 use super::error::{cuda_error, CudaResultExt};
 use super::storage::CudaStorage;
@@ -77,6 +84,7 @@ pub fn cudnn_benchmark() -> bool {
 struct AlgoKey {
     spec: ConvSpec,
     dir: Direction,
+    data: ConvData,
     tf32: bool,
     deterministic: bool,
     benchmark: bool,
@@ -219,14 +227,19 @@ fn launch(
     Ok(true)
 }
 
-/// Chooses (or recalls) an algorithm and runs one convolution.
-fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()> {
+/// Chooses (or recalls) an algorithm and runs one convolution on operands of type `data`.
+fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands, data: ConvData) -> Result<()> {
     let _r = super::nvtx::range(dir.name());
     let tf32 = crate::settings::allow_tf32();
     let deterministic = crate::settings::deterministic();
     let bench = cudnn_benchmark() && !deterministic;
-    let key = AlgoKey { spec: *s, dir, tf32, deterministic, benchmark: bench };
-    let base_math = if tf32 { MATH_DEFAULT } else { MATH_FMA };
+    let key = AlgoKey { spec: *s, dir, data, tf32, deterministic, benchmark: bench };
+    let tensor_cores = tf32 || data == ConvData::Bf16;
+    let base_math = match data {
+        ConvData::Bf16 => MATH_TENSOR_OP,
+        ConvData::F32 if tf32 => MATH_DEFAULT,
+        ConvData::F32 => MATH_FMA,
+    };
     dev.bind()?;
     let mut dnn = dev.dnn();
     let h = dnn.handle;
@@ -255,19 +268,19 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()
         // Out of room (or failed): choose again under today's budget.
         dnn.plans.remove(&key);
     }
-    let d = Descriptors::new(s)?;
+    let d = Descriptors::new(s, data)?;
     d.set_math(base_math)?;
     // The timed search first (when on); if it fails or leaves nothing usable (it needs memory
     // too), cuDNN's heuristics.
     let mut candidates = Vec::new();
     if bench {
         if let Ok(p) = benchmark(dev, h, dir, &d, o, budget) {
-            candidates = usable(dir, &p, tf32, deterministic);
+            candidates = usable(dir, &p, tensor_cores, deterministic);
         }
     }
     if candidates.is_empty() {
         d.set_math(base_math)?;
-        candidates = usable(dir, &heuristics(h, dir, &d)?, tf32, deterministic);
+        candidates = usable(dir, &heuristics(h, dir, &d)?, tensor_cores, deterministic);
     }
     let mut last_err = None;
     for c in candidates {
@@ -291,7 +304,9 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands) -> Result<()
     Err(last_err.unwrap_or_else(|| {
         cuda_error(
             dir.name(),
-            format!("no usable cuDNN algorithm for {s:?} (deterministic: {deterministic}, TF32: {tf32}, workspace budget {budget} bytes)"),
+            format!(
+                "no usable cuDNN algorithm for {s:?} ({data:?} data, deterministic: {deterministic}, TF32: {tf32}, workspace budget {budget} bytes)"
+            ),
         )
     }))
 }
@@ -331,8 +346,11 @@ pub fn conv2d(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStor
     if !nonempty {
         return x.device().zeros(out_len);
     }
+    if crate::settings::bf16_conv() {
+        return bf16::forward(x, w, s);
+    }
     let y = x.device().alloc(out_len)?;
-    run(x.device(), Direction::Forward, s, Operands { x: x.raw_ptr(), w: w.raw_ptr(), y: y.raw_ptr() })?;
+    run(x.device(), Direction::Forward, s, Operands { x: x.raw_ptr(), w: w.raw_ptr(), y: y.raw_ptr() }, ConvData::F32)?;
     Ok(y)
 }
 
@@ -347,8 +365,11 @@ pub fn conv2d_backward_input(dy: &CudaStorage, w: &CudaStorage, s: &ConvSpec) ->
     if !nonempty {
         return dy.device().zeros(out_len);
     }
+    if crate::settings::bf16_conv() {
+        return bf16::backward_data(dy, w, s);
+    }
     let dx = dy.device().alloc(out_len)?;
-    run(dy.device(), Direction::BackwardData, s, Operands { x: dx.raw_ptr(), w: w.raw_ptr(), y: dy.raw_ptr() })?;
+    run(dy.device(), Direction::BackwardData, s, Operands { x: dx.raw_ptr(), w: w.raw_ptr(), y: dy.raw_ptr() }, ConvData::F32)?;
     Ok(dx)
 }
 
@@ -363,8 +384,11 @@ pub fn conv2d_backward_weight(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -
     if !nonempty {
         return x.device().zeros(out_len);
     }
+    if crate::settings::bf16_conv() {
+        return bf16::backward_filter(x, dy, s);
+    }
     let dw = x.device().alloc(out_len)?;
-    run(x.device(), Direction::BackwardFilter, s, Operands { x: x.raw_ptr(), w: dw.raw_ptr(), y: dy.raw_ptr() })?;
+    run(x.device(), Direction::BackwardFilter, s, Operands { x: x.raw_ptr(), w: dw.raw_ptr(), y: dy.raw_ptr() }, ConvData::F32)?;
     Ok(dw)
 }
 

@@ -102,6 +102,17 @@ pub fn grid_1d(n: u32) -> LaunchConfig {
     cfg((n.div_ceil(BLOCK).clamp(1, MAX_GRID_1D), 1, 1), BLOCK)
 }
 
+/// Side of the square tile of the batched transposes (`transpose_*` in `kernels/bf16.ptx`).
+pub const TRANSPOSE_TILE: u32 = 32;
+
+/// The launch of the batched transposes over `batch` matrices `[rows, cols]` (all non-zero):
+/// block (32, 8), one block per 32 x 32 tile, grid (ceil(cols / 32), min(ceil(rows / 32),
+/// 65535), min(batch, 65535)); the kernels walk the rest of y and z.
+pub fn transpose_cfg(rows: u32, cols: u32, batch: u32) -> LaunchConfig {
+    let grid = (cols.div_ceil(TRANSPOSE_TILE), rows.div_ceil(TRANSPOSE_TILE).min(MAX_GRID_Y), batch.min(MAX_GRID_Y));
+    LaunchConfig { grid_dim: grid, block_dim: (TRANSPOSE_TILE, 8, 1), shared_mem_bytes: 0 }
+}
+
 /// Threads for a kernel whose block covers `n` items along x: a multiple of 32, at most 256.
 pub fn block_for(n: u32) -> u32 {
     n.clamp(1, BLOCK).next_multiple_of(32)

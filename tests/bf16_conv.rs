@@ -1,0 +1,161 @@
+//! bf16 convolution mode ([`settings::set_bf16_conv`]): every convolution (forward, input
+//! gradient, weight gradient) on bf16 operands with fp32 accumulation, its result rounded to
+//! bf16. Its own test binary, and one test per device, run one after the other, because the
+//! setting is global.
+//!
+//! - CPU: bitwise equal to an fp32 convolution of the operands rounded beforehand, its result
+//!   rounded after (the reference), for the three computations, at several shapes (3x3 padded,
+//!   strided, 1x1); measurably different from fp32 and within 1e-2 of it (max-normalised; bf16
+//!   keeps 8 mantissa bits).
+//! - CUDA: the transposing casts (`kernels/bf16.ptx`) bit for bit against the CPU's; the three
+//!   computations through cuDNN on NHWC bf16 copies within 1e-2 of the CPU reference
+//!   (max-normalised). Both sum the same exact products (a product of two bf16 is exact in
+//!   f32) in f32, in different orders: about 1e-6 apart before the last rounding, which can then
+//!   land on the neighbouring bf16, 2^-8 = 3.9e-3 of the value at most.
+//! - The tiny model's training loss falls in bf16 convolution mode (with bf16 GEMMs) on every
+//!   device.
+//!
+//! Without a GPU the CUDA part prints that it was skipped; with HYPERSEG_REQUIRE_GPU=1 it fails.
+
+mod common;
+
+use common::{cuda_device, max_rel_err, rand_vec, train_tiny};
+use hyperseg_engine::{settings, Device, Result, Tensor};
+
+fn bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+}
+
+/// One convolution case: input `[n, c_in, h, w]`, `c_out` filters of `k x k`, stride, padding.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    n: usize,
+    c_in: usize,
+    hw: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+const CASES: [Case; 4] = [
+    Case { n: 2, c_in: 3, hw: 13, c_out: 16, k: 3, stride: 1, pad: 1 }, // the first layer's 3 channels
+    Case { n: 2, c_in: 24, hw: 9, c_out: 40, k: 3, stride: 1, pad: 1 },
+    Case { n: 3, c_in: 8, hw: 11, c_out: 8, k: 3, stride: 2, pad: 0 },
+    Case { n: 2, c_in: 48, hw: 5, c_out: 24, k: 1, stride: 1, pad: 0 }, // fc6/fc7 as 1x1 convolutions
+];
+
+/// The case's input, weights and upstream gradient (random, seeded by the case's index).
+fn operands(c: Case, seed: u64) -> [Vec<f32>; 3] {
+    let out = (c.hw + 2 * c.pad - c.k) / c.stride + 1;
+    [
+        rand_vec(c.n * c.c_in * c.hw * c.hw, seed),
+        rand_vec(c.c_out * c.c_in * c.k * c.k, seed + 1),
+        rand_vec(c.n * c.c_out * out * out, seed + 2),
+    ]
+}
+
+/// `[y, dx, dw]` of `y = conv(x, w)` with upstream gradient `g`, on `dev`, with the current
+/// settings.
+fn conv_and_grads(dev: &Device, c: Case, [x, w, g]: &[Vec<f32>; 3]) -> Result<[Vec<f32>; 3]> {
+    let xt = Tensor::from_slice(x, [c.n, c.c_in, c.hw, c.hw], dev)?.to_variable()?;
+    let wt = Tensor::from_slice(w, [c.c_out, c.c_in, c.k, c.k], dev)?.to_variable()?;
+    let y = xt.conv2d(&wt, None, c.stride, c.pad)?;
+    let gt = Tensor::from_slice(g, y.shape().clone(), dev)?;
+    // d(sum(y * g))/dy = g exactly: the convolution's backward sees g itself.
+    y.mul(&gt)?.sum_all()?.backward()?;
+    let grad = |t: &Tensor| -> Result<Vec<f32>> { t.grad().ok_or(hyperseg_engine::Error::NoGraph)?.to_vec() };
+    Ok([y.to_vec()?, grad(&xt)?, grad(&wt)?])
+}
+
+const NAMES: [&str; 3] = ["forward", "input gradient", "weight gradient"];
+
+/// Sets the bf16 modes for the scope and turns them off when dropped (also on a failure).
+struct Bf16Modes;
+impl Bf16Modes {
+    fn on() -> Bf16Modes {
+        settings::set_bf16_conv(true);
+        settings::set_bf16_gemm(true);
+        Bf16Modes
+    }
+}
+impl Drop for Bf16Modes {
+    fn drop(&mut self) {
+        settings::set_bf16_conv(false);
+        settings::set_bf16_gemm(false);
+    }
+}
+
+/// The CPU's bf16 mode against its definition; then, with a GPU, the GPU against the CPU.
+#[test]
+fn bf16_convolution_mode() -> Result<()> {
+    let mut cpu_results = Vec::new();
+    for (i, &c) in CASES.iter().enumerate() {
+        let ops = operands(c, 10 * i as u64);
+        settings::set_bf16_conv(false);
+        let fp32 = conv_and_grads(&Device::Cpu, c, &ops)?;
+        let rounded = [bf16(&ops[0]), bf16(&ops[1]), bf16(&ops[2])];
+        let reference = conv_and_grads(&Device::Cpu, c, &rounded)?.map(|v| bf16(&v));
+        let got = {
+            let _mode = Bf16Modes::on();
+            conv_and_grads(&Device::Cpu, c, &ops)?
+        };
+        for k in 0..3 {
+            let what = format!("{c:?} {}", NAMES[k]);
+            assert!(got[k].iter().zip(&reference[k]).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: CPU bf16 mode != its definition");
+            let e = max_rel_err(&got[k], &fp32[k]);
+            assert!(e > 1e-5 && e < 1e-2, "{what}: CPU bf16 mode vs fp32 {e:.2e}");
+        }
+        cpu_results.push((c, ops, got));
+    }
+
+    let (first, last) = {
+        let _mode = Bf16Modes::on();
+        train_tiny(&Device::Cpu, 25)?
+    };
+    eprintln!("CPU, bf16 convolutions and GEMMs: loss {first:.4} -> {last:.4} in 25 steps");
+    assert!(last < 0.8 * first, "CPU, bf16 convolutions: loss {first} -> {last}");
+
+    let Some(gpu) = cuda_device() else { return Ok(()) };
+    transposes_match_the_cpu(&gpu)?;
+    let _mode = Bf16Modes::on();
+    for (c, ops, cpu) in &cpu_results {
+        let got = conv_and_grads(&gpu, *c, ops)?;
+        for k in 0..3 {
+            let e = max_rel_err(&got[k], &cpu[k]);
+            eprintln!("{c:?} {}: CUDA bf16 vs CPU bf16 reference {e:.2e}", NAMES[k]);
+            assert!(e <= 1e-2, "{c:?} {}: CUDA bf16 convolution off the CPU reference by {e}", NAMES[k]);
+        }
+    }
+    let (first, last) = train_tiny(&gpu, 25)?;
+    eprintln!("CUDA, bf16 convolutions and GEMMs: loss {first:.4} -> {last:.4} in 25 steps");
+    assert!(last < 0.8 * first, "CUDA, bf16 convolutions: loss {first} -> {last}");
+    Ok(())
+}
+
+/// `transpose_f32_to_bf16` and `transpose_bf16_to_f32` on the GPU, bit for bit against
+/// `backend::cpu::bf16`, at shapes with partial tiles and at a layer's real shape.
+fn transposes_match_the_cpu(gpu: &Device) -> Result<()> {
+    use hyperseg_engine::backend::cpu::bf16 as cpu;
+    use hyperseg_engine::backend::cuda::CudaBf16;
+    use hyperseg_engine::backend::BackendStorage;
+    let Device::Cuda(dev) = gpu else { unreachable!("a CUDA device") };
+    for (batch, rows, cols) in [(1, 1, 1), (2, 3, 50), (3, 37, 70), (1, 64, 32), (5, 64, 224 * 224 / 4)] {
+        let mut x = rand_vec(batch * rows * cols, 7 + rows as u64);
+        for (i, s) in [f32::NAN, f32::INFINITY, -0.0, f32::from_bits(0x3F80_8000), 1e-40].into_iter().enumerate() {
+            let j = (i * 13) % x.len();
+            x[j] = s;
+        }
+        let xd = dev.upload(&x)?;
+        let want = cpu::transpose_to_bf16(&x, batch, rows, cols);
+        let got = CudaBf16::transposed_from_f32(&xd, batch, rows, cols)?;
+        let got_bits: Vec<u16> = got.to_host()?.iter().map(|v| v.to_bits()).collect();
+        let want_bits: Vec<u16> = want.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got_bits, want_bits, "transpose_f32_to_bf16 {batch} x [{rows}, {cols}]");
+        // Back: the bf16 result read as `batch` matrices [cols, rows].
+        let back = got.transposed_to_f32(batch, cols, rows)?.to_host_f32()?;
+        let want_back = cpu::transpose_to_f32(&want, batch, cols, rows);
+        assert!(back.iter().zip(&want_back).all(|(a, b)| a.to_bits() == b.to_bits()), "transpose_bf16_to_f32 {batch} x [{cols}, {rows}]");
+    }
+    Ok(())
+}
