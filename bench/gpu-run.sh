@@ -45,8 +45,11 @@ bench() { # NAME BINARY PRECISION
 if want bench; then
   for p in fp32 tf32 bf16; do
     bench engine .gpu/bin/bin-hyperseg-engine $p
-    # (binaries older than bf16 GEMMs have no --precision bf16)
-    [ -x .gpu/before/hyperseg-engine ] && [ $p != bf16 ] && bench before .gpu/before/hyperseg-engine $p
+    # (binaries older than bf16 GEMMs have no --precision bf16; those older than bf16 convolutions run it with
+    # TF32 convolutions, so the pair measures them)
+    if [ -x .gpu/before/hyperseg-engine ] && { [ $p != bf16 ] || .gpu/before/hyperseg-engine bench --help 2>&1 | grep -q bf16; }; then
+      bench before .gpu/before/hyperseg-engine $p
+    fi
   done > "$O/bench.log" 2>&1
   stamp "engine bench done"
   grep -E "^=== |^rc=|training step|dense, one|peak device|driver alloc|by phase|CUDA graph|back to back|work items" "$O/bench.log" >> "$S"

@@ -8,8 +8,9 @@
 //!   strided, 1x1); measurably different from fp32 and within 1e-2 of it (max-normalised; bf16
 //!   keeps 8 mantissa bits).
 //! - CUDA: the transposing casts (`kernels/bf16.ptx`) bit for bit against the CPU's; the three
-//!   computations through cuDNN on NHWC bf16 copies within 1e-2 of the CPU reference
-//!   (max-normalised). Both sum the same exact products (a product of two bf16 is exact in
+//!   computations within 1e-2 of the CPU reference (max-normalised): through cuDNN on NHWC bf16
+//!   copies, and for the case with 3 input channels (not a multiple of 8) in f32 on operands
+//!   rounded to bf16. Both sum the same exact products (a product of two bf16 is exact in
 //!   f32) in f32, in different orders: about 1e-6 apart before the last rounding, which can then
 //!   land on the neighbouring bf16, 2^-8 = 3.9e-3 of the value at most.
 //! - The tiny model's training loss falls in bf16 convolution mode (with bf16 GEMMs) on every

@@ -57,6 +57,9 @@ impl DeviceArgs {
         if (self.bf16 || self.bf16_gemm) && !device.is_cuda() {
             eprintln!("note: on the CPU, --bf16 and --bf16-gemm reproduce the GPU's bf16 rounding but are not faster than fp32");
         }
+        if let (true, Device::Cuda(d)) = (self.bf16, &device) {
+            hyperseg_engine::backend::cuda::cudnn::check_bf16_conv(d)?;
+        }
         if let (Some(limit), Device::Cuda(d)) = (&self.mem_limit, &device) {
             let bytes =
                 hyperseg_engine::backend::cuda::allocator::parse_bytes(limit).ok_or_else(|| hyperseg_engine::Error::InvalidValue {

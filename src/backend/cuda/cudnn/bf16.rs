@@ -9,52 +9,93 @@
 //! ([`crate::backend::cpu::conv::with_bf16_mode`]): operands to bf16, products exact in f32,
 //! sums in f32, the result to bf16; only the order of the sums differs.
 //!
+//! cuDNN's NHWC bf16 tensor-core kernels need channel counts that are multiples of 8; the first
+//! layer's 3 input channels are not. Such a convolution runs in f32 on operands rounded to bf16
+//! in place of the copies (their products are exact in f32 and in TF32 alike), its result rounded
+//! to bf16: the same values up to the order of the sums, at a cost that does not matter for a
+//! layer of 3 channels.
+//!
 //! The copies are pool blocks freed when the call returns (a training step's saved input is
 //! cast again for the weight gradient: one more pass over it instead of keeping a bf16 copy
 //! alive from the forward to the backward pass).
 
 use super::descriptors::ConvData;
 use super::{run, Direction, Operands};
-use crate::backend::cuda::{CudaBf16, CudaStorage};
+use crate::backend::cuda::{CudaBf16, CudaDevice, CudaStorage};
 use crate::backend::ConvSpec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// `[n, c, h w]` f32 as `[n, h w, c]` bf16 (filters: `[k, c, r s]` as `[k, r s, c]`).
-fn nhwc(t: &CudaStorage, n: usize, c: usize, hw: usize) -> Result<CudaBf16> {
-    CudaBf16::transposed_from_f32(t, n, c, hw)
+/// An error unless `dev` can run cuDNN's bf16 convolutions: compute capability 8.0 (Ampere) or
+/// newer. The CLI checks it when `--bf16` opens a GPU, and every bf16 convolution again.
+pub fn check_bf16_conv(dev: &CudaDevice) -> Result<()> {
+    let (major, minor) = dev.compute_capability();
+    if major >= 8 {
+        return Ok(());
+    }
+    Err(Error::InvalidValue {
+        name: "bf16 convolutions",
+        msg: format!(
+            "{} has compute capability {major}.{minor}, and cuDNN's bf16 convolutions need 8.0 (Ampere) or newer; run without --bf16 (--bf16-gemm keeps the bf16 GEMMs)",
+            dev.name()
+        ),
+    })
 }
 
-/// `[n, h w, c]` bf16 as `[n, c, h w]` f32.
-fn nchw(t: &CudaBf16, n: usize, c: usize, hw: usize) -> Result<CudaStorage> {
-    t.transposed_to_f32(n, hw, c)
+/// A tensor of the convolution as `batch` matrices `[c, hw]` in NCHW (filters: `batch` = output
+/// channels, `c` = input channels, `hw` = kernel taps).
+#[derive(Clone, Copy)]
+struct Planes {
+    batch: usize,
+    c: usize,
+    hw: usize,
 }
 
-/// `y = conv(x, w)` on bf16 copies; the caller checked the operands and that no extent is 0.
-pub(super) fn forward(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    let (ohw, khw) = (s.out_h() * s.out_w(), s.kh * s.kw);
-    let xb = nhwc(x, s.n, s.c_in, s.h * s.w)?;
-    let wb = nhwc(w, s.c_out, s.c_in, khw)?;
-    let yb = CudaBf16::alloc(x.device(), s.n * s.c_out * ohw)?;
-    run(x.device(), Direction::Forward, s, Operands { x: xb.raw_ptr(), w: wb.raw_ptr(), y: yb.raw_ptr() }, ConvData::Bf16)?;
-    nchw(&yb, s.n, s.c_out, ohw)
+impl Planes {
+    fn len(self) -> usize {
+        self.batch * self.c * self.hw
+    }
 }
 
-/// `dx` from `dy` and `w` on bf16 copies.
-pub(super) fn backward_data(dy: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    let (ohw, khw) = (s.out_h() * s.out_w(), s.kh * s.kw);
-    let dyb = nhwc(dy, s.n, s.c_out, ohw)?;
-    let wb = nhwc(w, s.c_out, s.c_in, khw)?;
-    let dxb = CudaBf16::alloc(dy.device(), s.n * s.c_in * s.h * s.w)?;
-    run(dy.device(), Direction::BackwardData, s, Operands { x: dxb.raw_ptr(), w: wb.raw_ptr(), y: dyb.raw_ptr() }, ConvData::Bf16)?;
-    nchw(&dxb, s.n, s.c_in, s.h * s.w)
+/// `x`, `w` and `y` of `s` as [`Planes`].
+fn planes(s: &ConvSpec) -> [Planes; 3] {
+    [
+        Planes { batch: s.n, c: s.c_in, hw: s.h * s.w },
+        Planes { batch: s.c_out, c: s.c_in, hw: s.kh * s.kw },
+        Planes { batch: s.n, c: s.c_out, hw: s.out_h() * s.out_w() },
+    ]
 }
 
-/// `dw` from `x` and `dy` on bf16 copies (the gradient rounded to bf16, then widened).
-pub(super) fn backward_filter(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    let (ohw, khw) = (s.out_h() * s.out_w(), s.kh * s.kw);
-    let xb = nhwc(x, s.n, s.c_in, s.h * s.w)?;
-    let dyb = nhwc(dy, s.n, s.c_out, ohw)?;
-    let dwb = CudaBf16::alloc(x.device(), s.c_out * s.c_in * khw)?;
-    run(x.device(), Direction::BackwardFilter, s, Operands { x: xb.raw_ptr(), w: dwb.raw_ptr(), y: dyb.raw_ptr() }, ConvData::Bf16)?;
-    nchw(&dwb, s.c_out, s.c_in, khw)
+/// `t` with every value rounded to bf16 (and widened back: f32 holding bf16 values).
+fn rounded(t: &CudaStorage) -> Result<CudaStorage> {
+    CudaBf16::from_f32(t)?.to_f32()
+}
+
+/// One convolution computation `dir` of `s` in bf16 mode. Its two operands `a` and `b` and its
+/// result are, by direction: forward (x, w) to y; backward data (dy, w) to dx; backward filter
+/// (x, dy) to dw. The caller checked their lengths and that no extent is 0.
+pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: &CudaStorage, b: &CudaStorage) -> Result<CudaStorage> {
+    let dev = a.device();
+    check_bf16_conv(dev)?;
+    let [x, w, y] = planes(s);
+    let (pa, pb, pout) = match dir {
+        Direction::Forward => (x, w, y),
+        Direction::BackwardData => (y, w, x),
+        Direction::BackwardFilter => (x, y, w),
+    };
+    let place = |a: u64, b: u64, out: u64| match dir {
+        Direction::Forward => Operands { x: a, w: b, y: out },
+        Direction::BackwardData => Operands { x: out, w: b, y: a },
+        Direction::BackwardFilter => Operands { x: a, w: out, y: b },
+    };
+    if !s.c_in.is_multiple_of(8) || !s.c_out.is_multiple_of(8) {
+        let (ar, br) = (rounded(a)?, rounded(b)?);
+        let out = dev.alloc(pout.len())?;
+        run(dev, dir, s, place(ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::F32)?;
+        return rounded(&out);
+    }
+    let ab = CudaBf16::transposed_from_f32(a, pa.batch, pa.c, pa.hw)?;
+    let bb = CudaBf16::transposed_from_f32(b, pb.batch, pb.c, pb.hw)?;
+    let out = CudaBf16::alloc(dev, pout.len())?;
+    run(dev, dir, s, place(ab.raw_ptr(), bb.raw_ptr(), out.raw_ptr()), ConvData::Bf16)?;
+    out.transposed_to_f32(pout.batch, pout.hw, pout.c)
 }

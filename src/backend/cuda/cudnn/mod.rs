@@ -51,6 +51,7 @@ use crate::backend::ConvSpec;
 use crate::error::{Error, Result};
 
 pub use self::algo::Direction;
+pub use self::bf16::check_bf16_conv;
 
 /// The largest workspace any convolution may take (the budget under the cap may be smaller).
 pub const MAX_WORKSPACE: usize = 256 << 20;
@@ -347,7 +348,7 @@ pub fn conv2d(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStor
         return x.device().zeros(out_len);
     }
     if crate::settings::bf16_conv() {
-        return bf16::forward(x, w, s);
+        return bf16::convolve(Direction::Forward, s, x, w);
     }
     let y = x.device().alloc(out_len)?;
     run(x.device(), Direction::Forward, s, Operands { x: x.raw_ptr(), w: w.raw_ptr(), y: y.raw_ptr() }, ConvData::F32)?;
@@ -366,7 +367,7 @@ pub fn conv2d_backward_input(dy: &CudaStorage, w: &CudaStorage, s: &ConvSpec) ->
         return dy.device().zeros(out_len);
     }
     if crate::settings::bf16_conv() {
-        return bf16::backward_data(dy, w, s);
+        return bf16::convolve(Direction::BackwardData, s, dy, w);
     }
     let dx = dy.device().alloc(out_len)?;
     run(dy.device(), Direction::BackwardData, s, Operands { x: dx.raw_ptr(), w: w.raw_ptr(), y: dy.raw_ptr() }, ConvData::F32)?;
@@ -385,7 +386,7 @@ pub fn conv2d_backward_weight(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -
         return x.device().zeros(out_len);
     }
     if crate::settings::bf16_conv() {
-        return bf16::backward_filter(x, dy, s);
+        return bf16::convolve(Direction::BackwardFilter, s, x, dy);
     }
     let dw = x.device().alloc(out_len)?;
     run(x.device(), Direction::BackwardFilter, s, Operands { x: x.raw_ptr(), w: dw.raw_ptr(), y: dy.raw_ptr() }, ConvData::F32)?;
