@@ -2,7 +2,7 @@
 # One device call that measures what issue 5 asks for, side by side on one GPU. Parts, in this order (all by
 # default; name some to run only those, e.g. `bash bench/gpu-run.sh tests bench torch`):
 #   tests    every test with the GPU required (.gpu/run.sh tests), the PTX kernel parity table with timings (~2 min)
-#   bench    the engine's bench, fp32, tf32 and bf16, each also timing the step replayed as a CUDA graph (and,
+#   bench    the engine's bench, fp32, tf32, bf16-gemm and bf16, each also timing the step replayed as a CUDA graph (and,
 #            when .gpu/before/hyperseg-engine exists, the same bench with that older binary, interleaved, so a
 #            change is measured before and after in one run) (~2 min)
 #   torch    PyTorch eager fp32/tf32/bf16 (~1.5 min)
@@ -43,11 +43,12 @@ bench() { # NAME BINARY PRECISION
   echo "rc=$?"
 }
 if want bench; then
-  for p in fp32 tf32 bf16; do
+  # bf16-gemm (bf16 GEMMs, TF32 convolutions) beside bf16 measures the bf16 convolutions in one binary.
+  for p in fp32 tf32 bf16-gemm bf16; do
     bench engine .gpu/bin/bin-hyperseg-engine $p
-    # (binaries older than bf16 GEMMs have no --precision bf16; those older than bf16 convolutions run it with
-    # TF32 convolutions, so the pair measures them)
-    if [ -x .gpu/before/hyperseg-engine ] && { [ $p != bf16 ] || .gpu/before/hyperseg-engine bench --help 2>&1 | grep -q bf16; }; then
+    # The before-binary runs the precisions its bench knows (bf16 came with the bf16 GEMMs, bf16-gemm with the bf16
+    # convolutions, when bf16 stopped meaning bf16 GEMMs with TF32 convolutions).
+    if [ -x .gpu/before/hyperseg-engine ] && .gpu/before/hyperseg-engine bench --help 2>&1 | grep -q -- "possible values:.*\b$p\b\|- $p:"; then
       bench before .gpu/before/hyperseg-engine $p
     fi
   done > "$O/bench.log" 2>&1

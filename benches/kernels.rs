@@ -322,7 +322,8 @@ fn mlp_fused(c: &mut Criterion) {
 /// bf16 activations (the dense path's bf16 mode): the cast of a tap, bias + ReLU on a bf16
 /// hidden layer, the fused first layer on bf16 planes (the sizes of `mlp_fused`), and the dense
 /// path's largest GEMM, one tile's second layer `[tile, 4096] x [2048, 4096]^T`, on fp32
-/// buffers (fp32, TF32, bf16 tensor cores converting inside cuBLAS) and on bf16 buffers.
+/// buffers (fp32, TF32, bf16 tensor cores converting inside cuBLAS) and on bf16 buffers; then
+/// the bf16 convolutions' transposing casts ([`transposes`]).
 fn bf16_activations(c: &mut Criterion) {
     let t = target();
     let mut g = group(c, "bf16");
@@ -376,7 +377,33 @@ fn bf16_activations(c: &mut Criterion) {
     settings::set_bf16_gemm(false);
     let (h1b, w2b) = (Bf16Matrix::from_tensor(&h1, tile, k).expect("cast"), Bf16Matrix::from_tensor(&w2, n, k).expect("cast"));
     run(&mut g, &t.dev, &format!("{name}/bf16_buffers"), flops, || h1b.matmul(false, &w2b, true));
+    transposes(&mut g, &t);
     g.finish();
+}
+
+/// The bf16 convolutions' transposing casts at conv1_2's output, the model's largest activation
+/// (`[n, 64, h w]` f32 to `[n, h w, 64]` bf16 and back; 6 bytes moved per element), on the GPU;
+/// their CPU references on the CPU.
+fn transposes(g: &mut BenchmarkGroup<'_, WallTime>, t: &Target) {
+    let (n, c, hw) = if t.full { (5, 64, 224 * 224) } else { (1, 64, 56 * 56) };
+    let x = rand_storage(&t.dev, n * c * hw, 95);
+    let bytes = Throughput::Bytes(6 * (n * c * hw) as u64);
+    let name = format!("transpose_{n}x{c}x{hw}");
+    match &x {
+        Storage::Cuda(x) => {
+            use hyperseg_engine::backend::cuda::CudaBf16;
+            run(g, &t.dev, &format!("{name}/f32_to_bf16"), bytes.clone(), || CudaBf16::transposed_from_f32(x, n, c, hw));
+            let xb = CudaBf16::transposed_from_f32(x, n, c, hw).expect("cast");
+            run(g, &t.dev, &format!("{name}/bf16_to_f32"), bytes, || xb.transposed_to_f32(n, hw, c));
+        }
+        Storage::Cpu(_) => {
+            use hyperseg_engine::backend::cpu::bf16 as cpu;
+            let v = x.to_host_f32().expect("host copy");
+            run(g, &t.dev, &format!("{name}/f32_to_bf16"), bytes.clone(), || Ok(cpu::transpose_to_bf16(&v, n, c, hw)));
+            let xb = cpu::transpose_to_bf16(&v, n, c, hw);
+            run(g, &t.dev, &format!("{name}/bf16_to_f32"), bytes, || Ok(cpu::transpose_to_f32(&xb, n, hw, c)));
+        }
+    }
 }
 
 fn config() -> Criterion {

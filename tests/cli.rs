@@ -174,7 +174,7 @@ fn bad_inputs_name_the_file() {
 #[test]
 fn bench_runs_every_precision_on_the_cpu_and_writes_json() {
     let dir = tempfile::tempdir().unwrap();
-    for precision in ["fp32", "tf32", "bf16"] {
+    for precision in ["fp32", "tf32", "bf16", "bf16-gemm"] {
         let json = dir.path().join(format!("{precision}.json"));
         let o = run(bin()
             .args(["bench", "--device", "cpu", "--preset", "tiny", "--warmup", "0", "--iters", "1", "--precision", precision, "--json"])

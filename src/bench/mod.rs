@@ -41,15 +41,20 @@ pub enum Precision {
     /// activations in bf16 ([`settings::bf16_activations`](crate::settings::bf16_activations)); training keeps fp32
     /// tensors between the layers.
     Bf16,
+    /// [`Precision::Bf16`] with the convolutions in TF32 and dense inference on fp32 activations:
+    /// only the GEMMs on bf16 operands (`--bf16-gemm`). Timed beside `Bf16`, it measures what the
+    /// bf16 convolutions (and dense inference's bf16 activations) add.
+    Bf16Gemm,
 }
 
 impl Precision {
-    /// `fp32`, `tf32` or `bf16`.
+    /// `fp32`, `tf32`, `bf16` or `bf16-gemm`.
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Tf32 => "tf32",
             Precision::Bf16 => "bf16",
+            Precision::Bf16Gemm => "bf16-gemm",
         }
     }
 
@@ -61,6 +66,16 @@ impl Precision {
             Precision::Bf16 => {
                 "bf16 convolutions and GEMMs (fp32 accumulation); bf16 activations in dense inference, fp32 between the layers in training"
             }
+            Precision::Bf16Gemm => "bf16 GEMMs (fp32 accumulation), TF32 convolutions, fp32 activations",
         }
+    }
+
+    /// Sets the engine's numeric settings for this precision: TF32, bf16 GEMMs, bf16
+    /// convolutions and bf16 dense activations.
+    pub fn apply(self) {
+        crate::settings::set_allow_tf32(self != Precision::Fp32);
+        crate::settings::set_bf16_gemm(matches!(self, Precision::Bf16 | Precision::Bf16Gemm));
+        crate::settings::set_bf16_conv(self == Precision::Bf16);
+        crate::settings::set_bf16_activations(self == Precision::Bf16);
     }
 }

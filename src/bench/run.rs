@@ -154,10 +154,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
         bf16_conv: settings::bf16_conv(),
         bf16_activations: settings::bf16_activations(),
     };
-    settings::set_allow_tf32(opts.precision != Precision::Fp32);
-    settings::set_bf16_gemm(opts.precision == Precision::Bf16);
-    settings::set_bf16_conv(opts.precision == Precision::Bf16);
-    settings::set_bf16_activations(opts.precision == Precision::Bf16);
+    opts.precision.apply();
 
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let model = HypercolumnNet::new(config.clone(), &mut rng, device)?;

@@ -21,6 +21,8 @@ pub enum PrecisionArg {
     /// bf16 mixed precision: convolutions and GEMMs on bf16 operands (bf16 tensor cores, fp32 accumulation), bf16
     /// activations in dense inference; weights and Adam state fp32.
     Bf16,
+    /// bf16 GEMMs only (bf16 tensor cores, fp32 accumulation): convolutions in TF32, fp32 activations.
+    Bf16Gemm,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -46,7 +48,8 @@ pub struct BenchArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// fp32, tf32, or bf16 (bf16 convolutions and GEMMs; dense inference with bf16 activations).
+    /// fp32, tf32, bf16 (bf16 convolutions and GEMMs; dense inference with bf16 activations), or bf16-gemm (bf16
+    /// GEMMs only: TF32 convolutions, fp32 activations; beside bf16 it measures the bf16 convolutions).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     pub precision: PrecisionArg,
     /// The model to time (random weights).
@@ -93,6 +96,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         PrecisionArg::Fp32 => Precision::Fp32,
         PrecisionArg::Tf32 => Precision::Tf32,
         PrecisionArg::Bf16 => Precision::Bf16,
+        PrecisionArg::Bf16Gemm => Precision::Bf16Gemm,
     };
     let config = match a.preset {
         PresetArg::Paper => ModelConfig::paper(),
@@ -101,7 +105,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = DeviceArgs {
         device: a.device,
         tf32: precision != Precision::Fp32,
-        bf16_gemm: precision == Precision::Bf16,
+        bf16_gemm: matches!(precision, Precision::Bf16 | Precision::Bf16Gemm),
         bf16: precision == Precision::Bf16,
         deterministic: a.deterministic,
         mem_limit: a.mem_limit.clone(),
