@@ -15,6 +15,8 @@
 //!   land on the neighbouring bf16, 2^-8 = 3.9e-3 of the value at most.
 //! - The tiny model's training loss falls in bf16 convolution mode (with bf16 GEMMs) on every
 //!   device.
+//! - With `HYPERSEG_KERNEL_TIMINGS=1` and a GPU, the paper model's convolutions are timed in TF32
+//!   and in the bf16 mode, and the transposing casts alone (`TIME` lines, not asserted).
 //!
 //! Without a GPU the CUDA part prints that it was skipped; with HYPERSEG_REQUIRE_GPU=1 it fails.
 
@@ -131,6 +133,71 @@ fn bf16_convolution_mode() -> Result<()> {
     let (first, last) = train_tiny(&gpu, 25)?;
     eprintln!("CUDA, bf16 convolutions and GEMMs: loss {first:.4} -> {last:.4} in 25 steps");
     assert!(last < 0.8 * first, "CUDA, bf16 convolutions: loss {first} -> {last}");
+    if std::env::var("HYPERSEG_KERNEL_TIMINGS").as_deref() == Ok("1") {
+        drop(_mode);
+        timings(&gpu)?;
+    }
+    Ok(())
+}
+
+/// With `HYPERSEG_KERNEL_TIMINGS=1` (bench/gpu-run.sh's tests part): the median time of the
+/// paper model's convolutions at batch 5, each direction in TF32 and in the bf16 mode (its
+/// transposing casts included), and of the casts alone at conv1_2's output. Printed as `TIME`
+/// lines; nothing is asserted about them.
+fn timings(gpu: &Device) -> Result<()> {
+    use hyperseg_engine::backend::cuda::CudaBf16;
+    use hyperseg_engine::backend::ConvSpec;
+    use hyperseg_engine::storage::Storage;
+    let median = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            let t = std::time::Instant::now();
+            f()?;
+            gpu.synchronize()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[5])
+    };
+    let spec = |c: usize, hw: usize| ConvSpec { n: 5, c_in: c, h: hw, w: hw, c_out: c, kh: 3, kw: 3, stride: 1, pad: 1 };
+    for (name, s) in [
+        ("conv1_2", spec(64, 224)),
+        ("conv2_2", spec(128, 112)),
+        ("conv3_3", spec(256, 56)),
+        ("conv4_3", spec(512, 28)),
+        ("conv5_3", spec(512, 14)),
+    ] {
+        let x = Storage::from_vec(gpu, rand_vec(s.n * s.c_in * s.h * s.w, 1))?;
+        let w = Storage::from_vec(gpu, rand_vec(s.c_out * s.c_in * 9, 2))?;
+        let dy = Storage::from_vec(gpu, rand_vec(s.n * s.c_out * s.h * s.w, 3))?;
+        for (mode, bf16) in [("tf32", false), ("bf16", true)] {
+            settings::set_allow_tf32(!bf16);
+            settings::set_bf16_conv(bf16);
+            let fwd = median(&mut || x.conv2d(&w, &s).map(drop))?;
+            let bwd_data = median(&mut || dy.conv2d_backward_input(&w, &s).map(drop))?;
+            let bwd_filter = median(&mut || x.conv2d_backward_weight(&dy, &s).map(drop))?;
+            let tflops = |ms: f64| s.flops() / ms / 1e9;
+            println!(
+                "TIME bf16_conv {name} {mode}: forward {fwd:.3} ms ({:.0} TFLOP/s), backward data {bwd_data:.3} ms, backward filter {bwd_filter:.3} ms",
+                tflops(fwd)
+            );
+        }
+        settings::set_allow_tf32(false);
+        settings::set_bf16_conv(false);
+    }
+    let Device::Cuda(dev) = gpu else { unreachable!("a CUDA device") };
+    let (n, c, hw) = (5, 64, 224 * 224);
+    let x = dev.upload(&rand_vec(n * c * hw, 4))?;
+    let to_bf16 = median(&mut || CudaBf16::transposed_from_f32(&x, n, c, hw).map(drop))?;
+    let xb = CudaBf16::transposed_from_f32(&x, n, c, hw)?;
+    let to_f32 = median(&mut || xb.transposed_to_f32(n, hw, c).map(drop))?;
+    let gbs = |ms: f64| 6.0 * (n * c * hw) as f64 / ms / 1e6;
+    println!(
+        "TIME bf16_conv transposes {n}x{c}x{hw}: f32->bf16 {to_bf16:.3} ms ({:.0} GB/s), bf16->f32 {to_f32:.3} ms ({:.0} GB/s)",
+        gbs(to_bf16),
+        gbs(to_f32)
+    );
     Ok(())
 }
 
