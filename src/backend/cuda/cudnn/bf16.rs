@@ -13,7 +13,9 @@
 //! layer's 3 input channels are not. Such a convolution runs in f32 on operands rounded to bf16
 //! in place of the copies (their products are exact in f32 and in TF32 alike), its result rounded
 //! to bf16: the same values up to the order of the sums, at a cost that does not matter for a
-//! layer of 3 channels.
+//! layer of 3 channels. So does any convolution for which cuDNN refuses the bf16 computation
+//! (no usable algorithm, or every one failing): the device remembers the shape and direction
+//! (warm-up steps thus decide it before a CUDA-graph capture) and says so once on stderr.
 //!
 //! The copies are pool blocks freed when the call returns (a training step's saved input is
 //! cast again for the weight gradient: one more pass over it instead of keeping a bf16 copy
@@ -87,15 +89,26 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: &CudaStorage, b: &CudaSt
         Direction::BackwardData => Operands { x: out, w: b, y: a },
         Direction::BackwardFilter => Operands { x: a, w: out, y: b },
     };
-    if !s.c_in.is_multiple_of(8) || !s.c_out.is_multiple_of(8) {
-        let (ar, br) = (rounded(a)?, rounded(b)?);
-        let out = dev.alloc(pout.len())?;
-        run(dev, dir, s, place(ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::F32)?;
-        return rounded(&out);
+    let tensor_cores = s.c_in.is_multiple_of(8) && s.c_out.is_multiple_of(8);
+    if tensor_cores && !dev.dnn().bf16_refused.contains(&(*s, dir)) {
+        let ab = CudaBf16::transposed_from_f32(a, pa.batch, pa.c, pa.hw)?;
+        let bb = CudaBf16::transposed_from_f32(b, pb.batch, pb.c, pb.hw)?;
+        let out = CudaBf16::alloc(dev, pout.len())?;
+        match run(dev, dir, s, place(ab.raw_ptr(), bb.raw_ptr(), out.raw_ptr()), ConvData::Bf16) {
+            Ok(()) => return out.transposed_to_f32(pout.batch, pout.hw, pout.c),
+            // cuDNN refused it (outside a capture: within one, only a plan made before runs).
+            Err(e @ Error::Cuda { .. }) if !dev.is_capturing() => {
+                dev.dnn().bf16_refused.insert((*s, dir));
+                eprintln!(
+                    "warning: cuDNN cannot run {} of {s:?} in bf16 ({e}); it runs in f32 on bf16-rounded operands, with the same values",
+                    dir.name()
+                );
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let ab = CudaBf16::transposed_from_f32(a, pa.batch, pa.c, pa.hw)?;
-    let bb = CudaBf16::transposed_from_f32(b, pb.batch, pb.c, pb.hw)?;
-    let out = CudaBf16::alloc(dev, pout.len())?;
-    run(dev, dir, s, place(ab.raw_ptr(), bb.raw_ptr(), out.raw_ptr()), ConvData::Bf16)?;
-    out.transposed_to_f32(pout.batch, pout.hw, pout.c)
+    let (ar, br) = (rounded(a)?, rounded(b)?);
+    let out = dev.alloc(pout.len())?;
+    run(dev, dir, s, place(ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::F32)?;
+    rounded(&out)
 }

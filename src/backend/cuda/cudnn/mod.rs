@@ -32,7 +32,7 @@ mod algo;
 mod bf16;
 mod descriptors;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -91,10 +91,13 @@ struct AlgoKey {
     benchmark: bool,
 }
 
-/// The cuDNN handle (bound to the device's stream) and the algorithm cache.
+/// The cuDNN handle (bound to the device's stream), the algorithm cache, and the bf16
+/// convolutions cuDNN could not run (computed in f32 on bf16-rounded operands instead, see
+/// `bf16.rs`).
 pub(crate) struct Dnn {
     handle: sys::cudnnHandle_t,
     plans: HashMap<AlgoKey, Plan>,
+    bf16_refused: HashSet<(ConvSpec, Direction)>,
 }
 
 /// A chosen algorithm with its descriptors (math type already set) and workspace size, so
@@ -121,7 +124,7 @@ impl Dnn {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Dnn> {
         stream.context().bind_to_thread().ctx("binding the CUDA context")?;
         let handle = result::create_handle().ctx("cudnnCreate")?;
-        let dnn = Dnn { handle, plans: HashMap::new() };
+        let dnn = Dnn { handle, plans: HashMap::new(), bf16_refused: HashSet::new() };
         // SAFETY: a live handle and the device's stream.
         unsafe { result::set_stream(dnn.handle, stream.cu_stream() as sys::cudaStream_t) }.ctx("cudnnSetStream")?;
         Ok(dnn)
