@@ -199,10 +199,9 @@ fn transposes_round_as_half() {
 }
 
 /// `transpose_bf16_to_f32` on arbitrary bf16 bits, signalling NaNs included: the header
-/// promises the exact widening `bits << 16`, which is asserted bit for bit. `half`'s `to_f32`
-/// (the CPU reference) quiets a signalling NaN instead (sets 0x0040), so against the CPU a NaN
-/// only has to be a NaN; every other value is bit-exact. (Buffers made by
-/// `transpose_f32_to_bf16` or `half` never hold a signalling NaN, see `transposes_round_as_half`.)
+/// promises the exact widening `bits << 16`, which is asserted bit for bit, against that
+/// formula and against the CPU reference (`cpu::widen`, the same; `half`'s own `to_f32` would
+/// quiet a signalling NaN).
 #[test]
 fn transpose_widening_keeps_every_bit() {
     let k = sim::load("bf16");
@@ -223,7 +222,7 @@ fn transpose_widening_keeps_every_bit() {
         .collect();
     assert_f32_bits("transpose_bf16_to_f32 (bits << 16)", &got, &exact);
     let x_bf16: Vec<bf16> = x.iter().map(|v| bf16::from_bits(*v)).collect();
-    crate::assert_bits("transpose_bf16_to_f32 vs the CPU", &got, &cpu::transpose_to_f32(&x_bf16, batch, rows, cols));
+    assert_f32_bits("transpose_bf16_to_f32 vs the CPU", &got, &cpu::transpose_to_f32(&x_bf16, batch, rows, cols));
 }
 
 /// Both transposes walking beyond their grid: gridDim.y cut to 2 (`crate::with_grid_y_cap`),

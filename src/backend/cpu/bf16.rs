@@ -1,9 +1,9 @@
 //! The CPU reference of bf16 activation storage (`kernels/bf16.ptx` and the bf16 entry of
 //! `kernels/hypercolumn_sum.ptx`, bit for bit; cuBLAS's bf16 GEMMs to accumulation order).
 //!
-//! A bf16 value is stored as `half::bf16`. Widening to f32 is exact; narrowing rounds to
-//! nearest, ties to even (`half::bf16::from_f32`, which the PTX reproduces with integer
-//! instructions). Arithmetic is always f32: a value is widened when read and rounded once when
+//! A bf16 value is stored as `half::bf16`. Widening to f32 is exact ([`widen`]: the bits
+//! shifted up, as the PTX does); narrowing rounds to nearest, ties to even
+//! (`half::bf16::from_f32`, which the PTX reproduces with integer instructions). Arithmetic is always f32: a value is widened when read and rounded once when
 //! written.
 
 use half::bf16;
@@ -18,9 +18,15 @@ pub fn to_bf16(x: &[f32]) -> Vec<bf16> {
     x.par_iter().map(|&v| bf16::from_f32(v)).collect()
 }
 
-/// `x` widened to f32 (exact).
+/// `v` widened to f32 exactly: its bits shifted up by 16, as the kernels do. (`half`'s
+/// `to_f32` also quiets a signalling NaN, which the kernels do not.)
+pub fn widen(v: bf16) -> f32 {
+    f32::from_bits(u32::from(v.to_bits()) << 16)
+}
+
+/// `x` widened to f32 (exact, [`widen`]).
 pub fn to_f32(x: &[bf16]) -> Vec<f32> {
-    x.par_iter().map(|v| v.to_f32()).collect()
+    x.par_iter().map(|&v| widen(v)).collect()
 }
 
 /// The transposes of `batch` row-major matrices `[rows, cols]`, rounded to bf16: `out[b, j, i] =
@@ -33,7 +39,7 @@ pub fn transpose_to_bf16(x: &[f32], batch: usize, rows: usize, cols: usize) -> V
 /// The transposes of `batch` row-major bf16 matrices `[rows, cols]`, widened to f32 (NHWC bf16
 /// to NCHW f32 with rows = H W, cols = C). Reference of `transpose_bf16_to_f32`.
 pub fn transpose_to_f32(x: &[bf16], batch: usize, rows: usize, cols: usize) -> Vec<f32> {
-    transpose_with(x, batch, rows, cols, |v: bf16| v.to_f32())
+    transpose_with(x, batch, rows, cols, widen)
 }
 
 fn transpose_with<T: Copy + Sync, U: Copy + Send + Default>(
@@ -65,7 +71,7 @@ pub fn bias_relu_assign(y: &mut [bf16], b: &[f32]) {
     }
     y.par_chunks_mut(b.len()).for_each(|row| {
         for (v, &bias) in row.iter_mut().zip(b) {
-            *v = bf16::from_f32(super::relu(v.to_f32() + bias));
+            *v = bf16::from_f32(super::relu(widen(*v) + bias));
         }
     });
 }
@@ -81,7 +87,7 @@ pub fn gemm(a: &[bf16], b: &[bf16], g: GemmSpec) -> Vec<f32> {
 /// The factored dense first layer on bf16 planes, bf16 result: `resample::plane_sum_forward`
 /// with every plane element widened as it is read and the output rounded to bf16.
 pub fn plane_sum_forward_bf16(planes: &[&[bf16]], bias: &[f32], points: &[SamplePoint], s: &PlaneSumSpec) -> Vec<bf16> {
-    to_bf16(&plane_sum_with(planes, bias, points, s, |v: bf16| v.to_f32()))
+    to_bf16(&plane_sum_with(planes, bias, points, s, widen))
 }
 
 #[cfg(test)]
