@@ -4,7 +4,8 @@
 #   tests    every test with the GPU required (.gpu/run.sh tests), the PTX kernel parity table with timings (~2 min)
 #   bench    the engine's bench, fp32, tf32, bf16-gemm and bf16, each also timing the step replayed as a CUDA graph (and,
 #            when .gpu/before/hyperseg-engine exists, the same bench with that older binary, interleaved, so a
-#            change is measured before and after in one run) (~2 min)
+#            change is measured before and after in one run; a before-binary older than the bf16 convolutions runs
+#            its bf16 as bf16 GEMMs with TF32 convolutions, i.e. as bf16-gemm) (~2-3 min)
 #   torch    PyTorch eager fp32/tf32/bf16 (~1.5 min)
 #   compile  PyTorch compiled: bf16, channels_last, fused Adam, torch.compile (~2-4 min)
 #   compile-graphs  the same with torch.compile's CUDA graphs (mode max-autotune; not run unless named), the peer
@@ -48,7 +49,8 @@ if want bench; then
     bench engine .gpu/bin/bin-hyperseg-engine $p
     # The before-binary runs the precisions its bench knows (bf16 came with the bf16 GEMMs, bf16-gemm with the bf16
     # convolutions, when bf16 stopped meaning bf16 GEMMs with TF32 convolutions).
-    if [ -x .gpu/before/hyperseg-engine ] && .gpu/before/hyperseg-engine bench --help 2>&1 | grep -q -- "possible values:.*\b$p\b\|- $p:"; then
+    if [ -x .gpu/before/hyperseg-engine ] &&
+      LD_LIBRARY_PATH=$ELIB .gpu/before/hyperseg-engine bench --help 2>&1 | grep -q -- "possible values:.*\b$p\b\|- $p:"; then
       bench before .gpu/before/hyperseg-engine $p
     fi
   done > "$O/bench.log" 2>&1

@@ -49,8 +49,9 @@ pub fn bf16_gemm() -> bool {
 /// fp32 accumulation, its result rounded to bf16, as PyTorch's bf16 autocast does: on the GPU,
 /// cuDNN on NHWC bf16 copies of the NCHW f32 tensors (bf16 tensor cores; the copies are made and
 /// widened back by the transposing casts of `kernels/bf16.ptx`); on the CPU, the same roundings
-/// around an fp32 convolution. The tensors between the layers, the weights, the gradients as
-/// the optimizer sees them and its state stay fp32. Off by default.
+/// around an fp32 convolution. The tensors between the layers, the weights, the gradients and
+/// the optimizer state stay fp32 buffers (the convolutions' outputs and weight gradients hold
+/// bf16-rounded values). Off by default.
 pub fn set_bf16_conv(on: bool) {
     BF16_CONV.store(on, Ordering::Relaxed);
 }
@@ -64,8 +65,9 @@ pub fn bf16_conv() -> bool {
 /// the taps as they enter the first layer, the per-tap planes and every hidden layer, with every
 /// GEMM on bf16 buffers (fp32 accumulation) and every sum, bias and ReLU computed in fp32 and
 /// rounded once. Halves the memory and traffic of the planes, the largest buffers of dense
-/// inference. The backbone, the naive dense path and training keep fp32 activations; weights
-/// stay fp32 (rounded copies are made per call). Off by default.
+/// inference. The backbone, the naive dense path and training keep fp32 activations (the
+/// backbone's convolutions round theirs with [`bf16_conv`], which `--bf16` also turns on);
+/// weights stay fp32 (rounded copies are made per call). Off by default.
 pub fn set_bf16_activations(on: bool) {
     BF16_ACTIVATIONS.store(on, Ordering::Relaxed);
 }

@@ -14,6 +14,14 @@ fn f32s(data: &[u8]) -> Vec<f32> {
     data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
+/// One bench or parity dump at a time: they switch the process-wide numeric settings (the parity
+/// dump's bf16 step turns the bf16 modes on for a whole step), which a bench running beside it
+/// would read or reset.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn within(value: f64, expected: f64, rel: f64) -> bool {
     (value / expected - 1.0).abs() <= rel
 }
@@ -28,6 +36,7 @@ fn paper_flop_counts_match_the_notes() {
 
 #[test]
 fn tiny_bench_on_the_cpu_reports_every_key() {
+    let _serial = serial();
     let mut opts = BenchOptions::new(ModelConfig::tiny());
     opts.warmup = 0;
     opts.iters = 1;
@@ -82,6 +91,7 @@ fn tiny_bench_on_the_cpu_reports_every_key() {
 
 #[test]
 fn skipping_dense_leaves_its_keys_null() {
+    let _serial = serial();
     let mut opts = BenchOptions::new(ModelConfig::tiny());
     opts.warmup = 0;
     opts.iters = 1;
@@ -94,6 +104,7 @@ fn skipping_dense_leaves_its_keys_null() {
 
 #[test]
 fn parity_dump_reopens_with_safetensors() {
+    let _serial = serial();
     let config = ModelConfig::tiny();
     let dir = tempfile::tempdir().unwrap();
     dump_parity(dir.path(), &config, &Device::Cpu, 2).unwrap();

@@ -179,16 +179,29 @@ fn graph_replays_are_the_eager_steps() -> Result<()> {
 fn bf16_graph_replays_are_the_eager_steps() -> Result<()> {
     let _serial = serial();
     let mut devices = vec![Device::Cpu];
-    devices.extend(cuda_device());
+    devices.extend(cuda_device().filter(common::runs_bf16_convolutions));
+    /// Turns the modes off when dropped, on a failure too.
+    struct Modes;
+    impl Drop for Modes {
+        fn drop(&mut self) {
+            settings::set_deterministic(false);
+            settings::set_bf16_conv(false);
+            settings::set_bf16_gemm(false);
+        }
+    }
+    let _modes = Modes;
     settings::set_deterministic(true);
     settings::set_bf16_conv(true);
     settings::set_bf16_gemm(true);
-    let result =
-        devices.iter().try_for_each(|dev| eager_against_graph(dev, true).map(|_| eprintln!("{dev}: bf16 graph steps bitwise equal")));
-    settings::set_deterministic(false);
-    settings::set_bf16_conv(false);
-    settings::set_bf16_gemm(false);
-    result
+    for dev in &devices {
+        eager_against_graph(dev, true)?;
+        if let Device::Cuda(d) = dev {
+            // The bf16 path ran, not only its f32 fallback.
+            assert_eq!(hyperseg_engine::backend::cuda::cudnn::bf16_refusals(d), 0, "cuDNN refused bf16 convolutions");
+        }
+        eprintln!("{dev}: bf16 graph steps bitwise equal");
+    }
+    Ok(())
 }
 
 /// The trainer with `cuda_graph` on gives the same run as without, bit for bit in deterministic

@@ -10,8 +10,8 @@
 //!   synchronised before and after every timed iteration (wall clock: host overhead counts,
 //!   as it does in training), with the peak device memory of the allocator.
 //! - [`dump_parity`]: initial weights, inputs, step-0 logits and gradients and the losses of a
-//!   few Adam steps, as safetensors files that `bench/pytorch_reference.py --parity DIR`
-//!   replays in PyTorch.
+//!   few Adam steps, dense probabilities, and step 0 again in bf16 mixed precision, as
+//!   safetensors files that `bench/pytorch_reference.py --parity DIR` replays in PyTorch.
 //!
 //! Inputs are synthetic and fixed by a seed: images uniform in [-120, 135) (0-255 pixels
 //! minus the ImageNet means), one random disc of lesion per mask, pixels sampled as in

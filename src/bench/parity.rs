@@ -53,7 +53,8 @@ fn write_safetensors(path: &Path, blobs: &[Blob], meta: HashMap<String, String>)
 ///   `state1.NAME` for every batch-norm running statistic after step 0's forward, and
 ///   `dense_naive`, `dense_factored` `[s, s]`: the lesion probability of image 0 by dense
 ///   inference (eval mode) with the step-0 weights and those running statistics, and
-///   `dense_factored_bf16` the same with bf16 activations;
+///   `dense_factored_bf16` the factored path in bf16 mode (bf16 convolutions in the backbone,
+///   bf16 activations after it, as `--bf16` runs it);
 /// - in `outputs.safetensors` too, step 0 again in bf16 mixed precision (bf16 convolutions and
 ///   GEMMs, [`settings::bf16_conv`], [`settings::bf16_gemm`]) on a second copy of the initial
 ///   model: `bf16.logits`, `bf16.loss` `[1]` and `bf16.grad.NAME`.
@@ -167,10 +168,11 @@ fn dump(dir: &Path, config: &ModelConfig, device: &Device, steps: usize) -> Resu
                 let prob = model.predict_dense(&first_image, path, tile)?.remove(0);
                 blobs.push(Blob::new(key, vec![s, s], &prob));
             }
-            // And the factored path with bf16 activations.
-            settings::set_bf16_activations(true);
+            // And the factored path as `--bf16` runs it: bf16 convolutions in the backbone, bf16
+            // activations from the taps on.
+            set_bf16_modes(true);
             let prob = model.predict_dense(&first_image, DensePath::Factored, tile);
-            settings::set_bf16_activations(false);
+            set_bf16_modes(false);
             blobs.push(Blob::new("dense_factored_bf16", vec![s, s], &prob?.remove(0)));
             for nt in &named {
                 if nt.trainable {

@@ -49,7 +49,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// fp32, tf32, bf16 (bf16 convolutions and GEMMs; dense inference with bf16 activations), or bf16-gemm (bf16
-    /// GEMMs only: TF32 convolutions, fp32 activations; beside bf16 it measures the bf16 convolutions).
+    /// GEMMs only: TF32 convolutions, fp32 activations; beside bf16 it measures the bf16 convolutions and, for dense
+    /// inference, the bf16 activations).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
     pub precision: PrecisionArg,
     /// The model to time (random weights).

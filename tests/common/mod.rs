@@ -25,6 +25,21 @@ pub fn cuda_device() -> Option<Device> {
     }
 }
 
+/// Whether `dev` can run bf16 convolutions (compute capability 8.0 or newer); prints that the bf16
+/// GPU checks are skipped when it cannot.
+pub fn runs_bf16_convolutions(dev: &Device) -> bool {
+    match dev {
+        Device::Cuda(d) => match hyperseg_engine::backend::cuda::cudnn::check_bf16_conv(d) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("skipped the bf16 GPU checks: {e}");
+                false
+            }
+        },
+        Device::Cpu => true,
+    }
+}
+
 /// Runs one test body on the CPU and on CUDA: `test_device!(body, name_cpu, name_cuda);`.
 #[macro_export]
 macro_rules! test_device {

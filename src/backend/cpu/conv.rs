@@ -17,7 +17,7 @@ pub fn with_bf16_mode(a: &[f32], b: &[f32], f: impl FnOnce(&[f32], &[f32]) -> Ve
         return f(a, b);
     }
     let mut out = f(&round_to_bf16(a), &round_to_bf16(b));
-    out.par_iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+    out.par_iter_mut().for_each(|v| *v = super::bf16::widen(half::bf16::from_f32(*v)));
     out
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The engine's tensors stay NCHW f32. Each computation makes NHWC bf16 copies of its two
 //! operands (filters KCRS to KRSC) with one transposing cast each (`transpose_f32_to_bf16` in
-//! `kernels/bf16.ptx`), runs cuDNN on them ([`ConvData::Bf16`]: NHWC, the layout its bf16
+//! `kernels/bf16.ptx`), runs cuDNN on them ([`ConvData::NhwcBf16`]: NHWC, the layout its bf16
 //! tensor-core kernels read without transposing), and widens the bf16 result back to NCHW f32
 //! (`transpose_bf16_to_f32`). Every value therefore goes through the same roundings as on the CPU
 //! ([`crate::backend::cpu::conv::with_bf16_mode`]): operands to bf16, products exact in f32,
@@ -13,9 +13,11 @@
 //! layer's 3 input channels are not. Such a convolution runs in f32 on operands rounded to bf16
 //! in place of the copies (their products are exact in f32 and in TF32 alike), its result rounded
 //! to bf16: the same values up to the order of the sums, at a cost that does not matter for a
-//! layer of 3 channels. So does any convolution for which cuDNN refuses the bf16 computation
-//! (no usable algorithm, or every one failing): the device remembers the shape and direction
-//! (warm-up steps thus decide it before a CUDA-graph capture) and says so once on stderr.
+//! layer of 3 channels. So does any convolution for which cuDNN does not support the bf16
+//! computation (`run`'s [`Error::UnsupportedDType`]; a workspace that does not fit or a failed
+//! launch stays an error): the device remembers the shape, direction and deterministic mode
+//! (warm-up steps thus decide it before a CUDA-graph capture), says so once on stderr, and
+//! counts it ([`bf16_refusals`]).
 //!
 //! The copies are pool blocks freed when the call returns (a training step's saved input is
 //! cast again for the weight gradient: one more pass over it instead of keeping a bf16 copy
@@ -28,19 +30,23 @@ use crate::backend::ConvSpec;
 use crate::error::{Error, Result};
 
 /// An error unless `dev` can run cuDNN's bf16 convolutions: compute capability 8.0 (Ampere) or
-/// newer. The CLI checks it when `--bf16` opens a GPU, and every bf16 convolution again.
+/// newer. The CLI checks it when `--bf16` or `--precision bf16` opens a GPU, and every bf16
+/// convolution again.
 pub fn check_bf16_conv(dev: &CudaDevice) -> Result<()> {
     let (major, minor) = dev.compute_capability();
     if major >= 8 {
         return Ok(());
     }
-    Err(Error::InvalidValue {
-        name: "bf16 convolutions",
-        msg: format!(
-            "{} has compute capability {major}.{minor}, and cuDNN's bf16 convolutions need 8.0 (Ampere) or newer; run without --bf16 (--bf16-gemm keeps the bf16 GEMMs)",
-            dev.name()
-        ),
-    })
+    Err(Error::CudaUnavailable(format!(
+        "{} (compute capability {major}.{minor}) cannot run bf16 convolutions, which need compute capability 8.0 (Ampere) or newer; turn them off (no --bf16, or bench --precision bf16-gemm: the bf16 GEMMs alone work)",
+        dev.name()
+    )))
+}
+
+/// How many convolutions (shape, direction, deterministic mode) cuDNN did not support in bf16
+/// on `dev` so far, each computed by the f32 fallback instead.
+pub fn bf16_refusals(dev: &CudaDevice) -> usize {
+    dev.dnn().bf16_refused.len()
 }
 
 /// A tensor of the convolution as `batch` matrices `[c, hw]` in NCHW (filters: `batch` = output
@@ -84,23 +90,26 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: &CudaStorage, b: &CudaSt
         Direction::BackwardData => (y, w, x),
         Direction::BackwardFilter => (x, y, w),
     };
-    let place = |a: u64, b: u64, out: u64| match dir {
+    let operands = |a: u64, b: u64, out: u64| match dir {
         Direction::Forward => Operands { x: a, w: b, y: out },
         Direction::BackwardData => Operands { x: out, w: b, y: a },
         Direction::BackwardFilter => Operands { x: a, w: out, y: b },
     };
-    let tensor_cores = s.c_in.is_multiple_of(8) && s.c_out.is_multiple_of(8);
-    if tensor_cores && !dev.dnn().bf16_refused.contains(&(*s, dir)) {
+    let channels_aligned = s.c_in.is_multiple_of(8) && s.c_out.is_multiple_of(8);
+    let key = (*s, dir, crate::settings::deterministic());
+    // (The device's cuDNN lock, taken here and released at once: `run` takes it again.)
+    let refused = dev.dnn().bf16_refused.contains(&key);
+    if channels_aligned && !refused {
         let ab = CudaBf16::transposed_from_f32(a, pa.batch, pa.c, pa.hw)?;
         let bb = CudaBf16::transposed_from_f32(b, pb.batch, pb.c, pb.hw)?;
         let out = CudaBf16::alloc(dev, pout.len())?;
-        match run(dev, dir, s, place(ab.raw_ptr(), bb.raw_ptr(), out.raw_ptr()), ConvData::Bf16) {
+        match run(dev, dir, s, operands(ab.raw_ptr(), bb.raw_ptr(), out.raw_ptr()), ConvData::NhwcBf16) {
             Ok(()) => return out.transposed_to_f32(pout.batch, pout.hw, pout.c),
-            // cuDNN refused it (outside a capture: within one, only a plan made before runs).
-            Err(e @ Error::Cuda { .. }) if !dev.is_capturing() => {
-                dev.dnn().bf16_refused.insert((*s, dir));
+            // Not supported (decided outside a capture: within one, only a plan made before runs).
+            Err(Error::UnsupportedDType { .. }) if !dev.is_capturing() => {
+                dev.dnn().bf16_refused.insert(key);
                 eprintln!(
-                    "warning: cuDNN cannot run {} of {s:?} in bf16 ({e}); it runs in f32 on bf16-rounded operands, with the same values",
+                    "warning: cuDNN does not support {} of {s:?} in bf16; it runs in f32 on bf16-rounded operands (the same values up to summation order)",
                     dir.name()
                 );
             }
@@ -109,6 +118,6 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: &CudaStorage, b: &CudaSt
     }
     let (ar, br) = (rounded(a)?, rounded(b)?);
     let out = dev.alloc(pout.len())?;
-    run(dev, dir, s, place(ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::F32)?;
+    run(dev, dir, s, operands(ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
     rounded(&out)
 }

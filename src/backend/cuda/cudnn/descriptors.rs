@@ -43,24 +43,24 @@ fn int(v: usize) -> Result<c_int> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum ConvData {
     /// f32, NCHW (filters KCRS): the engine's own tensors.
-    F32,
+    NchwF32,
     /// bf16, NHWC (filters KRSC): the bf16 convolutions' copies ([`super::bf16`]), the layout
     /// cuDNN's bf16 tensor-core kernels read without a transpose of their own.
-    Bf16,
+    NhwcBf16,
 }
 
 impl ConvData {
     fn format(self) -> sys::cudnnTensorFormat_t {
         match self {
-            ConvData::F32 => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-            ConvData::Bf16 => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+            ConvData::NchwF32 => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+            ConvData::NhwcBf16 => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
         }
     }
 
     fn data_type(self) -> sys::cudnnDataType_t {
         match self {
-            ConvData::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-            ConvData::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+            ConvData::NchwF32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            ConvData::NhwcBf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
         }
     }
 }

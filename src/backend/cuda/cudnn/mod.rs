@@ -51,7 +51,7 @@ use crate::backend::ConvSpec;
 use crate::error::{Error, Result};
 
 pub use self::algo::Direction;
-pub use self::bf16::check_bf16_conv;
+pub use self::bf16::{bf16_refusals, check_bf16_conv};
 
 /// The largest workspace any convolution may take (the budget under the cap may be smaller).
 pub const MAX_WORKSPACE: usize = 256 << 20;
@@ -97,7 +97,7 @@ struct AlgoKey {
 pub(crate) struct Dnn {
     handle: sys::cudnnHandle_t,
     plans: HashMap<AlgoKey, Plan>,
-    bf16_refused: HashSet<(ConvSpec, Direction)>,
+    bf16_refused: HashSet<(ConvSpec, Direction, bool)>,
 }
 
 /// A chosen algorithm with its descriptors (math type already set) and workspace size, so
@@ -174,7 +174,7 @@ fn launch(
     let bad = || cuda_error(dir.name(), format!("unknown algorithm {}", c.algo));
     dev.count_call();
     // SAFETY: live handle and descriptors; buffers match the descriptors; the workspace holds
-    // `need` bytes; alpha and beta are f32 as cuDNN expects for float data.
+    // `need` bytes; alpha and beta are f32 as cuDNN expects for float and bf16 data alike.
     unsafe {
         match dir {
             Direction::Forward => result::convolution_forward(
@@ -231,18 +231,36 @@ fn launch(
     Ok(true)
 }
 
+/// Whether `e` is cuDNN saying it does not support the configuration (any
+/// `CUDNN_STATUS_NOT_SUPPORTED*` status, as [`super::error`] names it).
+fn not_supported(e: &Error) -> bool {
+    matches!(e, Error::Cuda { msg, .. } if msg.contains("NOT_SUPPORTED"))
+}
+
 /// Chooses (or recalls) an algorithm and runs one convolution on operands of type `data`.
+///
+/// On bf16 data, when cuDNN supports the computation in no way (its descriptors, heuristics or
+/// every candidate answer `NOT_SUPPORTED`, or it lists no algorithm at all), the error is
+/// [`Error::UnsupportedDType`], which `bf16.rs` answers with its f32 fallback; any other failure
+/// (a workspace that does not fit, a failed launch) is an error as on f32 data.
 fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands, data: ConvData) -> Result<()> {
     let _r = super::nvtx::range(dir.name());
+    let refusal = move |e: Error| {
+        if data == ConvData::NhwcBf16 && not_supported(&e) {
+            Error::UnsupportedDType { op: dir.name(), dtype: "bf16" }
+        } else {
+            e
+        }
+    };
     let tf32 = crate::settings::allow_tf32();
     let deterministic = crate::settings::deterministic();
     let bench = cudnn_benchmark() && !deterministic;
     let key = AlgoKey { spec: *s, dir, data, tf32, deterministic, benchmark: bench };
-    let tensor_cores = tf32 || data == ConvData::Bf16;
+    let tensor_cores = tf32 || data == ConvData::NhwcBf16;
     let base_math = match data {
-        ConvData::Bf16 => MATH_TENSOR_OP,
-        ConvData::F32 if tf32 => MATH_DEFAULT,
-        ConvData::F32 => MATH_FMA,
+        ConvData::NhwcBf16 => MATH_TENSOR_OP,
+        ConvData::NchwF32 if tf32 => MATH_DEFAULT,
+        ConvData::NchwF32 => MATH_FMA,
     };
     dev.bind()?;
     let mut dnn = dev.dnn();
@@ -272,8 +290,8 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands, data: ConvDa
         // Out of room (or failed): choose again under today's budget.
         dnn.plans.remove(&key);
     }
-    let d = Descriptors::new(s, data)?;
-    d.set_math(base_math)?;
+    let d = Descriptors::new(s, data).map_err(refusal)?;
+    d.set_math(base_math).map_err(refusal)?;
     // The timed search first (when on); if it fails or leaves nothing usable (it needs memory
     // too), cuDNN's heuristics.
     let mut candidates = Vec::new();
@@ -284,14 +302,20 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands, data: ConvDa
     }
     if candidates.is_empty() {
         d.set_math(base_math)?;
-        candidates = usable(dir, &heuristics(h, dir, &d)?, tensor_cores, deterministic);
+        candidates = usable(dir, &heuristics(h, dir, &d).map_err(refusal)?, tensor_cores, deterministic);
     }
     let mut last_err = None;
+    // Whether every candidate so far failed as not supported (none skipped for room).
+    let mut refused = true;
     for c in candidates {
         let need = match prepare(h, dir, &d, c, budget) {
             Ok(Some(n)) => n,
-            Ok(None) => continue,
+            Ok(None) => {
+                refused = false;
+                continue;
+            }
             Err(e) => {
+                refused &= not_supported(&e);
                 last_err = Some(e);
                 continue;
             }
@@ -301,9 +325,15 @@ fn run(dev: &CudaDevice, dir: Direction, s: &ConvSpec, o: Operands, data: ConvDa
                 dnn.plans.insert(key, Plan { desc: d, cand: c, workspace: need });
                 return Ok(());
             }
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
+            Ok(false) => refused = false,
+            Err(e) => {
+                refused &= not_supported(&e);
+                last_err = Some(e);
+            }
         }
+    }
+    if refused && data == ConvData::NhwcBf16 {
+        return Err(Error::UnsupportedDType { op: dir.name(), dtype: "bf16" });
     }
     Err(last_err.unwrap_or_else(|| {
         cuda_error(
@@ -354,7 +384,7 @@ pub fn conv2d(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStor
         return bf16::convolve(Direction::Forward, s, x, w);
     }
     let y = x.device().alloc(out_len)?;
-    run(x.device(), Direction::Forward, s, Operands { x: x.raw_ptr(), w: w.raw_ptr(), y: y.raw_ptr() }, ConvData::F32)?;
+    run(x.device(), Direction::Forward, s, Operands { x: x.raw_ptr(), w: w.raw_ptr(), y: y.raw_ptr() }, ConvData::NchwF32)?;
     Ok(y)
 }
 
@@ -373,7 +403,7 @@ pub fn conv2d_backward_input(dy: &CudaStorage, w: &CudaStorage, s: &ConvSpec) ->
         return bf16::convolve(Direction::BackwardData, s, dy, w);
     }
     let dx = dy.device().alloc(out_len)?;
-    run(dy.device(), Direction::BackwardData, s, Operands { x: dx.raw_ptr(), w: w.raw_ptr(), y: dy.raw_ptr() }, ConvData::F32)?;
+    run(dy.device(), Direction::BackwardData, s, Operands { x: dx.raw_ptr(), w: w.raw_ptr(), y: dy.raw_ptr() }, ConvData::NchwF32)?;
     Ok(dx)
 }
 
@@ -392,7 +422,7 @@ pub fn conv2d_backward_weight(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -
         return bf16::convolve(Direction::BackwardFilter, s, x, dy);
     }
     let dw = x.device().alloc(out_len)?;
-    run(x.device(), Direction::BackwardFilter, s, Operands { x: x.raw_ptr(), w: dw.raw_ptr(), y: dy.raw_ptr() }, ConvData::F32)?;
+    run(x.device(), Direction::BackwardFilter, s, Operands { x: x.raw_ptr(), w: dw.raw_ptr(), y: dy.raw_ptr() }, ConvData::NchwF32)?;
     Ok(dw)
 }
 
