@@ -1,5 +1,5 @@
 //! Process-wide engine settings: deterministic mode, TF32, bf16 GEMMs, bf16 convolutions and bf16
-//! activations.
+//! activations; [`save`] keeps them to be restored.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -75,4 +75,36 @@ pub fn set_bf16_activations(on: bool) {
 /// Whether dense inference keeps its activations in bf16.
 pub fn bf16_activations() -> bool {
     BF16_ACTIVATIONS.load(Ordering::Relaxed)
+}
+
+/// Every setting of this module as it was when [`save`] was called, put back when dropped (also
+/// when the code between returns early or panics).
+#[must_use = "the settings are restored when this is dropped"]
+pub struct Saved {
+    deterministic: bool,
+    tf32: bool,
+    bf16_gemm: bool,
+    bf16_conv: bool,
+    bf16_activations: bool,
+}
+
+/// Saves every setting, to be restored when the returned guard is dropped.
+pub fn save() -> Saved {
+    Saved {
+        deterministic: deterministic(),
+        tf32: allow_tf32(),
+        bf16_gemm: bf16_gemm(),
+        bf16_conv: bf16_conv(),
+        bf16_activations: bf16_activations(),
+    }
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        set_deterministic(self.deterministic);
+        set_allow_tf32(self.tf32);
+        set_bf16_gemm(self.bf16_gemm);
+        set_bf16_conv(self.bf16_conv);
+        set_bf16_activations(self.bf16_activations);
+    }
 }

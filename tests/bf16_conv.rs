@@ -73,20 +73,12 @@ fn conv_and_grads(dev: &Device, c: Case, [x, w, g]: &[Vec<f32>; 3]) -> Result<[V
 
 const NAMES: [&str; 3] = ["forward", "input gradient", "weight gradient"];
 
-/// Sets the bf16 modes for the scope and turns them off when dropped (also on a failure).
-struct Bf16Modes;
-impl Bf16Modes {
-    fn on() -> Bf16Modes {
-        settings::set_bf16_conv(true);
-        settings::set_bf16_gemm(true);
-        Bf16Modes
-    }
-}
-impl Drop for Bf16Modes {
-    fn drop(&mut self) {
-        settings::set_bf16_conv(false);
-        settings::set_bf16_gemm(false);
-    }
+/// Turns the bf16 modes on until the returned guard is dropped (also on a failure).
+fn bf16_modes() -> settings::Saved {
+    let saved = settings::save();
+    settings::set_bf16_conv(true);
+    settings::set_bf16_gemm(true);
+    saved
 }
 
 /// The CPU's bf16 mode against its definition; then, with a GPU, the GPU against the CPU.
@@ -100,7 +92,7 @@ fn bf16_convolution_mode() -> Result<()> {
         let rounded = [bf16(&ops[0]), bf16(&ops[1]), bf16(&ops[2])];
         let reference = conv_and_grads(&Device::Cpu, c, &rounded)?.map(|v| bf16(&v));
         let got = {
-            let _mode = Bf16Modes::on();
+            let _mode = bf16_modes();
             conv_and_grads(&Device::Cpu, c, &ops)?
         };
         for k in 0..3 {
@@ -113,7 +105,7 @@ fn bf16_convolution_mode() -> Result<()> {
     }
 
     let (first, last) = {
-        let _mode = Bf16Modes::on();
+        let _mode = bf16_modes();
         train_tiny(&Device::Cpu, 25)?
     };
     eprintln!("CPU, bf16 convolutions and GEMMs: loss {first:.4} -> {last:.4} in 25 steps");
@@ -122,7 +114,7 @@ fn bf16_convolution_mode() -> Result<()> {
     let Some(gpu) = cuda_device().filter(common::runs_bf16_convolutions) else { return Ok(()) };
     let Device::Cuda(dev) = &gpu else { unreachable!("a CUDA device") };
     transposes_match_the_cpu(&gpu)?;
-    let _mode = Bf16Modes::on();
+    let _mode = bf16_modes();
     for (c, ops, cpu) in &cpu_results {
         let got = conv_and_grads(&gpu, *c, ops)?;
         for k in 0..3 {
@@ -152,6 +144,7 @@ fn timings(gpu: &Device) -> Result<()> {
     use hyperseg_engine::backend::cuda::CudaBf16;
     use hyperseg_engine::backend::ConvSpec;
     use hyperseg_engine::storage::Storage;
+    let _restore = settings::save();
     let median = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         f()?;
         let mut times = Vec::new();
@@ -187,8 +180,6 @@ fn timings(gpu: &Device) -> Result<()> {
                 tflops(fwd)
             );
         }
-        settings::set_allow_tf32(false);
-        settings::set_bf16_conv(false);
     }
     let Device::Cuda(dev) = gpu else { unreachable!("a CUDA device") };
     let (n, c, hw) = (5, 64, 224 * 224);

@@ -180,16 +180,8 @@ fn bf16_graph_replays_are_the_eager_steps() -> Result<()> {
     let _serial = serial();
     let mut devices = vec![Device::Cpu];
     devices.extend(cuda_device().filter(common::runs_bf16_convolutions));
-    /// Turns the modes off when dropped, on a failure too.
-    struct Modes;
-    impl Drop for Modes {
-        fn drop(&mut self) {
-            settings::set_deterministic(false);
-            settings::set_bf16_conv(false);
-            settings::set_bf16_gemm(false);
-        }
-    }
-    let _modes = Modes;
+    // Restored when dropped, on a failure too.
+    let _restore = settings::save();
     settings::set_deterministic(true);
     settings::set_bf16_conv(true);
     settings::set_bf16_gemm(true);

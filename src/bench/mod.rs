@@ -70,12 +70,28 @@ impl Precision {
         }
     }
 
+    /// Whether TF32 tensor cores are allowed (every precision but fp32).
+    pub fn tf32(self) -> bool {
+        self != Precision::Fp32
+    }
+
+    /// Whether GEMMs run on bf16 operands (`bf16` and `bf16-gemm`).
+    pub fn bf16_gemm(self) -> bool {
+        matches!(self, Precision::Bf16 | Precision::Bf16Gemm)
+    }
+
+    /// Whether the convolutions and dense inference's activations are bf16 too (`bf16`: the
+    /// CLI's `--bf16`).
+    pub fn bf16_mixed(self) -> bool {
+        self == Precision::Bf16
+    }
+
     /// Sets the engine's numeric settings for this precision: TF32, bf16 GEMMs, bf16
     /// convolutions and bf16 dense activations.
     pub fn apply(self) {
-        crate::settings::set_allow_tf32(self != Precision::Fp32);
-        crate::settings::set_bf16_gemm(matches!(self, Precision::Bf16 | Precision::Bf16Gemm));
-        crate::settings::set_bf16_conv(self == Precision::Bf16);
-        crate::settings::set_bf16_activations(self == Precision::Bf16);
+        crate::settings::set_allow_tf32(self.tf32());
+        crate::settings::set_bf16_gemm(self.bf16_gemm());
+        crate::settings::set_bf16_conv(self.bf16_mixed());
+        crate::settings::set_bf16_activations(self.bf16_mixed());
     }
 }

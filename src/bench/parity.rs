@@ -64,13 +64,9 @@ fn write_safetensors(path: &Path, blobs: &[Blob], meta: HashMap<String, String>)
 ///
 /// Metadata of each file: `format`, `config` (JSON), `seed`, `steps`, `tf32`, `device`.
 pub fn dump_parity(dir: &Path, config: &ModelConfig, device: &Device, steps: usize) -> Result<()> {
-    let was = (settings::bf16_conv(), settings::bf16_gemm(), settings::bf16_activations());
+    let _restore = settings::save();
     set_bf16_modes(false);
-    let result = dump(dir, config, device, steps);
-    settings::set_bf16_conv(was.0);
-    settings::set_bf16_gemm(was.1);
-    settings::set_bf16_activations(was.2);
-    result
+    dump(dir, config, device, steps)
 }
 
 fn set_bf16_modes(on: bool) {
@@ -79,32 +75,31 @@ fn set_bf16_modes(on: bool) {
     settings::set_bf16_activations(on);
 }
 
+/// A parameter's gradient as a blob named `name`, zeros when it has none.
+fn grad_blob(name: String, t: &Tensor) -> Result<Blob> {
+    let g = match t.grad() {
+        Some(g) => g.to_vec()?,
+        None => vec![0.0; t.elem_count()],
+    };
+    Ok(Blob::new(name, t.dims().to_vec(), &g))
+}
+
 /// Step 0 of [`dump_parity`] in bf16 mixed precision, on a fresh copy of the initial model:
 /// logits, loss and every trainable parameter's gradient, named with the prefix `bf16.`.
 fn bf16_step(config: &ModelConfig, device: &Device, x: &Tensor, points: &[SamplePoint], labels: &[u32]) -> Result<Vec<Blob>> {
     let model = HypercolumnNet::new(config.clone(), &mut ChaCha8Rng::seed_from_u64(PARITY_SEED), device)?;
+    let _restore = settings::save();
     settings::set_bf16_conv(true);
     settings::set_bf16_gemm(true);
-    let step = || -> Result<Vec<Blob>> {
-        let logits = model.forward_sparse(x, points, true, 0)?;
-        let loss = logits.softmax_cross_entropy(labels, None)?;
-        loss.backward()?;
-        let mut blobs = vec![
-            Blob::new("bf16.logits", logits.dims().to_vec(), &logits.to_vec()?),
-            Blob::new("bf16.loss", vec![1], &[loss.to_scalar()?]),
-        ];
-        for nt in model.named().iter().filter(|nt| nt.trainable) {
-            let g = match nt.tensor.grad() {
-                Some(g) => g.to_vec()?,
-                None => vec![0.0; nt.tensor.elem_count()],
-            };
-            blobs.push(Blob::new(format!("bf16.grad.{}", nt.name), nt.tensor.dims().to_vec(), &g));
-        }
-        Ok(blobs)
-    };
-    let blobs = step();
-    set_bf16_modes(false);
-    blobs
+    let logits = model.forward_sparse(x, points, true, 0)?;
+    let loss = logits.softmax_cross_entropy(labels, None)?;
+    loss.backward()?;
+    let mut blobs =
+        vec![Blob::new("bf16.logits", logits.dims().to_vec(), &logits.to_vec()?), Blob::new("bf16.loss", vec![1], &[loss.to_scalar()?])];
+    for nt in model.named().iter().filter(|nt| nt.trainable) {
+        blobs.push(grad_blob(format!("bf16.grad.{}", nt.name), &nt.tensor)?);
+    }
+    Ok(blobs)
 }
 
 fn dump(dir: &Path, config: &ModelConfig, device: &Device, steps: usize) -> Result<()> {
@@ -176,11 +171,7 @@ fn dump(dir: &Path, config: &ModelConfig, device: &Device, steps: usize) -> Resu
             blobs.push(Blob::new("dense_factored_bf16", vec![s, s], &prob?.remove(0)));
             for nt in &named {
                 if nt.trainable {
-                    let g = match nt.tensor.grad() {
-                        Some(g) => g.to_vec()?,
-                        None => vec![0.0; nt.tensor.elem_count()],
-                    };
-                    blobs.push(Blob::new(format!("grad.{}", nt.name), nt.tensor.dims().to_vec(), &g));
+                    blobs.push(grad_blob(format!("grad.{}", nt.name), &nt.tensor)?);
                 } else {
                     blobs.push(Blob::new(format!("state1.{}", nt.name), nt.tensor.dims().to_vec(), &nt.tensor.to_vec()?));
                 }

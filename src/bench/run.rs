@@ -73,22 +73,6 @@ pub fn synthetic_batch(n: usize, s: usize, rng: &mut impl Rng) -> (Vec<f32>, Vec
     (images, masks)
 }
 
-/// Restores the TF32 and bf16 settings when dropped.
-struct SettingsGuard {
-    tf32: bool,
-    bf16_gemm: bool,
-    bf16_conv: bool,
-    bf16_activations: bool,
-}
-impl Drop for SettingsGuard {
-    fn drop(&mut self) {
-        settings::set_allow_tf32(self.tf32);
-        settings::set_bf16_gemm(self.bf16_gemm);
-        settings::set_bf16_conv(self.bf16_conv);
-        settings::set_bf16_activations(self.bf16_activations);
-    }
-}
-
 fn reset_peak(device: &Device) {
     if let Device::Cuda(d) = device {
         d.reset_peak();
@@ -148,12 +132,7 @@ pub fn run_bench(opts: &BenchOptions, device: &Device) -> Result<BenchReport> {
     if opts.tile_pixels == 0 {
         return Err(Error::InvalidValue { name: "tile size", msg: "must be positive".into() });
     }
-    let _restore = SettingsGuard {
-        tf32: settings::allow_tf32(),
-        bf16_gemm: settings::bf16_gemm(),
-        bf16_conv: settings::bf16_conv(),
-        bf16_activations: settings::bf16_activations(),
-    };
+    let _restore = settings::save();
     opts.precision.apply();
 
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);

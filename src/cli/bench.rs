@@ -105,9 +105,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let device = DeviceArgs {
         device: a.device,
-        tf32: precision != Precision::Fp32,
-        bf16_gemm: matches!(precision, Precision::Bf16 | Precision::Bf16Gemm),
-        bf16: precision == Precision::Bf16,
+        tf32: precision.tf32(),
+        bf16_gemm: precision.bf16_gemm(),
+        bf16: precision.bf16_mixed(),
         deterministic: a.deterministic,
         mem_limit: a.mem_limit.clone(),
     }
