@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
-use hyperseg_engine::backend::{AdamStep, ConvSpec, GatherSpec, GemmSpec, Nchw, PlaneSumSpec, SamplePoint, UnaryOp};
+use hyperseg_engine::backend::{AdamStep, ConvKeep, ConvSpec, GatherSpec, GemmSpec, Nchw, PlaneSumSpec, SamplePoint, UnaryOp};
 use hyperseg_engine::bf16::{upsample_sum_bias_relu_bf16, Bf16Matrix};
 use hyperseg_engine::storage::Storage;
 use hyperseg_engine::Tensor;
@@ -238,6 +238,11 @@ fn conv(c: &mut Criterion) {
             run(&mut g, &t.dev, &format!("{name}/forward{suffix}"), fl.clone(), || x.conv2d(&w, &s));
             run(&mut g, &t.dev, &format!("{name}/backward_input{suffix}"), fl.clone(), || dy.conv2d_backward_input(&w, &s));
             run(&mut g, &t.dev, &format!("{name}/backward_weight{suffix}"), fl.clone(), || x.conv2d_backward_weight(&dy, &s));
+            // Both gradients as the conv op computes them, from the forward's kept operands (in
+            // the bf16 mode: no cast of x or w, one of dy): compare with the two lines above.
+            let (_, kept) = x.conv2d_keeping(&w, &s, ConvKeep { input: true, weight: true }).expect("conv2d_keeping");
+            let both = Throughput::Elements(2 * s.flops() as u64);
+            run(&mut g, &t.dev, &format!("{name}/backward_both{suffix}"), both, || dy.conv2d_backward(&x, &w, &s, &kept, [true, true]));
         }
         settings::set_allow_tf32(false);
         settings::set_bf16_conv(false);

@@ -18,6 +18,22 @@ fn mismatch(op: &'static str, a: &Storage, b: &Storage) -> Error {
     Error::DeviceMismatch { op, lhs: a.device().to_string(), rhs: b.device().to_string() }
 }
 
+/// What a forward convolution kept for its backward pass besides its operands
+/// ([`BackendStorage::ConvKept`] of the device that ran it).
+pub enum ConvKept {
+    Cpu(<CpuStorage as BackendStorage>::ConvKept),
+    Cuda(<CudaStorage as BackendStorage>::ConvKept),
+}
+
+impl ConvKept {
+    fn device_name(&self) -> &'static str {
+        match self {
+            ConvKept::Cpu(_) => "cpu",
+            ConvKept::Cuda(_) => "cuda",
+        }
+    }
+}
+
 /// A non-empty list of storages, all on one device, unwrapped.
 enum OneDevice<'a> {
     Cpu(Vec<&'a CpuStorage>),
@@ -229,6 +245,33 @@ impl Storage {
 
     pub fn conv2d(&self, w: &Storage, s: &ConvSpec) -> Result<Storage> {
         binary_dispatch!("conv2d", self, w, |x, y| x.conv2d(y, s))
+    }
+
+    /// See [`BackendStorage::conv2d_keeping`].
+    pub fn conv2d_keeping(&self, w: &Storage, s: &ConvSpec, keep: ConvKeep) -> Result<(Storage, ConvKept)> {
+        match (self, w) {
+            (Storage::Cpu(x), Storage::Cpu(w)) => x.conv2d_keeping(w, s, keep).map(|(y, k)| (Storage::Cpu(y), ConvKept::Cpu(k))),
+            (Storage::Cuda(x), Storage::Cuda(w)) => x.conv2d_keeping(w, s, keep).map(|(y, k)| (Storage::Cuda(y), ConvKept::Cuda(k))),
+            (a, b) => Err(mismatch("conv2d", a, b)),
+        }
+    }
+
+    /// See [`BackendStorage::conv2d_backward`]; `self` is dy, `kept` what
+    /// [`Storage::conv2d_keeping`] returned for `x` and `w`.
+    pub fn conv2d_backward(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        s: &ConvSpec,
+        kept: &ConvKept,
+        need: [bool; 2],
+    ) -> Result<[Option<Storage>; 2]> {
+        const OP: &str = "conv2d_backward";
+        match (same_device(OP, &[self, x, w])?, kept) {
+            (OneDevice::Cpu(v), ConvKept::Cpu(k)) => Ok(v[0].conv2d_backward(v[1], v[2], s, k, need)?.map(|g| g.map(Storage::Cpu))),
+            (OneDevice::Cuda(v), ConvKept::Cuda(k)) => Ok(v[0].conv2d_backward(v[1], v[2], s, k, need)?.map(|g| g.map(Storage::Cuda))),
+            _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device().to_string(), rhs: kept.device_name().into() }),
+        }
     }
 
     pub fn conv2d_backward_input(&self, w: &Storage, s: &ConvSpec) -> Result<Storage> {

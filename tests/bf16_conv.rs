@@ -6,7 +6,9 @@
 //!   rounded after (the reference), for the three computations, at several shapes (3x3 padded,
 //!   strided, 1x1); measurably different from fp32 and within 1e-2 of it (max-normalised; bf16
 //!   keeps 8 mantissa bits).
-//! - CUDA: the transposing casts (`kernels/bf16.ptx`) bit for bit against the CPU's; the three
+//! - CUDA: the transposing casts (`kernels/bf16.ptx`) bit for bit against the CPU's; the
+//!   operand copies a forward pass keeps for the backward pass are those casts, and the
+//!   backward pass computes with them (`kept_copies_are_used`); the three
 //!   computations within 1e-2 of the CPU reference (max-normalised): through cuDNN on NHWC bf16
 //!   copies, and for the case with 3 input channels (not a multiple of 8) in f32 on operands
 //!   rounded to bf16. Both sum the same exact products (a product of two bf16 is exact in
@@ -15,7 +17,9 @@
 //! - The tiny model's training loss falls in bf16 convolution mode (with bf16 GEMMs) on every
 //!   device.
 //! - With `HYPERSEG_KERNEL_TIMINGS=1` and a GPU, the paper model's convolutions are timed in TF32
-//!   and in the bf16 mode, and the transposing casts alone (`TIME` lines, not asserted).
+//!   and in the bf16 mode, a layer's three computations as separate calls and as the conv op
+//!   runs them (the forward's operand copies kept), and the transposing casts alone (`TIME`
+//!   lines, not asserted).
 //!
 //! Without a GPU the CUDA part prints that it was skipped; with HYPERSEG_REQUIRE_GPU=1 it fails.
 //! On a GPU below compute capability 8.0, which cannot run bf16 convolutions, it prints that too.
@@ -114,6 +118,7 @@ fn bf16_convolution_mode() -> Result<()> {
     let Some(gpu) = cuda_device().filter(common::runs_bf16_convolutions) else { return Ok(()) };
     let Device::Cuda(dev) = &gpu else { unreachable!("a CUDA device") };
     transposes_match_the_cpu(&gpu)?;
+    kept_copies_are_used(dev)?;
     let _mode = bf16_modes();
     for (c, ops, cpu) in &cpu_results {
         let got = conv_and_grads(&gpu, *c, ops)?;
@@ -136,13 +141,77 @@ fn bf16_convolution_mode() -> Result<()> {
     Ok(())
 }
 
+/// A training step's operand copies, on the GPU in deterministic mode (the same algorithms
+/// each call, so equal operands give equal bits): the forward pass keeps exactly what it is
+/// asked to, each copy being the operand's transposing cast; the backward pass computes with
+/// the copies it is given (other copies give the gradients of other operands, so it does not
+/// cast the operands again); with the forward's copies it is bit for bit the separate
+/// computations, for each subset of the gradients; copies of the wrong length are an error.
+fn kept_copies_are_used(dev: &hyperseg_engine::backend::cuda::CudaDevice) -> Result<()> {
+    use hyperseg_engine::backend::cuda::cudnn::{
+        conv2d, conv2d_backward, conv2d_backward_input, conv2d_backward_weight, conv2d_keeping, KeptOperands,
+    };
+    use hyperseg_engine::backend::cuda::{CudaBf16, CudaStorage};
+    use hyperseg_engine::backend::{BackendStorage, ConvKeep, ConvSpec};
+    fn bits(t: &CudaStorage) -> Result<Vec<u32>> {
+        Ok(t.to_host_f32()?.iter().map(|v| v.to_bits()).collect())
+    }
+    fn bf16_bits(t: &CudaBf16) -> Result<Vec<u16>> {
+        Ok(t.to_host()?.iter().map(|v| v.to_bits()).collect())
+    }
+    let both = |g: [Option<CudaStorage>; 2]| -> Result<[Vec<u32>; 2]> {
+        let [dx, dw] = g.map(|t| t.expect("a gradient that was asked for"));
+        Ok([bits(&dx)?, bits(&dw)?])
+    };
+    let _saved = bf16_modes();
+    settings::set_deterministic(true);
+    let c = CASES[1];
+    let s = ConvSpec { n: c.n, c_in: c.c_in, h: c.hw, w: c.hw, c_out: c.c_out, kh: c.k, kw: c.k, stride: c.stride, pad: c.pad };
+    let [x, w, dy] = operands(c, 40);
+    let [x2, w2, _] = operands(c, 50);
+    let (x, w, dy, x2, w2) = (dev.upload(&x)?, dev.upload(&w)?, dev.upload(&dy)?, dev.upload(&x2)?, dev.upload(&w2)?);
+    let x_copy = |x: &CudaStorage| CudaBf16::transposed_from_f32(x, s.n, s.c_in, s.h * s.w);
+    let w_copy = |w: &CudaStorage| CudaBf16::transposed_from_f32(w, s.c_out, s.c_in, s.kh * s.kw);
+
+    let (y, kept) = conv2d_keeping(&x, &w, &s, ConvKeep { input: true, weight: true })?;
+    assert_eq!(bits(&y)?, bits(&conv2d(&x, &w, &s)?)?, "conv2d_keeping's y != conv2d's");
+    let (kx, kw) = (kept.input.as_ref().expect("x's copy kept"), kept.weight.as_ref().expect("w's copy kept"));
+    assert_eq!(bf16_bits(kx)?, bf16_bits(&x_copy(&x)?)?, "the kept copy of x is not its NHWC bf16 cast");
+    assert_eq!(bf16_bits(kw)?, bf16_bits(&w_copy(&w)?)?, "the kept copy of w is not its KRSC bf16 cast");
+    for keep in [ConvKeep::NOTHING, ConvKeep { input: true, weight: false }, ConvKeep { input: false, weight: true }] {
+        let (_, k) = conv2d_keeping(&x, &w, &s, keep)?;
+        assert_eq!((k.input.is_some(), k.weight.is_some()), (keep.input, keep.weight), "{keep:?} kept something else");
+    }
+
+    let separate = [bits(&conv2d_backward_input(&dy, &w, &s)?)?, bits(&conv2d_backward_weight(&x, &dy, &s)?)?];
+    assert_eq!(both(conv2d_backward(&dy, &x, &w, &s, &kept, [true, true])?)?, separate, "backward with the kept copies");
+    assert_eq!(both(conv2d_backward(&dy, &x, &w, &s, &KeptOperands::default(), [true, true])?)?, separate, "backward with no copies");
+    let [dx, dw] = conv2d_backward(&dy, &x, &w, &s, &kept, [true, false])?;
+    assert!(dw.is_none() && bits(&dx.expect("dx"))? == separate[0], "backward, dx alone");
+    let [dx, dw] = conv2d_backward(&dy, &x, &w, &s, &kept, [false, true])?;
+    assert!(dx.is_none() && bits(&dw.expect("dw"))? == separate[1], "backward, dw alone");
+
+    let other = KeptOperands { input: Some(x_copy(&x2)?), weight: Some(w_copy(&w2)?) };
+    let want = [bits(&conv2d_backward_input(&dy, &w2, &s)?)?, bits(&conv2d_backward_weight(&x2, &dy, &s)?)?];
+    assert_ne!(want, separate, "other operands, the same gradients");
+    assert_eq!(both(conv2d_backward(&dy, &x, &w, &s, &other, [true, true])?)?, want, "backward did not read the copies it was given");
+
+    let short = KeptOperands { input: Some(CudaBf16::alloc(dev, 5)?), weight: None };
+    assert!(conv2d_backward(&dy, &x, &w, &s, &short, [false, true]).is_err(), "a copy of the wrong length was accepted");
+
+    settings::set_bf16_conv(false);
+    let (_, k) = conv2d_keeping(&x, &w, &s, ConvKeep { input: true, weight: true })?;
+    assert!(k.input.is_none() && k.weight.is_none(), "fp32 convolutions kept bf16 copies");
+    Ok(())
+}
+
 /// With `HYPERSEG_KERNEL_TIMINGS=1` (bench/gpu-run.sh's tests part): the median time of the
 /// paper model's convolutions at batch 5, each direction in TF32 and in the bf16 mode (its
 /// transposing casts included), and of the casts alone at conv1_2's output. Printed as `TIME`
 /// lines; nothing is asserted about them.
 fn timings(gpu: &Device) -> Result<()> {
     use hyperseg_engine::backend::cuda::CudaBf16;
-    use hyperseg_engine::backend::ConvSpec;
+    use hyperseg_engine::backend::{ConvKeep, ConvSpec};
     use hyperseg_engine::storage::Storage;
     let _restore = settings::save();
     let median = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
@@ -179,6 +248,18 @@ fn timings(gpu: &Device) -> Result<()> {
                 "TIME bf16_conv {name} {mode}: forward {fwd:.3} ms ({:.0} TFLOP/s), backward data {bwd_data:.3} ms, backward filter {bwd_filter:.3} ms",
                 tflops(fwd)
             );
+            // A training step's three computations: as separate calls (each casting its
+            // operands), and as the conv op runs them (the forward's copies kept, dy cast once).
+            let separate = median(&mut || {
+                x.conv2d(&w, &s)?;
+                dy.conv2d_backward_input(&w, &s)?;
+                x.conv2d_backward_weight(&dy, &s).map(drop)
+            })?;
+            let kept = median(&mut || {
+                let (_, kept) = x.conv2d_keeping(&w, &s, ConvKeep { input: true, weight: true })?;
+                dy.conv2d_backward(&x, &w, &s, &kept, [true, true]).map(drop)
+            })?;
+            println!("TIME bf16_conv {name} {mode}: forward + both backward, separate calls {separate:.3} ms, with the forward's copies {kept:.3} ms");
         }
     }
     let Device::Cuda(dev) = gpu else { unreachable!("a CUDA device") };

@@ -75,6 +75,21 @@ impl ConvSpec {
     }
 }
 
+/// Which operands of a forward convolution its backward pass will read, so that what the
+/// forward pass prepared of them is kept ([`BackendStorage::conv2d_keeping`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvKeep {
+    /// The input, read by the weight gradient.
+    pub input: bool,
+    /// The weight, read by the input gradient.
+    pub weight: bool,
+}
+
+impl ConvKeep {
+    /// Keep nothing (no backward pass follows).
+    pub const NOTHING: ConvKeep = ConvKeep { input: false, weight: false };
+}
+
 /// A broadcast over a buffer viewed as `[outer, mid, inner]`, with a vector of `mid` values
 /// (a per-channel bias for NCHW: outer = N, mid = C, inner = H*W; a per-column bias for a
 /// matrix: outer = rows, mid = cols, inner = 1).
@@ -314,12 +329,35 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn gemm(&self, b: &Self, g: GemmSpec) -> Result<Self>;
 
     // ---- convolution -----------------------------------------------------------------------
+    /// What [`conv2d_keeping`](Self::conv2d_keeping) keeps for the backward pass besides the
+    /// operands themselves: the CUDA backend's bf16 mode keeps the NHWC bf16 copies of the
+    /// operands it made, so that the backward pass does not cast them again; the CPU keeps
+    /// nothing.
+    type ConvKept: Send + Sync;
+    /// Forward convolution, no bias: `[n, c_out, out_h, out_w]`, and what the backward pass can
+    /// reuse of the operands as this computation prepared them. `keep` says which operands the
+    /// backward pass will read (the input for the weight gradient, the weight for the input
+    /// gradient); nothing else is kept.
+    fn conv2d_keeping(&self, w: &Self, s: &ConvSpec, keep: ConvKeep) -> Result<(Self, Self::ConvKept)>;
     /// Forward convolution, no bias: `[n, c_out, out_h, out_w]`.
-    fn conv2d(&self, w: &Self, s: &ConvSpec) -> Result<Self>;
+    fn conv2d(&self, w: &Self, s: &ConvSpec) -> Result<Self> {
+        Ok(self.conv2d_keeping(w, s, ConvKeep::NOTHING)?.0)
+    }
     /// Gradient with respect to the input, `self` being dy.
     fn conv2d_backward_input(&self, w: &Self, s: &ConvSpec) -> Result<Self>;
     /// Gradient with respect to the weights, `self` being x.
     fn conv2d_backward_weight(&self, dy: &Self, s: &ConvSpec) -> Result<Self>;
+    /// Both gradients of a convolution, `self` being dy: `[dx, dw]`, each computed only where
+    /// `need` says so, reading what the forward pass kept (`kept`, from
+    /// [`conv2d_keeping`](Self::conv2d_keeping) on `x` and `w`) and preparing dy once for both.
+    /// The values are those of [`conv2d_backward_input`](Self::conv2d_backward_input) and
+    /// [`conv2d_backward_weight`](Self::conv2d_backward_weight), which this default calls.
+    fn conv2d_backward(&self, x: &Self, w: &Self, s: &ConvSpec, kept: &Self::ConvKept, need: [bool; 2]) -> Result<[Option<Self>; 2]> {
+        let _ = kept;
+        let dx = if need[0] { Some(self.conv2d_backward_input(w, s)?) } else { None };
+        let dw = if need[1] { Some(x.conv2d_backward_weight(self, s)?) } else { None };
+        Ok([dx, dw])
+    }
 
     // ---- batch norm --------------------------------------------------------------------------
     /// Training-mode batch norm over `[n, c, h, w]` with batch statistics; with `relu`, the

@@ -1,8 +1,11 @@
 //! 2-D convolution (NCHW, any kernel, stride and padding, optional bias) and its backward:
-//! the input gradient, the weight gradient and the bias gradient.
+//! the input gradient, the weight gradient and the bias gradient. When the backward is
+//! recorded, the forward keeps what its backend prepared of the operands the backward reads
+//! (the CUDA bf16 mode's operand copies), and the backward computes both gradients in one call.
 
 use super::{when, Grads};
-use crate::backend::{BroadcastSpec, ConvSpec};
+use crate::autograd::grad_enabled;
+use crate::backend::{BroadcastSpec, ConvKeep, ConvSpec};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -24,7 +27,10 @@ impl Tensor {
         let s = ConvSpec { n, c_in, h, w, c_out, kh, kw, stride, pad };
         let (oh, ow) = (s.out_h(), s.out_w());
         let bs = BroadcastSpec { outer: n, mid: c_out, inner: oh * ow };
-        let mut y = self.storage().conv2d(&weight.storage(), &s)?;
+        // What the backward pass will read, if one is recorded: x for dw, w for dx.
+        let recording = grad_enabled();
+        let keep = ConvKeep { input: recording && weight.requires_grad(), weight: recording && self.requires_grad() };
+        let (mut y, kept) = self.storage().conv2d_keeping(&weight.storage(), &s, keep)?;
         if let Some(b) = bias {
             b.same_device(self, "conv2d")?;
             if b.dims() != [c_out] {
@@ -38,9 +44,10 @@ impl Tensor {
         inputs.extend(bias);
         Ok(out.record("conv2d", &inputs, move |g, need| -> Result<Grads> {
             let gs = g.storage();
+            let [dx, dw] = gs.conv2d_backward(&x.storage(), &wt.storage(), &s, &kept, [need[0], need[1]])?;
             let mut grads = vec![
-                when(need[0], || Tensor::from_storage(gs.conv2d_backward_input(&wt.storage(), &s)?, [n, c_in, h, w]))?,
-                when(need[1], || Tensor::from_storage(x.storage().conv2d_backward_weight(&gs, &s)?, [c_out, c_in, kh, kw]))?,
+                dx.map(|dx| Tensor::from_storage(dx, [n, c_in, h, w])).transpose()?,
+                dw.map(|dw| Tensor::from_storage(dw, [c_out, c_in, kh, kw])).transpose()?,
             ];
             if need.len() == 3 {
                 grads.push(when(need[2], || Tensor::from_storage(gs.reduce_to_mid(bs)?, [c_out]))?);

@@ -150,10 +150,13 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::F32(c))
     }
 
-    fn conv2d(&self, w: &Self, s: &ConvSpec) -> Result<Self> {
+    /// Nothing: the CPU's convolutions read the operands themselves.
+    type ConvKept = ();
+
+    fn conv2d_keeping(&self, w: &Self, s: &ConvSpec, _keep: ConvKeep) -> Result<(Self, ())> {
         check_len("conv2d", "input", self.len(), s.n * s.c_in * s.h * s.w)?;
         check_len("conv2d", "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
-        Ok(CpuStorage::F32(conv::with_bf16_mode(self.as_f32(), w.as_f32(), |x, w| conv::forward(x, w, s))))
+        Ok((CpuStorage::F32(conv::with_bf16_mode(self.as_f32(), w.as_f32(), |x, w| conv::forward(x, w, s))), ()))
     }
 
     fn conv2d_backward_input(&self, w: &Self, s: &ConvSpec) -> Result<Self> {

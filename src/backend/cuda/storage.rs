@@ -190,6 +190,13 @@ impl BackendStorage for CudaStorage {
         super::blas::gemm(self, b, g)
     }
 
+    /// The bf16 mode's operand copies (see `cudnn/bf16.rs`).
+    type ConvKept = super::cudnn::KeptOperands;
+
+    fn conv2d_keeping(&self, w: &Self, s: &ConvSpec, keep: ConvKeep) -> Result<(Self, Self::ConvKept)> {
+        super::cudnn::conv2d_keeping(self, w, s, keep)
+    }
+
     fn conv2d(&self, w: &Self, s: &ConvSpec) -> Result<Self> {
         super::cudnn::conv2d(self, w, s)
     }
@@ -200,6 +207,10 @@ impl BackendStorage for CudaStorage {
 
     fn conv2d_backward_weight(&self, dy: &Self, s: &ConvSpec) -> Result<Self> {
         super::cudnn::conv2d_backward_weight(self, dy, s)
+    }
+
+    fn conv2d_backward(&self, x: &Self, w: &Self, s: &ConvSpec, kept: &Self::ConvKept, need: [bool; 2]) -> Result<[Option<Self>; 2]> {
+        super::cudnn::conv2d_backward(self, x, w, s, kept, need)
     }
 
     fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>> {

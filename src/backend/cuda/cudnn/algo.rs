@@ -33,6 +33,25 @@ impl Direction {
         }
     }
 
+    /// The entry point's name, for error messages.
+    pub(super) fn op(self) -> &'static str {
+        match self {
+            Direction::Forward => "conv2d",
+            Direction::BackwardData => "conv2d_backward_input",
+            Direction::BackwardFilter => "conv2d_backward_weight",
+        }
+    }
+
+    /// Where the computation's two operands and its result are among x, w and y (indices 0,
+    /// 1, 2): forward (x, w) to y; backward data (dy, w) to dx; backward filter (x, dy) to dw.
+    pub(super) fn roles(self) -> [usize; 3] {
+        match self {
+            Direction::Forward => [0, 1, 2],
+            Direction::BackwardData => [2, 1, 0],
+            Direction::BackwardFilter => [0, 2, 1],
+        }
+    }
+
     fn algo_count(self) -> usize {
         match self {
             Direction::Forward => 8,

@@ -19,12 +19,15 @@
 //! (warm-up steps thus decide it before a CUDA-graph capture), says so once on stderr, and
 //! counts it ([`bf16_refusals`]).
 //!
-//! The copies are pool blocks freed when the call returns (a training step's saved input is
-//! cast again for the weight gradient: one more pass over it instead of keeping a bf16 copy
-//! alive from the forward to the backward pass).
+//! The copies are pool blocks. A computation returns those it made, so that a training step
+//! casts each operand once: the forward pass keeps x's and w's copies for the backward pass
+//! (`conv2d_keeping`; 2 bytes per element of each convolution's input and weight, about
+//! 0.16 GB at the paper's batch of 5), and the backward pass casts dy once for both
+//! gradients (`conv2d_backward`). Per layer and step that is 3 casts to bf16 instead of 6
+//! (x, w; dy; where the separate computations cast x, w; dy, w; x, dy).
 
 use super::descriptors::ConvData;
-use super::{run, Direction, Operands};
+use super::{place, run, Computed, Direction, Operand};
 use crate::backend::cuda::{CudaBf16, CudaDevice, CudaStorage};
 use crate::backend::ConvSpec;
 use crate::error::{Error, Result};
@@ -64,7 +67,7 @@ impl Planes {
     }
 }
 
-/// `x`, `w` and `y` of `s` as [`Planes`].
+/// `x`, `w` and `y` of `s` as [`Planes`], indexed as [`Direction::roles`].
 fn planes(s: &ConvSpec) -> [Planes; 3] {
     [
         Planes { batch: s.n, c: s.c_in, hw: s.h * s.w },
@@ -78,33 +81,58 @@ fn rounded(t: &CudaStorage) -> Result<CudaStorage> {
     CudaBf16::from_f32(t)?.to_f32()
 }
 
-/// One convolution computation `dir` of `s` in bf16 mode. Its two operands `a` and `b` and its
-/// result are, by direction: forward (x, w) to y; backward data (dy, w) to dx; backward filter
-/// (x, dy) to dw. The caller checked their lengths and that no extent is 0.
-pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: &CudaStorage, b: &CudaStorage) -> Result<CudaStorage> {
-    let dev = a.device();
+/// An operand's NHWC bf16 copy: the one it came with, or one made here.
+enum Copy<'a> {
+    Given(&'a CudaBf16),
+    Made(CudaBf16),
+}
+
+impl<'a> Copy<'a> {
+    /// `op`'s copy, made from its f32 tensor (as `p`) unless it came with one.
+    fn of(op: Operand<'a>, p: Planes) -> Result<Copy<'a>> {
+        match op.bf16 {
+            Some(c) => Ok(Copy::Given(c)),
+            None => CudaBf16::transposed_from_f32(op.f32, p.batch, p.c, p.hw).map(Copy::Made),
+        }
+    }
+
+    fn ptr(&self) -> u64 {
+        match self {
+            Copy::Given(c) => c.raw_ptr(),
+            Copy::Made(c) => c.raw_ptr(),
+        }
+    }
+
+    /// The copy when it was made here (for the caller to keep).
+    fn made(self) -> Option<CudaBf16> {
+        match self {
+            Copy::Given(_) => None,
+            Copy::Made(c) => Some(c),
+        }
+    }
+}
+
+/// One convolution computation `dir` of `s` in bf16 mode, on its two operands `a` and `b`
+/// (forward: x, w; backward data: dy, w; backward filter: x, dy), each with its NHWC bf16 copy
+/// when an earlier computation made one. Returns the result and the copies made here. The
+/// caller checked the lengths and that no extent is 0.
+pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand) -> Result<Computed> {
+    let dev = a.f32.device();
     check_bf16_conv(dev)?;
-    let [x, w, y] = planes(s);
-    let (pa, pb, pout) = match dir {
-        Direction::Forward => (x, w, y),
-        Direction::BackwardData => (y, w, x),
-        Direction::BackwardFilter => (x, y, w),
-    };
-    let operands = |a: u64, b: u64, out: u64| match dir {
-        Direction::Forward => Operands { x: a, w: b, y: out },
-        Direction::BackwardData => Operands { x: out, w: b, y: a },
-        Direction::BackwardFilter => Operands { x: a, w: out, y: b },
-    };
+    let p = planes(s);
+    let [ia, ib, io] = dir.roles();
     let channels_aligned = s.c_in.is_multiple_of(8) && s.c_out.is_multiple_of(8);
     let key = (*s, dir, crate::settings::deterministic());
     // (The device's cuDNN lock, taken here and released at once: `run` takes it again.)
     let refused = dev.dnn().bf16_refused.contains(&key);
     if channels_aligned && !refused {
-        let ab = CudaBf16::transposed_from_f32(a, pa.batch, pa.c, pa.hw)?;
-        let bb = CudaBf16::transposed_from_f32(b, pb.batch, pb.c, pb.hw)?;
-        let out = CudaBf16::alloc(dev, pout.len())?;
-        match run(dev, dir, s, operands(ab.raw_ptr(), bb.raw_ptr(), out.raw_ptr()), ConvData::NhwcBf16) {
-            Ok(()) => return out.transposed_to_f32(pout.batch, pout.hw, pout.c),
+        let (ca, cb) = (Copy::of(a, p[ia])?, Copy::of(b, p[ib])?);
+        let out = CudaBf16::alloc(dev, p[io].len())?;
+        match run(dev, dir, s, place(dir, ca.ptr(), cb.ptr(), out.raw_ptr()), ConvData::NhwcBf16) {
+            Ok(()) => {
+                let out = out.transposed_to_f32(p[io].batch, p[io].hw, p[io].c)?;
+                return Ok(Computed { out, copies: [ca.made(), cb.made()] });
+            }
             // Not supported (decided outside a capture: within one, only a plan made before runs).
             Err(Error::UnsupportedDType { .. }) if !dev.is_capturing() => {
                 dev.dnn().bf16_refused.insert(key);
@@ -116,8 +144,8 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: &CudaStorage, b: &CudaSt
             Err(e) => return Err(e),
         }
     }
-    let (ar, br) = (rounded(a)?, rounded(b)?);
-    let out = dev.alloc(pout.len())?;
-    run(dev, dir, s, operands(ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
-    rounded(&out)
+    let (ar, br) = (rounded(a.f32)?, rounded(b.f32)?);
+    let out = dev.alloc(p[io].len())?;
+    run(dev, dir, s, place(dir, ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
+    Ok(Computed { out: rounded(&out)?, copies: [None, None] })
 }

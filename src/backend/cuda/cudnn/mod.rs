@@ -19,8 +19,9 @@
 //!
 //! Files:
 //! - `mod.rs`: the settings ([`MAX_WORKSPACE`], [`BENCHMARK_ENV`], [`set_cudnn_benchmark`]),
-//!   the entry points [`conv2d`], [`conv2d_backward_input`] and [`conv2d_backward_weight`]
-//!   with their operand checks, the handle with its cache of chosen algorithms, and the run
+//!   the entry points [`conv2d`], [`conv2d_backward_input`] and [`conv2d_backward_weight`],
+//!   and [`conv2d_keeping`] with [`conv2d_backward`], which pass the bf16 mode's operand
+//!   copies from the forward to the backward pass, with their operand checks, the handle with its cache of chosen algorithms, and the run
 //!   path (recall or choose an algorithm, then launch it);
 //! - `algo.rs`: algorithm choice: [`Direction`], the algorithm tables, the candidates,
 //!   the workspace sizes, cuDNN's heuristics and the timed search;
@@ -44,10 +45,11 @@ use self::algo::{
     benchmark, bwd_data_algo, bwd_filter_algo, fwd_algo, heuristics, prepare, usable, Candidate, MATH_DEFAULT, MATH_FMA, MATH_TENSOR_OP,
 };
 use self::descriptors::{ConvData, Descriptors};
+use super::bf16::CudaBf16;
 use super::device::CudaDevice;
 use super::error::{cuda_error, CudaResultExt};
 use super::storage::CudaStorage;
-use crate::backend::ConvSpec;
+use crate::backend::{ConvKeep, ConvSpec};
 use crate::error::{Error, Result};
 
 pub use self::algo::Direction;
@@ -368,62 +370,133 @@ fn same(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
     }
 }
 
+/// The names of x, w and y in error messages, indexed as [`Direction::roles`].
+const OPERAND_NAMES: [&str; 3] = ["input", "weight", "dy"];
+
+/// The element counts of x, w and y of `s`, indexed as [`Direction::roles`].
+fn operand_lens(s: &ConvSpec) -> [usize; 3] {
+    [s.n * s.c_in * s.h * s.w, s.c_out * s.c_in * s.kh * s.kw, s.n * s.c_out * s.out_h() * s.out_w()]
+}
+
+/// [`Operands`] for `dir` from its two operands and its result, in [`Direction::roles`] order.
+fn place(dir: Direction, a: u64, b: u64, out: u64) -> Operands {
+    let mut p = [0; 3];
+    let [ia, ib, io] = dir.roles();
+    (p[ia], p[ib], p[io]) = (a, b, out);
+    Operands { x: p[0], w: p[1], y: p[2] }
+}
+
+/// One operand of a convolution computation: the engine's NCHW f32 tensor and, in the bf16
+/// mode, the NHWC bf16 copy of it that an earlier computation made (reused, not cast again).
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    f32: &'a CudaStorage,
+    bf16: Option<&'a CudaBf16>,
+}
+
+impl<'a> From<&'a CudaStorage> for Operand<'a> {
+    fn from(f32: &'a CudaStorage) -> Operand<'a> {
+        Operand { f32, bf16: None }
+    }
+}
+
+/// A computation's result, and the NHWC bf16 copies of its two operands it made (bf16 mode
+/// only; `None` where it was given one, or computed in f32).
+struct Computed {
+    out: CudaStorage,
+    copies: [Option<CudaBf16>; 2],
+}
+
+/// The NHWC bf16 copies of a forward convolution's operands kept for its backward pass
+/// ([`conv2d_keeping`]): the input's for the weight gradient, the weight's for the input
+/// gradient. `None` outside the bf16 mode, for what was not asked to be kept, and where the
+/// convolution took the f32 fallback (channels not multiples of 8, or cuDNN refusing).
+#[derive(Default)]
+pub struct KeptOperands {
+    /// The input, NHWC bf16 (`transpose_f32_to_bf16` of x as `[n][c_in, h w]`).
+    pub input: Option<CudaBf16>,
+    /// The weight, KRSC bf16 (`transpose_f32_to_bf16` of w as `[c_out][c_in, kh kw]`).
+    pub weight: Option<CudaBf16>,
+}
+
+/// The one computation `dir` of `s` on operands `a` and `b` (forward: x, w; backward data: dy,
+/// w; backward filter: x, dy): checks them, then runs it in f32 or, in the bf16 mode, through
+/// `bf16.rs`.
+fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand) -> Result<Computed> {
+    let op = dir.op();
+    let nonempty = check_spec(op, s)?;
+    let lens = operand_lens(s);
+    let [ia, ib, io] = dir.roles();
+    for (operand, i) in [(a, ia), (b, ib)] {
+        check(op, OPERAND_NAMES[i], operand.f32.len(), lens[i])?;
+        if let Some(copy) = operand.bf16 {
+            check(op, &format!("the bf16 copy of the {}", OPERAND_NAMES[i]), copy.len(), lens[i])?;
+        }
+    }
+    same(op, a.f32, b.f32)?;
+    let dev = a.f32.device();
+    if !nonempty {
+        return Ok(Computed { out: dev.zeros(lens[io])?, copies: [None, None] });
+    }
+    if crate::settings::bf16_conv() {
+        return bf16::convolve(dir, s, a, b);
+    }
+    let out = dev.alloc(lens[io])?;
+    run(dev, dir, s, place(dir, a.f32.raw_ptr(), b.f32.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
+    Ok(Computed { out, copies: [None, None] })
+}
+
 /// Forward convolution, no bias: `y [n, c_out, out_h, out_w]` from `x [n, c_in, h, w]` and
 /// `w [c_out, c_in, kh, kw]`.
 pub fn conv2d(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    let op = "conv2d";
-    let nonempty = check_spec(op, s)?;
-    check(op, "input", x.len(), s.n * s.c_in * s.h * s.w)?;
-    check(op, "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
-    same(op, x, w)?;
-    let out_len = s.n * s.c_out * s.out_h() * s.out_w();
-    if !nonempty {
-        return x.device().zeros(out_len);
-    }
-    if crate::settings::bf16_conv() {
-        return bf16::convolve(Direction::Forward, s, x, w);
-    }
-    let y = x.device().alloc(out_len)?;
-    run(x.device(), Direction::Forward, s, Operands { x: x.raw_ptr(), w: w.raw_ptr(), y: y.raw_ptr() }, ConvData::NchwF32)?;
-    Ok(y)
+    Ok(compute(Direction::Forward, s, x.into(), w.into())?.out)
+}
+
+/// [`conv2d`], keeping the bf16 copies of the operands `keep` names for the backward pass
+/// ([`conv2d_backward`]).
+pub fn conv2d_keeping(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec, keep: ConvKeep) -> Result<(CudaStorage, KeptOperands)> {
+    let Computed { out, copies: [x_copy, w_copy] } = compute(Direction::Forward, s, x.into(), w.into())?;
+    Ok((out, KeptOperands { input: x_copy.filter(|_| keep.input), weight: w_copy.filter(|_| keep.weight) }))
 }
 
 /// Gradient with respect to the input: `dx [n, c_in, h, w]` from `dy` and `w`.
 pub fn conv2d_backward_input(dy: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    let op = "conv2d_backward_input";
-    let nonempty = check_spec(op, s)?;
-    check(op, "dy", dy.len(), s.n * s.c_out * s.out_h() * s.out_w())?;
-    check(op, "weight", w.len(), s.c_out * s.c_in * s.kh * s.kw)?;
-    same(op, dy, w)?;
-    let out_len = s.n * s.c_in * s.h * s.w;
-    if !nonempty {
-        return dy.device().zeros(out_len);
-    }
-    if crate::settings::bf16_conv() {
-        return bf16::convolve(Direction::BackwardData, s, dy, w);
-    }
-    let dx = dy.device().alloc(out_len)?;
-    run(dy.device(), Direction::BackwardData, s, Operands { x: dx.raw_ptr(), w: w.raw_ptr(), y: dy.raw_ptr() }, ConvData::NchwF32)?;
-    Ok(dx)
+    Ok(compute(Direction::BackwardData, s, dy.into(), w.into())?.out)
 }
 
 /// Gradient with respect to the weights: `dw [c_out, c_in, kh, kw]` from `x` and `dy`.
 pub fn conv2d_backward_weight(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    let op = "conv2d_backward_weight";
-    let nonempty = check_spec(op, s)?;
-    check(op, "input", x.len(), s.n * s.c_in * s.h * s.w)?;
-    check(op, "dy", dy.len(), s.n * s.c_out * s.out_h() * s.out_w())?;
-    same(op, x, dy)?;
-    let out_len = s.c_out * s.c_in * s.kh * s.kw;
-    if !nonempty {
-        return x.device().zeros(out_len);
-    }
-    if crate::settings::bf16_conv() {
-        return bf16::convolve(Direction::BackwardFilter, s, x, dy);
-    }
-    let dw = x.device().alloc(out_len)?;
-    run(x.device(), Direction::BackwardFilter, s, Operands { x: x.raw_ptr(), w: dw.raw_ptr(), y: dy.raw_ptr() }, ConvData::NchwF32)?;
-    Ok(dw)
+    Ok(compute(Direction::BackwardFilter, s, x.into(), dy.into())?.out)
+}
+
+/// `[dx, dw]` where `need` asks for them: the values of [`conv2d_backward_input`] and
+/// [`conv2d_backward_weight`]. In the bf16 mode the operand copies come from `kept` where the
+/// forward pass kept them, and dy is cast once for both gradients: per layer and training
+/// step, one cast to bf16 where the separate calls make four (dy twice, w and x).
+pub fn conv2d_backward(
+    dy: &CudaStorage,
+    x: &CudaStorage,
+    w: &CudaStorage,
+    s: &ConvSpec,
+    kept: &KeptOperands,
+    need: [bool; 2],
+) -> Result<[Option<CudaStorage>; 2]> {
+    let mut dy_copy = None;
+    let dx = if need[0] {
+        let w = Operand { f32: w, bf16: kept.weight.as_ref() };
+        let Computed { out, copies: [made_dy, _] } = compute(Direction::BackwardData, s, dy.into(), w)?;
+        dy_copy = made_dy;
+        Some(out)
+    } else {
+        None
+    };
+    let dw = if need[1] {
+        let (x, dy) = (Operand { f32: x, bf16: kept.input.as_ref() }, Operand { f32: dy, bf16: dy_copy.as_ref() });
+        Some(compute(Direction::BackwardFilter, s, x, dy)?.out)
+    } else {
+        None
+    };
+    Ok([dx, dw])
 }
 
 #[cfg(test)]
