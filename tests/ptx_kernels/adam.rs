@@ -161,3 +161,35 @@ fn a_wrong_bias_correction_is_caught() {
     let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("adam_f32") && message.contains("CPU reference"), "the planted fault failed otherwise: {message}");
 }
+
+/// How both entries access memory (`crate::access`): thread i updates element i of p, g, m
+/// and v (128 consecutive bytes per warp and buffer, every buffer 32-byte aligned), and in
+/// `adam_multi_f32` every lane of a block reads the same scalar and table words (one sector a
+/// request). `adam_f32` on one conv weight (64 -> 64, 3 x 3), `adam_multi_f32` on a scaled-down
+/// model's parameters (two convs with biases, a [256, 448] first MLP layer, the last over 2
+/// classes) as `ops::adam_step_multi` launches it: all coalesced.
+#[test]
+fn access_adam() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("adam");
+    let mut mem = Memory::default();
+    let h = hyper(3);
+    let d = upload(&mut mem, &state(64 * 64 * 9, 0xACE));
+    let hp = [h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.bias_correction1, h.bias_correction2];
+    let [lr, b1, b2, eps, wd, bc1, bc2] = hp.map(Arg::F32);
+    let args = [Arg::U64(d.p), Arg::U64(d.g), Arg::U64(d.m), Arg::U64(d.v), Arg::U32(d.n as u32), lr, b1, b2, eps, wd, bc1, bc2];
+    let p = profile(&k, &mut mem, "adam_f32", grid_1d(d.n), &args, "36864");
+    assert_coalesced("adam_f32", &p);
+
+    let lens = [64 * 64 * 9, 64, 128 * 64 * 9, 128, 256 * 448, 256, 2 * 256, 2];
+    let devs: Vec<Device> = lens.iter().enumerate().map(|(j, &n)| upload(&mut mem, &state(n, 0xAD0 + j as u64))).collect();
+    let table: Vec<u64> = devs.iter().flat_map(|d| [d.p, d.g, d.m, d.v, d.n as u64]).collect();
+    let blocks = ops::adam_blocks(&lens.map(|n| n as u32));
+    let (table_d, blocks_d) = (mem.upload(&table), mem.upload(&blocks));
+    let scalars = mem.upload(&[h.lr, h.bias_correction1, h.bias_correction2]);
+    let args = [Arg::U64(table_d), Arg::U64(blocks_d), Arg::U32(ops::ADAM_CHUNK), Arg::U64(scalars), b1, b2, eps, wd];
+    let nblocks = (blocks.len() / 2) as u32;
+    let what = format!("{} tensors, {nblocks} chunks", lens.len());
+    let p = profile(&k, &mut mem, "adam_multi_f32", dims(ops::cfg((nblocks, 1, 1), ops::BLOCK)), &args, &what);
+    assert_coalesced("adam_multi_f32", &p);
+}

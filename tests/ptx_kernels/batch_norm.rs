@@ -527,3 +527,147 @@ fn every_kernel_walks_channels_and_planes_past_a_short_grid() {
         assert_within_an_ulp("bn_bwd_dx_f32 dx short grid", &got.dx, &want.dx);
     });
 }
+
+/// How the batch-norm kernels access memory (see `access.rs`), at conv1_2's planes scaled down
+/// (64 channels of 32 x 32, 2 images: one piece a plane, P = 2, block 256):
+/// - the partial kernels, normalise and dx read and write whole planes with consecutive lanes,
+///   and their per-channel values (shift, mean, statistics, coefficients) with all lanes at
+///   one address: coalesced; the block sum's shared memory is conflict-free;
+/// - the final kernels (a lane per channel) read the partial sums `[P, C, 2]` f64 with lanes
+///   16 bytes apart, each load taking 8 of them: 16 sectors for 8, x2 (the two loads of a
+///   piece use all the bytes); `bn_stats_final_f32` reads each channel's shift `x[0, c, 0]`,
+///   lanes HW floats apart: a sector a lane, 32 for 4, x8; `bn_bwd_final_f32` stores the
+///   coefficient table `[C, 8]` f64 with lanes 64 bytes apart, 32 sectors for 8, x4. These
+///   move O(C) bytes, nothing next to the planes.
+/// - At conv5's 14 x 14, a plane is 784 bytes, 16 off a sector boundary: normalise's warps in
+///   every other plane straddle one more sector (5 for 4), the same data x1.12.
+#[test]
+fn access_batch_norm() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("batch_norm");
+    let d = Nchw { n: 2, c: 64, h: 32, w: 32 };
+    let what = "2 x 64 x 32 x 32";
+    let (nchunk, pieces, block) = ops::plane_split("batch_norm", d.n, d.c, d.h * d.w).unwrap();
+    let (c, planes) = (d.c as u32, (d.n * d.c) as u32);
+    let (x, gamma, beta) = inputs(d, -2.0, 101);
+    let (_, dy, _, mean, invstd, y) = exact_backward_inputs(d, 103);
+    let mut mem = Memory::default();
+    let [xd, gd, bd, dyd, md, id, yd] = [&x, &gamma, &beta, &dy, &mean, &invstd, &y].map(|v| mem.upload(v));
+    let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
+    let shape = dims(ops::partial_cfg(pieces, c, block));
+    let args = [Arg::U64(partial), Arg::U64(xd), Arg::U32(c), Arg::U32(hw(d)), Arg::U32(ops::PLANE_CHUNK), Arg::U32(nchunk)];
+    let p = profile(&k, &mut mem, "bn_stats_partial_f32", shape, &args, what);
+    assert_coalesced("bn_stats_partial_f32", &p);
+
+    // The C lanes of the final kernels: warps of 32 channels.
+    let warps = (d.c / 32) as u64;
+    let pw = 2 * pieces as u64; // partial loads per lane: 2 per piece
+    let [m, s, v] = [(); 3].map(|_| mem.poisoned(4 * d.c));
+    let args = [
+        Arg::U64(m),
+        Arg::U64(s),
+        Arg::U64(v),
+        Arg::U64(partial),
+        Arg::U64(xd),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(pieces),
+        Arg::F64(count(d)),
+        Arg::F32(EPS),
+    ];
+    let p = profile(&k, &mut mem, "bn_stats_final_f32", dims(ops::grid_1d(c)), &args, what);
+    // Per warp: the partial loads 16 sectors for 8 each, the shift load 32 for 4.
+    assert_eq!((p.load.sectors, p.load.ideal), (warps * (16 * pw + 32), warps * (8 * pw + 4)), "bn_stats_final_f32 loads: {p}");
+    assert_eq!(p.store.sectors, p.store.ideal, "bn_stats_final_f32: uncoalesced stores: {p}");
+
+    let yout = mem.poisoned(4 * d.len());
+    let args = [
+        Arg::U64(yout),
+        Arg::U64(xd),
+        Arg::U64(md),
+        Arg::U64(id),
+        Arg::U64(gd),
+        Arg::U64(bd),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(planes),
+        Arg::U32(1),
+    ];
+    let p = profile(&k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what);
+    assert_coalesced("bn_normalize_f32", &p);
+
+    // The backward with the fused ReLU's mask, so that every load is taken.
+    let args = [
+        Arg::U64(partial),
+        Arg::U64(xd),
+        Arg::U64(dyd),
+        Arg::U64(md),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(ops::PLANE_CHUNK),
+        Arg::U32(nchunk),
+        Arg::U64(yd),
+    ];
+    let p = profile(&k, &mut mem, "bn_bwd_partial_f32", shape, &args, "2 x 64 x 32 x 32, ymask");
+    assert_coalesced("bn_bwd_partial_f32", &p);
+
+    let coef = mem.poisoned(d.c * 8 * 8);
+    let [dgamma, dbeta] = [(); 2].map(|_| mem.poisoned(4 * d.c));
+    let args = [
+        Arg::U64(dgamma),
+        Arg::U64(dbeta),
+        Arg::U64(coef),
+        Arg::U64(partial),
+        Arg::U64(md),
+        Arg::U64(id),
+        Arg::U64(gd),
+        Arg::U32(c),
+        Arg::U32(pieces),
+        Arg::F64(count(d)),
+    ];
+    let p = profile(&k, &mut mem, "bn_bwd_final_f32", dims(ops::grid_1d(c)), &args, what);
+    // Per warp: the partial loads as above, mean / invstd / gamma coalesced (4 sectors each);
+    // dgamma, dbeta coalesced, the 5 coefficient stores 32 sectors for 8.
+    assert_eq!((p.load.sectors, p.load.ideal), (warps * (16 * pw + 12), warps * (8 * pw + 12)), "bn_bwd_final_f32 loads: {p}");
+    assert_eq!((p.store.sectors, p.store.ideal), (warps * (8 + 5 * 32), warps * (8 + 5 * 8)), "bn_bwd_final_f32 stores: {p}");
+
+    let dx = mem.poisoned(4 * d.len());
+    let args = [
+        Arg::U64(dx),
+        Arg::U64(xd),
+        Arg::U64(dyd),
+        Arg::U64(coef),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(planes),
+        Arg::F64(count(d)),
+        Arg::U64(yd),
+    ];
+    let p = profile(&k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args, "2 x 64 x 32 x 32, ymask");
+    assert_coalesced("bn_bwd_dx_f32", &p);
+
+    // conv5's planes: 196 floats, block 224 (7 warps, the last of 4 lanes). A plane at an even
+    // index starts on a sector: 6 x 4 + 1 = 25 sectors for its x and its y; one at an odd
+    // index starts 16 bytes into one: 6 x 5 + 1 = 31. The statistics loads stay 1 for 1.
+    let d = Nchw { n: 2, c: 64, h: 14, w: 14 };
+    let (x, gamma, beta) = inputs(d, -2.0, 105);
+    let [xd, gd, bd] = [&x, &gamma, &beta].map(|v| mem.upload(v));
+    let yout = mem.poisoned(4 * d.len());
+    let args = [
+        Arg::U64(yout),
+        Arg::U64(xd),
+        Arg::U64(md),
+        Arg::U64(id),
+        Arg::U64(gd),
+        Arg::U64(bd),
+        Arg::U32(c),
+        Arg::U32(hw(d)),
+        Arg::U32(planes),
+        Arg::U32(1),
+    ];
+    let p = profile(&k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args, "2 x 64 x 14 x 14");
+    let pairs = (planes / 2) as u64;
+    assert_eq!((p.store.sectors, p.store.ideal), (pairs * (25 + 31), pairs * 50), "bn_normalize_f32 at 14 x 14: stores: {p}");
+    let params = 4 * 7 * planes as u64; // 4 uniform loads a warp, 1 sector each
+    assert_eq!((p.load.sectors, p.load.ideal), (pairs * 56 + params, pairs * 50 + params), "bn_normalize_f32 at 14 x 14: loads: {p}");
+}

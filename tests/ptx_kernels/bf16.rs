@@ -323,3 +323,53 @@ fn a_wrong_tile_index_is_caught() {
         "transpose_bf16_to_f32 reading the tile untransposed matched the CPU"
     );
 }
+
+/// How the bf16 kernels access memory (see `access.rs`): the casts and bias + ReLU are
+/// coalesced; the transposes at a layer's shape (64 channels, 32 x 32 tiles) are coalesced on
+/// both sides, and their padded tile (pitch 33) has no bank conflict, where the unpadded tile
+/// (pitch 32, still correct: `a_wrong_tile_index_is_caught`) reads each tile column from one
+/// bank: 32 passes per request of that phase.
+#[test]
+fn access_bf16_kernels() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("bf16");
+    let mut mem = Memory::default();
+    let n = 64 * 1024;
+    let x = mem.upload(&Rng(3).vec(n, -2.0, 2.0));
+    let xb = mem.poisoned(2 * n);
+    let back = mem.poisoned(4 * n);
+    let p = profile(&k, &mut mem, "cast_f32_to_bf16", grid_1d(n), &[Arg::U64(xb), Arg::U64(x), Arg::U32(n as u32)], "65536");
+    assert_coalesced("cast_f32_to_bf16", &p);
+    let p = profile(&k, &mut mem, "cast_bf16_to_f32", grid_1d(n), &[Arg::U64(back), Arg::U64(xb), Arg::U32(n as u32)], "65536");
+    assert_coalesced("cast_bf16_to_f32", &p);
+    let cols = 256;
+    let bias = mem.upload(&Rng(4).vec(cols, -1.0, 1.0));
+    let args = [Arg::U64(xb), Arg::U64(bias), Arg::U32(n as u32), Arg::U32(cols as u32)];
+    let p = profile(&k, &mut mem, "bias_relu_fwd_bf16", grid_1d(n), &args, "256 x 256");
+    assert_coalesced("bias_relu_fwd_bf16", &p);
+
+    // conv1_2's planes at 1/49 of their size: 64 channels of 32 x 32 pixels, 2 images.
+    let shape @ (rows, cols, batch) = (64, 1024, 2);
+    let n = rows * cols * batch;
+    let x = mem.upload(&Rng(5).vec(n, -2.0, 2.0));
+    let t = mem.poisoned(2 * n);
+    let back = mem.poisoned(4 * n);
+    let what = "2 x [64, 1024]";
+    let args = |out: u64, x: u64, rows: usize, cols: usize| {
+        [Arg::U64(out), Arg::U64(x), Arg::U32(rows as u32), Arg::U32(cols as u32), Arg::U32(batch as u32)]
+    };
+    let p = profile(&k, &mut mem, "transpose_f32_to_bf16", cfg(shape), &args(t, x, rows, cols), what);
+    assert_coalesced("transpose_f32_to_bf16", &p);
+    let p = profile(&k, &mut mem, "transpose_bf16_to_f32", cfg((cols, rows, batch)), &args(back, t, cols, rows), what);
+    assert_coalesced("transpose_bf16_to_f32", &p);
+
+    let (load, store) = ("mad.lo.u32 %r18, %r14, 33, %r4;", "mad.lo.u32 %r18, %r4, 33, %r14;");
+    let unpadded = sim::load_edited("bf16", |t| {
+        let t = edit_entry(t, "transpose_f32_to_bf16", load, "mad.lo.u32 %r18, %r14, 32, %r4;");
+        edit_entry(&t, "transpose_f32_to_bf16", store, "mad.lo.u32 %r18, %r4, 32, %r14;")
+    });
+    let p = profile(&unpadded, &mut mem, "transpose_f32_to_bf16", cfg(shape), &args(t, x, rows, cols), "unpadded tile");
+    assert_eq!((p.load.overhead(), p.store.overhead()), (1.0, 1.0), "the unpadded tile changes shared memory only: {p}");
+    // Half the shared requests (the column reads) take 32 passes, the other half 1.
+    assert_eq!(p.shared.conflicts(), 16.5, "the unpadded tile's bank conflicts: {p}");
+}

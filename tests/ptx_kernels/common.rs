@@ -8,6 +8,22 @@ thread_local! {
     static GRID_Y_CAP: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
 }
 
+/// The source of every kernel module's tests (one per `.ptx` file), for the checks that each
+/// kernel entry has a simulator test and an access profile.
+pub const MODULE_SOURCES: [&str; 11] = [
+    include_str!("adam.rs"),
+    include_str!("batch_norm.rs"),
+    include_str!("bf16.rs"),
+    include_str!("elementwise.rs"),
+    include_str!("finite.rs"),
+    include_str!("gather.rs"),
+    include_str!("hypercolumn_sum.rs"),
+    include_str!("mlp.rs"),
+    include_str!("pool.rs"),
+    include_str!("reduce.rs"),
+    include_str!("upsample.rs"),
+];
+
 /// The simulator's launch shape of a cudarc launch config (the wrapper's own), with gridDim.y
 /// cut to the cap of [`with_grid_y_cap`] when one is set.
 pub fn dims(c: cudarc::driver::LaunchConfig) -> Dims {

@@ -407,3 +407,75 @@ fn dropout_mask_matches_the_cpu_hash() {
         }
     }
 }
+
+/// How every entry accesses memory (`crate::access`), at the wrapper's 1-D launch (block 256):
+/// thread i of the grid-stride loop touches element i of each buffer, so a warp's request is
+/// 128 consecutive bytes and every map, fill and mask is coalesced. The broadcasts at the
+/// model's two uses (a conv bias over [2, 64, 32 x 32] planes: a warp reads one `v[m]`; a linear
+/// bias over [200, 256] rows: consecutive `v[m]`) and the block copies of `w1.narrow(1, ..)`
+/// (one tap's 128 columns of W1 [64, 448] at column 64, and its backward, all 32-byte aligned)
+/// are coalesced too.
+#[test]
+fn access_elementwise() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("elementwise");
+    let mut mem = Memory::default();
+    // conv1_2's planes at 1/49 of their size: 64 channels of 32 x 32 pixels, one image.
+    let n = 64 * 1024;
+    let what = "65536";
+    let (a, b) = (mem.upload(&Rng(1).vec(n, 0.1, 4.0)), mem.upload(&Rng(2).vec(n, 0.1, 4.0)));
+    let out = mem.poisoned(4 * n);
+    let p = profile(&k, &mut mem, "fill_f32", grid_1d(n), &[Arg::U64(out), Arg::U32(n as u32), Arg::F32(0.5)], what);
+    assert_coalesced("fill_f32", &p);
+    for entry in ["neg_f32", "sqr_f32", "sqrt_f32", "exp_f32", "log_f32", "relu_f32"] {
+        let p = profile(&k, &mut mem, entry, grid_1d(n), &[Arg::U64(out), Arg::U64(a), Arg::U32(n as u32)], what);
+        assert_coalesced(entry, &p);
+    }
+    let args = [Arg::U64(out), Arg::U64(a), Arg::U32(n as u32), Arg::F32(1.7), Arg::F32(-0.3)];
+    let p = profile(&k, &mut mem, "affine_f32", grid_1d(n), &args, what);
+    assert_coalesced("affine_f32", &p);
+    for entry in ["add_f32", "sub_f32", "mul_f32", "div_f32", "relu_backward_f32"] {
+        let p = profile(&k, &mut mem, entry, grid_1d(n), &[Arg::U64(out), Arg::U64(a), Arg::U64(b), Arg::U32(n as u32)], what);
+        assert_coalesced(entry, &p);
+    }
+    let args = [Arg::U64(a), Arg::U64(b), Arg::U32(n as u32), Arg::F32(0.37)];
+    let p = profile(&k, &mut mem, "add_scaled_assign_f32", grid_1d(n), &args, what);
+    assert_coalesced("add_scaled_assign_f32", &p);
+
+    // Biases: a conv's over [batch 2, 64 channels, 32 x 32], a linear layer's over [200, 256].
+    for s in [BroadcastSpec { outer: 2, mid: 64, inner: 1024 }, BroadcastSpec { outer: 200, mid: 256, inner: 1 }] {
+        let n = s.outer * s.mid * s.inner;
+        let x = mem.upload(&Rng(3).vec(n, -4.0, 4.0));
+        let v = mem.upload(&Rng(4).vec(s.mid, -1.0, 1.0));
+        let out = mem.poisoned(4 * n);
+        let what = format!("[{}, {}, {}]", s.outer, s.mid, s.inner);
+        let args = [Arg::U64(out), Arg::U64(x), Arg::U64(v), Arg::U32(n as u32), Arg::U32(s.mid as u32), Arg::U32(s.inner as u32)];
+        for entry in ["broadcast_add_f32", "broadcast_mul_f32"] {
+            let p = profile(&k, &mut mem, entry, grid_1d(n), &args, &what);
+            assert_coalesced(entry, &p);
+        }
+    }
+
+    // `w1.narrow(1, 64, 128)` of W1 [hidden 64, 448 = 64 + 128 + 256 tap channels] (the
+    // paper's [4096, 5568] scaled down; the taps' column offsets are multiples of 64 there too),
+    // then its backward, the block scattered back into a zeroed [64, 448].
+    let (rows, full, start, len) = (64, 448, 64, 128);
+    let w1 = mem.upload(&Rng(5).vec(rows * full, -1.0, 1.0));
+    let block = mem.poisoned(4 * rows * len);
+    let dw1 = mem.upload(&vec![0.0f32; rows * full]);
+    let narrow = BlockCopy { outer: rows, block: len, src_stride: full, src_offset: start, dst_stride: len, dst_offset: 0 };
+    let back = BlockCopy { outer: rows, block: len, src_stride: len, src_offset: 0, dst_stride: full, dst_offset: start };
+    for (c, dst, src, what) in [(narrow, block, w1, "narrow [64, 448] to [64, 128]"), (back, dw1, block, "its backward")] {
+        let total = c.outer * c.block;
+        let [bl, ss, so, ds, dof] = [c.block, c.src_stride, c.src_offset, c.dst_stride, c.dst_offset].map(|v| Arg::U32(v as u32));
+        let args = [Arg::U64(dst), Arg::U64(src), Arg::U32(total as u32), bl, ss, so, ds, dof];
+        let p = profile(&k, &mut mem, "copy_blocks_f32", grid_1d(total), &args, what);
+        assert_coalesced("copy_blocks_f32", &p);
+    }
+
+    // Every lane reads the one seed word (one sector per request), then stores its element.
+    let seed = mem.upload(&[0xDEAD_BEEFu32]);
+    let args = [Arg::U64(out), Arg::U32(n as u32), Arg::U64(seed), Arg::U64(ops::keep_threshold(0.5)), Arg::F32(2.0)];
+    let p = profile(&k, &mut mem, "dropout_mask_f32", grid_1d(n), &args, "65536");
+    assert_coalesced("dropout_mask_f32", &p);
+}

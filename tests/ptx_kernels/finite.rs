@@ -116,3 +116,31 @@ fn a_missed_negative_infinity_is_caught() {
     let (got, w) = (run_kernel(&k, &bufs), want(&bufs));
     assert_ne!(got.to_bits(), w.to_bits(), "{ENTRY} blind to -inf still gave the CPU's {w:e}");
 }
+
+/// How `nonfinite_multi_f32` accesses memory (`crate::access`) over a training step's
+/// gradients, scaled down (conv 64 -> 64 and 64 -> 128 3 x 3 weights and their biases, a
+/// [256, 448] first MLP layer, the last over 2 classes), with one infinity planted so that
+/// the atomic runs: every lane of a block reads the same table words (one sector a request),
+/// thread t of a block reads element start + t + k * 256 of its buffer (128 consecutive bytes
+/// per warp; every buffer and chunk starts 32-byte aligned), and the lanes that found a flag OR
+/// it into the one output word. All coalesced.
+#[test]
+fn access_finite() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("finite");
+    let mut mem = Memory::default();
+    let lens = [64 * 64 * 9, 64, 128 * 64 * 9, 128, 256 * 448, 256, 2 * 256, 2];
+    let mut grads: Vec<Vec<f32>> = lens.iter().enumerate().map(|(j, &n)| finite(n, 0xF0 + j as u64)).collect();
+    grads[2][5000] = f32::INFINITY;
+    let bufs: Vec<(u64, u32)> = grads.iter().map(|b| (mem.upload(b), b.len() as u32)).collect();
+    let (table, blocks) = ops::nonfinite_tables(&bufs);
+    let out = mem.upload(&[0u32]);
+    let nblocks = (blocks.len() / 2) as u32;
+    let (table, blocks) = (mem.upload(&table), mem.upload(&blocks));
+    let args = [Arg::U64(out), Arg::U64(table), Arg::U64(blocks), Arg::U32(ops::FINITE_CHUNK)];
+    let what = format!("{} gradients, {nblocks} chunks", lens.len());
+    let p = profile(&k, &mut mem, "nonfinite_multi_f32", dims(ops::cfg((nblocks, 1, 1), ops::BLOCK)), &args, &what);
+    assert_coalesced(ENTRY, &p);
+    assert!(p.atomic.requests > 0, "{ENTRY}: the planted infinity made no atomic: {p}");
+    assert_eq!(mem.download::<u32>(out, 1)[0], 0x7F80_0000, "{ENTRY}: the planted infinity was missed");
+}

@@ -383,3 +383,67 @@ fn planted_faults_are_caught() {
         "a CSR backward stepping one entry at a time through pairs matched the CPU"
     );
 }
+
+/// How the three kernels access memory, at the paper's first three taps at half resolution and
+/// half width (2 images of 112 x 112; conv1_2, conv2_2, conv3_3 as 32, 64, 128 channels at
+/// 112, 56, 28), for tap conv3_3 (128 channels of 28 x 28, columns 96 .. 224 of 224) and 64
+/// points: the point records are read by every lane at once (one sector each), the
+/// `[points, columns]` side is coalesced (consecutive lanes, consecutive columns), and the tap
+/// side is NCHW with lanes taking channels, so each lane's element lies a plane (4 hw =
+/// 3136 bytes) past its neighbour's: one sector per lane, 32 for a warp's 128 bytes, x8, as on
+/// every tap of the real model (the smallest plane, fc7's 7 x 7, puts lanes 196 bytes apart).
+#[test]
+fn access_gather() {
+    use crate::access::profile;
+    let k = sim::load("gather");
+    let g = GatherSpec { n: 2, in_h: 112, in_w: 112, taps: vec![(32, 112, 112), (64, 56, 56), (128, 28, 28)] };
+    let (tap, np) = (2, 64);
+    let pts = points(&mut Rng(0xACC5), &g, np);
+    let t = &ops::tap_geoms(&g).expect("tap geometry")[tap];
+    let (c, hw, ctot) = (t.c as usize, (t.h * t.w) as usize, g.total_channels() as u32);
+    let what = format!("{np} points, tap [2, {c}, {}, {}] of {ctot} columns", t.h, t.w);
+    let mut mem = Memory::default();
+    let tap_d = mem.upload(&Rng(0xACC6).vec(g.n * c * hw, -2.0, 2.0));
+    let pts_d = mem.upload(SamplePoint::words(&pts));
+    let cols = mem.poisoned(4 * np * ctot as usize);
+    // A warp per point and 32 channels (gridDim.y = 64 takes every point in one trip).
+    let warps = (np * c / 32) as u64;
+    let d = dims(ops::column_rows_cfg(t.c, np as u32));
+
+    // Per warp: the point's three words (one sector each), then the four corners (32 sectors
+    // for 4 sectors' worth each); one coalesced store of 32 columns.
+    let p = profile(&k, &mut mem, "gather_fwd_f32", d, &tap_args([cols, tap_d, pts_d], np as u32, ctot, t), &what);
+    assert_eq!((p.load.sectors, p.load.ideal), (warps * (3 + 4 * 32), warps * (3 + 4 * 4)), "gather_fwd_f32 loads: {p}");
+    assert_eq!((p.store.sectors, p.store.ideal), (warps * 4, warps * 4), "gather_fwd_f32 stores: {p}");
+
+    // The same walk backwards: the gradient row and the point words read as above (coalesced),
+    // and the four corners added with one atomic per lane, each in its own sector: x8.
+    let grad = mem.upload(&Rng(0xACC7).vec(np * ctot as usize, -1.0, 1.0));
+    let dtap = mem.upload(&vec![0.0f32; g.n * c * hw]);
+    let p = profile(&k, &mut mem, "gather_bwd_atomic_f32", d, &tap_args([dtap, grad, pts_d], np as u32, ctot, t), &what);
+    assert_eq!((p.load.sectors, p.load.ideal), (warps * (4 + 3), warps * (4 + 3)), "gather_bwd_atomic_f32 loads: {p}");
+    assert_eq!((p.atomic.sectors, p.atomic.ideal), (warps * 4 * 32, warps * 4 * 4), "gather_bwd_atomic_f32 atomics: {p}");
+
+    // The CSR backward: the header, a location's record and its entries are read by every lane
+    // at once, the gradient rows coalesced; the one store per (location, channel) goes to the
+    // NCHW plane, lanes hw apart: 32 sectors per warp where 4 would hold the bytes.
+    let (table, _) = ops::gather_csr_table(&pts, &g);
+    let locations = table[4 * tap] as u64;
+    let table_d = mem.upload(&table);
+    let dtap = mem.poisoned(4 * g.n * c * hw);
+    let args = [
+        Arg::U64(dtap),
+        Arg::U64(grad),
+        Arg::U64(table_d),
+        Arg::U32(tap as u32),
+        Arg::U32(ctot),
+        Arg::U32(t.col_off),
+        Arg::U32(t.c),
+        Arg::U32(hw as u32),
+    ];
+    let max_locs = ops::csr_max_locations(np, g.n, t.h as usize, t.w as usize) as u32;
+    let p = profile(&k, &mut mem, "gather_bwd_csr_f32", dims(ops::column_rows_cfg(t.c, max_locs)), &args, &what);
+    assert_eq!(p.load.sectors, p.load.ideal, "gather_bwd_csr_f32: uncoalesced loads: {p}");
+    let stores = locations * (c / 32) as u64;
+    assert_eq!((p.store.requests, p.store.sectors, p.store.ideal), (stores, stores * 32, stores * 4), "gather_bwd_csr_f32 stores: {p}");
+}

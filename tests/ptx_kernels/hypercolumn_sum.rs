@@ -87,6 +87,14 @@ fn launch(k: &Kernels, mem: &mut Memory, c: &Case, entry: &str, bf16_planes: boo
 
 /// [`launch`] with the launch shape `d`.
 fn launch_with(k: &Kernels, mem: &mut Memory, c: &Case, entry: &str, bf16_planes: bool, d: Dims) -> u64 {
+    let (out, args) = upload(mem, c, bf16_planes);
+    run(k, mem, entry, d, &args);
+    out
+}
+
+/// The buffers of one launch uploaded as [`launch`] describes, with the output poisoned:
+/// (the output's address, the arguments in the wrapper's order).
+fn upload(mem: &mut Memory, c: &Case, bf16_planes: bool) -> (u64, [Arg; 7]) {
     let ptrs: Vec<u64> =
         c.planes
             .iter()
@@ -106,8 +114,7 @@ fn launch_with(k: &Kernels, mem: &mut Memory, c: &Case, entry: &str, bf16_planes
     let out = mem.poisoned(elem * c.points.len() * c.spec.cols);
     let args =
         [Arg::U64(out), Arg::U64(table), Arg::U32(ptrs.len() as u32), Arg::U64(bias), Arg::U64(points), Arg::U32(np), Arg::U32(cols)];
-    run(k, mem, entry, d, &args);
-    out
+    (out, args)
 }
 
 /// `upsample_sum_bias_relu_f32`'s output for `c`.
@@ -291,4 +298,29 @@ fn a_wrong_corner_is_caught() {
     let (got, want) = (run_f32(&k, &c), c.want_f32());
     let same = got.iter().zip(&want).all(|(g, w)| g == w || (g.is_nan() && w.is_nan()));
     assert!(!same, "{F32} with corner 1 at the wrong column matched the CPU everywhere");
+}
+
+/// How both entries access memory, at the dense path's layout scaled down: one image at 32 x 32
+/// (224 / 7), the six planes of the paper's taps at 1/1 .. 1/32 of it, 256 columns (the first
+/// hidden layer's 4096 / 16) and a tile of 64 consecutive pixels. Every lane reads the point's
+/// words and each plane's record at one address (one sector per request), and column j of a
+/// pixel row is thread j's, so the plane reads, the bias and the stores are coalesced, as the
+/// header says: 32 consecutive f32 (or bf16) of a row that starts on a 32-byte boundary
+/// (cols 4 bytes, a multiple of 128, as 4096 4 is). Corners of weight 0 are skipped by the
+/// whole block, so they leave no request behind.
+#[test]
+fn access_hypercolumn_sum() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("hypercolumn_sum");
+    let s = spec(1, 32, 32, 256, &[(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]);
+    let mut c = Case::random(s, 0, 0xACC);
+    c.points = (0..64).map(|i| SamplePoint { image: 0, y: 10 + i / 32, x: i % 32 }).collect();
+    let d = dims(ops::column_rows_cfg(c.spec.cols as u32, c.points.len() as u32));
+    let what = "6 planes of 32 x 32 .. 1 x 1, 256 columns, 64 pixels";
+    for (entry, bf16_planes) in [("upsample_sum_bias_relu_f32", false), ("upsample_sum_bias_relu_bf16", true)] {
+        let mut mem = Memory::default();
+        let (_, args) = upload(&mut mem, &c, bf16_planes);
+        let p = profile(&k, &mut mem, entry, d, &args, what);
+        assert_coalesced(entry, &p);
+    }
 }

@@ -6,6 +6,7 @@
 //!
 //! Tolerances: bit-exact where the kernel's header promises it; otherwise stated per check.
 
+mod access;
 mod common;
 mod sim;
 

@@ -356,3 +356,69 @@ fn an_exp_missing_its_low_ln2_part_is_caught() {
     let mismatch = grad_mismatch(&grad, &grad_cpu, &z, &labels, k, None);
     assert!(mismatch.is_some(), "softmax_xent_f32 with an exp missing ln2_lo passed the gradient comparison");
 }
+
+/// How the three entries access memory at the paper's training shapes (1600 sampled pixels,
+/// 2 classes; the bias + ReLU pieces on `[136, 2048]`: fc2's width, cut by `ops::row_chunks`
+/// into chunks of 2 rows). The bias + ReLU forward and backward are coalesced: consecutive
+/// lanes take consecutive elements of a row (a multiple of 32 wide), also of the bias and of
+/// the f64 partials, and the backward's chunk loop steps a whole row (8 KiB) at a time. The loss
+/// gives each lane a row of k = 2 logits: a warp's 32 rows are 256 bytes (8 sectors), and each
+/// of its per-class requests reads one f32 of every 8-byte row, so it touches all 8 sectors
+/// where its 128 bytes need 4 (x2, loads and stores alike); the labels are coalesced, and
+/// weights[y] is one sector. Its block sum's shared memory (one f64 slot per warp, written by
+/// lane 0 of each warp, read by the first 8 lanes) has no bank conflict.
+#[test]
+fn access_mlp() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("mlp");
+    let mut rng = Rng(0xACC);
+
+    let (rows, classes) = (1600usize, 2usize);
+    let z = rng.vec(rows * classes, -4.0, 4.0);
+    let labels = random_labels(&mut rng, rows, classes);
+    let g = ops::sum_blocks(rows as u32);
+    let mut mem = Memory::default();
+    let grad = mem.poisoned(4 * z.len());
+    let partial = mem.poisoned(8 * g as usize);
+    let (zd, ld, wd) = (mem.upload(&z), mem.upload(&labels), mem.upload(&[1.0f32; 2]));
+    let inv = ops::softmax_xent_inv(&labels, None);
+    let args = [
+        Arg::U64(grad),
+        Arg::U64(partial),
+        Arg::U64(zd),
+        Arg::U64(ld),
+        Arg::U64(wd),
+        Arg::U32(rows as u32),
+        Arg::U32(classes as u32),
+        Arg::F64(inv),
+    ];
+    let p = profile(&k, &mut mem, "softmax_xent_f32", dims(ops::cfg((g, 1, 1), BLOCK)), &args, "1600 rows of 2 classes");
+    // Per warp of 32 rows (1600 / 32 = 50, all full): the labels (4 sectors), 3 k requests on
+    // the logits (max, exp sum, gradient) and z[y] (8 sectors each, 4 needed), weights[y] (1);
+    // stores: k gradient requests (8 for 4), and per block one f64 partial (1 for 1).
+    let (warps, blocks, k2) = ((rows / 32) as u64, g as u64, classes as u64);
+    let load = (warps * (4 + (3 * k2 + 1) * 8 + 1), warps * (4 + (3 * k2 + 1) * 4 + 1));
+    assert_eq!((p.load.sectors, p.load.ideal), load, "softmax_xent_f32 loads: {p}");
+    assert_eq!((p.store.sectors, p.store.ideal), (warps * k2 * 8 + blocks, warps * k2 * 4 + blocks), "softmax_xent_f32 stores: {p}");
+    assert_eq!(p.shared.wavefronts, p.shared.ideal, "softmax_xent_f32: shared-memory bank conflicts: {p}");
+
+    let (rows, cols) = (136usize, 2048usize);
+    let n = rows * cols;
+    let y = mem.upload(&rng.vec(n, -2.0, 2.0));
+    let b = mem.upload(&rng.vec(cols, -1.0, 1.0));
+    let what = "[136, 2048]";
+    let args = [Arg::U64(y), Arg::U64(b), Arg::U32(n as u32), Arg::U32(cols as u32)];
+    let p = profile(&k, &mut mem, "bias_relu_fwd_f32", grid_1d(n), &args, what);
+    assert_coalesced("bias_relu_fwd_f32", &p);
+
+    let (rows32, cols32) = (rows as u32, cols as u32);
+    let (chunks, rpc) = ops::row_chunks(rows32, cols32);
+    assert_eq!(rpc, 2, "the chunks no longer take several rows");
+    let dz = mem.poisoned(4 * n);
+    let partial = mem.poisoned(8 * chunks as usize * cols);
+    let dy = mem.upload(&rng.vec(n, -4.0, 4.0));
+    let args = [Arg::U64(dz), Arg::U64(partial), Arg::U64(dy), Arg::U64(y), Arg::U32(rows32), Arg::U32(cols32), Arg::U32(rpc)];
+    let d = dims(ops::cfg((cols32.div_ceil(BLOCK), chunks, 1), BLOCK));
+    let p = profile(&k, &mut mem, "bias_relu_bwd_partial_f32", d, &args, what);
+    assert_coalesced("bias_relu_bwd_partial_f32", &p);
+}

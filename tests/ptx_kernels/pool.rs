@@ -111,3 +111,39 @@ fn ties_resolved_to_the_last_maximum_are_caught() {
     let message = failure.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("max_pool2x2_f32") && message.contains("CPU reference"), "the planted fault failed otherwise: {message}");
 }
+
+/// How the pooling kernels access memory (see `access.rs`), at conv1_2's output scaled down (64
+/// channels of 32 x 32, 2 images; 16 outputs a row, so a warp's 32 outputs are two whole
+/// output rows): the output (y, dy) is coalesced, but each of the four window loads (and each
+/// of the backward's four dx stores) has its lanes 8 bytes apart, taking every other float of
+/// 256 bytes: 8 sectors for 4 sectors' worth of bytes, x2. The two loads of a window row
+/// together use every byte of those sectors (a caching load hits in L1 for the second), so
+/// DRAM traffic is not doubled, but each request moves twice the sectors a `.v2` access (8
+/// bytes a lane, whole window rows) would.
+#[test]
+fn access_pool() {
+    use crate::access::profile;
+    let k = sim::load("pool");
+    let d = Nchw { n: 2, c: 64, h: 32, w: 32 };
+    let (oh, ow, total) = outputs(d);
+    let mut mem = Memory::default();
+    let x = mem.upload(&Rng(0xACC).vec(d.len(), -2.0, 2.0));
+    let y = mem.poisoned(4 * total);
+    let [h, w, oh, ow] = [d.h, d.w, oh, ow].map(|v| Arg::U32(v as u32));
+    let what = "2 x 64 x 32 x 32";
+    let warps = (total / 32) as u64;
+    // Per warp: 4 window loads of 8 sectors each where 4 hold the bytes, x2; a coalesced store.
+    let args = [Arg::U64(y), Arg::U64(x), Arg::U32(total as u32), h, w, oh, ow];
+    let p = profile(&k, &mut mem, "max_pool2x2_f32", grid_1d(total), &args, what);
+    assert_eq!((p.load.sectors, p.load.ideal), (32 * warps, 16 * warps), "max_pool2x2_f32: window loads x2: {p}");
+    assert_eq!((p.store.sectors, p.store.ideal), (4 * warps, 4 * warps), "max_pool2x2_f32: uncoalesced stores: {p}");
+
+    // Per warp: the 4 window loads (8 sectors for 4) and the coalesced dy load (4 for 4): 36
+    // sectors for 20, x1.8; the 4 dx stores 8 sectors for 4 each, x2.
+    let dy = mem.upload(&Rng(0xACD).vec(total, -1.0, 1.0));
+    let dx = mem.poisoned(4 * d.len());
+    let args = [Arg::U64(dx), Arg::U64(x), Arg::U64(dy), Arg::U32(total as u32), h, w, oh, ow];
+    let p = profile(&k, &mut mem, "max_pool2x2_backward_f32", grid_1d(total), &args, what);
+    assert_eq!((p.load.sectors, p.load.ideal), (36 * warps, 20 * warps), "max_pool2x2_backward_f32: loads x1.8: {p}");
+    assert_eq!((p.store.sectors, p.store.ideal), (32 * warps, 16 * warps), "max_pool2x2_backward_f32: dx stores x2: {p}");
+}

@@ -241,3 +241,67 @@ fn a_partial_stored_at_the_wrong_row_is_caught() {
     });
     assert!(err.contains("data race"), "reduce_mid_partial_f32 storing partials at o * mid + m was not reported as a race: {err}");
 }
+
+/// How every entry accesses memory (`crate::access`), launched as the wrappers launch them:
+/// `sum_partial_f32` over 2 x 64 x 32 x 32 (thread i reads element i + k * stride: 128
+/// consecutive bytes per warp) and `sum_final_f64` over its 512 partials; the linear-layer
+/// bias gradient (`reduce_cols_partial_f32` on [200, 256], consecutive threads on consecutive
+/// columns, then `reduce_cols_final_f64`); the conv bias gradient (`reduce_mid_partial_f32`) over
+/// [2, 64, 32 x 32]. All coalesced, and the block sum's shared slots (one f64 per warp, written
+/// by lane 0, read by the first lanes of warp 0) are conflict-free. Over conv5's 14 x 14 planes
+/// the conv bias gradient reads 12% more sectors than its bytes need (the planes are 784 bytes
+/// apart, so every other plane starts 16 bytes past a sector boundary; see the comment below).
+#[test]
+fn access_reduce() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("reduce");
+    let mut mem = Memory::default();
+
+    let n = 2 * 64 * 1024;
+    let x = mem.upload(&Rng(1).vec(n, -4.0, 4.0));
+    let g = ops::sum_blocks(n as u32);
+    let partial = mem.poisoned(8 * g as usize);
+    let args = [Arg::U64(partial), Arg::U64(x), Arg::U32(n as u32)];
+    let p = profile(&k, &mut mem, "sum_partial_f32", dims(ops::cfg((g, 1, 1), BLOCK)), &args, "131072");
+    assert_coalesced("sum_partial_f32", &p);
+    let out = mem.poisoned(4);
+    let args = [Arg::U64(out), Arg::U64(partial), Arg::U32(g), Arg::F64(1.0)];
+    let p = profile(&k, &mut mem, "sum_final_f64", dims(ops::cfg((1, 1, 1), BLOCK)), &args, &format!("{g} partials"));
+    assert_coalesced("sum_final_f64", &p);
+
+    // A linear layer's bias gradient: its output gradient [points, hidden], 1600 x 4096 in the
+    // paper's model, here 200 x 256.
+    let (rows, cols) = (200u32, 256u32);
+    let x = mem.upload(&Rng(2).vec((rows * cols) as usize, -4.0, 4.0));
+    let (chunks, rpc) = ops::row_chunks(rows, cols);
+    let partial = mem.poisoned(8 * (chunks * cols) as usize);
+    let args = [Arg::U64(partial), Arg::U64(x), Arg::U32(rows), Arg::U32(cols), Arg::U32(rpc)];
+    let d = dims(ops::cfg((cols.div_ceil(BLOCK), chunks, 1), BLOCK));
+    let p = profile(&k, &mut mem, "reduce_cols_partial_f32", d, &args, "[200, 256]");
+    assert_coalesced("reduce_cols_partial_f32", &p);
+    let out = mem.poisoned(4 * cols as usize);
+    let args = [Arg::U64(out), Arg::U64(partial), Arg::U32(cols), Arg::U32(chunks)];
+    let p = profile(&k, &mut mem, "reduce_cols_final_f64", dims(ops::grid_1d(cols)), &args, &format!("[{chunks}, 256] partials"));
+    assert_coalesced("reduce_cols_final_f64", &p);
+
+    // A conv's bias gradient over [batch 2, 64 channels, plane]: 32 x 32 planes (4 KiB each,
+    // aligned), then conv5's 14 x 14 planes (the paper's 512 channels cut to 64).
+    let mid_partial = |mem: &mut Memory, (outer, mid, inner): (usize, usize, usize)| {
+        let x = mem.upload(&Rng(3).vec(outer * mid * inner, -4.0, 4.0));
+        let (nchunk, pieces, block) = ops::plane_split("reduce_to_mid", outer, mid, inner).expect("plane_split");
+        let partial = mem.poisoned(8 * pieces as usize * mid);
+        let [o, m, i] = [outer, mid, inner].map(|v| Arg::U32(v as u32));
+        let args = [Arg::U64(partial), Arg::U64(x), o, m, i, Arg::U32(PLANE_CHUNK), Arg::U32(nchunk)];
+        let d = dims(ops::partial_cfg(pieces, mid as u32, block));
+        profile(&k, mem, "reduce_mid_partial_f32", d, &args, &format!("[{outer}, {mid}, {inner}]"))
+    };
+    let p = mid_partial(&mut mem, (2, 64, 1024));
+    assert_coalesced("reduce_mid_partial_f32", &p);
+    // 196 elements per plane: block 224, warps 0-5 read 128 bytes each, warp 6 its last 16.
+    // Plane j starts at 784 j bytes, 16 mod 32 for odd j: its six full warps take 5 sectors
+    // each instead of 4, its last one still 1 (bytes 16..32 of a sector). Half the 128 planes
+    // take 31 sectors, half 25, where 25 hold each: 56 / 50 = x1.12.
+    let p = mid_partial(&mut mem, (2, 64, 196));
+    assert_eq!((p.load.sectors, p.load.ideal), (64 * 31 + 64 * 25, 128 * 25), "reduce_mid_partial_f32 over 14 x 14 planes: {p}");
+    assert_eq!((p.store.overhead(), p.shared.conflicts()), (1.0, 1.0), "reduce_mid_partial_f32 over 14 x 14 planes: {p}");
+}

@@ -131,19 +131,7 @@ fn atomics_may_share_a_location_and_nc_loads_may_not_see_writes() {
 /// test fails here.
 #[test]
 fn every_kernel_entry_is_simulated() {
-    let sources = [
-        include_str!("adam.rs"),
-        include_str!("batch_norm.rs"),
-        include_str!("bf16.rs"),
-        include_str!("elementwise.rs"),
-        include_str!("finite.rs"),
-        include_str!("gather.rs"),
-        include_str!("hypercolumn_sum.rs"),
-        include_str!("mlp.rs"),
-        include_str!("pool.rs"),
-        include_str!("reduce.rs"),
-        include_str!("upsample.rs"),
-    ];
+    let sources = crate::MODULE_SOURCES;
     let missing: Vec<&str> = hyperseg_engine::backend::cuda::kernels::MODULES
         .iter()
         .flat_map(|m| m.entries.iter().copied())
@@ -209,4 +197,45 @@ fn barriers_order_a_blocks_global_accesses_only() {
     assert_eq!(mem.download::<u32>(buf, 2), vec![7, 7 * 64]);
     let err = k.launch(&mut mem, "k", dims(2, 64), &[Arg::U64(buf)]).expect_err("two blocks writing and reading one word").0;
     assert!(err.contains("data race"), "{err}");
+}
+
+/// The access profile (`sim/profile.rs`) of a kernel whose lanes read `x[(tid * stride + skew)]`
+/// (f32), write `y[tid]`, and store their id to `s[tid * sstride]` in shared memory: 64
+/// threads, two warps.
+fn strided_profile(stride: u32, skew: u32, sstride: u32) -> crate::sim::Profile {
+    let k = kernels(
+        ".shared .align 4 .u32 s[2304];\n.visible .entry k(.param .u64 y, .param .u64 x, .param .u32 stride, .param .u32 skew, .param .u32 sstride)\n{\n\
+         .reg .b32 %r<12>;\n.reg .f32 %f<2>;\n.reg .b64 %rd<6>;\n\
+         ld.param.u64 %rd1, [y];\nld.param.u64 %rd2, [x];\nld.param.u32 %r2, [stride];\nld.param.u32 %r3, [skew];\nld.param.u32 %r4, [sstride];\n\
+         mov.u32 %r1, %tid.x;\nmad.lo.u32 %r5, %r1, %r2, %r3;\nmul.wide.u32 %rd3, %r5, 4;\nadd.s64 %rd3, %rd2, %rd3;\nld.global.f32 %f1, [%rd3];\n\
+         mul.wide.u32 %rd4, %r1, 4;\nadd.s64 %rd4, %rd1, %rd4;\nst.global.f32 [%rd4], %f1;\n\
+         mul.lo.u32 %r6, %r1, %r4;\nshl.b32 %r6, %r6, 2;\nmov.u32 %r7, s;\nadd.u32 %r6, %r7, %r6;\nst.shared.u32 [%r6], %r1;\nret;\n}\n",
+    );
+    let mut mem = Memory::default();
+    let x = mem.upload(&vec![1.0f32; 64 * 32 + 8]);
+    let y = mem.poisoned(4 * 64);
+    let args = [Arg::U64(y), Arg::U64(x), Arg::U32(stride), Arg::U32(skew), Arg::U32(sstride)];
+    k.launch_profiled(&mut mem, "k", dims(1, 64), &args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The access profile counts what a GPU's memory system would: a warp reading 32 consecutive
+/// aligned f32 takes 4 sectors (x1); one element off alignment, 5 (x1.25); every second
+/// element, 8 (x2); every eighth or more, 32 (x8); lanes reading one address share its sector.
+/// Shared stores 1 word apart are conflict-free, 2 apart take 2 passes, 32 apart 32 (one bank),
+/// 33 apart 1 (the padded tile's pitch).
+#[test]
+fn the_access_profile_counts_sectors_and_bank_conflicts() {
+    for (stride, skew, want) in [(1, 0, 1.0), (1, 1, 1.25), (2, 0, 2.0), (8, 0, 8.0), (32, 0, 8.0), (0, 3, 1.0)] {
+        let p = strided_profile(stride, skew, 1);
+        assert_eq!(p.load.requests, 2, "one load request per warp");
+        assert_eq!(p.load.overhead(), want, "loads of stride {stride}, skew {skew}: {p}");
+        assert_eq!(p.store.overhead(), 1.0, "consecutive stores: {p}");
+    }
+    let p = strided_profile(1, 0, 1);
+    assert_eq!((p.load.sectors, p.load.bytes, p.store.sectors), (8, 256, 8), "{p:?}");
+    for (sstride, want) in [(1, 1.0), (2, 2.0), (32, 32.0), (33, 1.0)] {
+        let p = strided_profile(1, 0, sstride);
+        assert_eq!(p.shared.requests, 2, "one shared request per warp");
+        assert_eq!(p.shared.conflicts(), want, "shared stores {sstride} words apart: {p}");
+    }
 }

@@ -172,3 +172,68 @@ fn planted_faults_are_caught() {
     let k = sim::load_edited("upsample", |t| t.replacen("add.s32 %r16, %r16, 2;", "add.s32 %r16, %r16, 0;", 1));
     assert!(backward_mismatch(&k, &dy, d, oh, ow).is_some(), "a backward with too short a candidate range matched the CPU");
 }
+
+/// How the upsampling kernels access memory (see `access.rs`), at the ratio of a hypercolumn
+/// tap to the image (56 -> 224 scaled down: 64 channels of 8 x 8 to 32 x 32, 2 images; a warp
+/// is one output row, an input row one sector):
+/// - forward: a warp's 32 outputs read their corners from two input rows, each the whole
+///   8-float row (the corners of consecutive outputs are consecutive or equal): coalesced, the
+///   store too;
+/// - backward pass 1 (along x, `inner` 1): lanes are consecutive destinations i of a tmp row
+///   (8 a row, 4 rows a warp), each walking its own sources o = 4i - 2 .. 4i + 5 (6 at the
+///   clamped edges): the n-th load of neighbouring lanes is r = 4 sources (16 bytes) apart, so
+///   the 8 lanes of a row touch all 4 sectors of the 32-float dy row for 32 bytes: x4 = r
+///   (up to x8 for r >= 8, where each lane has its own sector);
+/// - backward pass 2 (along y, `inner` w): a warp is 4 destination rows of 8, each reading
+///   whole rows of tmp: coalesced.
+#[test]
+fn access_upsample() {
+    use crate::access::{assert_coalesced, profile};
+    let k = sim::load("upsample");
+    let (d, oh, ow) = (Nchw { n: 2, c: 64, h: 8, w: 8 }, 32, 32);
+    let what = "2 x 64 x 8 x 8 to 32 x 32";
+    let mut mem = Memory::default();
+    let total = d.n * d.c * oh * ow;
+    let x = mem.upload(&Rng(0xACC).vec(d.len(), -2.0, 2.0));
+    let y = mem.poisoned(4 * total);
+    let args = [
+        Arg::U64(y),
+        Arg::U64(x),
+        Arg::U32(total as u32),
+        Arg::U32(d.h as u32),
+        Arg::U32(d.w as u32),
+        Arg::U32(oh as u32),
+        Arg::U32(ow as u32),
+        Arg::F32(d.h as f32 / oh as f32),
+        Arg::F32(d.w as f32 / ow as f32),
+    ];
+    let p = profile(&k, &mut mem, "upsample_bilinear_f32", dims(ops::grid_1d(total as u32)), &args, what);
+    assert_coalesced("upsample_bilinear_f32", &p);
+
+    // The two passes of `sim_backward`, profiled.
+    let (total_tmp, total_dx) = ((d.n * d.c * oh * d.w) as u32, d.len() as u32);
+    let dy = mem.upload(&Rng(0xACD).vec(total, -1.0, 1.0));
+    let tmp = mem.poisoned(4 * total_tmp as usize);
+    let dx = mem.poisoned(4 * total_dx as usize);
+    let [p1, p2] = ops::upsample_bwd_passes(d, oh, ow);
+    let pass = |p: ops::UpsampleBwdPass, dst: u64, src: u64, total: u32| {
+        [
+            Arg::U64(dst),
+            Arg::U64(src),
+            Arg::U32(total),
+            Arg::U32(p.in_len),
+            Arg::U32(p.out_len),
+            Arg::U32(p.inner),
+            Arg::F32(p.scale),
+            Arg::F32(p.ratio),
+        ]
+    };
+    let entry = "upsample_bwd_axis_f32";
+    let p = profile(&k, &mut mem, entry, dims(ops::grid_1d(total_tmp)), &pass(p1, tmp, dy, total_tmp), "pass 1, along x");
+    // Per tmp row and load: 4 sectors for the 32 bytes of 8 lanes (6 lanes and 3 sectors for
+    // 24 bytes in the last two loads, where the edge lanes are done).
+    assert_eq!(p.load.sectors, 4 * p.load.ideal, "{entry} pass 1: loads x4: {p}");
+    assert_eq!(p.store.sectors, p.store.ideal, "{entry} pass 1: uncoalesced stores: {p}");
+    let p = profile(&k, &mut mem, entry, dims(ops::grid_1d(total_dx)), &pass(p2, dx, tmp, total_dx), "pass 2, along y");
+    assert_coalesced("upsample_bwd_axis_f32 pass 2", &p);
+}

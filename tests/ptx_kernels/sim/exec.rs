@@ -21,6 +21,7 @@ use std::rc::Rc;
 use super::arith::{binary, compare, convert, f32_of, f64_of, ftz, int_of, mask};
 use super::memory::{le, set_le, shared_offset, track, Access, Mark, Memory, ATOMICS, SHARED_BASE};
 use super::parse::{AddrBase, AtomOp, Function, Inst, Module, Op, Operand, Space, Special, Ty};
+use super::profile::{Kind, Profile, Recorder};
 
 /// A kernel argument, as the host passes it (`PushKernelArg` in cudarc).
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +107,10 @@ struct Thread<'m> {
     state: State,
     /// Instructions this thread has executed (see [`MAX_INSTRUCTIONS_PER_THREAD`]).
     executed: u64,
+    /// When profiling: how many times this thread has run each memory instruction (keyed by
+    /// the instruction's address), so that the n-th run of an instruction by every lane of a
+    /// warp is taken for one warp-wide request.
+    visits: HashMap<usize, u32>,
 }
 
 /// A thread that runs this many instructions is taken for stuck in a loop: an error, not a hang.
@@ -124,6 +129,8 @@ struct Block {
     shared_reader: Vec<Mark>,
     /// Barriers the block has passed: accesses in different epochs are ordered.
     epoch: u32,
+    /// The memory requests of the block's warps, when profiling.
+    recorder: Option<Recorder>,
 }
 
 /// A loaded module: parsed functions and the layout of its `.shared` arrays.
@@ -147,6 +154,15 @@ impl Kernels {
 
     /// Runs `entry` over `dims` with `args` against `memory`.
     pub fn launch(&self, memory: &mut Memory, entry: &str, dims: Dims, args: &[Arg]) -> Result<Stats, SimError> {
+        Ok(self.launch_impl(memory, entry, dims, args, false)?.stats)
+    }
+
+    /// [`Kernels::launch`], also measuring how the warps access memory (see [`Profile`]).
+    pub fn launch_profiled(&self, memory: &mut Memory, entry: &str, dims: Dims, args: &[Arg]) -> Result<Profile, SimError> {
+        self.launch_impl(memory, entry, dims, args, true)
+    }
+
+    fn launch_impl(&self, memory: &mut Memory, entry: &str, dims: Dims, args: &[Arg], profile: bool) -> Result<Profile, SimError> {
         let func = self.module.functions.get(entry).filter(|f| f.is_entry).ok_or_else(|| SimError(format!("no entry `{entry}`")))?;
         if func.params.len() != args.len() {
             return Err(SimError(format!("{entry}: {} arguments for {} parameters", args.len(), func.params.len())));
@@ -175,6 +191,7 @@ impl Kernels {
         }
         memory.begin_launch();
         let mut stats = Stats::default();
+        let mut totals = Profile::default();
         for bz in 0..grid.2 {
             for by in 0..grid.1 {
                 for bx in 0..grid.0 {
@@ -188,13 +205,18 @@ impl Kernels {
                         shared_written: vec![false; n],
                         shared_reader: vec![Mark::default(); n],
                         epoch: 0,
+                        recorder: profile.then(Recorder::default),
                     };
                     self.run_block(memory, func, &params, dims, &mut b, &mut stats)
                         .map_err(|e| SimError(format!("{entry}, block {:?}: {}", b.ctaid, e.0)))?;
+                    if let Some(r) = b.recorder.take() {
+                        r.add_to(&mut totals);
+                    }
                 }
             }
         }
-        Ok(stats)
+        totals.stats = stats;
+        Ok(totals)
     }
 
     fn run_block<'m>(
@@ -220,7 +242,14 @@ impl Kernels {
                         params: Rc::clone(params),
                         result_into: None,
                     };
-                    threads.push(Thread { tid: (x, y, z), linear, frames: vec![frame], state: State::Ready, executed: 0 });
+                    threads.push(Thread {
+                        tid: (x, y, z),
+                        linear,
+                        frames: vec![frame],
+                        state: State::Ready,
+                        executed: 0,
+                        visits: HashMap::new(),
+                    });
                 }
             }
         }
@@ -457,6 +486,22 @@ impl<'m> Ctx<'_, 'm> {
         }
     }
 
+    /// When profiling, notes that `t` runs the memory instruction `inst` on `bytes` bytes at
+    /// `addr` (parameters are not memory traffic).
+    fn record(&mut self, t: &mut Thread, inst: &Inst, addr: &Address, bytes: usize, store: bool) {
+        let Some(r) = self.block.recorder.as_mut() else { return };
+        let (kind, at) = match addr {
+            Address::Param(_) => return,
+            Address::Global(a) if matches!(inst.op, Op::Atomic { .. }) => (Kind::Atomic, *a),
+            Address::Global(a) => (if store { Kind::GlobalStore } else { Kind::GlobalLoad }, *a),
+            Address::Shared(a) => (Kind::Shared, *a),
+        };
+        let key = inst as *const Inst as usize;
+        let n = t.visits.entry(key).or_insert(0);
+        r.note(t.linear / 32, key, *n, kind, at, bytes);
+        *n += 1;
+    }
+
     /// Runs `t` until it exits or reaches a collective.
     fn run(&mut self, t: &mut Thread<'m>) -> Result<(), String> {
         loop {
@@ -658,6 +703,7 @@ impl<'m> Ctx<'_, 'm> {
             Op::Ld { space, ty, vec, nc } => {
                 let addr = self.address(t, &ops[1], *space)?;
                 check_vector_alignment(&addr, ty.bytes() * vec)?;
+                self.record(t, inst, &addr, ty.bytes() * vec, false);
                 let dests: &[usize] = match &ops[0] {
                     Operand::Reg(r) if *vec == 1 => std::slice::from_ref(r),
                     Operand::Vector(rs) if rs.len() == *vec => rs,
@@ -674,6 +720,7 @@ impl<'m> Ctx<'_, 'm> {
                     return Err("vector stores are not modelled".into());
                 }
                 let addr = self.address(t, &ops[0], *space)?;
+                self.record(t, inst, &addr, ty.bytes(), true);
                 let v = arg!(1, *ty);
                 self.store(t, &addr, *ty, 0, v)?;
             }
@@ -682,6 +729,7 @@ impl<'m> Ctx<'_, 'm> {
                 let addr = self.address(t, addr_op, Space::Global)?;
                 let v = arg!(val_op, *ty);
                 let Address::Global(at) = addr else { return Err("atomics are modelled on global memory only".into()) };
+                self.record(t, inst, &addr, ty.bytes(), true);
                 let by = self.global_mark(t)?;
                 let bytes = self.memory.access(at, ty.bytes(), by, Access::Atomic)?;
                 let old = le(bytes);

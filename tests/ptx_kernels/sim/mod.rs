@@ -25,9 +25,11 @@ mod arith;
 pub mod exec;
 mod memory;
 pub mod parse;
+pub mod profile;
 
 pub use exec::{Arg, Dims, Kernels, Stats};
 pub use memory::Memory;
+pub use profile::Profile;
 
 /// The embedded module `name` (`kernels/NAME.ptx`), parsed.
 pub fn load(name: &str) -> Kernels {
