@@ -716,13 +716,20 @@ impl<'m> Ctx<'_, 'm> {
                 }
             }
             Op::St { space, ty, vec } => {
-                if *vec != 1 {
-                    return Err("vector stores are not modelled".into());
-                }
                 let addr = self.address(t, &ops[0], *space)?;
-                self.record(t, inst, &addr, ty.bytes(), true);
-                let v = arg!(1, *ty);
-                self.store(t, &addr, *ty, 0, v)?;
+                check_vector_alignment(&addr, ty.bytes() * vec)?;
+                self.record(t, inst, &addr, ty.bytes() * vec, true);
+                let values = match &ops[1] {
+                    Operand::Vector(rs) if rs.len() == *vec => {
+                        let f = t.frames.last().unwrap();
+                        rs.iter().map(|&r| read_plain(f, &Operand::Reg(r), *ty)).collect::<Result<Vec<u64>, String>>()?
+                    }
+                    _ if *vec == 1 => vec![arg!(1, *ty)],
+                    other => return Err(format!("bad store source {other:?}")),
+                };
+                for (k, v) in values.into_iter().enumerate() {
+                    self.store(t, &addr, *ty, (k * ty.bytes()) as u64, v)?;
+                }
             }
             Op::Atomic { op, ty, returns } => {
                 let (addr_op, val_op) = if *returns { (&ops[1], 2) } else { (&ops[0], 1) };
