@@ -330,7 +330,8 @@ def time_pipelined(fn, iters, device):
 
 
 def synthetic_batch(cfg, device, gen):
-    """Images uniform in [-120, 135), one disc of lesion per mask, points sampled as the engine does (image i % n)."""
+    """Images uniform in [-120, 135), one disc of lesion per mask, points sampled as the engine does (image i n / p:
+    grouped by image)."""
     import torch
     n, s, p = cfg["batch_size"], cfg["input_size"], cfg["sample_points"]
     images = torch.rand((n, 3, s, s), generator=gen) * 255.0 - 120.0
@@ -340,7 +341,7 @@ def synthetic_batch(cfg, device, gen):
         r = s / 8 + torch.rand((), generator=gen).item() * (s / 3 - s / 8)
         cy, cx = (torch.rand(2, generator=gen) * s).tolist()
         masks[i] = (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).long()
-    img = torch.arange(p) % n
+    img = torch.arange(p) * n // p
     y = torch.randint(0, s, (p,), generator=gen)
     x = torch.randint(0, s, (p,), generator=gen)
     labels = masks[img, y, x]

@@ -2,8 +2,9 @@
 //! as `ops/gather.rs` launches them (`ops::tap_geoms`, `ops::column_rows_cfg`,
 //! `ops::csr_max_locations`, the CSR table of `ops::gather_csr_table`), against the CPU
 //! backend (`cpu::resample::gather_forward` / `gather_backward` through `CpuStorage`):
-//! `gather_fwd_f32` and `gather_bwd_csr_f32` bit for bit, `gather_bwd_atomic_f32` within the
-//! rounding that a different order of its atomic additions may cause.
+//! `gather_fwd_f32`, `gather_fwd_tiled_f32` (each on every tap, and as the wrapper picks them)
+//! and `gather_bwd_csr_f32` bit for bit, `gather_bwd_atomic_f32` within the rounding that a
+//! different order of its atomic additions may cause.
 
 use hyperseg_engine::backend::cpu::CpuStorage;
 use hyperseg_engine::backend::cuda::kernels::ops;
@@ -77,8 +78,33 @@ fn tap_args(buffers: [u64; 3], np: u32, ctot: u32, t: &ops::TapGeom) -> [Arg; 11
     ]
 }
 
-/// `gather_fwd_f32` once per tap into one poisoned `[points, total_channels]` matrix.
+/// Which forward kernel runs each tap: the wrapper's choice (`ops::gather_fwd_launch`), or one
+/// of the two for every tap (both must be right at any plane size).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Forward {
+    Wrapper,
+    Plain,
+    Tiled,
+}
+
+/// The kernel and launch shape `which` takes for tap `t` of `np` points.
+fn forward_launch(which: Forward, t: &ops::TapGeom, np: u32) -> (&'static str, crate::sim::Dims) {
+    let (entry, shape) = match which {
+        Forward::Wrapper => ops::gather_fwd_launch(t, np),
+        Forward::Plain => ("gather_fwd_f32", ops::column_rows_cfg(t.c, np)),
+        Forward::Tiled => ("gather_fwd_tiled_f32", ops::transpose_cfg(np, t.c, 1)),
+    };
+    (entry, dims(shape))
+}
+
+/// The forward once per tap, as the wrapper runs it, into one poisoned `[points,
+/// total_channels]` matrix.
 fn sim_forward(k: &Kernels, taps: &[Vec<f32>], pts: &[SamplePoint], g: &GatherSpec) -> Vec<f32> {
+    sim_forward_with(k, taps, pts, g, Forward::Wrapper)
+}
+
+/// [`sim_forward`] with the kernel `which` picks.
+fn sim_forward_with(k: &Kernels, taps: &[Vec<f32>], pts: &[SamplePoint], g: &GatherSpec, which: Forward) -> Vec<f32> {
     let mut mem = Memory::default();
     let ctot = g.total_channels() as u32;
     let np = pts.len() as u32;
@@ -90,7 +116,8 @@ fn sim_forward(k: &Kernels, taps: &[Vec<f32>], pts: &[SamplePoint], g: &GatherSp
         if t.c == 0 {
             continue;
         }
-        run(k, &mut mem, "gather_fwd_f32", dims(ops::column_rows_cfg(t.c, np)), &tap_args([out, td, pd], np, ctot, &t));
+        let (entry, d) = forward_launch(which, &t, np);
+        run(k, &mut mem, entry, d, &tap_args([out, td, pd], np, ctot, &t));
     }
     mem.download(out, pts.len() * ctot as usize)
 }
@@ -187,15 +214,19 @@ fn differs_in_bits(got: &[f32], want: &[f32]) -> bool {
     got.len() != want.len() || got.iter().zip(want).any(|(g, w)| g.to_bits() != w.to_bits() && !(g.is_nan() && w.is_nan()))
 }
 
-/// Runs both the simulated and the CPU forward and compares them bit for bit.
+/// Runs the simulated forward (as the wrapper picks, and each kernel on every tap) and the CPU
+/// forward, and compares them bit for bit.
 fn check_forward(k: &Kernels, g: &GatherSpec, npoints: usize, seed: u64) {
     let mut rng = Rng(seed);
     let pts = points(&mut rng, g, npoints);
     let taps = tap_values(&mut rng, g, true);
-    let got = sim_forward(k, &taps, &pts, g);
-    let what = format!("gather_fwd_f32 ({npoints} points)");
-    assert_written(&what, &got);
-    assert_bits(&what, &got, &cpu_forward(&taps, &pts, g));
+    let want = cpu_forward(&taps, &pts, g);
+    for which in [Forward::Wrapper, Forward::Plain, Forward::Tiled] {
+        let got = sim_forward_with(k, &taps, &pts, g, which);
+        let what = format!("gather forward, {which:?} kernel ({npoints} points)");
+        assert_written(&what, &got);
+        assert_bits(&what, &got, &want);
+    }
 }
 
 /// The first element where the atomic backward and the CPU's ordered scatter differ by more
@@ -369,6 +400,19 @@ fn planted_faults_are_caught() {
         "a forward with a wrong corner matched the CPU"
     );
 
+    // The tiled forward reading its tile untransposed in the store phase (the comparison, or
+    // the simulator's check of shared words nobody wrote, notices), and without the barrier
+    // between its two phases (the simulator refuses the read of a tile word not yet written).
+    let k = sim::load_edited("gather", |t| t.replacen("mad.lo.u32 %r62, %r8, 33, %r60;", "mad.lo.u32 %r62, %r60, 33, %r8;", 1));
+    let tiled = std::panic::catch_unwind(|| sim_forward_with(&k, &taps, &pts, &g, Forward::Tiled));
+    assert!(
+        tiled.map_or(true, |got| differs_in_bits(&got, &cpu_forward(&taps, &pts, &g))),
+        "a tiled forward reading its tile untransposed matched the CPU"
+    );
+    let k = sim::load_edited("gather", |t| t.replacen("$GT_LOADED:\n    bar.sync 0;", "$GT_LOADED:", 1));
+    let err = crate::launch_error(|| drop(sim_forward_with(&k, &taps, &pts, &g, Forward::Tiled)));
+    assert!(err.contains("no thread of the block wrote") || err.contains("data race"), "a tiled forward without its first barrier: {err}");
+
     let k = sim::load_edited("gather", |t| t.replacen("mul.rn.f32 %f55, %f41, %f50;", "mul.rn.f32 %f55, %f42, %f50;", 1));
     assert!(atomic_mismatch(&k, &g, &pts, &grad).is_some(), "an atomic backward with a wrong corner weight passed the tolerance check");
 
@@ -446,4 +490,40 @@ fn access_gather() {
     assert_eq!(p.load.sectors, p.load.ideal, "gather_bwd_csr_f32: uncoalesced loads: {p}");
     let stores = locations * (c / 32) as u64;
     assert_eq!((p.store.requests, p.store.sectors, p.store.ideal), (stores, stores * 32, stores * 4), "gather_bwd_csr_f32 stores: {p}");
+
+    // The two forwards on small planes, with the sampler's points (grouped by image: 64 from
+    // each of 2 images) on a 64-channel tap: lanes on points read one plane's few sectors where
+    // lanes on channels take a sector each. The wrapper takes the tiled kernel up to
+    // ops::TILED_GATHER_MAX_PLANE (fc7's 7 x 7 and conv5_3's 14 x 14 at the paper's size),
+    // where it takes 3.8x and 1.7x fewer load sectors; at conv4_3's 28 x 28 it would save
+    // about a tenth, less than its shared-memory pass and barriers cost, so the plain one runs.
+    let mut rng = Rng(0xACC8);
+    let np = 128;
+    let pts: Vec<SamplePoint> = (0..np).map(|i| SamplePoint { image: (2 * i / np) as u32, y: rng.below(224), x: rng.below(224) }).collect();
+    for side in [7, 14, 28] {
+        let g = GatherSpec { n: 2, in_h: 224, in_w: 224, taps: vec![(64, side, side)] };
+        let t = &ops::tap_geoms(&g).expect("tap geometry")[0];
+        let mut mem = Memory::default();
+        let tap_d = mem.upload(&rng.vec(2 * 64 * side * side, -1.0, 1.0));
+        let pts_d = mem.upload(SamplePoint::words(&pts));
+        let out = mem.poisoned(4 * np * 64);
+        let what = format!("{np} points grouped by image, tap [2, 64, {side}, {side}]");
+        let [plain, tiled] = [Forward::Plain, Forward::Tiled].map(|which| {
+            let (entry, d) = forward_launch(which, t, np as u32);
+            profile(&k, &mut mem, entry, d, &tap_args([out, tap_d, pts_d], np as u32, 64, t), &what)
+        });
+        assert_eq!(
+            (tiled.store.sectors, tiled.shared.wavefronts),
+            (tiled.store.ideal, tiled.shared.ideal),
+            "gather_fwd_tiled_f32: {tiled}"
+        );
+        let saving = plain.load.sectors as f64 / tiled.load.sectors as f64;
+        let picks_tiled = ops::gather_fwd_launch(t, np as u32).0 == "gather_fwd_tiled_f32";
+        assert_eq!(picks_tiled, side * side <= ops::TILED_GATHER_MAX_PLANE as usize, "the wrapper's choice at {side} x {side}");
+        if picks_tiled {
+            assert!(saving > 1.5, "at {side} x {side} the tiled gather takes {saving:.2}x fewer load sectors: {plain} / {tiled}");
+        } else {
+            assert!(saving < 1.15, "at {side} x {side} the tiled gather would take {saving:.2}x fewer load sectors: {plain} / {tiled}");
+        }
+    }
 }

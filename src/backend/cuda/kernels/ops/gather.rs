@@ -60,9 +60,28 @@ pub fn tap_geoms(g: &GatherSpec) -> Result<Vec<TapGeom>> {
     Ok(out)
 }
 
-/// Sparse hypercolumn gather: `[points, total_channels]`. Kernel `gather_fwd_f32`, one launch
-/// per tap: grid (ceil(c/B), min(P, 65535)), block B = min(256, c rounded up to 32); thread =
-/// (point, channel), consecutive threads write consecutive columns.
+/// The largest tap plane (h w elements) the forward gathers with `gather_fwd_tiled_f32` (lanes
+/// on points, 32 of one image reading one plane's few sectors) rather than `gather_fwd_f32`
+/// (lanes on channels, each lane's corner in its own plane: a sector a lane): fc7's 7 x 7 and
+/// conv5_3's 14 x 14 at the paper's size. Chosen with the simulator's access profile
+/// (`access_gather` in tests/ptx_kernels/gather.rs): beyond it, 32 points spread over a plane
+/// touch nearly a sector each, and the tiled kernel's shared-memory pass no longer pays.
+pub const TILED_GATHER_MAX_PLANE: u32 = 256;
+
+/// The forward gather's kernel for tap `t` of `np` points and its launch shape (see
+/// [`TILED_GATHER_MAX_PLANE`]).
+pub fn gather_fwd_launch(t: &TapGeom, np: u32) -> (&'static str, LaunchConfig) {
+    if t.h * t.w <= TILED_GATHER_MAX_PLANE {
+        (entry::GATHER_FWD_TILED_F32, transpose_cfg(np, t.c, 1))
+    } else {
+        (entry::GATHER_FWD_F32, column_rows_cfg(t.c, np))
+    }
+}
+
+/// Sparse hypercolumn gather: `[points, total_channels]`, one launch per tap: kernel
+/// `gather_fwd_f32` (grid (ceil(c/B), min(P, 65535)), block B = min(256, c rounded up to 32);
+/// thread = (point, channel), consecutive threads write consecutive columns), or for small
+/// planes `gather_fwd_tiled_f32` ([`gather_fwd_launch`]).
 pub fn gather_hypercolumns(taps: &[&CudaStorage], points: &[SamplePoint], g: &GatherSpec) -> Result<CudaStorage> {
     let _r = nvtx::range("gather_hypercolumns");
     let Some(first) = taps.first() else {
@@ -86,10 +105,11 @@ pub fn gather_hypercolumns(taps: &[&CudaStorage], points: &[SamplePoint], g: &Ga
         if t.c == 0 {
             continue;
         }
+        let (kernel, shape) = gather_fwd_launch(&t, np);
         launch!(
             dev,
-            entry::GATHER_FWD_F32,
-            column_rows_cfg(t.c, np),
+            kernel as GATHER_FWD_F32 | GATHER_FWD_TILED_F32,
+            shape,
             out.slice_mut(),
             tap.slice(),
             pts.slice(),
