@@ -494,9 +494,12 @@ fn access_gather() {
     // The two forwards on small planes, with the sampler's points (grouped by image: 64 from
     // each of 2 images) on a 64-channel tap: lanes on points read one plane's few sectors where
     // lanes on channels take a sector each. The wrapper takes the tiled kernel up to
-    // ops::TILED_GATHER_MAX_PLANE (fc7's 7 x 7 and conv5_3's 14 x 14 at the paper's size),
+    // ops::SMALL_TAP_MAX_PLANE (fc7's 7 x 7 and conv5_3's 14 x 14 at the paper's size),
     // where it takes 3.8x and 1.7x fewer load sectors; at conv4_3's 28 x 28 it would save
     // about a tenth, less than its shared-memory pass and barriers cost, so the plain one runs.
+    // The CSR scatter takes 2.9x and 1.4x fewer sectors than the atomic one at 7 x 7 and 14 x 14
+    // here (128 points in 98 or 392 locations); at the paper's 1600 points in 245 or 980
+    // locations its advantage grows (its stores scale with locations, the atomics with points).
     let mut rng = Rng(0xACC8);
     let np = 128;
     let pts: Vec<SamplePoint> = (0..np).map(|i| SamplePoint { image: (2 * i / np) as u32, y: rng.below(224), x: rng.below(224) }).collect();
@@ -517,9 +520,33 @@ fn access_gather() {
             (tiled.store.ideal, tiled.shared.ideal),
             "gather_fwd_tiled_f32: {tiled}"
         );
+        // The backward on the same tap: the atomic scatter (four atomics a point and lane, a
+        // sector each) against the CSR one (one store a touched location and lane, the
+        // gradient rows read coalesced); small taps take the CSR one in either mode.
+        let grad = mem.upload(&rng.vec(np * 64, -1.0, 1.0));
+        let dtap = mem.upload(&vec![0.0f32; 2 * 64 * side * side]);
+        let d = dims(ops::column_rows_cfg(t.c, np as u32));
+        let atomic = profile(&k, &mut mem, "gather_bwd_atomic_f32", d, &tap_args([dtap, grad, pts_d], np as u32, 64, t), &what);
+        let (table, _) = ops::gather_csr_table(&pts, &g);
+        let table_d = mem.upload(&table);
+        let dtap = mem.poisoned(4 * 2 * 64 * side * side);
+        let args =
+            [dtap, grad, table_d].map(Arg::U64).into_iter().chain([0, 64, t.col_off, t.c, t.h * t.w].map(Arg::U32)).collect::<Vec<_>>();
+        let d = dims(ops::column_rows_cfg(t.c, ops::csr_max_locations(np, g.n, side, side) as u32));
+        let csr = profile(&k, &mut mem, "gather_bwd_csr_f32", d, &args, &what);
+        let sectors = |p: &crate::sim::Profile| p.load.sectors + p.store.sectors + p.atomic.sectors;
+        let csr_saving = sectors(&atomic) as f64 / sectors(&csr) as f64;
+        assert_eq!(
+            ops::scatters_through_csr(t, false),
+            side * side <= ops::SMALL_TAP_MAX_PLANE as usize,
+            "the backward's choice at {side} x {side}"
+        );
+        if ops::scatters_through_csr(t, false) {
+            assert!(csr_saving > 1.3, "at {side} x {side} the CSR scatter takes {csr_saving:.2}x fewer sectors: {atomic} / {csr}");
+        }
         let saving = plain.load.sectors as f64 / tiled.load.sectors as f64;
         let picks_tiled = ops::gather_fwd_launch(t, np as u32).0 == "gather_fwd_tiled_f32";
-        assert_eq!(picks_tiled, side * side <= ops::TILED_GATHER_MAX_PLANE as usize, "the wrapper's choice at {side} x {side}");
+        assert_eq!(picks_tiled, side * side <= ops::SMALL_TAP_MAX_PLANE as usize, "the wrapper's choice at {side} x {side}");
         if picks_tiled {
             assert!(saving > 1.5, "at {side} x {side} the tiled gather takes {saving:.2}x fewer load sectors: {plain} / {tiled}");
         } else {

@@ -11,7 +11,8 @@
 //! - [`FeedKind::Points`], [`FeedKind::Labels`]: the step's sampled pixels and their labels;
 //! - [`FeedKind::StepSeed`]: a dropout seed, `step + offset` with an offset fixed by the model;
 //! - [`FeedKind::AdamScalars`]: the optimiser's learning rate and bias corrections;
-//! - [`FeedKind::GatherCsr`]: the deterministic gather backward's table, built from the points.
+//! - [`FeedKind::GatherCsr`]: the gather backward's CSR table (every tap in deterministic mode,
+//!   the small taps in either), built from the points.
 //!
 //! Outside a capture the copy is made at once, as before. During a capture nothing runs: the
 //! destination buffer is allocated from the graph's arena (see [`super::allocator`]), the

@@ -60,18 +60,21 @@ pub fn tap_geoms(g: &GatherSpec) -> Result<Vec<TapGeom>> {
     Ok(out)
 }
 
-/// The largest tap plane (h w elements) the forward gathers with `gather_fwd_tiled_f32` (lanes
-/// on points, 32 of one image reading one plane's few sectors) rather than `gather_fwd_f32`
-/// (lanes on channels, each lane's corner in its own plane: a sector a lane): fc7's 7 x 7 and
-/// conv5_3's 14 x 14 at the paper's size. Chosen with the simulator's access profile
-/// (`access_gather` in tests/ptx_kernels/gather.rs): beyond it, 32 points spread over a plane
-/// touch nearly a sector each, and the tiled kernel's shared-memory pass no longer pays.
-pub const TILED_GATHER_MAX_PLANE: u32 = 256;
+/// The largest tap plane (h w elements) of a *small* tap, fc7's 7 x 7 and conv5_3's 14 x 14
+/// at the paper's size. Its forward takes `gather_fwd_tiled_f32` (lanes on points, 32 of one
+/// image reading one plane's few sectors) rather than `gather_fwd_f32` (lanes on channels, each
+/// lane's corner in its own plane: a sector a lane); its backward takes the CSR scatter
+/// (`gather_bwd_csr_f32`: one store per touched location and channel, at most n h w of them)
+/// in either mode, rather than the atomic one (four atomic sectors per point and lane). Chosen
+/// with the simulator's access profile (`access_gather` in tests/ptx_kernels/gather.rs):
+/// beyond it, 32 points spread over a plane touch nearly a sector each, and the tiled
+/// kernel's shared-memory pass no longer pays.
+pub const SMALL_TAP_MAX_PLANE: u32 = 256;
 
 /// The forward gather's kernel for tap `t` of `np` points and its launch shape (see
-/// [`TILED_GATHER_MAX_PLANE`]).
+/// [`SMALL_TAP_MAX_PLANE`]).
 pub fn gather_fwd_launch(t: &TapGeom, np: u32) -> (&'static str, LaunchConfig) {
-    if t.h * t.w <= TILED_GATHER_MAX_PLANE {
+    if t.h * t.w <= SMALL_TAP_MAX_PLANE {
         (entry::GATHER_FWD_TILED_F32, transpose_cfg(np, t.c, 1))
     } else {
         (entry::GATHER_FWD_F32, column_rows_cfg(t.c, np))
@@ -254,8 +257,16 @@ pub fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u32>, us
     (table, bound)
 }
 
+/// Whether the backward scatters tap `t` with `gather_bwd_csr_f32` (every tap in deterministic
+/// mode, the small ones in either) rather than `gather_bwd_atomic_f32`.
+pub fn scatters_through_csr(t: &TapGeom, deterministic: bool) -> bool {
+    deterministic || t.h * t.w <= SMALL_TAP_MAX_PLANE
+}
+
 /// Scatter of the gathered gradient back into one zero-initialised gradient per tap.
-/// `deterministic == false`: `gather_bwd_atomic_f32` (red.global.add.f32), grid as the forward.
+/// `deterministic == false`: `gather_bwd_atomic_f32` (red.global.add.f32), grid as the forward,
+/// except on small taps ([`SMALL_TAP_MAX_PLANE`]), which take the CSR scatter below in either
+/// mode (fewer sectors, no atomics, and bit-exact).
 /// `deterministic == true`: `gather_bwd_csr_f32`, no atomics, bit-exact with the CPU: the host
 /// lists each tap's touched locations and their ordered (point, weight) contributions
 /// (`tap_csr`, the CPU's f32 lerp), uploaded once for all taps (`gather_csr_table`, a
@@ -288,63 +299,69 @@ pub fn gather_hypercolumns_backward(
         return Ok(outs);
     }
     let ctot = g.total_channels() as u32;
-    if deterministic {
-        let (table, bound) = gather_csr_table(points, g);
-        let table_d = dev.upload_words(&table, bound, FeedKind::GatherCsr(g.clone()))?;
-        if table_d.raw_ptr() % 16 != 0 {
-            // The kernel reads each tap's header with one 16-byte load.
-            return Err(crate::backend::cuda::error::cuda_error("gather table", "pool block is not 16-byte aligned"));
-        }
-        for (tap, ((dtap, t), &(_, h, w))) in outs.iter_mut().zip(&geoms).zip(&g.taps).enumerate() {
-            // Launched for the most locations the points can touch, whatever this step's
-            // count (in the table's header), so that the launch is the same at every step.
-            let max_locs = csr_max_locations(points.len(), g.n, h, w) as u32;
-            if t.c == 0 || max_locs == 0 {
-                continue;
+    let csr = |t: &TapGeom| scatters_through_csr(t, deterministic);
+    let table_d = match geoms.iter().any(|t| t.c != 0 && csr(t)) {
+        true => {
+            let (table, bound) = gather_csr_table(points, g);
+            let table_d = dev.upload_words(&table, bound, FeedKind::GatherCsr(g.clone()))?;
+            if table_d.raw_ptr() % 16 != 0 {
+                // The kernel reads each tap's header with one 16-byte load.
+                return Err(crate::backend::cuda::error::cuda_error("gather table", "pool block is not 16-byte aligned"));
             }
-            let (tap, hw) = (tap as u32, t.h * t.w);
-            launch!(
-                dev,
-                entry::GATHER_BWD_CSR_F32,
-                column_rows_cfg(t.c, max_locs),
-                dtap.slice_mut(),
-                grad.slice(),
-                table_d.slice(),
-                &tap,
-                &ctot,
-                &t.col_off,
-                &t.c,
-                &hw
-            )?;
+            Some(table_d)
         }
-        // Dropping the table returns its pool block; later users of the block are queued after
-        // these launches on the same stream.
-        drop(table_d);
-    } else {
-        let pts = upload_u32(&dev, points_u32(points), FeedKind::Points)?;
-        let np = points.len() as u32;
-        for (dtap, t) in outs.iter_mut().zip(&geoms) {
-            if t.c == 0 || t.h * t.w == 0 {
-                continue;
+        false => None,
+    };
+    let atomic_taps = geoms.iter().any(|t| t.c != 0 && !csr(t));
+    let pts = if atomic_taps { Some(upload_u32(&dev, points_u32(points), FeedKind::Points)?) } else { None };
+    let np = points.len() as u32;
+    for (tap, ((dtap, t), &(_, h, w))) in outs.iter_mut().zip(&geoms).zip(&g.taps).enumerate() {
+        if t.c == 0 {
+            continue;
+        }
+        match (&table_d, &pts) {
+            (Some(table_d), _) if csr(t) => {
+                // Launched for the most locations the points can touch, whatever this step's
+                // count (in the table's header), so that the launch is the same at every step.
+                let max_locs = csr_max_locations(points.len(), g.n, h, w) as u32;
+                let (tap, hw) = (tap as u32, t.h * t.w);
+                launch!(
+                    dev,
+                    entry::GATHER_BWD_CSR_F32,
+                    column_rows_cfg(t.c, max_locs),
+                    dtap.slice_mut(),
+                    grad.slice(),
+                    table_d.slice(),
+                    &tap,
+                    &ctot,
+                    &t.col_off,
+                    &t.c,
+                    &hw
+                )?;
             }
-            launch!(
-                dev,
-                entry::GATHER_BWD_ATOMIC_F32,
-                column_rows_cfg(t.c, np),
-                dtap.slice_mut(),
-                grad.slice(),
-                pts.slice(),
-                &np,
-                &ctot,
-                &t.col_off,
-                &t.c,
-                &t.h,
-                &t.w,
-                &t.scale_h,
-                &t.scale_w
-            )?;
+            (_, Some(pts)) => {
+                launch!(
+                    dev,
+                    entry::GATHER_BWD_ATOMIC_F32,
+                    column_rows_cfg(t.c, np),
+                    dtap.slice_mut(),
+                    grad.slice(),
+                    pts.slice(),
+                    &np,
+                    &ctot,
+                    &t.col_off,
+                    &t.c,
+                    &t.h,
+                    &t.w,
+                    &t.scale_h,
+                    &t.scale_w
+                )?;
+            }
+            _ => unreachable!("a table for every CSR tap, points for every other"),
         }
     }
+    // Dropping the table and the points returns their pool blocks; later users of the blocks
+    // are queued after these launches on the same stream.
     Ok(outs)
 }
 
