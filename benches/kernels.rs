@@ -131,7 +131,7 @@ fn gather(c: &mut Criterion) {
     let refs: Vec<&Storage> = taps.iter().collect();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let pts: Vec<SamplePoint> = (0..points)
-        .map(|i| SamplePoint { image: (i % n) as u32, y: rng.random_range(0..s as u32), x: rng.random_range(0..s as u32) })
+        .map(|i| SamplePoint { image: (i * n / points) as u32, y: rng.random_range(0..s as u32), x: rng.random_range(0..s as u32) })
         .collect();
     let ctot = spec.total_channels();
     let grad = rand_storage(&t.dev, points * ctot, 4);

@@ -1,7 +1,9 @@
 //! 2-D convolution (NCHW, any kernel, stride and padding, optional bias) and its backward:
 //! the input gradient, the weight gradient and the bias gradient. When the backward is
 //! recorded, the forward keeps what its backend prepared of the operands the backward reads
-//! (the CUDA bf16 mode's operand copies), and the backward computes both gradients in one call.
+//! (the CUDA bf16 mode's operand copies), and the backward computes both gradients in one call;
+//! those copies are x and w as they were at the forward pass (the backward of the recorded
+//! forward, even if a tensor were changed in place in between; the f32 paths re-read them).
 
 use super::{when, Grads};
 use crate::autograd::grad_enabled;

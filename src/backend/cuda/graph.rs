@@ -12,7 +12,7 @@
 //! - [`FeedKind::StepSeed`]: a dropout seed, `step + offset` with an offset fixed by the model;
 //! - [`FeedKind::AdamScalars`]: the optimiser's learning rate and bias corrections;
 //! - [`FeedKind::GatherCsr`]: the gather backward's CSR table (every tap in deterministic mode,
-//!   the small taps in either), built from the points.
+//!   the small taps alone otherwise), built from the points.
 //!
 //! Outside a capture the copy is made at once, as before. During a capture nothing runs: the
 //! destination buffer is allocated from the graph's arena (see [`super::allocator`]), the
@@ -30,7 +30,7 @@ use cudarc::driver::sys;
 use super::allocator::ArenaId;
 use super::device::lock;
 use super::error::CudaResultExt;
-use super::kernels::ops::gather_csr_table;
+use super::kernels::ops::gather_csr_table_for;
 use super::{CudaDevice, CudaStorage};
 use crate::backend::{GatherSpec, SamplePoint};
 use crate::error::{Error, Result};
@@ -48,8 +48,9 @@ pub enum FeedKind {
     StepSeed,
     /// The optimiser's `[lr, bias_correction1, bias_correction2]` as f32 bits.
     AdamScalars,
-    /// The deterministic gather backward's table for the step's points and this geometry.
-    GatherCsr(GatherSpec),
+    /// The gather backward's CSR table for the step's points and this geometry, for every tap
+    /// (deterministic mode: `true`) or the small taps alone.
+    GatherCsr(GatherSpec, bool),
 }
 
 /// The per-step values a captured training step reads, from which its varying feeds are built.
@@ -73,7 +74,7 @@ pub(crate) enum FeedSource {
     Labels,
     StepSeed { offset: u32 },
     AdamScalars,
-    GatherCsr(GatherSpec),
+    GatherCsr(GatherSpec, bool),
 }
 
 impl FeedSource {
@@ -85,7 +86,7 @@ impl FeedSource {
             FeedSource::Labels => Cow::Borrowed(&step.labels),
             FeedSource::StepSeed { offset } => Cow::Owned(vec![(step.step as u32).wrapping_add(*offset)]),
             FeedSource::AdamScalars => Cow::Owned(step.adam.iter().map(|f| f.to_bits()).collect()),
-            FeedSource::GatherCsr(g) => Cow::Owned(gather_csr_table(step_points(step), g).0),
+            FeedSource::GatherCsr(g, deterministic) => Cow::Owned(gather_csr_table_for(step_points(step), g, *deterministic).0),
         }
     }
 
@@ -139,8 +140,8 @@ impl Capture {
             },
             FeedKind::AdamScalars if words == FeedSource::AdamScalars.words(&self.step).as_ref() => FeedSource::AdamScalars,
             FeedKind::AdamScalars => return refuse("optimiser scalars"),
-            FeedKind::GatherCsr(g) => {
-                let source = FeedSource::GatherCsr(g);
+            FeedKind::GatherCsr(g, deterministic) => {
+                let source = FeedSource::GatherCsr(g, deterministic);
                 if source.words(&self.step).as_ref() != words {
                     return refuse("gather tables");
                 }
@@ -318,6 +319,7 @@ impl CudaDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cuda::kernels::ops::gather_csr_table;
 
     fn step() -> StepFeeds {
         StepFeeds { step: 10, points: vec![0, 3, 4, 1, 5, 6], labels: vec![1, 0], adam: [1e-3, 0.1, 0.001] }
@@ -337,14 +339,14 @@ mod tests {
         c.record(0x500, 3, &[7, 8, 9], FeedKind::Constant).unwrap();
         let spec = GatherSpec { n: 2, in_h: 8, in_w: 8, taps: vec![(3, 8, 8), (5, 2, 2)] };
         let (table, bound) = gather_csr_table(step_points(&s), &spec);
-        c.record(0x700, bound, &table, FeedKind::GatherCsr(spec.clone())).unwrap();
+        c.record(0x700, bound, &table, FeedKind::GatherCsr(spec.clone(), true)).unwrap();
         for (words, kind) in
             [(&[0, 3, 5, 1, 5, 6][..], FeedKind::Points), (&[0, 0][..], FeedKind::Labels), (&[1, 2][..], FeedKind::StepSeed)]
         {
             assert!(matches!(c.record(0x600, 8, words, kind.clone()), Err(Error::GraphCapture { .. })), "{kind:?}");
         }
         assert!(c.record(0x600, 3, &[1, 2, 3], FeedKind::AdamScalars).is_err());
-        assert!(c.record(0x600, bound, &table[1..], FeedKind::GatherCsr(spec.clone())).is_err());
+        assert!(c.record(0x600, bound, &table[1..], FeedKind::GatherCsr(spec.clone(), true)).is_err());
         assert_eq!(c.feeds.len(), 6);
 
         let next = StepFeeds { step: 11, points: vec![1, 1, 1, 0, 2, 2], labels: vec![0, 0], adam: [5e-4, 0.19, 0.002] };

@@ -228,7 +228,19 @@ pub fn csr_max_locations(points: usize, n: usize, h: usize, w: usize) -> usize {
 /// take for this many points (the buffer's size, the same at every step, so that the allocator
 /// serves the same size class and a captured graph's buffer always fits).
 pub fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u32>, usize) {
-    let csrs: Vec<_> = g.taps.par_iter().map(|&(_, h, w)| tap_csr(points, h, w, g.in_h, g.in_w)).collect();
+    gather_csr_table_for(points, g, true)
+}
+
+/// [`gather_csr_table`] for the taps the backward scatters through it in `deterministic` mode
+/// or not ([`scatters_through_csr`]); the other taps get no location (L = 0, empty arrays), so
+/// that the non-deterministic mode builds and uploads the small taps' part alone.
+pub fn gather_csr_table_for(points: &[SamplePoint], g: &GatherSpec, deterministic: bool) -> (Vec<u32>, usize) {
+    let used = |h: usize, w: usize| deterministic || h * w <= SMALL_TAP_MAX_PLANE as usize;
+    let csrs: Vec<_> = g
+        .taps
+        .par_iter()
+        .map(|&(_, h, w)| if used(h, w) { tap_csr(points, h, w, g.in_h, g.in_w) } else { (Vec::new(), vec![0], Vec::new()) })
+        .collect();
     let mut table: Vec<u32> = vec![0; 4 * g.taps.len()];
     let push_even = |table: &mut Vec<u32>, part: &[u32]| {
         let at = table.len() as u32;
@@ -249,6 +261,9 @@ pub fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u32>, us
         + g.taps
             .iter()
             .map(|&(_, h, w)| {
+                if !used(h, w) {
+                    return 2; // the empty arrays, starts = [0] padded to an even length
+                }
                 let locs = csr_max_locations(points.len(), g.n, h, w);
                 // locs, starts and entries, each rounded up to an even length.
                 (2 * locs + 1) + (locs + 2) + (8 * points.len() + 1)
@@ -302,8 +317,8 @@ pub fn gather_hypercolumns_backward(
     let csr = |t: &TapGeom| scatters_through_csr(t, deterministic);
     let table_d = match geoms.iter().any(|t| t.c != 0 && csr(t)) {
         true => {
-            let (table, bound) = gather_csr_table(points, g);
-            let table_d = dev.upload_words(&table, bound, FeedKind::GatherCsr(g.clone()))?;
+            let (table, bound) = gather_csr_table_for(points, g, deterministic);
+            let table_d = dev.upload_words(&table, bound, FeedKind::GatherCsr(g.clone(), deterministic))?;
             if table_d.raw_ptr() % 16 != 0 {
                 // The kernel reads each tap's header with one 16-byte load.
                 return Err(crate::backend::cuda::error::cuda_error("gather table", "pool block is not 16-byte aligned"));
@@ -368,6 +383,24 @@ pub fn gather_hypercolumns_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outside deterministic mode the table holds the small taps alone: the large taps' headers
+    /// say 0 locations, the small ones' are those of the full table, and the buffer bound
+    /// shrinks accordingly.
+    #[test]
+    fn the_non_deterministic_table_covers_the_small_taps_alone() {
+        let g = GatherSpec { n: 2, in_h: 64, in_w: 64, taps: vec![(3, 32, 32), (5, 7, 7), (2, 16, 16)] };
+        let pts: Vec<SamplePoint> = (0..40u32).map(|i| SamplePoint { image: i / 20, y: (i * 7) % 64, x: (i * 13) % 64 }).collect();
+        let (full, full_bound) = gather_csr_table(&pts, &g);
+        let (small, small_bound) = gather_csr_table_for(&pts, &g, false);
+        assert_eq!(small[0], 0, "the 32 x 32 tap is scattered with atomics");
+        assert_eq!((small[4], small[8]), (full[4], full[8]), "location counts of the small taps");
+        assert!(small.len() < full.len() && small_bound < full_bound && small.len() <= small_bound);
+        for tap in [1, 2] {
+            let (n, at_f, at_s) = (full[4 * tap] as usize, full[4 * tap + 1] as usize, small[4 * tap + 1] as usize);
+            assert_eq!(full[at_f..at_f + 2 * n], small[at_s..at_s + 2 * n], "tap {tap}'s locations");
+        }
+    }
 
     #[test]
     fn tap_csr_lists_every_contribution_in_cpu_order() {
