@@ -42,10 +42,6 @@ fn every_kernel_entry_is_profiled() {
         })
         .collect();
     assert_eq!(bodies.len(), sources.len(), "a module without an access_ test");
-    let missing: Vec<&str> = hyperseg_engine::backend::cuda::kernels::MODULES
-        .iter()
-        .flat_map(|m| m.entries.iter().copied())
-        .filter(|e| !bodies.iter().any(|b| b.contains(&format!("\"{e}\""))))
-        .collect();
+    let missing = crate::entries_not_quoted_in(&bodies);
     assert!(missing.is_empty(), "kernel entries without an access profile: {missing:?}");
 }

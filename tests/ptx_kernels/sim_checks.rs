@@ -132,11 +132,7 @@ fn atomics_may_share_a_location_and_nc_loads_may_not_see_writes() {
 #[test]
 fn every_kernel_entry_is_simulated() {
     let sources = crate::MODULE_SOURCES;
-    let missing: Vec<&str> = hyperseg_engine::backend::cuda::kernels::MODULES
-        .iter()
-        .flat_map(|m| m.entries.iter().copied())
-        .filter(|e| !sources.iter().any(|s| s.contains(&format!("\"{e}\""))))
-        .collect();
+    let missing = crate::entries_not_quoted_in(&sources);
     assert!(missing.is_empty(), "kernel entries no test in tests/ptx_kernels launches: {missing:?}");
 }
 

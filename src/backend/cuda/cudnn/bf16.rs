@@ -82,32 +82,32 @@ fn rounded(t: &CudaStorage) -> Result<CudaStorage> {
 }
 
 /// An operand's NHWC bf16 copy: the one it came with, or one made here.
-enum Copy<'a> {
+enum OperandCopy<'a> {
     Given(&'a CudaBf16),
     Made(CudaBf16),
 }
 
-impl<'a> Copy<'a> {
+impl<'a> OperandCopy<'a> {
     /// `op`'s copy, made from its f32 tensor (as `p`) unless it came with one.
-    fn of(op: Operand<'a>, p: Planes) -> Result<Copy<'a>> {
+    fn of(op: Operand<'a>, p: Planes) -> Result<OperandCopy<'a>> {
         match op.bf16 {
-            Some(c) => Ok(Copy::Given(c)),
-            None => CudaBf16::transposed_from_f32(op.f32, p.batch, p.c, p.hw).map(Copy::Made),
+            Some(c) => Ok(OperandCopy::Given(c)),
+            None => CudaBf16::transposed_from_f32(op.f32, p.batch, p.c, p.hw).map(OperandCopy::Made),
         }
     }
 
     fn ptr(&self) -> u64 {
         match self {
-            Copy::Given(c) => c.raw_ptr(),
-            Copy::Made(c) => c.raw_ptr(),
+            OperandCopy::Given(c) => c.raw_ptr(),
+            OperandCopy::Made(c) => c.raw_ptr(),
         }
     }
 
     /// The copy when it was made here (for the caller to keep).
     fn made(self) -> Option<CudaBf16> {
         match self {
-            Copy::Given(_) => None,
-            Copy::Made(c) => Some(c),
+            OperandCopy::Given(_) => None,
+            OperandCopy::Made(c) => Some(c),
         }
     }
 }
@@ -126,7 +126,7 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand) -> 
     // (The device's cuDNN lock, taken here and released at once: `run` takes it again.)
     let refused = dev.dnn().bf16_refused.contains(&key);
     if channels_aligned && !refused {
-        let (ca, cb) = (Copy::of(a, p[ia])?, Copy::of(b, p[ib])?);
+        let (ca, cb) = (OperandCopy::of(a, p[ia])?, OperandCopy::of(b, p[ib])?);
         let out = CudaBf16::alloc(dev, p[io].len())?;
         match run(dev, dir, s, place(dir, ca.ptr(), cb.ptr(), out.raw_ptr()), ConvData::NhwcBf16) {
             Ok(()) => {

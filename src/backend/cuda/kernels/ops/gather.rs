@@ -71,10 +71,15 @@ pub fn tap_geoms(g: &GatherSpec) -> Result<Vec<TapGeom>> {
 /// kernel's shared-memory pass no longer pays.
 pub const SMALL_TAP_MAX_PLANE: u32 = 256;
 
+/// Whether a tap of `h x w` is small ([`SMALL_TAP_MAX_PLANE`]).
+pub fn is_small_tap(h: usize, w: usize) -> bool {
+    h * w <= SMALL_TAP_MAX_PLANE as usize
+}
+
 /// The forward gather's kernel for tap `t` of `np` points and its launch shape (see
 /// [`SMALL_TAP_MAX_PLANE`]).
 pub fn gather_fwd_launch(t: &TapGeom, np: u32) -> (&'static str, LaunchConfig) {
-    if t.h * t.w <= SMALL_TAP_MAX_PLANE {
+    if is_small_tap(t.h as usize, t.w as usize) {
         (entry::GATHER_FWD_TILED_F32, transpose_cfg(np, t.c, 1))
     } else {
         (entry::GATHER_FWD_F32, column_rows_cfg(t.c, np))
@@ -235,7 +240,7 @@ pub fn gather_csr_table(points: &[SamplePoint], g: &GatherSpec) -> (Vec<u32>, us
 /// or not ([`scatters_through_csr`]); the other taps get no location (L = 0, empty arrays), so
 /// that the non-deterministic mode builds and uploads the small taps' part alone.
 pub fn gather_csr_table_for(points: &[SamplePoint], g: &GatherSpec, deterministic: bool) -> (Vec<u32>, usize) {
-    let used = |h: usize, w: usize| deterministic || h * w <= SMALL_TAP_MAX_PLANE as usize;
+    let used = |h: usize, w: usize| deterministic || is_small_tap(h, w);
     let csrs: Vec<_> = g
         .taps
         .par_iter()
@@ -275,7 +280,7 @@ pub fn gather_csr_table_for(points: &[SamplePoint], g: &GatherSpec, deterministi
 /// Whether the backward scatters tap `t` with `gather_bwd_csr_f32` (every tap in deterministic
 /// mode, the small ones in either) rather than `gather_bwd_atomic_f32`.
 pub fn scatters_through_csr(t: &TapGeom, deterministic: bool) -> bool {
-    deterministic || t.h * t.w <= SMALL_TAP_MAX_PLANE
+    deterministic || is_small_tap(t.h as usize, t.w as usize)
 }
 
 /// Scatter of the gathered gradient back into one zero-initialised gradient per tap.
