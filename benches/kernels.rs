@@ -279,6 +279,20 @@ fn bn_pool_relu(c: &mut Criterion) {
     run(&mut g, &t.dev, &format!("batch_norm_relu_train_{label}/backward"), Throughput::Bytes(7 * bytes), || {
         x.batch_norm_backward(&dy, &gamma, &fr.mean, &fr.invstd, d, Some(&fr.y)).map(|b| b.dx)
     });
+    // The same on a bf16 input (a bf16 convolution's output held as such, `xbf16` in the
+    // kernels): x's two reads each way take half the bytes.
+    if let Storage::Cuda(xc) = &x {
+        use hyperseg_engine::backend::cuda::{CudaBf16, CudaNormInput};
+        use hyperseg_engine::storage::NormInput;
+        let xb = NormInput::Cuda(CudaNormInput::Bf16(CudaBf16::from_f32(xc).expect("cast")));
+        run(&mut g, &t.dev, &format!("batch_norm_relu_train_{label}/forward_bf16_input"), Throughput::Bytes(2 * bytes), || {
+            xb.batch_norm_train(&gamma, &beta, d, 1e-5, true).map(|f| f.y)
+        });
+        let fb = xb.batch_norm_train(&gamma, &beta, d, 1e-5, true).expect("batch norm + relu");
+        run(&mut g, &t.dev, &format!("batch_norm_relu_train_{label}/backward_bf16_input"), Throughput::Bytes(6 * bytes), || {
+            xb.batch_norm_backward(&dy, &gamma, &fb.mean, &fb.invstd, d, Some(&fb.y)).map(|b| b.dx)
+        });
+    }
     let dy_pool = rand_storage(&t.dev, d.len() / 4, 64);
     run(&mut g, &t.dev, &format!("max_pool2x2_{label}/forward"), Throughput::Bytes(bytes + bytes / 4), || x.max_pool2x2(d));
     run(&mut g, &t.dev, &format!("max_pool2x2_{label}/backward"), Throughput::Bytes(2 * bytes + bytes / 4), || {
@@ -400,6 +414,9 @@ fn transposes(g: &mut BenchmarkGroup<'_, WallTime>, t: &Target) {
             run(g, &t.dev, &format!("{name}/f32_to_bf16"), bytes.clone(), || CudaBf16::transposed_from_f32(x, n, c, hw));
             let xb = CudaBf16::transposed_from_f32(x, n, c, hw).expect("cast");
             run(g, &t.dev, &format!("{name}/bf16_to_f32"), bytes, || xb.transposed_to_f32(n, hw, c));
+            // NHWC bf16 to NCHW bf16, what a bf16 convolution's output takes before the batch
+            // norm after it (4 bytes moved per element).
+            run(g, &t.dev, &format!("{name}/bf16_to_bf16"), Throughput::Bytes(4 * (n * c * hw) as u64), || xb.transposed(n, hw, c));
         }
         Storage::Cpu(_) => {
             use hyperseg_engine::backend::cpu::bf16 as cpu;

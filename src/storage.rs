@@ -34,6 +34,98 @@ impl ConvKept {
     }
 }
 
+/// A convolution's output held for the training-mode batch norm that reads it next
+/// ([`BackendStorage::NormInput`] of the device that ran it): f32, or NCHW bf16 in the CUDA bf16
+/// mode.
+pub enum NormInput {
+    Cpu(<CpuStorage as BackendStorage>::NormInput),
+    Cuda(<CudaStorage as BackendStorage>::NormInput),
+}
+
+impl NormInput {
+    /// The element type held.
+    pub fn dtype(&self) -> DType {
+        match self {
+            NormInput::Cpu(x) => x.dtype(),
+            NormInput::Cuda(x) => x.dtype(),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            NormInput::Cpu(x) => x.len(),
+            NormInput::Cuda(x) => x.len(),
+        }
+    }
+
+    /// True when there is no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values widened to f32, on the host (waits for the device).
+    pub fn to_host_f32(&self) -> Result<Vec<f32>> {
+        match self {
+            NormInput::Cpu(x) => x.to_host_f32(),
+            NormInput::Cuda(x) => x.to_f32()?.to_host_f32(),
+        }
+    }
+
+    fn device(&self) -> Device {
+        match self {
+            NormInput::Cpu(_) => Device::Cpu,
+            NormInput::Cuda(x) => Device::Cuda(x.device().clone()),
+        }
+    }
+
+    /// [`Storage::batch_norm_train`] of this input, bit for bit.
+    pub fn batch_norm_train(&self, gamma: &Storage, beta: &Storage, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Storage>> {
+        const OP: &str = "batch_norm";
+        match (self, same_device(OP, &[gamma, beta])?) {
+            (NormInput::Cpu(x), OneDevice::Cpu(p)) => {
+                Ok(wrap_forward(CpuStorage::batch_norm_train_of(x, p[0], p[1], d, eps, relu)?, Storage::Cpu))
+            }
+            (NormInput::Cuda(x), OneDevice::Cuda(p)) => {
+                Ok(wrap_forward(CudaStorage::batch_norm_train_of(x, p[0], p[1], d, eps, relu)?, Storage::Cuda))
+            }
+            _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device().to_string(), rhs: gamma.device().to_string() }),
+        }
+    }
+
+    /// [`Storage::batch_norm_backward`] of this input, bit for bit.
+    pub fn batch_norm_backward(
+        &self,
+        dy: &Storage,
+        gamma: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: Nchw,
+        relu_out: Option<&Storage>,
+    ) -> Result<BatchNormBackward<Storage>> {
+        const OP: &str = "batch_norm_backward";
+        let mut list = vec![dy, gamma, mean, invstd];
+        list.extend(relu_out);
+        match (self, same_device(OP, &list)?) {
+            (NormInput::Cpu(x), OneDevice::Cpu(p)) => {
+                Ok(wrap_backward(CpuStorage::batch_norm_backward_of(x, p[0], p[1], p[2], p[3], d, p.get(4).copied())?, Storage::Cpu))
+            }
+            (NormInput::Cuda(x), OneDevice::Cuda(p)) => {
+                Ok(wrap_backward(CudaStorage::batch_norm_backward_of(x, p[0], p[1], p[2], p[3], d, p.get(4).copied())?, Storage::Cuda))
+            }
+            _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device().to_string(), rhs: dy.device().to_string() }),
+        }
+    }
+}
+
+fn wrap_forward<S>(f: BatchNormForward<S>, w: fn(S) -> Storage) -> BatchNormForward<Storage> {
+    BatchNormForward { y: w(f.y), mean: w(f.mean), invstd: w(f.invstd), var_unbiased: w(f.var_unbiased) }
+}
+
+fn wrap_backward<S>(b: BatchNormBackward<S>, w: fn(S) -> Storage) -> BatchNormBackward<Storage> {
+    BatchNormBackward { dx: w(b.dx), dgamma: w(b.dgamma), dbeta: w(b.dbeta) }
+}
+
 /// A non-empty list of storages, all on one device, unwrapped.
 enum OneDevice<'a> {
     Cpu(Vec<&'a CpuStorage>),
@@ -256,6 +348,15 @@ impl Storage {
         }
     }
 
+    /// See [`BackendStorage::conv2d_for_norm`].
+    pub fn conv2d_for_norm(&self, w: &Storage, s: &ConvSpec, keep: ConvKeep) -> Result<(NormInput, ConvKept)> {
+        match (self, w) {
+            (Storage::Cpu(x), Storage::Cpu(w)) => x.conv2d_for_norm(w, s, keep).map(|(y, k)| (NormInput::Cpu(y), ConvKept::Cpu(k))),
+            (Storage::Cuda(x), Storage::Cuda(w)) => x.conv2d_for_norm(w, s, keep).map(|(y, k)| (NormInput::Cuda(y), ConvKept::Cuda(k))),
+            (a, b) => Err(mismatch("conv2d", a, b)),
+        }
+    }
+
     /// See [`BackendStorage::conv2d_backward`]; `self` is dy, `kept` what
     /// [`Storage::conv2d_keeping`] returned for `x` and `w`.
     pub fn conv2d_backward(
@@ -283,12 +384,11 @@ impl Storage {
     }
 
     pub fn batch_norm_train(&self, gamma: &Storage, beta: &Storage, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Storage>> {
-        fn wrap<S>(f: BatchNormForward<S>, w: fn(S) -> Storage) -> BatchNormForward<Storage> {
-            BatchNormForward { y: w(f.y), mean: w(f.mean), invstd: w(f.invstd), var_unbiased: w(f.var_unbiased) }
-        }
         match (self, gamma, beta) {
-            (Storage::Cpu(x), Storage::Cpu(g), Storage::Cpu(b)) => Ok(wrap(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cpu)),
-            (Storage::Cuda(x), Storage::Cuda(g), Storage::Cuda(b)) => Ok(wrap(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cuda)),
+            (Storage::Cpu(x), Storage::Cpu(g), Storage::Cpu(b)) => Ok(wrap_forward(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cpu)),
+            (Storage::Cuda(x), Storage::Cuda(g), Storage::Cuda(b)) => {
+                Ok(wrap_forward(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cuda))
+            }
             (x, g, b) => Err(mismatch("batch_norm", x, if x.device().same(&g.device()) { b } else { g })),
         }
     }
@@ -302,9 +402,6 @@ impl Storage {
         d: Nchw,
         relu_out: Option<&Storage>,
     ) -> Result<BatchNormBackward<Storage>> {
-        fn wrap<S>(b: BatchNormBackward<S>, w: fn(S) -> Storage) -> BatchNormBackward<Storage> {
-            BatchNormBackward { dx: w(b.dx), dgamma: w(b.dgamma), dbeta: w(b.dbeta) }
-        }
         // `relu_out` on the device of x (or absent); `Err(())` when it is elsewhere.
         let (relu_cpu, relu_cuda) = match relu_out {
             None => (Ok(None), Ok(None)),
@@ -313,10 +410,10 @@ impl Storage {
         };
         match (self, dy, gamma, mean, invstd, relu_cpu, relu_cuda) {
             (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i), Ok(y), _) => {
-                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, y)?, Storage::Cpu))
+                Ok(wrap_backward(x.batch_norm_backward(dy, g, m, i, d, y)?, Storage::Cpu))
             }
             (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i), _, Ok(y)) => {
-                Ok(wrap(x.batch_norm_backward(dy, g, m, i, d, y)?, Storage::Cuda))
+                Ok(wrap_backward(x.batch_norm_backward(dy, g, m, i, d, y)?, Storage::Cuda))
             }
             (x, ..) => {
                 let others = [Some(dy), Some(gamma), Some(mean), Some(invstd), relu_out];

@@ -214,18 +214,7 @@ fn timings(gpu: &Device) -> Result<()> {
     use hyperseg_engine::backend::{ConvKeep, ConvSpec};
     use hyperseg_engine::storage::Storage;
     let _restore = settings::save();
-    let median = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        f()?;
-        let mut times = Vec::new();
-        for _ in 0..10 {
-            let t = std::time::Instant::now();
-            f()?;
-            gpu.synchronize()?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[5])
-    };
+    let median = |f: &mut dyn FnMut() -> Result<()>| common::median_ms(gpu, f);
     let spec = |c: usize, hw: usize| ConvSpec { n: 5, c_in: c, h: hw, w: hw, c_out: c, kh: 3, kw: 3, stride: 1, pad: 1 };
     for (name, s) in [
         ("conv1_2", spec(64, 224)),

@@ -75,6 +75,36 @@ fn batch_norm_relu_train(dev: &Device) -> Result<()> {
 }
 test_device!(batch_norm_relu_train, grad_batch_norm_relu_train_cpu, grad_batch_norm_relu_train_cuda);
 
+/// The fused VGG-layer op, convolution then batch norm: input, weight, gamma and beta.
+fn conv_batch_norm_train(dev: &Device) -> Result<()> {
+    let (xs, ws, c) = (vec![2, 3, 5, 4], vec![4, 3, 3, 3], 4);
+    let inputs = vec![rand_vec(120, 40), rand_vec(108, 41), rand_vec(c, 42).iter().map(|v| v + 1.5).collect(), rand_vec(c, 43)];
+    GradCheck::default()
+        .run(dev, &inputs, &[xs, ws, vec![c], vec![c]], |t| Ok(t[0].conv2d_batch_norm_train(&t[1], 1, 1, &t[2], &t[3], 1e-5, false)?.0))
+}
+test_device!(conv_batch_norm_train, grad_conv_batch_norm_train_cpu, grad_conv_batch_norm_train_cuda);
+
+/// The fused VGG-layer op with its ReLU. As for `batch_norm_relu_train`: step 1e-3 and inputs
+/// whose outputs are all at least 0.01 away from the kink (asserted), some of them negative.
+fn conv_batch_norm_relu_train(dev: &Device) -> Result<()> {
+    let (xs, ws, c) = (vec![2, 2, 3, 3], vec![3, 2, 1, 1], 3);
+    let x = rand_vec(36, 44);
+    let w = rand_vec(6, 45);
+    let gamma: Vec<f32> = rand_vec(c, 46).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let beta: Vec<f32> = rand_vec(c, 47).iter().map(|v| 0.3 * v).collect();
+    let y = no_grad(|| {
+        let t = |v: &[f32], s: Vec<usize>| Tensor::from_slice(v, s, &Device::Cpu);
+        let conv = t(&x, xs.clone())?.conv2d(&t(&w, ws.clone())?, None, 1, 0)?;
+        conv.batch_norm_train(&t(&gamma, vec![c])?, &t(&beta, vec![c])?, 1e-5)?.0.to_vec()
+    })?;
+    assert!(y.iter().all(|v| v.abs() > 0.01), "an output is too close to the kink");
+    assert!(y.iter().any(|&v| v < 0.0) && y.iter().any(|&v| v > 0.0));
+    GradCheck { h: 1e-3, ..Default::default() }.run(dev, &[x, w, gamma, beta], &[xs, ws, vec![c], vec![c]], |t| {
+        Ok(t[0].conv2d_batch_norm_train(&t[1], 1, 0, &t[2], &t[3], 1e-5, true)?.0)
+    })
+}
+test_device!(conv_batch_norm_relu_train, grad_conv_batch_norm_relu_train_cpu, grad_conv_batch_norm_relu_train_cuda);
+
 fn relu(dev: &Device) -> Result<()> {
     GradCheck::default().run(dev, &[separated_vec(105, 0.03, 12)], &[vec![3, 5, 7]], |t| t[0].relu())
 }

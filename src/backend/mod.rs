@@ -376,6 +376,32 @@ pub trait BackendStorage: Sized + Send + Sync {
         relu_out: Option<&Self>,
     ) -> Result<BatchNormBackward<Self>>;
 
+    // ---- a convolution whose output only a batch norm reads ------------------------------------
+    /// A convolution's output held for the training-mode batch norm that reads it next, and
+    /// for that batch norm's backward pass: `Self` on the CPU and in the CUDA backend's f32
+    /// modes; NCHW bf16 in the CUDA bf16 mode, where the convolution's result is bf16 (the very
+    /// values an f32 output would hold, at half the bytes).
+    type NormInput: Send + Sync;
+    /// [`conv2d_keeping`](Self::conv2d_keeping) for a convolution whose output is read only by
+    /// [`batch_norm_train_of`](Self::batch_norm_train_of) and
+    /// [`batch_norm_backward_of`](Self::batch_norm_backward_of).
+    fn conv2d_for_norm(&self, w: &Self, s: &ConvSpec, keep: ConvKeep) -> Result<(Self::NormInput, Self::ConvKept)>;
+    /// [`batch_norm_train`](Self::batch_norm_train) of a [`NormInput`](Self::NormInput), with
+    /// the same results bit for bit.
+    fn batch_norm_train_of(x: &Self::NormInput, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool)
+        -> Result<BatchNormForward<Self>>;
+    /// [`batch_norm_backward`](Self::batch_norm_backward) of a [`NormInput`](Self::NormInput),
+    /// with the same results bit for bit.
+    fn batch_norm_backward_of(
+        x: &Self::NormInput,
+        dy: &Self,
+        gamma: &Self,
+        mean: &Self,
+        invstd: &Self,
+        d: Nchw,
+        relu_out: Option<&Self>,
+    ) -> Result<BatchNormBackward<Self>>;
+
     // ---- pooling ----------------------------------------------------------------------------------
     /// 2x2 max pooling, stride 2, floor mode: `[n, c, h/2, w/2]`.
     fn max_pool2x2(&self, d: Nchw) -> Result<Self>;

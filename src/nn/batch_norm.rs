@@ -8,6 +8,7 @@ use super::{join, Module, Named};
 use crate::autograd::no_grad;
 use crate::device::Device;
 use crate::error::Result;
+use crate::ops::BatchStats;
 use crate::tensor::Tensor;
 
 /// Batch norm over the channels of an NCHW map.
@@ -54,15 +55,20 @@ impl BatchNorm2d {
         } else {
             x.batch_norm_train(&self.gamma, &self.beta, self.eps)?
         };
+        self.update_running(&stats)?;
+        Ok(y)
+    }
+
+    /// Folds a training batch's statistics into the running ones:
+    /// `running += momentum * (batch - running)`, in place (two kernels per statistic).
+    pub fn update_running(&self, stats: &BatchStats) -> Result<()> {
         no_grad(|| -> Result<()> {
-            // running += momentum * (batch - running), in place: two kernels per statistic.
             for (running, batch) in [(&self.running_mean, &stats.mean), (&self.running_var, &stats.var_unbiased)] {
                 let delta = batch.sub(running)?;
                 running.storage_mut().add_scaled_assign(&delta.storage(), self.momentum)?;
             }
             Ok(())
-        })?;
-        Ok(y)
+        })
     }
 }
 

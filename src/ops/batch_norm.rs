@@ -3,8 +3,9 @@
 //! and shift so that autograd derives its backward).
 
 use super::{when, Grads};
-use crate::backend::Nchw;
+use crate::backend::{BatchNormForward, Nchw};
 use crate::error::{Error, Result};
+use crate::storage::Storage;
 use crate::tensor::Tensor;
 
 /// The batch statistics of one training-mode batch-norm call, for the running averages.
@@ -15,15 +16,39 @@ pub struct BatchStats {
     pub var_unbiased: Tensor,
 }
 
-fn check(x: &Tensor, params: &[&Tensor], op: &'static str) -> Result<Nchw> {
+/// The dimensions of `x`, checked against per-channel `params` (on its device, `[c]` each).
+pub(super) fn check(x: &Tensor, params: &[&Tensor], op: &'static str) -> Result<Nchw> {
     let [n, c, h, w] = x.shape().dims4(op)?;
+    check_params(x, params, op, c)?;
+    Ok(Nchw { n, c, h, w })
+}
+
+/// An error unless every one of `params` is on `x`'s device with shape `[c]`.
+pub(super) fn check_params(x: &Tensor, params: &[&Tensor], op: &'static str, c: usize) -> Result<()> {
     for p in params {
         x.same_device(p, op)?;
         if p.dims() != [c] {
             return Err(Error::ShapeMismatch { op, lhs: vec![c], rhs: p.dims().to_vec() });
         }
     }
-    Ok(Nchw { n, c, h, w })
+    Ok(())
+}
+
+/// An error unless training-mode batch norm over `d` has more than one value per channel.
+pub(super) fn check_batch(d: Nchw) -> Result<()> {
+    if d.n * d.h * d.w < 2 {
+        return Err(Error::bad_shape("batch_norm", "training mode needs more than one value per channel"));
+    }
+    Ok(())
+}
+
+/// A training-mode forward's output storage, its mean and invstd as tensors (the backward pass
+/// reads them) and the statistics for the running averages.
+pub(super) fn forward_parts(f: BatchNormForward<Storage>, c: usize) -> Result<(Storage, Tensor, Tensor, BatchStats)> {
+    let mean = Tensor::from_storage(f.mean, [c])?;
+    let invstd = Tensor::from_storage(f.invstd, [c])?;
+    let stats = BatchStats { mean: mean.clone(), var_unbiased: Tensor::from_storage(f.var_unbiased, [c])? };
+    Ok((f.y, mean, invstd, stats))
 }
 
 impl Tensor {
@@ -42,14 +67,10 @@ impl Tensor {
 
     fn batch_norm_train_impl(&self, gamma: &Tensor, beta: &Tensor, eps: f32, relu: bool) -> Result<(Tensor, BatchStats)> {
         let d = check(self, &[gamma, beta], "batch_norm")?;
-        if d.n * d.h * d.w < 2 {
-            return Err(Error::bad_shape("batch_norm", "training mode needs more than one value per channel"));
-        }
+        check_batch(d)?;
         let f = self.storage().batch_norm_train(&gamma.storage(), &beta.storage(), d, eps, relu)?;
-        let mean = Tensor::from_storage(f.mean, [d.c])?;
-        let invstd = Tensor::from_storage(f.invstd, [d.c])?;
-        let stats = BatchStats { mean: mean.clone(), var_unbiased: Tensor::from_storage(f.var_unbiased, [d.c])? };
-        let y = Tensor::from_storage(f.y, self.shape().clone())?;
+        let (y, mean, invstd, stats) = forward_parts(f, d.c)?;
+        let y = Tensor::from_storage(y, self.shape().clone())?;
         let (x, g_) = (self.detach(), gamma.detach());
         // The output (untracked, sharing storage with the returned tensor) masks the gradient.
         let relu_out = relu.then(|| y.clone());

@@ -11,28 +11,38 @@ use crate::backend::{BroadcastSpec, ConvKeep, ConvSpec};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// The geometry of convolving `x [n, c_in, h, w]` with `weight [c_out, c_in, kh, kw]`, checked.
+pub(super) fn conv_spec(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<ConvSpec> {
+    x.same_device(weight, "conv2d")?;
+    let [n, c_in, h, w] = x.shape().dims4("conv2d")?;
+    let [c_out, c_in2, kh, kw] = weight.shape().dims4("conv2d weight")?;
+    if c_in != c_in2 {
+        return Err(Error::ShapeMismatch { op: "conv2d", lhs: x.dims().to_vec(), rhs: weight.dims().to_vec() });
+    }
+    if stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
+        return Err(Error::bad_shape(
+            "conv2d",
+            format!("a {kh}x{kw} kernel with stride {stride} and padding {pad} does not fit a {h}x{w} input"),
+        ));
+    }
+    Ok(ConvSpec { n, c_in, h, w, c_out, kh, kw, stride, pad })
+}
+
+/// What the backward pass of convolving `x` with `weight` will read, if one is recorded: x for
+/// dw, w for dx.
+pub(super) fn conv_keep(x: &Tensor, weight: &Tensor) -> ConvKeep {
+    let recording = grad_enabled();
+    ConvKeep { input: recording && weight.requires_grad(), weight: recording && x.requires_grad() }
+}
+
 impl Tensor {
     /// Convolves `self [n, c_in, h, w]` with `weight [c_out, c_in, kh, kw]`, adding `bias [c_out]`.
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
-        self.same_device(weight, "conv2d")?;
-        let [n, c_in, h, w] = self.shape().dims4("conv2d")?;
-        let [c_out, c_in2, kh, kw] = weight.shape().dims4("conv2d weight")?;
-        if c_in != c_in2 {
-            return Err(Error::ShapeMismatch { op: "conv2d", lhs: self.dims().to_vec(), rhs: weight.dims().to_vec() });
-        }
-        if stride == 0 || h + 2 * pad < kh || w + 2 * pad < kw {
-            return Err(Error::bad_shape(
-                "conv2d",
-                format!("a {kh}x{kw} kernel with stride {stride} and padding {pad} does not fit a {h}x{w} input"),
-            ));
-        }
-        let s = ConvSpec { n, c_in, h, w, c_out, kh, kw, stride, pad };
+        let s = conv_spec(self, weight, stride, pad)?;
+        let ConvSpec { n, c_in, h, w, c_out, kh, kw, .. } = s;
         let (oh, ow) = (s.out_h(), s.out_w());
         let bs = BroadcastSpec { outer: n, mid: c_out, inner: oh * ow };
-        // What the backward pass will read, if one is recorded: x for dw, w for dx.
-        let recording = grad_enabled();
-        let keep = ConvKeep { input: recording && weight.requires_grad(), weight: recording && self.requires_grad() };
-        let (mut y, kept) = self.storage().conv2d_keeping(&weight.storage(), &s, keep)?;
+        let (mut y, kept) = self.storage().conv2d_keeping(&weight.storage(), &s, conv_keep(self, weight))?;
         if let Some(b) = bias {
             b.same_device(self, "conv2d")?;
             if b.dims() != [c_out] {

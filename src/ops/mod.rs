@@ -5,6 +5,7 @@
 mod batch_norm;
 mod broadcast;
 mod conv;
+mod conv_batch_norm;
 mod dropout;
 mod elementwise;
 mod gather;

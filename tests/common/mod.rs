@@ -204,3 +204,20 @@ pub fn train_tiny(dev: &Device, steps: usize) -> Result<(f32, f32)> {
     }
     Ok((losses[0], *losses.last().unwrap()))
 }
+
+/// The median wall time in ms of 10 runs of `f` after one warm-up, the device synchronised
+/// after each (the `TIME` lines of the GPU tests; never asserted).
+#[allow(dead_code)]
+pub fn median_ms(dev: &Device, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    dev.synchronize()?;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t = std::time::Instant::now();
+        f()?;
+        dev.synchronize()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[5])
+}

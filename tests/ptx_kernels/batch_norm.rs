@@ -20,6 +20,9 @@
 //!   sum is exact on both sides, and then dgamma, dbeta and dx are bit-exact.
 //! - The fused-ReLU backward is bit-exact against the unfused kernels given the masked
 //!   gradient (`relu_backward(y, dy)` materialised), as the header promises.
+//! - Every entry that reads x, given x as bf16 (`xbf16 = 1`, the bf16 convolutions' output),
+//!   is bit-exact against itself given the widened f32 values (`xbf16 = 0`), NaN payloads
+//!   included: the partial sums, statistics, outputs and gradients.
 //!
 //! Not reached: the loops over channels / planes by gridDim.y (more than 65535 of them) and
 //! over a plane by gridDim.x (HW over 16.7 M): one launch of that size takes the simulator
@@ -33,6 +36,44 @@ use crate::sim::{self, Arg, Kernels, Memory};
 use crate::{assert_bits, dims, run, Rng};
 
 const EPS: f32 = 1e-5;
+
+/// x as the kernels read it (their trailing param `xbf16`): f32 (`xbf16 = 0`) or the bits of
+/// bf16 values (`xbf16 = 1`).
+#[derive(Clone, Copy)]
+enum X<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+impl X<'_> {
+    fn len(self) -> usize {
+        match self {
+            X::F32(v) => v.len(),
+            X::Bf16(v) => v.len(),
+        }
+    }
+
+    /// A device copy (4 or 2 bytes an element).
+    fn upload(self, mem: &mut Memory) -> u64 {
+        match self {
+            X::F32(v) => mem.upload(v),
+            X::Bf16(v) => mem.upload(v),
+        }
+    }
+
+    /// The kernels' `xbf16` argument.
+    fn xbf16(self) -> Arg {
+        Arg::U32(matches!(self, X::Bf16(_)) as u32)
+    }
+
+    /// The f32 values the kernels read (a bf16 widened exactly: bits << 16).
+    fn f32(self) -> Vec<f32> {
+        match self {
+            X::F32(v) => v.to_vec(),
+            X::Bf16(v) => v.iter().map(|b| f32::from_bits((*b as u32) << 16)).collect(),
+        }
+    }
+}
 
 /// What the forward kernels wrote.
 struct Stats {
@@ -64,14 +105,19 @@ fn count(d: Nchw) -> f64 {
 /// `bn_stats_partial_f32` then `bn_stats_final_f32`, as `ops::batch_norm_train` launches them
 /// (`d` with channels and samples). The partial buffer starts poisoned (NaN), so a piece the
 /// partial kernel leaves unwritten shows in the statistics.
-fn statistics(k: &Kernels, x: &[f32], d: Nchw) -> Stats {
+fn statistics(k: &Kernels, x: X, d: Nchw) -> Stats {
+    statistics_and_partial(k, x, d).0
+}
+
+/// [`statistics`], and the bits of the partial sums `[P, C, 2]` (f64) the final kernel read.
+fn statistics_and_partial(k: &Kernels, x: X, d: Nchw) -> (Stats, Vec<u64>) {
     let (nchunk, pieces, block) = ops::plane_split("batch_norm", d.n, d.c, d.h * d.w).unwrap();
     let c = d.c as u32;
     let mut mem = Memory::default();
-    let xd = mem.upload(x);
+    let xd = x.upload(&mut mem);
     let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
     let shape = dims(ops::partial_cfg(pieces, c, block));
-    let args = [Arg::U64(partial), Arg::U64(xd), Arg::U32(c), Arg::U32(hw(d)), Arg::U32(ops::PLANE_CHUNK), Arg::U32(nchunk)];
+    let args = [Arg::U64(partial), Arg::U64(xd), Arg::U32(c), Arg::U32(hw(d)), Arg::U32(ops::PLANE_CHUNK), Arg::U32(nchunk), x.xbf16()];
     run(k, &mut mem, "bn_stats_partial_f32", shape, &args);
     let [mean, invstd, var] = [(); 3].map(|_| mem.poisoned(4 * d.c));
     let args = [
@@ -85,17 +131,19 @@ fn statistics(k: &Kernels, x: &[f32], d: Nchw) -> Stats {
         Arg::U32(pieces),
         Arg::F64(count(d)),
         Arg::F32(EPS),
+        x.xbf16(),
     ];
     run(k, &mut mem, "bn_stats_final_f32", dims(ops::grid_1d(c)), &args);
-    Stats { mean: mem.download(mean, d.c), invstd: mem.download(invstd, d.c), var_unbiased: mem.download(var, d.c) }
+    let stats = Stats { mean: mem.download(mean, d.c), invstd: mem.download(invstd, d.c), var_unbiased: mem.download(var, d.c) };
+    (stats, mem.download(partial, pieces as usize * d.c * 2))
 }
 
 /// `bn_normalize_f32` with the given statistics, as `ops::batch_norm_train` launches it.
-fn normalize(k: &Kernels, x: &[f32], s: (&[f32], &[f32]), gamma: &[f32], beta: &[f32], d: Nchw, relu: bool) -> Vec<f32> {
+fn normalize(k: &Kernels, x: X, s: (&[f32], &[f32]), gamma: &[f32], beta: &[f32], d: Nchw, relu: bool) -> Vec<f32> {
     let c = d.c as u32;
     let planes = (d.n * d.c) as u32;
     let mut mem = Memory::default();
-    let xd = mem.upload(x);
+    let xd = x.upload(&mut mem);
     let [md, id, gd, bd] = [s.0, s.1, gamma, beta].map(|v| mem.upload(v));
     let y = mem.poisoned(4 * x.len());
     let args = [
@@ -109,6 +157,7 @@ fn normalize(k: &Kernels, x: &[f32], s: (&[f32], &[f32]), gamma: &[f32], beta: &
         Arg::U32(hw(d)),
         Arg::U32(planes),
         Arg::U32(relu as u32),
+        x.xbf16(),
     ];
     run(k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args);
     mem.download(y, x.len())
@@ -116,7 +165,7 @@ fn normalize(k: &Kernels, x: &[f32], s: (&[f32], &[f32]), gamma: &[f32], beta: &
 
 /// The inputs of one backward.
 struct BwdIn<'a> {
-    x: &'a [f32],
+    x: X<'a>,
     dy: &'a [f32],
     gamma: &'a [f32],
     mean: &'a [f32],
@@ -128,10 +177,16 @@ struct BwdIn<'a> {
 /// `bn_bwd_partial_f32`, `bn_bwd_final_f32` and `bn_bwd_dx_f32`, as `ops::batch_norm_backward`
 /// launches them (poisoned partial and coefficient buffers, so unwritten entries show).
 fn backward(k: &Kernels, b: &BwdIn, d: Nchw) -> Grads {
+    backward_and_partial(k, b, d).0
+}
+
+/// [`backward`], and the bits of the partial sums `[P, C, 2]` (f64) the final kernel read.
+fn backward_and_partial(k: &Kernels, b: &BwdIn, d: Nchw) -> (Grads, Vec<u64>) {
     let (nchunk, pieces, block) = ops::plane_split("batch_norm_backward", d.n, d.c, d.h * d.w).unwrap();
     let (c, planes) = (d.c as u32, (d.n * d.c) as u32);
     let mut mem = Memory::default();
-    let [xd, dyd, gd, md, id] = [b.x, b.dy, b.gamma, b.mean, b.invstd].map(|v| mem.upload(v));
+    let xd = b.x.upload(&mut mem);
+    let [dyd, gd, md, id] = [b.dy, b.gamma, b.mean, b.invstd].map(|v| mem.upload(v));
     let ymask = b.relu_out.map_or(0, |y| mem.upload(y));
     let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
     let coef = mem.poisoned(d.c * 8 * 8);
@@ -145,6 +200,7 @@ fn backward(k: &Kernels, b: &BwdIn, d: Nchw) -> Grads {
         Arg::U32(ops::PLANE_CHUNK),
         Arg::U32(nchunk),
         Arg::U64(ymask),
+        b.x.xbf16(),
     ];
     run(k, &mut mem, "bn_bwd_partial_f32", dims(ops::partial_cfg(pieces, c, block)), &args);
     let [dgamma, dbeta] = [(); 2].map(|_| mem.poisoned(4 * d.c));
@@ -172,15 +228,17 @@ fn backward(k: &Kernels, b: &BwdIn, d: Nchw) -> Grads {
         Arg::U32(planes),
         Arg::F64(count(d)),
         Arg::U64(ymask),
+        b.x.xbf16(),
     ];
     run(k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args);
-    Grads { dx: mem.download(dx, b.x.len()), dgamma: mem.download(dgamma, d.c), dbeta: mem.download(dbeta, d.c) }
+    let grads = Grads { dx: mem.download(dx, b.x.len()), dgamma: mem.download(dgamma, d.c), dbeta: mem.download(dbeta, d.c) };
+    (grads, mem.download(partial, pieces as usize * d.c * 2))
 }
 
 /// The CPU backend's backward of the same inputs (`relu_backward` composed when fused).
 fn cpu_backward(b: &BwdIn, d: Nchw) -> Grads {
     let y = b.relu_out.map(cpu);
-    let r = cpu(b.x).batch_norm_backward(&cpu(b.dy), &cpu(b.gamma), &cpu(b.mean), &cpu(b.invstd), d, y.as_ref()).unwrap();
+    let r = cpu(&b.x.f32()).batch_norm_backward(&cpu(b.dy), &cpu(b.gamma), &cpu(b.mean), &cpu(b.invstd), d, y.as_ref()).unwrap();
     Grads { dx: r.dx.as_f32().to_vec(), dgamma: r.dgamma.as_f32().to_vec(), dbeta: r.dbeta.as_f32().to_vec() }
 }
 
@@ -254,7 +312,7 @@ fn statistics_match_the_cpu_to_an_ulp() {
         for lo in [-2.0, 100.0] {
             let (x, gamma, beta) = inputs(d, lo, 11 + i as u64);
             let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
-            assert_stats(&format!("{} from {lo}", tag(d)), &statistics(&k, &x, d), &want);
+            assert_stats(&format!("{} from {lo}", tag(d)), &statistics(&k, X::F32(&x), d), &want);
         }
     }
 }
@@ -278,7 +336,7 @@ fn normalize_is_bit_exact_given_the_cpu_statistics() {
         beta[d.c / 2] = -0.0; // the channel of the negative gamma
         for relu in [false, true] {
             let (want, s) = cpu_forward(&x, &gamma, &beta, d, relu);
-            let got = normalize(&k, &x, (&s.mean, &s.invstd), &gamma, &beta, d, relu);
+            let got = normalize(&k, X::F32(&x), (&s.mean, &s.invstd), &gamma, &beta, d, relu);
             let what = format!("bn_normalize_f32 relu={relu} {}", tag(d));
             if relu {
                 assert_bits(&what, &got, &want);
@@ -307,8 +365,8 @@ fn fused_relu_is_the_relu_of_the_plain_output() {
     (gamma[2], beta[2]) = (-gamma[2].abs(), -0.0);
     let at = (d.c + 2) * hw + 4;
     x[at] = s.mean[2];
-    let plain = normalize(&k, &x, (&s.mean, &invstd), &gamma, &beta, d, false);
-    let fused = normalize(&k, &x, (&s.mean, &invstd), &gamma, &beta, d, true);
+    let plain = normalize(&k, X::F32(&x), (&s.mean, &invstd), &gamma, &beta, d, false);
+    let fused = normalize(&k, X::F32(&x), (&s.mean, &invstd), &gamma, &beta, d, true);
     assert!(plain[hw..2 * hw].iter().all(|v| v.is_nan()), "bn_normalize_f32: a NaN invstd gave a number");
     assert_eq!(plain[at].to_bits(), (-0.0f32).to_bits(), "bn_normalize_f32: element {at} at the mean is {:e}, not -0", plain[at]);
     let want: Vec<f32> = plain.iter().map(|&v| if v.is_nan() || v <= 0.0 { 0.0 } else { v }).collect();
@@ -328,7 +386,7 @@ fn statistics_of_a_non_finite_batch_stay_nan() {
     x[(d.c + 3) * hw + 2] = f32::NAN; // channel 3, second image
     x[3 * hw] = f32::NAN; // channel 3's shift K itself; channel 2 stays finite
     let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
-    let got = statistics(&k, &x, d);
+    let got = statistics(&k, X::F32(&x), d);
     for c in [0, 1, 3] {
         assert!(
             want.invstd[c].is_nan() && want.var_unbiased[c].is_nan(),
@@ -341,7 +399,7 @@ fn statistics_of_a_non_finite_batch_stay_nan() {
     assert_stats("of a non-finite batch", &got, &want);
     for relu in [false, true] {
         let (want_y, _) = cpu_forward(&x, &gamma, &beta, d, relu);
-        let y = normalize(&k, &x, (&got.mean, &got.invstd), &gamma, &beta, d, relu);
+        let y = normalize(&k, X::F32(&x), (&got.mean, &got.invstd), &gamma, &beta, d, relu);
         assert_bits(&format!("bn_normalize_f32 relu={relu} of a non-finite batch"), &y, &want_y);
     }
 }
@@ -357,7 +415,7 @@ fn an_infinite_shift_sample_gives_the_cpu_mean() {
     x[d.h * d.w] = f32::INFINITY; // x[0, 1, 0]: channel 1's K
     let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
     assert_eq!(want.mean[1], f32::INFINITY, "the CPU's mean of channel 1");
-    assert_stats("with an infinite shift sample", &statistics(&k, &x, d), &want);
+    assert_stats("with an infinite shift sample", &statistics(&k, X::F32(&x), d), &want);
 }
 
 /// Inputs whose every f64 sum in the backward is exact on both sides: x and dy on a grid of
@@ -397,7 +455,7 @@ fn backward_is_bit_exact_when_the_sums_are_exact() {
     for (i, d) in SHAPES.into_iter().enumerate() {
         let (x, dy, gamma, mean, invstd, y) = exact_backward_inputs(d, 51 + i as u64);
         for fused in [false, true] {
-            let b = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &mean, invstd: &invstd, relu_out: fused.then_some(&y[..]) };
+            let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &mean, invstd: &invstd, relu_out: fused.then_some(&y[..]) };
             assert_grads_bits(&format!("ymask={fused} {}", tag(d)), &backward(&k, &b, d), &cpu_backward(&b, d));
         }
     }
@@ -413,7 +471,7 @@ fn backward_matches_the_cpu_to_an_ulp() {
         let dy = Rng(71 + i as u64).vec(d.len(), -1.0, 1.0);
         for relu in [false, true] {
             let (y, s) = cpu_forward(&x, &gamma, &beta, d, relu);
-            let b = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &s.mean, invstd: &s.invstd, relu_out: relu.then_some(&y[..]) };
+            let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &s.mean, invstd: &s.invstd, relu_out: relu.then_some(&y[..]) };
             let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
             let what = format!("ymask={relu} {}", tag(d));
             assert_within_an_ulp(&format!("bn_bwd_final_f32 dgamma {what}"), &got.dgamma, &want.dgamma);
@@ -434,7 +492,7 @@ fn fused_relu_backward_is_the_unfused_backward_of_the_masked_gradient() {
     let (_, s) = cpu_forward(&x, &gamma, &beta, d, false);
     let (_, _, _, _, _, y) = exact_backward_inputs(d, 83);
     let masked = cpu(&y).relu_backward(&cpu(&dy)).unwrap().as_f32().to_vec();
-    let fused = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &s.mean, invstd: &s.invstd, relu_out: Some(&y) };
+    let fused = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &s.mean, invstd: &s.invstd, relu_out: Some(&y) };
     let unfused = BwdIn { dy: &masked, relu_out: None, ..fused };
     let (got, want) = (backward(&k, &fused, d), backward(&k, &unfused, d));
     assert_grads_bits("with ymask against without it on relu_backward(y, dy)", &got, &want);
@@ -448,7 +506,7 @@ fn a_shift_read_from_the_wrong_element_is_caught() {
     let d = SHAPES[0];
     let (x, gamma, beta) = inputs(d, -2.0, 11);
     let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
-    let got = statistics(&k, &x, d);
+    let got = statistics(&k, X::F32(&x), d);
     assert!(got.mean.iter().zip(&want.mean).any(|(g, w)| !within_an_ulp(*g, *w)), "a wrong shift K gave the CPU's means");
 }
 
@@ -459,7 +517,7 @@ fn a_wrong_coefficient_offset_is_caught() {
     let k = sim::load_edited("batch_norm", |t| t.replacen("ld.global.nc.f64 %fd5, [%rd5+24];", "ld.global.nc.f64 %fd5, [%rd5+32];", 1));
     let d = SHAPES[0];
     let (x, dy, gamma, mean, invstd, _) = exact_backward_inputs(d, 51);
-    let b = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &mean, invstd: &invstd, relu_out: None };
+    let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &mean, invstd: &invstd, relu_out: None };
     let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
     assert_bits("dgamma (untouched by the fault)", &got.dgamma, &want.dgamma);
     assert!(got.dx.iter().zip(&want.dx).any(|(g, w)| g.to_bits() != w.to_bits()), "dx with sdy read from sdyx's slot matched the CPU");
@@ -475,7 +533,7 @@ fn a_variance_clamp_that_drops_nan_is_caught() {
     let (mut x, gamma, beta) = inputs(d, -2.0, 45);
     x[d.h * d.w + 4] = f32::NAN; // channel 1
     let (_, want) = cpu_forward(&x, &gamma, &beta, d, false);
-    let got = statistics(&k, &x, d);
+    let got = statistics(&k, X::F32(&x), d);
     assert!(want.invstd[1].is_nan(), "the CPU's invstd of a channel with a NaN");
     assert!(got.invstd[1].is_finite() && got.var_unbiased[1].is_finite(), "a max.f64 clamp kept the NaN statistics");
     assert!(!within_an_ulp(got.invstd[1], want.invstd[1]), "the statistics check would not notice");
@@ -501,7 +559,7 @@ fn missing_barriers_are_caught() {
     for (old, new, expect) in cases {
         let k = sim::load_edited("batch_norm", |t| t.replacen(old, new, 1));
         let err = crate::launch_error(|| {
-            statistics(&k, &x, d);
+            statistics(&k, X::F32(&x), d);
         });
         assert!(err.contains(expect), "the block sum without a barrier: expected an error with `{expect}`, got: {err}");
     }
@@ -518,102 +576,212 @@ fn every_kernel_walks_channels_and_planes_past_a_short_grid() {
     let dy = Rng(92).vec(d.len(), -1.0, 1.0);
     crate::with_grid_y_cap(2, || {
         let (want_y, want) = cpu_forward(&x, &gamma, &beta, d, false);
-        assert_stats(&format!("short grid {}", tag(d)), &statistics(&k, &x, d), &want);
-        let y = normalize(&k, &x, (&want.mean, &want.invstd), &gamma, &beta, d, false);
+        assert_stats(&format!("short grid {}", tag(d)), &statistics(&k, X::F32(&x), d), &want);
+        let y = normalize(&k, X::F32(&x), (&want.mean, &want.invstd), &gamma, &beta, d, false);
         assert_bits(&format!("bn_normalize_f32 short grid {}", tag(d)), &y, &want_y);
-        let b = BwdIn { x: &x, dy: &dy, gamma: &gamma, mean: &want.mean, invstd: &want.invstd, relu_out: None };
+        let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &want.mean, invstd: &want.invstd, relu_out: None };
         let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
         assert_within_an_ulp("bn_bwd_final_f32 dgamma short grid", &got.dgamma, &want.dgamma);
         assert_within_an_ulp("bn_bwd_dx_f32 dx short grid", &got.dx, &want.dx);
     });
 }
 
+/// `x` rounded to bf16 (as the bf16 convolutions write it): the bits.
+fn bf16_bits(x: &[f32]) -> Vec<u16> {
+    x.iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect()
+}
+
+/// Random bf16 `x` of `d` from [lo, lo + 5) with `with_awkward_values`' zeros, large and
+/// subnormal values, plus bf16 subnormals of both signs (the smallest, 0x0001, and the largest,
+/// 0x007F) and -0 at the first element of the last channel (its shift sample K). With
+/// `non_finite` (and at least three channels), channel 0's K is +inf (K = 0 replaces it, the
+/// mean is +inf) and channel 1 holds -inf, a quiet NaN with a payload and a signalling one
+/// (where its planes have room for three); the other channels stay finite.
+fn bf16_inputs(d: Nchw, lo: f32, seed: u64, non_finite: bool) -> Vec<u16> {
+    let (mut x, _, _) = inputs(d, lo, seed);
+    with_awkward_values(&mut x, &mut Rng(seed ^ 0xB16));
+    let mut x = bf16_bits(&x);
+    let (hw, at) = (d.h * d.w, |n: usize, c: usize, i: usize| (n * d.c + c) * d.h * d.w + i);
+    let n = x.len();
+    for (k, bits) in [0x0001u16, 0x8001, 0x007F, 0x807F].into_iter().enumerate() {
+        x[(k * 13 + 3) % n] = bits;
+    }
+    x[at(0, d.c - 1, 0)] = 0x8000;
+    if non_finite && d.c >= 3 {
+        x[at(0, 0, 0)] = 0x7F80;
+        for (n, i, bits) in [(0, hw - 1, 0xFF80u16), (0, hw / 2, 0x7FC1), (d.n - 1, hw / 3, 0xFF81)] {
+            x[at(n, 1, i)] = bits;
+        }
+    }
+    x
+}
+
+/// Asserts that two buffers hold the same bits (NaN payloads included) and that `got` has no
+/// poisoned (unwritten) element.
+fn assert_same_bits<T: Copy + Into<u64>>(what: &str, got: &[T], want: &[T], poison: u64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = ((*g).into(), (*w).into());
+        assert_ne!(g, poison, "{what}: element {i} was never written");
+        assert_eq!(g, w, "{what}: element {i} has bits {g:#x} with bf16 x, {w:#x} with its widened f32");
+    }
+}
+
+fn f32_bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Every kernel that reads x, given bf16 `xb` (`xbf16 = 1`) and given its widened f32 values
+/// (`xbf16 = 0`): the partial sums, statistics, normalised output (with and without the fused
+/// ReLU), backward partial sums, dgamma, dbeta and dx (with and without `ymask`) bit for bit
+/// alike; panics at the first difference, naming the entry.
+fn check_bf16_x_matches_widened(k: &Kernels, xb: &[u16], d: Nchw, seed: u64, tag: &str) {
+    let xw = X::Bf16(xb).f32();
+    let (xb, xw) = (X::Bf16(xb), X::F32(&xw));
+    let (sb, pb) = statistics_and_partial(k, xb, d);
+    let (sw, pw) = statistics_and_partial(k, xw, d);
+    assert_same_bits(&format!("bn_stats_partial_f32 partial sums {tag}"), &pb, &pw, u64::MAX);
+    for (what, g, w) in
+        [("mean", &sb.mean, &sw.mean), ("invstd", &sb.invstd, &sw.invstd), ("var_unbiased", &sb.var_unbiased, &sw.var_unbiased)]
+    {
+        assert_same_bits(&format!("bn_stats_final_f32 {what} {tag}"), &f32_bits(g), &f32_bits(w), crate::POISON.into());
+    }
+    let (_, mut gamma, mut beta) = inputs(d, -2.0, seed);
+    (gamma[d.c - 1], beta[d.c - 1]) = (-gamma[d.c - 1], -0.0); // -0 outputs at the -0 shift sample
+    for relu in [false, true] {
+        let yb = normalize(k, xb, (&sw.mean, &sw.invstd), &gamma, &beta, d, relu);
+        let yw = normalize(k, xw, (&sw.mean, &sw.invstd), &gamma, &beta, d, relu);
+        assert_same_bits(&format!("bn_normalize_f32 relu={relu} {tag}"), &f32_bits(&yb), &f32_bits(&yw), crate::POISON.into());
+    }
+    let dy = Rng(seed ^ 0xD7).vec(d.len(), -1.0, 1.0);
+    let (_, _, _, _, _, y) = exact_backward_inputs(d, seed ^ 0x4D);
+    for fused in [false, true] {
+        let b = BwdIn { x: xb, dy: &dy, gamma: &gamma, mean: &sw.mean, invstd: &sw.invstd, relu_out: fused.then_some(&y[..]) };
+        let (gb, pb) = backward_and_partial(k, &b, d);
+        let (gw, pw) = backward_and_partial(k, &BwdIn { x: xw, ..b }, d);
+        let what = format!("ymask={fused} {tag}");
+        assert_same_bits(&format!("bn_bwd_partial_f32 partial sums {what}"), &pb, &pw, u64::MAX);
+        for (name, g, w) in [
+            ("bn_bwd_final_f32 dgamma", &gb.dgamma, &gw.dgamma),
+            ("bn_bwd_final_f32 dbeta", &gb.dbeta, &gw.dbeta),
+            ("bn_bwd_dx_f32 dx", &gb.dx, &gw.dx),
+        ] {
+            assert_same_bits(&format!("{name} {what}"), &f32_bits(g), &f32_bits(w), crate::POISON.into());
+        }
+    }
+}
+
+/// Shapes of the bf16-x checks: HW odd, over a chunk (2048) and not a multiple of it (two
+/// pieces, block 256); odd HW = 49 under a block of 64 (every other plane starts 2 bytes off a
+/// 4-byte boundary in bf16); HW = 15 under a warp; more than 256 channels; count 1.
+const BF16_SHAPES: [Nchw; 5] = [
+    Nchw { n: 2, c: 3, h: 45, w: 47 },
+    Nchw { n: 3, c: 5, h: 7, w: 7 },
+    Nchw { n: 3, c: 4, h: 5, w: 3 },
+    Nchw { n: 1, c: 257, h: 1, w: 3 },
+    Nchw { n: 1, c: 4, h: 1, w: 1 },
+];
+
+/// The header's promise for `xbf16 = 1`: every entry that reads x gives bit for bit what it
+/// gives on the widened f32 values, on bf16 values with zeros of both signs, subnormals,
+/// infinities (one as a shift sample) and NaNs (with payloads, signalling).
+#[test]
+fn bf16_x_is_bit_exact_with_its_widened_f32() {
+    let k = sim::load("batch_norm");
+    for (i, d) in BF16_SHAPES.into_iter().enumerate() {
+        for (lo, non_finite) in [(-2.0, false), (100.0, false), (-2.0, true)] {
+            let seed = 111 + i as u64;
+            let xb = bf16_inputs(d, lo, seed, non_finite);
+            check_bf16_x_matches_widened(&k, &xb, d, seed, &format!("{} from {lo}, non-finite: {non_finite}", tag(d)));
+        }
+    }
+}
+
+/// The same with gridDim.y cut to 2 (`crate::with_grid_y_cap`): the partial kernels walk the
+/// channels, normalise and dx the planes, by gridDim.y with bf16 x too.
+#[test]
+fn bf16_x_walks_channels_and_planes_past_a_short_grid() {
+    let k = sim::load("batch_norm");
+    let d = Nchw { n: 3, c: 5, h: 7, w: 7 };
+    let xb = bf16_inputs(d, -2.0, 121, true);
+    crate::with_grid_y_cap(2, || check_bf16_x_matches_widened(&k, &xb, d, 121, &format!("short grid {}", tag(d))));
+}
+
+/// `text` with the first `from` inside the entry `entry` replaced by `to`.
+fn edit_entry(text: &str, entry: &str, from: &str, to: &str) -> String {
+    let start = text.find(&format!(".entry {entry}(")).unwrap_or_else(|| panic!("no entry {entry}"));
+    let end = text[start + 1..].find(".entry ").map_or(text.len(), |e| start + 1 + e);
+    let at = start + text[start..end].find(from).unwrap_or_else(|| panic!("`{from}` is not in {entry}"));
+    format!("{}{to}{}", &text[..at], &text[at + from.len()..])
+}
+
+/// The bf16-x check notices, in each entry on its own, a bf16 path that leaves the 16 bits in
+/// the low half of the f32 (no `<< 16`: tiny subnormals instead of the values), and a bf16
+/// path that steps 4 bytes an element (the simulator refuses the reads past the 2-byte
+/// array, or the values differ).
+#[test]
+fn a_wrong_bf16_x_read_is_caught() {
+    let d = Nchw { n: 3, c: 5, h: 7, w: 7 };
+    let xb = bf16_inputs(d, -2.0, 131, false);
+    let entries = [
+        ("bn_stats_partial_f32", "@%p4 shl.b32 %r19, %r19, 16;", "selp.u32 %r18, 1, 2, %p4;"),
+        ("bn_stats_final_f32", "@%p4 shl.b32 %r11, %r11, 16;", "selp.u32 %r10, 1, 2, %p4;"),
+        ("bn_normalize_f32", "@%p4 shl.b32 %r15, %r15, 16;", "selp.u32 %r14, 1, 2, %p4;"),
+        ("bn_bwd_partial_f32", "@%p6 shl.b32 %r19, %r19, 16;", "selp.u32 %r18, 1, 2, %p6;"),
+        ("bn_bwd_dx_f32", "@%p5 shl.b32 %r14, %r14, 16;", "selp.u32 %r13, 1, 2, %p5;"),
+    ];
+    for (entry, shift, stride) in entries {
+        for (fault, from, to) in [("the low half", shift, ""), ("a 4-byte stride", stride, &stride.replacen("1, 2", "2, 2", 1)[..])] {
+            let k = sim::load_edited("batch_norm", |t| edit_entry(t, entry, from, to));
+            let check = std::panic::AssertUnwindSafe(|| check_bf16_x_matches_widened(&k, &xb, d, 131, "(planted fault)"));
+            let outcome = std::panic::catch_unwind(check);
+            let err = match outcome {
+                Ok(()) => panic!("{entry} reading bf16 x with {fault} gave the widened f32's results"),
+                Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+            };
+            let by_sim = err.contains("outside every allocation") && err.starts_with(entry);
+            let by_check = err.contains("with bf16 x") && err.contains(&format!("{entry} "));
+            assert!(by_sim || by_check, "{entry} with {fault}: not caught by the simulator nor by the comparison of its output: {err}");
+        }
+    }
+}
+
 /// How the batch-norm kernels access memory (see `access.rs`), at conv1_2's planes scaled down
-/// (64 channels of 32 x 32, 2 images: one piece a plane, P = 2, block 256):
+/// (64 channels of 32 x 32, 2 images: one piece a plane, P = 2, block 256), each entry that
+/// reads x with f32 x and with bf16 x (`xbf16 = 1`):
 /// - the partial kernels, normalise and dx read and write whole planes with consecutive lanes,
 ///   and their per-channel values (shift, mean, statistics, coefficients) with all lanes at
-///   one address: coalesced; the block sum's shared memory is conflict-free;
+///   one address: coalesced (a warp's 32 bf16 x values are 64 bytes: 2 sectors); the block
+///   sum's shared memory is conflict-free;
 /// - the final kernels (a lane per channel) read the partial sums `[P, C, 2]` f64 with lanes
 ///   16 bytes apart, each load taking 8 of them: 16 sectors for 8, x2 (the two loads of a
 ///   piece use all the bytes); `bn_stats_final_f32` reads each channel's shift `x[0, c, 0]`,
-///   lanes HW floats apart: a sector a lane, 32 for 4, x8; `bn_bwd_final_f32` stores the
-///   coefficient table `[C, 8]` f64 with lanes 64 bytes apart, 32 sectors for 8, x4. These
-///   move O(C) bytes, nothing next to the planes.
-/// - At conv5's 14 x 14, a plane is 784 bytes, 16 off a sector boundary: normalise's warps in
-///   every other plane straddle one more sector (5 for 4), the same data x1.12.
+///   lanes a plane apart: a sector a lane, 32 for 4 (f32) or for 2 (bf16: 64 bytes);
+///   `bn_bwd_final_f32` stores the coefficient table `[C, 8]` f64 with lanes 64 bytes apart,
+///   32 sectors for 8, x4. These move O(C) bytes, nothing next to the planes.
+/// - At conv5's 14 x 14, a plane is 784 bytes of f32 (16 off a sector boundary) or 392 of bf16
+///   (8 off): normalise's warps straddle one more sector in every other f32 plane, and in
+///   three bf16 planes of four.
 #[test]
 fn access_batch_norm() {
     use crate::access::{assert_coalesced, profile};
     let k = sim::load("batch_norm");
     let d = Nchw { n: 2, c: 64, h: 32, w: 32 };
-    let what = "2 x 64 x 32 x 32";
     let (nchunk, pieces, block) = ops::plane_split("batch_norm", d.n, d.c, d.h * d.w).unwrap();
     let (c, planes) = (d.c as u32, (d.n * d.c) as u32);
     let (x, gamma, beta) = inputs(d, -2.0, 101);
+    let xb = bf16_bits(&x);
     let (_, dy, _, mean, invstd, y) = exact_backward_inputs(d, 103);
     let mut mem = Memory::default();
-    let [xd, gd, bd, dyd, md, id, yd] = [&x, &gamma, &beta, &dy, &mean, &invstd, &y].map(|v| mem.upload(v));
+    let [gd, bd, dyd, md, id, yd] = [&gamma, &beta, &dy, &mean, &invstd, &y].map(|v| mem.upload(v));
     let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
     let shape = dims(ops::partial_cfg(pieces, c, block));
-    let args = [Arg::U64(partial), Arg::U64(xd), Arg::U32(c), Arg::U32(hw(d)), Arg::U32(ops::PLANE_CHUNK), Arg::U32(nchunk)];
-    let p = profile(&k, &mut mem, "bn_stats_partial_f32", shape, &args, what);
-    assert_coalesced("bn_stats_partial_f32", &p);
-
     // The C lanes of the final kernels: warps of 32 channels.
     let warps = (d.c / 32) as u64;
     let pw = 2 * pieces as u64; // partial loads per lane: 2 per piece
-    let [m, s, v] = [(); 3].map(|_| mem.poisoned(4 * d.c));
-    let args = [
-        Arg::U64(m),
-        Arg::U64(s),
-        Arg::U64(v),
-        Arg::U64(partial),
-        Arg::U64(xd),
-        Arg::U32(c),
-        Arg::U32(hw(d)),
-        Arg::U32(pieces),
-        Arg::F64(count(d)),
-        Arg::F32(EPS),
-    ];
-    let p = profile(&k, &mut mem, "bn_stats_final_f32", dims(ops::grid_1d(c)), &args, what);
-    // Per warp: the partial loads 16 sectors for 8 each, the shift load 32 for 4.
-    assert_eq!((p.load.sectors, p.load.ideal), (warps * (16 * pw + 32), warps * (8 * pw + 4)), "bn_stats_final_f32 loads: {p}");
-    assert_eq!(p.store.sectors, p.store.ideal, "bn_stats_final_f32: uncoalesced stores: {p}");
-
-    let yout = mem.poisoned(4 * d.len());
-    let args = [
-        Arg::U64(yout),
-        Arg::U64(xd),
-        Arg::U64(md),
-        Arg::U64(id),
-        Arg::U64(gd),
-        Arg::U64(bd),
-        Arg::U32(c),
-        Arg::U32(hw(d)),
-        Arg::U32(planes),
-        Arg::U32(1),
-    ];
-    let p = profile(&k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what);
-    assert_coalesced("bn_normalize_f32", &p);
-
-    // The backward with the fused ReLU's mask, so that every load is taken.
-    let args = [
-        Arg::U64(partial),
-        Arg::U64(xd),
-        Arg::U64(dyd),
-        Arg::U64(md),
-        Arg::U32(c),
-        Arg::U32(hw(d)),
-        Arg::U32(ops::PLANE_CHUNK),
-        Arg::U32(nchunk),
-        Arg::U64(yd),
-    ];
-    let p = profile(&k, &mut mem, "bn_bwd_partial_f32", shape, &args, "2 x 64 x 32 x 32, ymask");
-    assert_coalesced("bn_bwd_partial_f32", &p);
-
     let coef = mem.poisoned(d.c * 8 * 8);
     let [dgamma, dbeta] = [(); 2].map(|_| mem.poisoned(4 * d.c));
-    let args = [
+    let bwd_final_args = [
         Arg::U64(dgamma),
         Arg::U64(dbeta),
         Arg::U64(coef),
@@ -625,49 +793,129 @@ fn access_batch_norm() {
         Arg::U32(pieces),
         Arg::F64(count(d)),
     ];
-    let p = profile(&k, &mut mem, "bn_bwd_final_f32", dims(ops::grid_1d(c)), &args, what);
-    // Per warp: the partial loads as above, mean / invstd / gamma coalesced (4 sectors each);
-    // dgamma, dbeta coalesced, the 5 coefficient stores 32 sectors for 8.
-    assert_eq!((p.load.sectors, p.load.ideal), (warps * (16 * pw + 12), warps * (8 * pw + 12)), "bn_bwd_final_f32 loads: {p}");
-    assert_eq!((p.store.sectors, p.store.ideal), (warps * (8 + 5 * 32), warps * (8 + 5 * 8)), "bn_bwd_final_f32 stores: {p}");
+    for x in [X::F32(&x), X::Bf16(&xb)] {
+        let xd = x.upload(&mut mem);
+        let (what, what_ymask, shift_bytes) = match x {
+            X::F32(_) => ("2 x 64 x 32 x 32", "2 x 64 x 32 x 32, ymask", 4 * 32u64),
+            X::Bf16(_) => ("2 x 64 x 32 x 32, bf16 x", "2 x 64 x 32 x 32, bf16 x, ymask", 2 * 32u64),
+        };
+        let args = [Arg::U64(partial), Arg::U64(xd), Arg::U32(c), Arg::U32(hw(d)), Arg::U32(ops::PLANE_CHUNK), Arg::U32(nchunk), x.xbf16()];
+        let p = profile(&k, &mut mem, "bn_stats_partial_f32", shape, &args, what);
+        assert_coalesced("bn_stats_partial_f32", &p);
 
-    let dx = mem.poisoned(4 * d.len());
-    let args = [
-        Arg::U64(dx),
-        Arg::U64(xd),
-        Arg::U64(dyd),
-        Arg::U64(coef),
-        Arg::U32(c),
-        Arg::U32(hw(d)),
-        Arg::U32(planes),
-        Arg::F64(count(d)),
-        Arg::U64(yd),
-    ];
-    let p = profile(&k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args, "2 x 64 x 32 x 32, ymask");
-    assert_coalesced("bn_bwd_dx_f32", &p);
+        let [m, s, v] = [(); 3].map(|_| mem.poisoned(4 * d.c));
+        let args = [
+            Arg::U64(m),
+            Arg::U64(s),
+            Arg::U64(v),
+            Arg::U64(partial),
+            Arg::U64(xd),
+            Arg::U32(c),
+            Arg::U32(hw(d)),
+            Arg::U32(pieces),
+            Arg::F64(count(d)),
+            Arg::F32(EPS),
+            x.xbf16(),
+        ];
+        let p = profile(&k, &mut mem, "bn_stats_final_f32", dims(ops::grid_1d(c)), &args, what);
+        // Per warp: the partial loads 16 sectors for 8 each, the shift load 32 for its 32
+        // lanes' bytes (128 with f32, 64 with bf16).
+        let ideal = warps * (8 * pw + shift_bytes.div_ceil(32));
+        assert_eq!((p.load.sectors, p.load.ideal), (warps * (16 * pw + 32), ideal), "bn_stats_final_f32 loads ({what}): {p}");
+        assert_eq!(p.store.sectors, p.store.ideal, "bn_stats_final_f32: uncoalesced stores ({what}): {p}");
 
-    // conv5's planes: 196 floats, block 224 (7 warps, the last of 4 lanes). A plane at an even
-    // index starts on a sector: 6 x 4 + 1 = 25 sectors for its x and its y; one at an odd
-    // index starts 16 bytes into one: 6 x 5 + 1 = 31. The statistics loads stay 1 for 1.
+        let yout = mem.poisoned(4 * d.len());
+        let args = [
+            Arg::U64(yout),
+            Arg::U64(xd),
+            Arg::U64(md),
+            Arg::U64(id),
+            Arg::U64(gd),
+            Arg::U64(bd),
+            Arg::U32(c),
+            Arg::U32(hw(d)),
+            Arg::U32(planes),
+            Arg::U32(1),
+            x.xbf16(),
+        ];
+        let p = profile(&k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what);
+        assert_coalesced("bn_normalize_f32", &p);
+
+        // The backward with the fused ReLU's mask, so that every load is taken.
+        let args = [
+            Arg::U64(partial),
+            Arg::U64(xd),
+            Arg::U64(dyd),
+            Arg::U64(md),
+            Arg::U32(c),
+            Arg::U32(hw(d)),
+            Arg::U32(ops::PLANE_CHUNK),
+            Arg::U32(nchunk),
+            Arg::U64(yd),
+            x.xbf16(),
+        ];
+        let p = profile(&k, &mut mem, "bn_bwd_partial_f32", shape, &args, what_ymask);
+        assert_coalesced("bn_bwd_partial_f32", &p);
+
+        let p = profile(&k, &mut mem, "bn_bwd_final_f32", dims(ops::grid_1d(c)), &bwd_final_args, what);
+        // Per warp: the partial loads as above, mean / invstd / gamma coalesced (4 sectors
+        // each); dgamma, dbeta coalesced, the 5 coefficient stores 32 sectors for 8.
+        assert_eq!((p.load.sectors, p.load.ideal), (warps * (16 * pw + 12), warps * (8 * pw + 12)), "bn_bwd_final_f32 loads: {p}");
+        assert_eq!((p.store.sectors, p.store.ideal), (warps * (8 + 5 * 32), warps * (8 + 5 * 8)), "bn_bwd_final_f32 stores: {p}");
+
+        let dx = mem.poisoned(4 * d.len());
+        let args = [
+            Arg::U64(dx),
+            Arg::U64(xd),
+            Arg::U64(dyd),
+            Arg::U64(coef),
+            Arg::U32(c),
+            Arg::U32(hw(d)),
+            Arg::U32(planes),
+            Arg::F64(count(d)),
+            Arg::U64(yd),
+            x.xbf16(),
+        ];
+        let p = profile(&k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what_ymask);
+        assert_coalesced("bn_bwd_dx_f32", &p);
+    }
+
+    // conv5's planes: 196 values, block 224 (7 warps, the last of 4 lanes); 4 uniform loads a
+    // warp of the statistics, 1 sector each, with both x types.
+    // - f32 x: a plane at an even index starts on a sector: 6 x 4 + 1 = 25 sectors for its x
+    //   and its y; one at an odd index starts 16 bytes into one: 6 x 5 + 1 = 31.
+    // - bf16 x: plane p starts 392 p bytes in, 8 p mod 32 into a sector. A full warp's 64 bytes
+    //   take 2 sectors from a sector's start, 3 from 8, 16 or 24 bytes into one; the last
+    //   warp's 8 bytes 1 either way. Four planes in a row: 13 + 3 x 19 = 70 sectors for 52.
+    //   The y stores are f32, as above.
     let d = Nchw { n: 2, c: 64, h: 14, w: 14 };
     let (x, gamma, beta) = inputs(d, -2.0, 105);
-    let [xd, gd, bd] = [&x, &gamma, &beta].map(|v| mem.upload(v));
-    let yout = mem.poisoned(4 * d.len());
-    let args = [
-        Arg::U64(yout),
-        Arg::U64(xd),
-        Arg::U64(md),
-        Arg::U64(id),
-        Arg::U64(gd),
-        Arg::U64(bd),
-        Arg::U32(c),
-        Arg::U32(hw(d)),
-        Arg::U32(planes),
-        Arg::U32(1),
-    ];
-    let p = profile(&k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args, "2 x 64 x 14 x 14");
+    let xb = bf16_bits(&x);
+    let [gd, bd] = [&gamma, &beta].map(|v| mem.upload(v));
+    let params = 4 * 7 * planes as u64;
     let pairs = (planes / 2) as u64;
-    assert_eq!((p.store.sectors, p.store.ideal), (pairs * (25 + 31), pairs * 50), "bn_normalize_f32 at 14 x 14: stores: {p}");
-    let params = 4 * 7 * planes as u64; // 4 uniform loads a warp, 1 sector each
-    assert_eq!((p.load.sectors, p.load.ideal), (pairs * 56 + params, pairs * 50 + params), "bn_normalize_f32 at 14 x 14: loads: {p}");
+    for x in [X::F32(&x), X::Bf16(&xb)] {
+        let xd = x.upload(&mut mem);
+        let yout = mem.poisoned(4 * d.len());
+        let args = [
+            Arg::U64(yout),
+            Arg::U64(xd),
+            Arg::U64(md),
+            Arg::U64(id),
+            Arg::U64(gd),
+            Arg::U64(bd),
+            Arg::U32(c),
+            Arg::U32(hw(d)),
+            Arg::U32(planes),
+            Arg::U32(1),
+            x.xbf16(),
+        ];
+        let (what, x_loads) = match x {
+            X::F32(_) => ("2 x 64 x 14 x 14", (pairs * 56, pairs * 50)),
+            X::Bf16(_) => ("2 x 64 x 14 x 14, bf16 x", ((planes / 4) as u64 * 70, (planes / 4) as u64 * 52)),
+        };
+        let p = profile(&k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what);
+        assert_eq!((p.store.sectors, p.store.ideal), (pairs * (25 + 31), pairs * 50), "bn_normalize_f32 ({what}): stores: {p}");
+        assert_eq!((p.load.sectors, p.load.ideal), (x_loads.0 + params, x_loads.1 + params), "bn_normalize_f32 ({what}): loads: {p}");
+    }
 }

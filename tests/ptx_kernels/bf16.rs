@@ -1,8 +1,8 @@
 //! `kernels/bf16.ptx`: the casts, bias + ReLU on bf16 buffers and the batched transposes with a
-//! cast (`transpose_f32_to_bf16`, `transpose_bf16_to_f32`, with their wrapper's
-//! `ops::transpose_cfg`, its row-tile and matrix walks past short grids, and the barriers and
-//! tile indexing of the shared tile), bit for bit against `backend::cpu::bf16` (that is,
-//! `half`'s rounding).
+//! cast (`transpose_f32_to_bf16`, `transpose_bf16_to_f32`) or without (`transpose_bf16`, a bit
+//! copy), with their wrapper's `ops::transpose_cfg`, its row-tile and matrix walks past short
+//! grids, and the barriers and tile indexing of the shared tile, bit for bit against
+//! `backend::cpu::bf16` (that is, `half`'s rounding) or a CPU transpose of the bits.
 
 use half::bf16;
 use hyperseg_engine::backend::cpu::bf16 as cpu;
@@ -118,6 +118,30 @@ fn sim_to_f32(k: &Kernels, x: &[u16], (rows, cols, batch): (usize, usize, usize)
     Ok(mem.download(out, n))
 }
 
+/// `transpose_bf16` of `k` on `batch` matrices `[rows, cols]` of bf16 bits (`x`) with the
+/// launch shape `d`: the bits of out `[batch, cols, rows]` (poisoned before), or the
+/// simulator's error.
+fn sim_bf16(k: &Kernels, x: &[u16], (rows, cols, batch): (usize, usize, usize), d: Dims) -> Result<Vec<u16>, String> {
+    let n = rows * cols * batch;
+    assert_eq!(x.len(), n);
+    let mut mem = Memory::default();
+    let xd = mem.upload(x);
+    let out = mem.poisoned(2 * n);
+    let args = [Arg::U64(out), Arg::U64(xd), Arg::U32(rows as u32), Arg::U32(cols as u32), Arg::U32(batch as u32)];
+    k.launch(&mut mem, "transpose_bf16", d, &args).map_err(|e| e.0)?;
+    Ok(mem.download(out, n))
+}
+
+/// The CPU transpose of `batch` matrices `[rows, cols]` of bf16 bits: out[b, j, i] = x[b, i, j].
+fn transpose_bits(x: &[u16], (rows, cols, batch): (usize, usize, usize)) -> Vec<bf16> {
+    (0..rows * cols * batch)
+        .map(|o| {
+            let (b, j, i) = (o / (rows * cols), o / rows % cols, o % rows);
+            bf16::from_bits(x[b * rows * cols + i * cols + j])
+        })
+        .collect()
+}
+
 /// The wrapper's launch shape for `batch` matrices `[rows, cols]` (gridDim.y cut by
 /// `crate::with_grid_y_cap` when one is set).
 fn cfg((rows, cols, batch): (usize, usize, usize)) -> Dims {
@@ -225,6 +249,57 @@ fn transpose_widening_keeps_every_bit() {
     assert_f32_bits("transpose_bf16_to_f32 vs the CPU", &got, &cpu::transpose_to_f32(&x_bf16, batch, rows, cols));
 }
 
+/// Random bf16 bits for `transpose_bf16`, with NaNs (quiet and signalling, either sign, with
+/// payloads), infinities, signed zeros and subnormals; never 0xFFFF, the bits of an unwritten
+/// element ([`POISON_BF16`]).
+fn random_bf16_bits(n: usize, seed: u64) -> Vec<u16> {
+    let mut rng = Rng(seed);
+    let mut x: Vec<u16> = (0..n).map(|_| rng.bits() as u16).map(|b| if b == POISON_BF16 { 0xFFC3 } else { b }).collect();
+    let special = [0x7F81u16, 0xFF81, 0x7FC0, 0xFFC1, 0x7FE5, 0x7F80, 0xFF80, 0x0001, 0x807F, 0x8000, 0x0000];
+    for (i, s) in special.into_iter().enumerate() {
+        x[(i * 131 + 7) % n] = s;
+    }
+    x
+}
+
+/// `transpose_bf16` bit for bit against a CPU transpose of the bits (and, widened, against
+/// `cpu::transpose_to_f32`, the reference of the widening transpose), with the wrapper's
+/// launch shape: the transposes' shapes (partial tiles, a single row or column, one matrix and
+/// several) and conv1's NHWC output [2, 56 x 56, 128] (a layer's real shape: rows = H W,
+/// cols = C).
+#[test]
+fn transpose_bf16_copies_every_bit() {
+    let k = sim::load("bf16");
+    let shapes = TRANSPOSE_SHAPES.into_iter().chain([(1, 1, 1), (56 * 56, 128, 2)]);
+    for (s, shape) in shapes.enumerate() {
+        let (rows, cols, batch) = shape;
+        let x = random_bf16_bits(rows * cols * batch, 0xB16_0000 + s as u64);
+        let tag = format!("{batch} x [{rows}, {cols}]");
+        let got = sim_bf16(&k, &x, shape, cfg(shape)).unwrap_or_else(|e| panic!("transpose_bf16 {tag}: {e}"));
+        assert_bf16_bits(&format!("transpose_bf16 {tag}"), &got, &transpose_bits(&x, shape));
+        let widened: Vec<f32> = got.iter().map(|b| f32::from_bits((*b as u32) << 16)).collect();
+        let x_bf16: Vec<bf16> = x.iter().map(|v| bf16::from_bits(*v)).collect();
+        assert_f32_bits(&format!("transpose_bf16 {tag}, widened"), &widened, &cpu::transpose_to_f32(&x_bf16, batch, rows, cols));
+    }
+}
+
+/// `transpose_bf16` walking beyond its grid, as `transposes_walk_past_short_grids`: gridDim.y
+/// cut to 2 (3 row tiles of 70 rows, and of 67) and gridDim.z 2 for 5 matrices.
+#[test]
+fn transpose_bf16_walks_past_short_grids() {
+    let k = sim::load("bf16");
+    for shape in [(70, 67, 5), (67, 70, 5)] {
+        let x = random_bf16_bits(shape.0 * shape.1 * shape.2, 0xB16_0100);
+        crate::with_grid_y_cap(2, || {
+            let d = cfg(shape);
+            let d = Dims { grid: (d.grid.0, d.grid.1, 2), ..d };
+            assert!(d.grid.1 == 2 && shape.0.div_ceil(32) > 2, "no row-tile walk");
+            let got = sim_bf16(&k, &x, shape, d).unwrap_or_else(|e| panic!("transpose_bf16 {shape:?}, grid {:?}: {e}", d.grid));
+            assert_bf16_bits(&format!("transpose_bf16 {shape:?}, grid {:?}", d.grid), &got, &transpose_bits(&x, shape));
+        });
+    }
+}
+
 /// Both transposes walking beyond their grid: gridDim.y cut to 2 (`crate::with_grid_y_cap`),
 /// so a block takes several row tiles (reusing the shared tile, past 65535 row tiles on a GPU),
 /// and gridDim.z set by hand below the batch, standing for batch > 65535 (`transpose_cfg`
@@ -264,7 +339,7 @@ fn missing_transpose_barriers_are_caught() {
     let xb: Vec<u16> = cpu::to_bf16(&x).iter().map(|v| v.to_bits()).collect();
     let first = "    bar.sync 0;\n    // Store:";
     let second = "    bar.sync 0;                              // the next tile reuses tr_tile\n";
-    for entry in ["transpose_f32_to_bf16", "transpose_bf16_to_f32"] {
+    for entry in ["transpose_f32_to_bf16", "transpose_bf16_to_f32", "transpose_bf16"] {
         for (barrier, walk, expect) in [(first, false, "that no thread of the block wrote"), (second, true, "data race on shared memory")] {
             let k = sim::load_edited("bf16", |t| edit_entry(t, entry, barrier, &barrier.replacen("bar.sync 0;", "", 1)));
             // The second barrier only matters when a block takes a second tile: one block
@@ -272,10 +347,10 @@ fn missing_transpose_barriers_are_caught() {
             let d = cfg(shape);
             let d = if walk { Dims { grid: (d.grid.0, 1, 1), ..d } } else { d };
             let err = crate::launch_error(|| {
-                let r = if entry == "transpose_f32_to_bf16" {
-                    sim_to_bf16(&k, &x, shape, d).map(drop)
-                } else {
-                    sim_to_f32(&k, &xb, shape, d).map(drop)
+                let r = match entry {
+                    "transpose_f32_to_bf16" => sim_to_bf16(&k, &x, shape, d).map(drop),
+                    "transpose_bf16_to_f32" => sim_to_f32(&k, &xb, shape, d).map(drop),
+                    _ => sim_bf16(&k, &xb, shape, d).map(drop),
                 };
                 r.unwrap_or_else(|e| panic!("{e}"));
             });
@@ -284,11 +359,12 @@ fn missing_transpose_barriers_are_caught() {
     }
 }
 
-/// Wrong tile indices in the store phase are noticed: `transpose_f32_to_bf16` reading the tile
-/// with row pitch 32 instead of the padded 33 (the simulator refuses the read of a padding word
-/// no thread wrote, or else the comparison fails), and `transpose_bf16_to_f32` reading
-/// tile[k][tx] (the comparison fails). A control: pitch 32 in both phases is still correct, so
-/// the faults are caught for the mismatch, not the pitch.
+/// Wrong tile indices in the store phase are noticed: `transpose_f32_to_bf16` and
+/// `transpose_bf16` reading the tile with row pitch 32 instead of the padded 33 (the simulator
+/// refuses the read of a padding word no thread wrote, or else the comparison fails), and
+/// `transpose_bf16_to_f32` and `transpose_bf16` reading tile[k][tx] (the comparison fails). A
+/// control: pitch 32 in both phases is still correct, so the faults are caught for the
+/// mismatch, not the pitch.
 #[test]
 fn a_wrong_tile_index_is_caught() {
     let shape = (64, 32, 2);
@@ -322,13 +398,28 @@ fn a_wrong_tile_index_is_caught() {
         got.iter().zip(&want).any(|(g, w)| g.to_bits() != w.to_bits()),
         "transpose_bf16_to_f32 reading the tile untransposed matched the CPU"
     );
+
+    // transpose_bf16: the store phase with pitch 32, then reading tile[k][tx].
+    let want = transpose_bits(&xb, shape);
+    let k = sim::load_edited("bf16", |t| edit_entry(t, "transpose_bf16", store, "mad.lo.u32 %r18, %r4, 32, %r14;"));
+    match sim_bf16(&k, &xb, shape, cfg(shape)) {
+        Err(e) => assert!(e.contains("no thread of the block wrote"), "{e}"),
+        Ok(got) => {
+            assert!(got.iter().zip(&want).any(|(g, w)| *g != w.to_bits()), "transpose_bf16 reading the tile with pitch 32 matched the CPU")
+        }
+    }
+    let k = sim::load_edited("bf16", |t| edit_entry(t, "transpose_bf16", store, "mad.lo.u32 %r18, %r14, 33, %r4;"));
+    let got = sim_bf16(&k, &xb, shape, cfg(shape)).unwrap_or_else(|e| panic!("an untransposed tile read: {e}"));
+    assert!(got.iter().zip(&want).any(|(g, w)| *g != w.to_bits()), "transpose_bf16 reading the tile untransposed matched the CPU");
 }
 
 /// How the bf16 kernels access memory (see `access.rs`): the casts and bias + ReLU are
 /// coalesced; the transposes at a layer's shape (64 channels, 32 x 32 tiles) are coalesced on
-/// both sides, and their padded tile (pitch 33) has no bank conflict, where the unpadded tile
-/// (pitch 32, still correct: `a_wrong_tile_index_is_caught`) reads each tile column from one
-/// bank: 32 passes per request of that phase.
+/// both sides (`transpose_bf16`: a warp's 32 bf16 are 64 bytes, 2 sectors, each way), and their
+/// padded tile (pitch 33) has no bank conflict, where the unpadded tile (pitch 32, still
+/// correct: `a_wrong_tile_index_is_caught`) reads each tile column from one bank: 32 passes
+/// per request of that phase. At conv5's 14 x 14, `transpose_bf16`'s NCHW rows are 392 bytes,
+/// 8 p mod 32 into a sector for row p: its stores straddle a sector more in three rows of four.
 #[test]
 fn access_bf16_kernels() {
     use crate::access::{assert_coalesced, profile};
@@ -362,6 +453,24 @@ fn access_bf16_kernels() {
     assert_coalesced("transpose_f32_to_bf16", &p);
     let p = profile(&k, &mut mem, "transpose_bf16_to_f32", cfg((cols, rows, batch)), &args(back, t, cols, rows), what);
     assert_coalesced("transpose_bf16_to_f32", &p);
+    // The bf16 NHWC [2, 1024, 64] that transpose_f32_to_bf16 wrote, back to NCHW bf16.
+    let tb = mem.poisoned(2 * n);
+    let p = profile(&k, &mut mem, "transpose_bf16", cfg((cols, rows, batch)), &args(tb, t, cols, rows), "2 x [1024, 64]");
+    assert_coalesced("transpose_bf16", &p);
+
+    // conv5's NHWC [2, 14 x 14, 64] to NCHW: the loads (rows of 64 bf16, 128 bytes) coalesced.
+    // The stores: out row p (p = b C + c) starts 392 p bytes in, 8 p mod 32 into a sector. A
+    // full warp's 64 bytes (6 of the 7 row tiles: 196 = 6 x 32 + 4) take 2 sectors from a
+    // sector's start, 3 from 8, 16 or 24 bytes into one; the last tile's 4 lanes (8 bytes) 1
+    // either way. Four rows in a row: 13 + 3 x 19 = 70 sectors for 52.
+    let (hw, c) = (14 * 14, 64);
+    let x14 = mem.upload(&random_bf16_bits(hw * c * batch, 6));
+    let out14 = mem.poisoned(2 * hw * c * batch);
+    let p = profile(&k, &mut mem, "transpose_bf16", cfg((hw, c, batch)), &args(out14, x14, hw, c), "2 x [196, 64]");
+    assert_eq!(p.load.sectors, p.load.ideal, "transpose_bf16 at 14 x 14: uncoalesced loads: {p}");
+    let quads = (c * batch / 4) as u64;
+    assert_eq!((p.store.sectors, p.store.ideal), (quads * 70, quads * 52), "transpose_bf16 at 14 x 14: stores: {p}");
+    assert_eq!(p.shared.wavefronts, p.shared.ideal, "transpose_bf16 at 14 x 14: bank conflicts: {p}");
 
     let (load, store) = ("mad.lo.u32 %r18, %r14, 33, %r4;", "mad.lo.u32 %r18, %r4, 33, %r14;");
     let unpadded = sim::load_edited("bf16", |t| {

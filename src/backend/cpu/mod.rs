@@ -208,6 +208,29 @@ impl BackendStorage for CpuStorage {
         Ok(BatchNormBackward { dx: CpuStorage::F32(b.dx), dgamma: CpuStorage::F32(b.dgamma), dbeta: CpuStorage::F32(b.dbeta) })
     }
 
+    /// The f32 output: the CPU's bf16 mode rounds it in place (`conv::with_bf16_mode`).
+    type NormInput = CpuStorage;
+
+    fn conv2d_for_norm(&self, w: &Self, s: &ConvSpec, keep: ConvKeep) -> Result<(Self, ())> {
+        self.conv2d_keeping(w, s, keep)
+    }
+
+    fn batch_norm_train_of(x: &Self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>> {
+        x.batch_norm_train(gamma, beta, d, eps, relu)
+    }
+
+    fn batch_norm_backward_of(
+        x: &Self,
+        dy: &Self,
+        gamma: &Self,
+        mean: &Self,
+        invstd: &Self,
+        d: Nchw,
+        relu_out: Option<&Self>,
+    ) -> Result<BatchNormBackward<Self>> {
+        x.batch_norm_backward(dy, gamma, mean, invstd, d, relu_out)
+    }
+
     fn max_pool2x2(&self, d: Nchw) -> Result<Self> {
         check_len("max_pool2x2", "input", self.len(), d.len())?;
         Ok(CpuStorage::F32(pool::max_pool2x2(self.as_f32(), d)))

@@ -89,6 +89,24 @@ impl CudaBf16 {
         Ok(out)
     }
 
+    /// The transposes of `batch` row-major bf16 matrices `[rows, cols]` in `self`, still bf16
+    /// (a bit copy): `out[b, j, i] = self[b, i, j]`. NHWC bf16 to NCHW bf16 with rows = H W,
+    /// cols = C: a bf16 convolution's output as the batch norm after it reads it. Kernel
+    /// `transpose_bf16`, launch [`transpose_cfg`].
+    pub fn transposed(&self, batch: usize, rows: usize, cols: usize) -> Result<CudaBf16> {
+        const OP: &str = "transpose_bf16";
+        let _r = nvtx::range(OP);
+        check_len(OP, "input", self.len, batch * rows * cols)?;
+        let dev = self.device().clone();
+        let out = CudaBf16::alloc(&dev, self.len)?;
+        if count(OP, self.len)? > 0 {
+            let (rows, cols, batch) = (count(OP, rows)?, count(OP, cols)?, count(OP, batch)?);
+            let (out_ptr, x_ptr) = (out.raw_ptr(), self.raw_ptr());
+            launch!(dev, entry::TRANSPOSE_BF16, transpose_cfg(rows, cols, batch), &out_ptr, &x_ptr, &rows, &cols, &batch)?;
+        }
+        Ok(out)
+    }
+
     /// A copy of the values on the host (waits for the device).
     pub fn to_host(&self) -> Result<Vec<bf16>> {
         // The f32 words are copied bit for bit; two bf16 each.
@@ -110,6 +128,11 @@ impl CudaBf16 {
     /// The device holding the buffer.
     pub fn device(&self) -> &CudaDevice {
         self.words.device()
+    }
+
+    /// The pool buffer holding the values (`ceil(len / 2)` f32 words no f32 kernel reads).
+    pub(crate) fn words(&self) -> &CudaStorage {
+        &self.words
     }
 
     /// The device address of the first element.

@@ -214,7 +214,7 @@ impl BackendStorage for CudaStorage {
     }
 
     fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>> {
-        ops::batch_norm_train(self, gamma, beta, d, eps, relu)
+        ops::batch_norm_train(ops::BnInput::F32(self), gamma, beta, d, eps, relu)
     }
 
     fn batch_norm_backward(
@@ -226,7 +226,37 @@ impl BackendStorage for CudaStorage {
         d: Nchw,
         relu_out: Option<&Self>,
     ) -> Result<BatchNormBackward<Self>> {
-        ops::batch_norm_backward(self, dy, gamma, mean, invstd, d, relu_out)
+        ops::batch_norm_backward(ops::BnInput::F32(self), dy, gamma, mean, invstd, d, relu_out)
+    }
+
+    /// NCHW bf16 in the bf16 convolution mode (see `norm_input.rs`).
+    type NormInput = super::CudaNormInput;
+
+    fn conv2d_for_norm(&self, w: &Self, s: &ConvSpec, keep: ConvKeep) -> Result<(Self::NormInput, Self::ConvKept)> {
+        super::cudnn::conv2d_for_norm(self, w, s, keep)
+    }
+
+    fn batch_norm_train_of(
+        x: &Self::NormInput,
+        gamma: &Self,
+        beta: &Self,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<BatchNormForward<Self>> {
+        ops::batch_norm_train(x.view(), gamma, beta, d, eps, relu)
+    }
+
+    fn batch_norm_backward_of(
+        x: &Self::NormInput,
+        dy: &Self,
+        gamma: &Self,
+        mean: &Self,
+        invstd: &Self,
+        d: Nchw,
+        relu_out: Option<&Self>,
+    ) -> Result<BatchNormBackward<Self>> {
+        ops::batch_norm_backward(x.view(), dy, gamma, mean, invstd, d, relu_out)
     }
 
     fn max_pool2x2(&self, d: Nchw) -> Result<Self> {

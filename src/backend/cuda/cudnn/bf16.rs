@@ -5,7 +5,9 @@
 //! operands (filters KCRS to KRSC) with one transposing cast each (`transpose_f32_to_bf16` in
 //! `kernels/bf16.ptx`), runs cuDNN on them ([`ConvData::NhwcBf16`]: NHWC, the layout its bf16
 //! tensor-core kernels read without transposing), and widens the bf16 result back to NCHW f32
-//! (`transpose_bf16_to_f32`). Every value therefore goes through the same roundings as on the CPU
+//! (`transpose_bf16_to_f32`), or, for a convolution whose output only a training-mode batch
+//! norm reads (`conv2d_for_norm`), transposes it to NCHW bf16 (`transpose_bf16`), which the
+//! batch-norm kernels read as is ([`CudaNormInput`]). Every value therefore goes through the same roundings as on the CPU
 //! ([`crate::backend::cpu::conv::with_bf16_mode`]): operands to bf16, products exact in f32,
 //! sums in f32, the result to bf16; only the order of the sums differs.
 //!
@@ -27,8 +29,8 @@
 //! (x, w; dy; where the separate computations cast x, w; dy, w; x, dy).
 
 use super::descriptors::ConvData;
-use super::{place, run, Computed, Direction, Operand};
-use crate::backend::cuda::{CudaBf16, CudaDevice, CudaStorage};
+use super::{place, run, Computed, Direction, Form, Operand};
+use crate::backend::cuda::{CudaBf16, CudaDevice, CudaNormInput, CudaStorage};
 use crate::backend::ConvSpec;
 use crate::error::{Error, Result};
 
@@ -114,9 +116,10 @@ impl<'a> OperandCopy<'a> {
 
 /// One convolution computation `dir` of `s` in bf16 mode, on its two operands `a` and `b`
 /// (forward: x, w; backward data: dy, w; backward filter: x, dy), each with its NHWC bf16 copy
-/// when an earlier computation made one. Returns the result and the copies made here. The
-/// caller checked the lengths and that no extent is 0.
-pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand) -> Result<Computed> {
+/// when an earlier computation made one. Returns the result (NCHW, bf16 when `form` asks for
+/// it: the values the f32 result holds) and the copies made here. The caller checked the
+/// lengths and that no extent is 0.
+pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, form: Form) -> Result<Computed> {
     let dev = a.f32.device();
     check_bf16_conv(dev)?;
     let p = planes(s);
@@ -130,7 +133,11 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand) -> 
         let out = CudaBf16::alloc(dev, p[io].len())?;
         match run(dev, dir, s, place(dir, ca.ptr(), cb.ptr(), out.raw_ptr()), ConvData::NhwcBf16) {
             Ok(()) => {
-                let out = out.transposed_to_f32(p[io].batch, p[io].hw, p[io].c)?;
+                let (batch, hw, c) = (p[io].batch, p[io].hw, p[io].c);
+                let out = match form {
+                    Form::F32 => CudaNormInput::F32(out.transposed_to_f32(batch, hw, c)?),
+                    Form::Bf16 => CudaNormInput::Bf16(out.transposed(batch, hw, c)?),
+                };
                 return Ok(Computed { out, copies: [ca.made(), cb.made()] });
             }
             // Not supported (decided outside a capture: within one, only a plan made before runs).
@@ -147,5 +154,9 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand) -> 
     let (ar, br) = (rounded(a.f32)?, rounded(b.f32)?);
     let out = dev.alloc(p[io].len())?;
     run(dev, dir, s, place(dir, ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
-    Ok(Computed { out: rounded(&out)?, copies: [None, None] })
+    let out = match form {
+        Form::F32 => CudaNormInput::F32(rounded(&out)?),
+        Form::Bf16 => CudaNormInput::Bf16(CudaBf16::from_f32(&out)?),
+    };
+    Ok(Computed { out, copies: [None, None] })
 }

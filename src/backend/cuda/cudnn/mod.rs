@@ -48,6 +48,7 @@ use self::descriptors::{ConvData, Descriptors};
 use super::bf16::CudaBf16;
 use super::device::CudaDevice;
 use super::error::{cuda_error, CudaResultExt};
+use super::norm_input::CudaNormInput;
 use super::storage::CudaStorage;
 use crate::backend::{ConvKeep, ConvSpec};
 use crate::error::{Error, Result};
@@ -403,8 +404,25 @@ impl<'a> From<&'a CudaStorage> for Operand<'a> {
 /// A computation's result, and the NHWC bf16 copies of its two operands it made (bf16 mode
 /// only; `None` where it was given one, or computed in f32).
 struct Computed {
-    out: CudaStorage,
+    out: CudaNormInput,
     copies: [Option<CudaBf16>; 2],
+}
+
+impl Computed {
+    /// A forward computation's result and the copies of its operands `keep` names.
+    fn keeping(self, keep: ConvKeep) -> (CudaNormInput, KeptOperands) {
+        let [x_copy, w_copy] = self.copies;
+        (self.out, KeptOperands { input: x_copy.filter(|_| keep.input), weight: w_copy.filter(|_| keep.weight) })
+    }
+}
+
+/// The form of a computation's NCHW result: f32, or in the bf16 mode bf16 when the caller reads
+/// it as such (a forward convolution whose output only a batch norm reads).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Form {
+    F32,
+    /// bf16 in the bf16 mode; f32 otherwise.
+    Bf16,
 }
 
 /// The NHWC bf16 copies of a forward convolution's operands kept for its backward pass
@@ -422,7 +440,7 @@ pub struct KeptOperands {
 /// The one computation `dir` of `s` on operands `a` and `b` (forward: x, w; backward data: dy,
 /// w; backward filter: x, dy): checks them, then runs it in f32 or, in the bf16 mode, through
 /// `bf16.rs`.
-fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand) -> Result<Computed> {
+fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, form: Form) -> Result<Computed> {
     let op = dir.op();
     let nonempty = check_spec(op, s)?;
     let lens = operand_lens(s);
@@ -436,37 +454,44 @@ fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand) -> Result<Compu
     same(op, a.f32, b.f32)?;
     let dev = a.f32.device();
     if !nonempty {
-        return Ok(Computed { out: dev.zeros(lens[io])?, copies: [None, None] });
+        return Ok(Computed { out: CudaNormInput::F32(dev.zeros(lens[io])?), copies: [None, None] });
     }
     if crate::settings::bf16_conv() {
-        return bf16::convolve(dir, s, a, b);
+        return bf16::convolve(dir, s, a, b, form);
     }
     let out = dev.alloc(lens[io])?;
     run(dev, dir, s, place(dir, a.f32.raw_ptr(), b.f32.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
-    Ok(Computed { out, copies: [None, None] })
+    Ok(Computed { out: CudaNormInput::F32(out), copies: [None, None] })
 }
 
 /// Forward convolution, no bias: `y [n, c_out, out_h, out_w]` from `x [n, c_in, h, w]` and
 /// `w [c_out, c_in, kh, kw]`.
 pub fn conv2d(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    Ok(compute(Direction::Forward, s, x.into(), w.into())?.out)
+    compute(Direction::Forward, s, x.into(), w.into(), Form::F32)?.out.into_f32()
 }
 
 /// [`conv2d`], keeping the bf16 copies of the operands `keep` names for the backward pass
 /// ([`conv2d_backward`]).
 pub fn conv2d_keeping(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec, keep: ConvKeep) -> Result<(CudaStorage, KeptOperands)> {
-    let Computed { out, copies: [x_copy, w_copy] } = compute(Direction::Forward, s, x.into(), w.into())?;
-    Ok((out, KeptOperands { input: x_copy.filter(|_| keep.input), weight: w_copy.filter(|_| keep.weight) }))
+    let (out, kept) = compute(Direction::Forward, s, x.into(), w.into(), Form::F32)?.keeping(keep);
+    Ok((out.into_f32()?, kept))
+}
+
+/// [`conv2d_keeping`] for a convolution whose output only a training-mode batch norm reads
+/// (`ops::batch_norm_train` on its [`CudaNormInput::view`]): in the bf16 mode the output stays
+/// NCHW bf16, the exact values [`conv2d_keeping`] would widen to f32.
+pub fn conv2d_for_norm(x: &CudaStorage, w: &CudaStorage, s: &ConvSpec, keep: ConvKeep) -> Result<(CudaNormInput, KeptOperands)> {
+    Ok(compute(Direction::Forward, s, x.into(), w.into(), Form::Bf16)?.keeping(keep))
 }
 
 /// Gradient with respect to the input: `dx [n, c_in, h, w]` from `dy` and `w`.
 pub fn conv2d_backward_input(dy: &CudaStorage, w: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    Ok(compute(Direction::BackwardData, s, dy.into(), w.into())?.out)
+    compute(Direction::BackwardData, s, dy.into(), w.into(), Form::F32)?.out.into_f32()
 }
 
 /// Gradient with respect to the weights: `dw [c_out, c_in, kh, kw]` from `x` and `dy`.
 pub fn conv2d_backward_weight(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -> Result<CudaStorage> {
-    Ok(compute(Direction::BackwardFilter, s, x.into(), dy.into())?.out)
+    compute(Direction::BackwardFilter, s, x.into(), dy.into(), Form::F32)?.out.into_f32()
 }
 
 /// `[dx, dw]` where `need` asks for them: the values of [`conv2d_backward_input`] and
@@ -484,15 +509,15 @@ pub fn conv2d_backward(
     let mut dy_copy = None;
     let dx = if need[0] {
         let w = Operand { f32: w, bf16: kept.weight.as_ref() };
-        let Computed { out, copies: [made_dy, _] } = compute(Direction::BackwardData, s, dy.into(), w)?;
-        dy_copy = made_dy;
-        Some(out)
+        let mut c = compute(Direction::BackwardData, s, dy.into(), w, Form::F32)?;
+        dy_copy = c.copies[0].take();
+        Some(c.out.into_f32()?)
     } else {
         None
     };
     let dw = if need[1] {
         let (x, dy) = (Operand { f32: x, bf16: kept.input.as_ref() }, Operand { f32: dy, bf16: dy_copy.as_ref() });
-        Some(compute(Direction::BackwardFilter, s, x, dy)?.out)
+        Some(compute(Direction::BackwardFilter, s, x, dy, Form::F32)?.out.into_f32()?)
     } else {
         None
     };

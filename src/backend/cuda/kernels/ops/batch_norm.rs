@@ -2,6 +2,60 @@
 //! normalise, ReLU fused when asked) and backward.
 
 use super::*;
+use crate::backend::cuda::CudaBf16;
+
+/// The input `x` of the batch-norm kernels: f32, or bf16 (their trailing `xbf16` flag; each
+/// value widened exactly as it is read, so the results are bit for bit those of the f32 kernels
+/// on the widened values). Only `x` changes type: `dy`, the outputs and the statistics stay f32.
+#[derive(Clone, Copy, Debug)]
+pub enum BnInput<'a> {
+    F32(&'a CudaStorage),
+    Bf16(&'a CudaBf16),
+}
+
+impl BnInput<'_> {
+    /// Number of elements.
+    pub fn len(self) -> usize {
+        match self {
+            BnInput::F32(x) => x.len(),
+            BnInput::Bf16(x) => x.len(),
+        }
+    }
+
+    /// True when there is no element.
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// The device address of the first element.
+    pub fn raw_ptr(self) -> u64 {
+        match self {
+            BnInput::F32(x) => x.raw_ptr(),
+            BnInput::Bf16(x) => x.raw_ptr(),
+        }
+    }
+
+    /// The kernels' `xbf16` argument.
+    pub fn xbf16(self) -> u32 {
+        matches!(self, BnInput::Bf16(_)) as u32
+    }
+
+    /// The device holding the buffer.
+    pub fn device(&self) -> &CudaDevice {
+        match self {
+            BnInput::F32(x) => x.device(),
+            BnInput::Bf16(x) => x.device(),
+        }
+    }
+
+    /// An error unless `other` is on this input's device.
+    fn same_device(self, op: &'static str, other: &CudaStorage) -> Result<()> {
+        match self {
+            BnInput::F32(x) => same_device(op, x, other),
+            BnInput::Bf16(x) => same_device(op, x.words(), other),
+        }
+    }
+}
 
 /// The launch of the per-plane kernels (normalise, dx): grid (ceil(HW/B) capped, planes capped).
 pub fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
@@ -9,7 +63,7 @@ pub fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
     cfg((hw.div_ceil(block).clamp(1, MAX_GRID_1D), planes.clamp(1, MAX_GRID_Y), 1), block)
 }
 
-/// Training-mode batch norm over `[n, c, h, w]`. Kernels: `bn_stats_partial_f32`
+/// Training-mode batch norm over `[n, c, h, w]` of `x`, f32 or bf16 ([`BnInput`]). Kernels: `bn_stats_partial_f32`
 /// (grid (N * nchunk, min(C, 65535)), block min(256, HW rounded up to 32), nchunk =
 /// ceil(HW / 2048)), `bn_stats_final_f32` (grid ceil(C/256), block 256), `bn_normalize_f32`
 /// (grid (ceil(HW/B), min(N*C, 65535)), block B = min(256, HW rounded up to 32)).
@@ -18,7 +72,7 @@ pub fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
 /// (the statistics are those of x, unchanged). Pass that `y` as `relu_out` to
 /// [`batch_norm_backward`].
 pub fn batch_norm_train(
-    x: &CudaStorage,
+    x: BnInput,
     gamma: &CudaStorage,
     beta: &CudaStorage,
     d: Nchw,
@@ -29,8 +83,8 @@ pub fn batch_norm_train(
     check_len("batch_norm", "input", x.len(), d.len())?;
     check_len("batch_norm", "gamma", gamma.len(), d.c)?;
     check_len("batch_norm", "beta", beta.len(), d.c)?;
-    same_device("batch_norm", x, gamma)?;
-    same_device("batch_norm", x, beta)?;
+    x.same_device("batch_norm", gamma)?;
+    x.same_device("batch_norm", beta)?;
     count("batch_norm", x.len())?;
     let dev = x.device().clone();
     let mut y = dev.alloc(x.len())?;
@@ -51,8 +105,20 @@ pub fn batch_norm_train(
     let planes = count("batch_norm", d.n * d.c)?;
     let (nchunk, pieces, block) = plane_split("batch_norm", d.n, d.c, d.h * d.w)?;
     let chunk = PLANE_CHUNK;
+    let (x_ptr, xbf16) = (x.raw_ptr(), x.xbf16());
     let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
-    launch!(dev, entry::BN_STATS_PARTIAL_F32, partial_cfg(pieces, c, block), partial.slice_mut(), x.slice(), &c, &hw, &chunk, &nchunk)?;
+    launch!(
+        dev,
+        entry::BN_STATS_PARTIAL_F32,
+        partial_cfg(pieces, c, block),
+        partial.slice_mut(),
+        &x_ptr,
+        &c,
+        &hw,
+        &chunk,
+        &nchunk,
+        &xbf16
+    )?;
     let count_f = (d.n * d.h * d.w) as f64;
     launch!(
         dev,
@@ -62,12 +128,13 @@ pub fn batch_norm_train(
         invstd.slice_mut(),
         var_unbiased.slice_mut(),
         partial.slice(),
-        x.slice(),
+        &x_ptr,
         &c,
         &hw,
         &pieces,
         &count_f,
-        &eps
+        &eps,
+        &xbf16
     )?;
     let relu = relu as u32;
     launch!(
@@ -75,7 +142,7 @@ pub fn batch_norm_train(
         entry::BN_NORMALIZE_F32,
         plane_cfg(hw, planes),
         y.slice_mut(),
-        x.slice(),
+        &x_ptr,
         mean.slice(),
         invstd.slice(),
         gamma.slice(),
@@ -83,12 +150,13 @@ pub fn batch_norm_train(
         &c,
         &hw,
         &planes,
-        &relu
+        &relu,
+        &xbf16
     )?;
     Ok(BatchNormForward { y, mean, invstd, var_unbiased })
 }
 
-/// Backward of [`batch_norm_train`]. Kernels: `bn_bwd_partial_f32` (grid as the stats),
+/// Backward of [`batch_norm_train`], `x` its input as it was given there. Kernels: `bn_bwd_partial_f32` (grid as the stats),
 /// `bn_bwd_final_f32` (grid ceil(C/256), block 256; writes dgamma, dbeta and an f64
 /// coefficient table [C, 8]), `bn_bwd_dx_f32` (grid as the normalisation).
 ///
@@ -97,7 +165,7 @@ pub fn batch_norm_train(
 /// bit for bit the result of passing `relu_backward(y, dy)` with `relu_out = None`. `None`:
 /// plain batch norm (`dy` is the gradient of the normalised output).
 pub fn batch_norm_backward(
-    x: &CudaStorage,
+    x: BnInput,
     dy: &CudaStorage,
     gamma: &CudaStorage,
     mean: &CudaStorage,
@@ -112,11 +180,11 @@ pub fn batch_norm_backward(
     check_len("batch_norm_backward", "mean", mean.len(), d.c)?;
     check_len("batch_norm_backward", "invstd", invstd.len(), d.c)?;
     for o in [dy, gamma, mean, invstd] {
-        same_device("batch_norm_backward", x, o)?;
+        x.same_device("batch_norm_backward", o)?;
     }
     if let Some(y) = relu_out {
         check_len("batch_norm_backward", "relu output", y.len(), d.len())?;
-        same_device("batch_norm_backward", x, y)?;
+        x.same_device("batch_norm_backward", y)?;
     }
     count("batch_norm_backward", x.len())?;
     let dev = x.device().clone();
@@ -139,19 +207,21 @@ pub fn batch_norm_backward(
     // until the launches are queued; when its owner drops it later, the pool hands its block
     // only to work queued after them on the same stream.
     let ymask: u64 = relu_out.map_or(0, |y| y.raw_ptr());
+    let (x_ptr, xbf16) = (x.raw_ptr(), x.xbf16());
     launch!(
         dev,
         entry::BN_BWD_PARTIAL_F32,
         partial_cfg(pieces, c, block),
         partial.slice_mut(),
-        x.slice(),
+        &x_ptr,
         dy.slice(),
         mean.slice(),
         &c,
         &hw,
         &chunk,
         &nchunk,
-        &ymask
+        &ymask,
+        &xbf16
     )?;
     let count_f = (d.n * d.h * d.w) as f64;
     launch!(
@@ -174,14 +244,15 @@ pub fn batch_norm_backward(
         entry::BN_BWD_DX_F32,
         plane_cfg(hw, planes),
         dx.slice_mut(),
-        x.slice(),
+        &x_ptr,
         dy.slice(),
         coef.slice(),
         &c,
         &hw,
         &planes,
         &count_f,
-        &ymask
+        &ymask,
+        &xbf16
     )?;
     Ok(BatchNormBackward { dx, dgamma, dbeta })
 }

@@ -1,0 +1,65 @@
+//! A convolution followed by training-mode batch norm (and, optionally, the ReLU after it) as
+//! one recorded op: a VGG layer in training.
+//!
+//! The convolution's output is never a tensor: it exists only as the batch norm's input, which
+//! the backend holds in the form that batch norm reads ([`crate::storage::NormInput`]; in the
+//! CUDA bf16 mode NCHW bf16, the very values the f32 tensor of [`Tensor::conv2d`] would hold, at
+//! half the memory and half the traffic of every pass that reads it). The backward pass runs the
+//! batch-norm backward on it, then the convolution's backward on the resulting gradient with the
+//! operand copies the forward pass kept. Values and gradients are bit for bit those of
+//! [`Tensor::conv2d`] followed by [`Tensor::batch_norm_train`] or
+//! [`Tensor::batch_norm_relu_train`].
+
+use super::batch_norm::{check_batch, check_params, forward_parts, BatchStats};
+use super::conv::{conv_keep, conv_spec};
+use super::{when, Grads};
+use crate::backend::Nchw;
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// `batch_norm_train(conv2d(self, weight, stride, pad), gamma, beta, eps)` (no convolution
+    /// bias: the batch norm's mean would cancel it), then ReLU when `relu`; one recorded op whose
+    /// intermediate is held as the backend's batch-norm input. Returns the batch statistics
+    /// too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_batch_norm_train(
+        &self,
+        weight: &Tensor,
+        stride: usize,
+        pad: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        relu: bool,
+    ) -> Result<(Tensor, BatchStats)> {
+        let s = conv_spec(self, weight, stride, pad)?;
+        let d = Nchw { n: s.n, c: s.c_out, h: s.out_h(), w: s.out_w() };
+        check_params(self, &[gamma, beta], "batch_norm", d.c)?;
+        check_batch(d)?;
+        let (conv_out, kept) = self.storage().conv2d_for_norm(&weight.storage(), &s, conv_keep(self, weight))?;
+        let f = conv_out.batch_norm_train(&gamma.storage(), &beta.storage(), d, eps, relu)?;
+        let (y, mean, invstd, stats) = forward_parts(f, d.c)?;
+        let y = Tensor::from_storage(y, [d.n, d.c, d.h, d.w])?;
+        let (x, w, g_) = (self.detach(), weight.detach(), gamma.detach());
+        // The output (untracked, sharing storage with the returned tensor) masks the gradient.
+        let relu_out = relu.then(|| y.clone());
+        let op = if relu { "conv2d_batch_norm_relu" } else { "conv2d_batch_norm" };
+        let y = y.record(op, &[self, weight, gamma, beta], move |g, need| -> Result<Grads> {
+            let mask = relu_out.as_ref().map(|t| t.storage());
+            let b = conv_out.batch_norm_backward(&g.storage(), &g_.storage(), &mean.storage(), &invstd.storage(), d, mask.as_deref())?;
+            let [dx, dw] = if need[0] || need[1] {
+                b.dx.conv2d_backward(&x.storage(), &w.storage(), &s, &kept, [need[0], need[1]])?
+            } else {
+                [None, None]
+            };
+            Ok(vec![
+                dx.map(|dx| Tensor::from_storage(dx, x.shape().clone())).transpose()?,
+                dw.map(|dw| Tensor::from_storage(dw, w.shape().clone())).transpose()?,
+                when(need[2], || Tensor::from_storage(b.dgamma, [d.c]))?,
+                when(need[3], || Tensor::from_storage(b.dbeta, [d.c]))?,
+            ])
+        });
+        Ok((y, stats))
+    }
+}
