@@ -108,10 +108,19 @@ pub fn assert_close(a: &[f32], b: &[f32], rtol: f32, atol: f32, what: &str) {
     assert!(worst.0 <= atol, "{what}[{i}]: {} vs {} (rtol {rtol}, atol {atol})", a[i], b[i]);
 }
 
-/// The relative error `max |a - b| / max |b|`.
+/// The relative error `max |a - b| / max |b|` over the finite values of `b`. Infinite where a
+/// pair disagrees on being finite (a NaN or an infinity on one side only, or infinities of
+/// different signs), so that a NaN result never passes a tolerance; pairs that are the same
+/// non-finite value count 0. Panics on lengths that differ.
 pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    assert_eq!(a.len(), b.len(), "max_rel_err: lengths differ");
+    let scale = b.iter().filter(|v| v.is_finite()).fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let diff = |x: f32, y: f32| match (x.is_finite(), y.is_finite()) {
+        (true, true) => (x - y).abs(),
+        (false, false) if x == y || (x.is_nan() && y.is_nan()) => 0.0,
+        _ => f32::INFINITY,
+    };
+    a.iter().zip(b).fold(0.0f32, |m, (&x, &y)| m.max(diff(x, y))) / scale
 }
 
 /// Finite-difference gradient check.

@@ -29,6 +29,11 @@ impl CudaBf16 {
         Ok(CudaBf16 { words: device.alloc(len.div_ceil(2))?, len })
     }
 
+    /// A buffer of `len` zeros (all-zero bits are bf16 zeros).
+    pub fn zeros(device: &CudaDevice, len: usize) -> Result<CudaBf16> {
+        Ok(CudaBf16 { words: device.zeros(len.div_ceil(2))?, len })
+    }
+
     /// `x` rounded to bf16 (to nearest, ties to even). Kernel `cast_f32_to_bf16`, 1-D grid.
     pub fn from_f32(x: &CudaStorage) -> Result<CudaBf16> {
         let _r = nvtx::range("cast_f32_to_bf16");
@@ -164,8 +169,8 @@ impl CudaBf16 {
     pub fn gemm(a: &CudaBf16, b: &CudaBf16, g: GemmSpec) -> Result<CudaBf16> {
         let dev = a.device().clone();
         if g.k == 0 {
-            // An empty sum: zeros (all-zero bits are bf16 zeros).
-            return Ok(CudaBf16 { words: dev.zeros((g.m * g.n).div_ceil(2))?, len: g.m * g.n });
+            // An empty sum: zeros.
+            return CudaBf16::zeros(&dev, g.m * g.n);
         }
         let c = CudaBf16::alloc(&dev, g.m * g.n)?;
         Self::gemm_into(a, b, g, c.raw_ptr(), true)?;

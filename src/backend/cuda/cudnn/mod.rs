@@ -454,7 +454,11 @@ fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, form: Form) -> 
     same(op, a.f32, b.f32)?;
     let dev = a.f32.device();
     if !nonempty {
-        return Ok(Computed { out: CudaNormInput::F32(dev.zeros(lens[io])?), copies: [None, None] });
+        let out = match form {
+            Form::Bf16 if crate::settings::bf16_conv() => CudaNormInput::Bf16(CudaBf16::zeros(dev, lens[io])?),
+            _ => CudaNormInput::F32(dev.zeros(lens[io])?),
+        };
+        return Ok(Computed { out, copies: [None, None] });
     }
     if crate::settings::bf16_conv() {
         return bf16::convolve(dir, s, a, b, form);
