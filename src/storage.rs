@@ -94,24 +94,24 @@ impl NormInput {
     }
 
     /// [`Storage::batch_norm_backward`] of this input, bit for bit.
+    #[allow(clippy::too_many_arguments)]
     pub fn batch_norm_backward(
         &self,
         dy: &Storage,
         gamma: &Storage,
+        beta: &Storage,
         mean: &Storage,
         invstd: &Storage,
         d: Nchw,
-        relu_out: Option<&Storage>,
+        relu: bool,
     ) -> Result<BatchNormBackward<Storage>> {
         const OP: &str = "batch_norm_backward";
-        let mut list = vec![dy, gamma, mean, invstd];
-        list.extend(relu_out);
-        match (self, same_device(OP, &list)?) {
+        match (self, same_device(OP, &[dy, gamma, beta, mean, invstd])?) {
             (NormInput::Cpu(x), OneDevice::Cpu(p)) => {
-                Ok(wrap_backward(CpuStorage::batch_norm_backward_of(x, p[0], p[1], p[2], p[3], d, p.get(4).copied())?, Storage::Cpu))
+                Ok(wrap_backward(CpuStorage::batch_norm_backward_of(x, p[0], p[1], p[2], p[3], p[4], d, relu)?, Storage::Cpu))
             }
             (NormInput::Cuda(x), OneDevice::Cuda(p)) => {
-                Ok(wrap_backward(CudaStorage::batch_norm_backward_of(x, p[0], p[1], p[2], p[3], d, p.get(4).copied())?, Storage::Cuda))
+                Ok(wrap_backward(CudaStorage::batch_norm_backward_of(x, p[0], p[1], p[2], p[3], p[4], d, relu)?, Storage::Cuda))
             }
             _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device().to_string(), rhs: dy.device().to_string() }),
         }
@@ -393,33 +393,22 @@ impl Storage {
         }
     }
 
+    /// [`BackendStorage::batch_norm_backward`] on the device of `self` (x); every other operand
+    /// must be there too.
+    #[allow(clippy::too_many_arguments)]
     pub fn batch_norm_backward(
         &self,
         dy: &Storage,
         gamma: &Storage,
+        beta: &Storage,
         mean: &Storage,
         invstd: &Storage,
         d: Nchw,
-        relu_out: Option<&Storage>,
+        relu: bool,
     ) -> Result<BatchNormBackward<Storage>> {
-        // `relu_out` on the device of x (or absent); `Err(())` when it is elsewhere.
-        let (relu_cpu, relu_cuda) = match relu_out {
-            None => (Ok(None), Ok(None)),
-            Some(Storage::Cpu(y)) => (Ok(Some(y)), Err(())),
-            Some(Storage::Cuda(y)) => (Err(()), Ok(Some(y))),
-        };
-        match (self, dy, gamma, mean, invstd, relu_cpu, relu_cuda) {
-            (Storage::Cpu(x), Storage::Cpu(dy), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(i), Ok(y), _) => {
-                Ok(wrap_backward(x.batch_norm_backward(dy, g, m, i, d, y)?, Storage::Cpu))
-            }
-            (Storage::Cuda(x), Storage::Cuda(dy), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(i), _, Ok(y)) => {
-                Ok(wrap_backward(x.batch_norm_backward(dy, g, m, i, d, y)?, Storage::Cuda))
-            }
-            (x, ..) => {
-                let others = [Some(dy), Some(gamma), Some(mean), Some(invstd), relu_out];
-                let odd = others.into_iter().flatten().find(|s| !x.device().same(&s.device())).unwrap_or(dy);
-                Err(mismatch("batch_norm_backward", x, odd))
-            }
+        match same_device("batch_norm_backward", &[self, dy, gamma, beta, mean, invstd])? {
+            OneDevice::Cpu(p) => Ok(wrap_backward(p[0].batch_norm_backward(p[1], p[2], p[3], p[4], p[5], d, relu)?, Storage::Cpu)),
+            OneDevice::Cuda(p) => Ok(wrap_backward(p[0].batch_norm_backward(p[1], p[2], p[3], p[4], p[5], d, relu)?, Storage::Cuda)),
         }
     }
 

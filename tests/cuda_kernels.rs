@@ -248,33 +248,40 @@ fn cuda_kernels_match_the_cpu_reference() {
         r.check(&format!("bn invstd {tag}"), &host(&fg.invstd), f.invstd.as_f32(), false, 1e-5, 0.0);
         r.check(&format!("bn var_unbiased {tag}"), &host(&fg.var_unbiased), f.var_unbiased.as_f32(), false, 1e-5, 1e-7);
         r.check(&format!("bn y {tag}"), &host(&fg.y), f.y.as_f32(), false, 1e-5, 1e-5);
-        let b = c(&x).batch_norm_backward(&c(&dy), &c(&gamma), &f.mean, &f.invstd, d, None).unwrap();
+        let b = c(&x).batch_norm_backward(&c(&dy), &c(&gamma), &c(&beta), &f.mean, &f.invstd, d, false).unwrap();
         let (mg, ig) = (up(f.mean.as_f32()), up(f.invstd.as_f32()));
         let dyg = up(&dy);
-        let bgr = xg.batch_norm_backward(&dyg, &gg, &mg, &ig, d, None).unwrap();
+        let bgr = xg.batch_norm_backward(&dyg, &gg, &bg, &mg, &ig, d, false).unwrap();
         r.check(&format!("bn dx {tag}"), &host(&bgr.dx), b.dx.as_f32(), false, 1e-5, 1e-5);
         r.check(&format!("bn dgamma {tag}"), &host(&bgr.dgamma), b.dgamma.as_f32(), false, 1e-5, 1e-5);
         r.check(&format!("bn dbeta {tag}"), &host(&bgr.dbeta), b.dbeta.as_f32(), false, 1e-5, 1e-5);
-        // Fused ReLU (relu = true / relu_out = Some(y)): against the CPU's fused path with the
-        // same tolerances, and bit-exact against the GPU's own unfused path (relu of the plain
-        // output; backward of relu_backward(y, dy) materialised).
+        // Fused ReLU (relu = true both ways): against the CPU's fused path with the same
+        // tolerances, and bit-exact against the GPU's own unfused path (relu of the plain
+        // output; backward of relu_backward(y, dy) materialised, y a stored output, below).
         let fr = c(&x).batch_norm_train(&c(&gamma), &c(&beta), d, 1e-5, true).unwrap();
         let fgr = xg.batch_norm_train(&gg, &bg, d, 1e-5, true).unwrap();
         r.check(&format!("bn+relu y {tag}"), &host(&fgr.y), fr.y.as_f32(), false, 1e-5, 1e-5);
         let relu_of_plain = host(&fg.y.unary(UnaryOp::Relu).unwrap());
         r.check(&format!("bn+relu y = relu(bn y) {tag} exact"), &host(&fgr.y), &relu_of_plain, true, 0.0, 0.0);
-        // The mask is the CPU's y on both sides, so that values near 0 gate the same elements.
-        let br = c(&x).batch_norm_backward(&c(&dy), &c(&gamma), &f.mean, &f.invstd, d, Some(&fr.y)).unwrap();
-        let yrg = up(fr.y.as_f32());
-        let bgrr = xg.batch_norm_backward(&dyg, &gg, &mg, &ig, d, Some(&yrg)).unwrap();
+        // Both sides recompute the mask from the CPU's statistics, so that values near 0 gate
+        // the same elements.
+        let br = c(&x).batch_norm_backward(&c(&dy), &c(&gamma), &c(&beta), &f.mean, &f.invstd, d, true).unwrap();
+        let bgrr = xg.batch_norm_backward(&dyg, &gg, &bg, &mg, &ig, d, true).unwrap();
         r.check(&format!("bn+relu dx {tag}"), &host(&bgrr.dx), br.dx.as_f32(), false, 1e-5, 1e-5);
         r.check(&format!("bn+relu dgamma {tag}"), &host(&bgrr.dgamma), br.dgamma.as_f32(), false, 1e-5, 1e-5);
         r.check(&format!("bn+relu dbeta {tag}"), &host(&bgrr.dbeta), br.dbeta.as_f32(), false, 1e-5, 1e-5);
-        let dym = yrg.relu_backward(&dyg).unwrap();
-        let bgu = xg.batch_norm_backward(&dym, &gg, &mg, &ig, d, None).unwrap();
-        r.check(&format!("bn+relu dx = unfused {tag} exact"), &host(&bgrr.dx), &host(&bgu.dx), true, 0.0, 0.0);
-        r.check(&format!("bn+relu dgamma = unfused {tag} exact"), &host(&bgrr.dgamma), &host(&bgu.dgamma), true, 0.0, 0.0);
-        r.check(&format!("bn+relu dbeta = unfused {tag} exact"), &host(&bgrr.dbeta), &host(&bgu.dbeta), true, 0.0, 0.0);
+        // Bit-exact against the unfused kernels on the gradient masked by a stored output: the
+        // CPU's (the mask recomputed from its statistics must be its y, bit for bit: the
+        // normalisations agree exactly given the same statistics) and the GPU forward's own.
+        let yrc = up(fr.y.as_f32());
+        for (who, y, m, i) in [("cpu", &yrc, &mg, &ig), ("gpu", &fgr.y, &fgr.mean, &fgr.invstd)] {
+            let fused = xg.batch_norm_backward(&dyg, &gg, &bg, m, i, d, true).unwrap();
+            let unfused = xg.batch_norm_backward(&y.relu_backward(&dyg).unwrap(), &gg, &bg, m, i, d, false).unwrap();
+            let what = format!("{tag}, {who} statistics and stored y, exact");
+            r.check(&format!("bn+relu dx = unfused {what}"), &host(&fused.dx), &host(&unfused.dx), true, 0.0, 0.0);
+            r.check(&format!("bn+relu dgamma = unfused {what}"), &host(&fused.dgamma), &host(&unfused.dgamma), true, 0.0, 0.0);
+            r.check(&format!("bn+relu dbeta = unfused {what}"), &host(&fused.dbeta), &host(&unfused.dbeta), true, 0.0, 0.0);
+        }
         if timings && d.h == 112 {
             timed(&dev, &format!("batch_norm_train {tag}"), 10, || drop(xg.batch_norm_train(&gg, &bg, d, 1e-5, false).unwrap()));
             timed(&dev, &format!("batch_norm_train relu {tag}"), 10, || drop(xg.batch_norm_train(&gg, &bg, d, 1e-5, true).unwrap()));
@@ -562,12 +569,12 @@ fn cuda_kernels_match_the_cpu_reference() {
         timed(&dev, "batch_norm_train 5x64x224x224", 10, || drop(a.batch_norm_train(&gamma, &beta, d, 1e-5, false).unwrap()));
         let f = a.batch_norm_train(&gamma, &beta, d, 1e-5, false).unwrap();
         timed(&dev, "batch_norm_backward 5x64x224x224", 10, || {
-            drop(a.batch_norm_backward(&b, &gamma, &f.mean, &f.invstd, d, None).unwrap())
+            drop(a.batch_norm_backward(&b, &gamma, &beta, &f.mean, &f.invstd, d, false).unwrap())
         });
         timed(&dev, "batch_norm_train relu 5x64x224x224", 10, || drop(a.batch_norm_train(&gamma, &beta, d, 1e-5, true).unwrap()));
         let fr = a.batch_norm_train(&gamma, &beta, d, 1e-5, true).unwrap();
         timed(&dev, "batch_norm_backward relu 5x64x224x224", 10, || {
-            drop(a.batch_norm_backward(&b, &gamma, &fr.mean, &fr.invstd, d, Some(&fr.y)).unwrap())
+            drop(a.batch_norm_backward(&b, &gamma, &beta, &fr.mean, &fr.invstd, d, true).unwrap())
         });
         timed(&dev, "max_pool2x2 5x64x224x224", 10, || drop(a.max_pool2x2(d).unwrap()));
         let dyp = up(&rng.vec(n / 4, -1.0, 1.0));

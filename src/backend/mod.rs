@@ -363,17 +363,22 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// Training-mode batch norm over `[n, c, h, w]` with batch statistics; with `relu`, the
     /// output is clamped at 0 in the same pass (`y = max(bn(x), 0)`).
     fn batch_norm_train(&self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>>;
-    /// Backward of [`BackendStorage::batch_norm_train`], `self` being x. `relu_out` is the
-    /// forward's output when it had `relu`: then only the gradient where it is > 0 counts,
-    /// exactly as if `relu_out > 0 ? dy : 0` (a select, so +0 where masked) were passed.
+    /// Backward of [`BackendStorage::batch_norm_train`], `self` being x, with the parameters and
+    /// the statistics that forward used. With `relu` (the forward had it), the gradient counts
+    /// only where the forward's output was > 0, exactly as if `y > 0 ? dy : 0` (a select, so +0
+    /// where masked) were passed; that output is recomputed from x, gamma, beta and the
+    /// statistics with the forward's own formula, so the mask is bit for bit the masking by the
+    /// stored output, which need not be kept.
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_backward(
         &self,
         dy: &Self,
         gamma: &Self,
+        beta: &Self,
         mean: &Self,
         invstd: &Self,
         d: Nchw,
-        relu_out: Option<&Self>,
+        relu: bool,
     ) -> Result<BatchNormBackward<Self>>;
 
     // ---- a convolution whose output only a batch norm reads ------------------------------------
@@ -392,14 +397,16 @@ pub trait BackendStorage: Sized + Send + Sync {
         -> Result<BatchNormForward<Self>>;
     /// [`batch_norm_backward`](Self::batch_norm_backward) of a [`NormInput`](Self::NormInput),
     /// with the same results bit for bit.
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_backward_of(
         x: &Self::NormInput,
         dy: &Self,
         gamma: &Self,
+        beta: &Self,
         mean: &Self,
         invstd: &Self,
         d: Nchw,
-        relu_out: Option<&Self>,
+        relu: bool,
     ) -> Result<BatchNormBackward<Self>>;
 
     // ---- pooling ----------------------------------------------------------------------------------

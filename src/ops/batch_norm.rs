@@ -60,7 +60,9 @@ impl Tensor {
 
     /// [`Tensor::batch_norm_train`] followed by ReLU, fused: the normalising pass clamps at 0 and
     /// the backward masks the incoming gradient inside the batch-norm backward kernels, so no
-    /// separate ReLU pass reads or writes the activation either way.
+    /// separate ReLU pass reads or writes the activation either way. The mask (where the output
+    /// was > 0) is recomputed from the input, gamma, beta and the batch statistics, bit for bit
+    /// the output's own, so the backward neither keeps nor reads the output.
     pub fn batch_norm_relu_train(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, BatchStats)> {
         self.batch_norm_train_impl(gamma, beta, eps, true)
     }
@@ -71,13 +73,12 @@ impl Tensor {
         let f = self.storage().batch_norm_train(&gamma.storage(), &beta.storage(), d, eps, relu)?;
         let (y, mean, invstd, stats) = forward_parts(f, d.c)?;
         let y = Tensor::from_storage(y, self.shape().clone())?;
-        let (x, g_) = (self.detach(), gamma.detach());
-        // The output (untracked, sharing storage with the returned tensor) masks the gradient.
-        let relu_out = relu.then(|| y.clone());
+        // beta is read by the backward only with the ReLU (its mask is recomputed from x).
+        let (x, g_, b_) = (self.detach(), gamma.detach(), beta.detach());
         let op = if relu { "batch_norm_relu" } else { "batch_norm" };
         let y = y.record(op, &[self, gamma, beta], move |g, need| -> Result<Grads> {
-            let mask = relu_out.as_ref().map(|t| t.storage());
-            let b = x.storage().batch_norm_backward(&g.storage(), &g_.storage(), &mean.storage(), &invstd.storage(), d, mask.as_deref())?;
+            let (g_, b_, mean, invstd) = (g_.storage(), b_.storage(), mean.storage(), invstd.storage());
+            let b = x.storage().batch_norm_backward(&g.storage(), &g_, &b_, &mean, &invstd, d, relu)?;
             Ok(vec![
                 when(need[0], || Tensor::from_storage(b.dx, x.shape().clone()))?,
                 when(need[1], || Tensor::from_storage(b.dgamma, [d.c]))?,

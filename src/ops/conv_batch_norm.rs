@@ -6,7 +6,9 @@
 //! CUDA bf16 mode NCHW bf16, the very values the f32 tensor of [`Tensor::conv2d`] would hold, at
 //! half the memory and half the traffic of every pass that reads it). The backward pass runs the
 //! batch-norm backward on it, then the convolution's backward on the resulting gradient with the
-//! operand copies the forward pass kept. Values and gradients are bit for bit those of
+//! operand copies the forward pass kept. With the ReLU, the batch-norm backward recomputes its
+//! mask (where the output was > 0) from that held input, gamma, beta and the statistics, so the
+//! op's output is not kept for the backward pass. Values and gradients are bit for bit those of
 //! [`Tensor::conv2d`] followed by [`Tensor::batch_norm_train`] or
 //! [`Tensor::batch_norm_relu_train`].
 
@@ -41,13 +43,12 @@ impl Tensor {
         let f = conv_out.batch_norm_train(&gamma.storage(), &beta.storage(), d, eps, relu)?;
         let (y, mean, invstd, stats) = forward_parts(f, d.c)?;
         let y = Tensor::from_storage(y, [d.n, d.c, d.h, d.w])?;
-        let (x, w, g_) = (self.detach(), weight.detach(), gamma.detach());
-        // The output (untracked, sharing storage with the returned tensor) masks the gradient.
-        let relu_out = relu.then(|| y.clone());
+        // beta is read by the backward only with the ReLU (its mask is recomputed from conv_out).
+        let (x, w, g_, b_) = (self.detach(), weight.detach(), gamma.detach(), beta.detach());
         let op = if relu { "conv2d_batch_norm_relu" } else { "conv2d_batch_norm" };
         let y = y.record(op, &[self, weight, gamma, beta], move |g, need| -> Result<Grads> {
-            let mask = relu_out.as_ref().map(|t| t.storage());
-            let b = conv_out.batch_norm_backward(&g.storage(), &g_.storage(), &mean.storage(), &invstd.storage(), d, mask.as_deref())?;
+            let (g_, b_, mean, invstd) = (g_.storage(), b_.storage(), mean.storage(), invstd.storage());
+            let b = conv_out.batch_norm_backward(&g.storage(), &g_, &b_, &mean, &invstd, d, relu)?;
             let [dx, dw] = if need[0] || need[1] {
                 b.dx.conv2d_backward(&x.storage(), &w.storage(), &s, &kept, [need[0], need[1]])?
             } else {

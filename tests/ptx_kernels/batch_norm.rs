@@ -1,8 +1,9 @@
 //! `kernels/batch_norm.ptx`: all six entries (statistics partial / final, normalise with and
-//! without the fused ReLU, backward partial / final / dx with and without the fused-ReLU mask
-//! `ymask`) against the CPU backend's batch norm (`cpu::batch_norm::forward_train` /
-//! `backward`, through `CpuStorage`, which composes `cpu::elementwise::relu_backward` for the
-//! fused case), with the launch shapes and arguments of `ops::batch_norm_train` /
+//! without the fused ReLU, backward partial / final / dx with and without the fused ReLU,
+//! `relu`, whose mask they recompute from x) against the CPU backend's batch norm
+//! (`cpu::batch_norm::forward_train` / `backward`, through `CpuStorage`, which recomputes the
+//! output with `cpu::batch_norm::normalize` and composes `cpu::elementwise::relu_backward` for
+//! the fused case), with the launch shapes and arguments of `ops::batch_norm_train` /
 //! `ops::batch_norm_backward`.
 //!
 //! What is bit-exact and what is not:
@@ -18,8 +19,11 @@
 //!   they too agree to within an f32 ulp (dx too, away from cancellation in
 //!   `count dy - sdy - xhat sdyx`, which these random inputs do not come near); with dyadic statistics and coarse inputs every f64
 //!   sum is exact on both sides, and then dgamma, dbeta and dx are bit-exact.
-//! - The fused-ReLU backward is bit-exact against the unfused kernels given the masked
-//!   gradient (`relu_backward(y, dy)` materialised), as the header promises.
+//! - The fused-ReLU backward is bit-exact against the unfused kernels given the gradient masked
+//!   by the stored output (`relu_backward(y, dy)` materialised, y what `bn_normalize_f32` with
+//!   `relu` wrote from the same x, parameters and statistics), as the header promises: its
+//!   mask, recomputed from x, is that output's, at the awkward values too (x at the mean,
+//!   outputs of exactly +0 and -0 before the clamp, NaN and infinite statistics and x).
 //! - Every entry that reads x, given x as bf16 (`xbf16 = 1`, the bf16 convolutions' output),
 //!   is bit-exact against itself given the widened f32 values (`xbf16 = 0`), NaN payloads
 //!   included: the partial sums, statistics, outputs and gradients.
@@ -164,14 +168,18 @@ fn normalize(k: &Kernels, x: X, s: (&[f32], &[f32]), gamma: &[f32], beta: &[f32]
 }
 
 /// The inputs of one backward.
+#[derive(Clone, Copy)]
 struct BwdIn<'a> {
     x: X<'a>,
     dy: &'a [f32],
     gamma: &'a [f32],
+    /// Read only with `relu`.
+    beta: &'a [f32],
     mean: &'a [f32],
     invstd: &'a [f32],
-    /// The fused ReLU's output (`ymask`), or none (a null `ymask`).
-    relu_out: Option<&'a [f32]>,
+    /// The fused ReLU's backward (the kernels' `relu = 1`): dy counts only where the output of
+    /// the forward with these parameters and statistics, recomputed from x, is > 0.
+    relu: bool,
 }
 
 /// `bn_bwd_partial_f32`, `bn_bwd_final_f32` and `bn_bwd_dx_f32`, as `ops::batch_norm_backward`
@@ -186,8 +194,7 @@ fn backward_and_partial(k: &Kernels, b: &BwdIn, d: Nchw) -> (Grads, Vec<u64>) {
     let (c, planes) = (d.c as u32, (d.n * d.c) as u32);
     let mut mem = Memory::default();
     let xd = b.x.upload(&mut mem);
-    let [dyd, gd, md, id] = [b.dy, b.gamma, b.mean, b.invstd].map(|v| mem.upload(v));
-    let ymask = b.relu_out.map_or(0, |y| mem.upload(y));
+    let [dyd, gd, bd, md, id] = [b.dy, b.gamma, b.beta, b.mean, b.invstd].map(|v| mem.upload(v));
     let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
     let coef = mem.poisoned(d.c * 8 * 8);
     let args = [
@@ -195,11 +202,14 @@ fn backward_and_partial(k: &Kernels, b: &BwdIn, d: Nchw) -> (Grads, Vec<u64>) {
         Arg::U64(xd),
         Arg::U64(dyd),
         Arg::U64(md),
+        Arg::U64(id),
+        Arg::U64(gd),
+        Arg::U64(bd),
         Arg::U32(c),
         Arg::U32(hw(d)),
         Arg::U32(ops::PLANE_CHUNK),
         Arg::U32(nchunk),
-        Arg::U64(ymask),
+        Arg::U32(b.relu as u32),
         b.x.xbf16(),
     ];
     run(k, &mut mem, "bn_bwd_partial_f32", dims(ops::partial_cfg(pieces, c, block)), &args);
@@ -223,11 +233,15 @@ fn backward_and_partial(k: &Kernels, b: &BwdIn, d: Nchw) -> (Grads, Vec<u64>) {
         Arg::U64(xd),
         Arg::U64(dyd),
         Arg::U64(coef),
+        Arg::U64(md),
+        Arg::U64(id),
+        Arg::U64(gd),
+        Arg::U64(bd),
         Arg::U32(c),
         Arg::U32(hw(d)),
         Arg::U32(planes),
         Arg::F64(count(d)),
-        Arg::U64(ymask),
+        Arg::U32(b.relu as u32),
         b.x.xbf16(),
     ];
     run(k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args);
@@ -235,10 +249,11 @@ fn backward_and_partial(k: &Kernels, b: &BwdIn, d: Nchw) -> (Grads, Vec<u64>) {
     (grads, mem.download(partial, pieces as usize * d.c * 2))
 }
 
-/// The CPU backend's backward of the same inputs (`relu_backward` composed when fused).
+/// The CPU backend's backward of the same inputs (the output recomputed and `relu_backward`
+/// composed when fused).
 fn cpu_backward(b: &BwdIn, d: Nchw) -> Grads {
-    let y = b.relu_out.map(cpu);
-    let r = cpu(&b.x.f32()).batch_norm_backward(&cpu(b.dy), &cpu(b.gamma), &cpu(b.mean), &cpu(b.invstd), d, y.as_ref()).unwrap();
+    let [dy, gamma, beta, mean, invstd] = [b.dy, b.gamma, b.beta, b.mean, b.invstd].map(cpu);
+    let r = cpu(&b.x.f32()).batch_norm_backward(&dy, &gamma, &beta, &mean, &invstd, d, b.relu).unwrap();
     Grads { dx: r.dx.as_f32().to_vec(), dgamma: r.dgamma.as_f32().to_vec(), dbeta: r.dbeta.as_f32().to_vec() }
 }
 
@@ -418,10 +433,11 @@ fn an_infinite_shift_sample_gives_the_cpu_mean() {
     assert_stats("with an infinite shift sample", &statistics(&k, X::F32(&x), d), &want);
 }
 
-/// Inputs whose every f64 sum in the backward is exact on both sides: x and dy on a grid of
-/// 1/256, means multiples of 1/4 and invstd powers of 2 (any statistics are valid inputs of the
-/// backward). Returns (x, dy, gamma, mean, invstd, y) with y a fused ReLU output to mask with:
-/// random, with zeros of both signs, NaN, infinities and tiny values.
+/// Inputs whose every f64 sum in the backward is exact: x and dy on a grid of 1/256, means on it
+/// too (small multiples of 1/4, then one of the channel's own x: [`relu_edges`]) and invstd
+/// powers of 2 (any statistics are valid inputs of the backward). Returns (x, dy, gamma, beta,
+/// mean, invstd), gamma and beta random but for [`relu_edges`]' changes, so that the fused
+/// ReLU's recomputed output has exact zeros of both signs and values at the mean.
 #[allow(clippy::type_complexity)]
 fn exact_backward_inputs(d: Nchw, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut rng = Rng(seed);
@@ -431,16 +447,61 @@ fn exact_backward_inputs(d: Nchw, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, V
     let x = grid(d.len(), -1024, 1024);
     let dy = grid(d.len(), -256, 256);
     let mut rng = Rng(seed ^ 0x9E37_79B9);
-    let gamma = rng.vec(d.c, -1.5, 1.5);
-    let mean = (0..d.c).map(|_| (rng.below(16) as f32 - 8.0) / 4.0).collect();
-    let invstd = (0..d.c).map(|_| (2.0f32).powi(rng.below(5) as i32 - 2)).collect();
-    let mut y = rng.vec(d.len(), -1.0, 1.0);
-    let special = [0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0e-40, -1.0e-40];
-    for (i, s) in special.iter().cycle().take(d.len() / 4).enumerate() {
-        let at = (i * 5 + rng.below(4) as usize) % d.len();
-        y[at] = *s;
+    let mut gamma = rng.vec(d.c, -1.5, 1.5);
+    let mut beta = rng.vec(d.c, -0.5, 0.5);
+    let mut mean: Vec<f32> = (0..d.c).map(|_| (rng.below(16) as f32 - 8.0) / 4.0).collect();
+    let invstd: Vec<f32> = (0..d.c).map(|_| (2.0f32).powi(rng.below(5) as i32 - 2)).collect();
+    relu_edges(&x, &mut gamma, &mut beta, &mut mean, &invstd, d);
+    (x, dy, gamma, beta, mean, invstd)
+}
+
+/// The indices of channel `c`'s elements in x of `d`, image by image.
+fn channel_elements(d: Nchw, c: usize) -> impl Iterator<Item = usize> {
+    let hw = d.h * d.w;
+    (0..d.n).flat_map(move |n| (n * d.c + c) * hw..(n * d.c + c + 1) * hw)
+}
+
+/// `bn_normalize_f32`'s y before the clamp, on the host: `((gamma (x - mean)) invstd) + beta`,
+/// each op rounded (Rust does not fuse them).
+fn yhat(x: f32, gamma: f32, beta: f32, mean: f32, invstd: f32) -> f32 {
+    gamma * (x - mean) * invstd + beta
+}
+
+/// Makes the fused ReLU's recomputed output awkward on x (`xw`: the values the kernels read):
+/// every channel's mean becomes one of its own finite x (its first), whose output before the
+/// clamp is then beta; channels 0 mod 3 get gamma < 0 and beta = -0, so that output is -0;
+/// channels 1 mod 3 get the beta that cancels another element's `(gamma (x - mean)) invstd`
+/// exactly (that output +0), taking, where one exists, an element whose product was rounded
+/// down (exact product > rounded), where an `fma` would leave a positive remainder; channels
+/// 2 mod 3 keep their beta.
+fn relu_edges(xw: &[f32], gamma: &mut [f32], beta: &mut [f32], mean: &mut [f32], invstd: &[f32], d: Nchw) {
+    for c in 0..d.c {
+        let Some(j0) = channel_elements(d, c).find(|&j| xw[j].is_finite()) else { continue };
+        mean[c] = xw[j0];
+        match c % 3 {
+            0 => (gamma[c], beta[c]) = (-gamma[c].abs(), -0.0),
+            1 => {
+                // `(gamma (x - mean)) invstd`, rounded (+ -0 changes nothing), and whether it was
+                // rounded down.
+                let (g, m, s) = (gamma[c], mean[c], invstd[c]);
+                let rounded_down = |j: usize| {
+                    let (p, t) = (yhat(xw[j], g, -0.0, m, s), g * (xw[j] - m));
+                    p.is_finite() && (t as f64) * (s as f64) > p as f64
+                };
+                let others = || channel_elements(d, c).filter(|&j| j != j0 && xw[j].is_finite());
+                if let Some(j) = others().find(|&j| rounded_down(j)).or_else(|| others().next()) {
+                    beta[c] = -yhat(xw[j], g, -0.0, m, s);
+                }
+            }
+            _ => {}
+        }
     }
-    (x, dy, gamma, mean, invstd, y)
+}
+
+/// How many outputs of `bn_normalize_f32` before the clamp (`plain`, relu = 0) are +0, -0.
+fn signed_zeros(plain: &[f32]) -> (usize, usize) {
+    let count = |bits: u32| plain.iter().filter(|v| v.to_bits() == bits).count();
+    (count(0), count(0x8000_0000))
 }
 
 fn assert_grads_bits(what: &str, got: &Grads, want: &Grads) {
@@ -453,10 +514,10 @@ fn assert_grads_bits(what: &str, got: &Grads, want: &Grads) {
 fn backward_is_bit_exact_when_the_sums_are_exact() {
     let k = sim::load("batch_norm");
     for (i, d) in SHAPES.into_iter().enumerate() {
-        let (x, dy, gamma, mean, invstd, y) = exact_backward_inputs(d, 51 + i as u64);
-        for fused in [false, true] {
-            let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &mean, invstd: &invstd, relu_out: fused.then_some(&y[..]) };
-            assert_grads_bits(&format!("ymask={fused} {}", tag(d)), &backward(&k, &b, d), &cpu_backward(&b, d));
+        let (x, dy, gamma, beta, mean, invstd) = exact_backward_inputs(d, 51 + i as u64);
+        for relu in [false, true] {
+            let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, beta: &beta, mean: &mean, invstd: &invstd, relu };
+            assert_grads_bits(&format!("relu={relu} {}", tag(d)), &backward(&k, &b, d), &cpu_backward(&b, d));
         }
     }
 }
@@ -470,10 +531,10 @@ fn backward_matches_the_cpu_to_an_ulp() {
         let (x, gamma, beta) = inputs(d, 1.0, 61 + i as u64);
         let dy = Rng(71 + i as u64).vec(d.len(), -1.0, 1.0);
         for relu in [false, true] {
-            let (y, s) = cpu_forward(&x, &gamma, &beta, d, relu);
-            let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &s.mean, invstd: &s.invstd, relu_out: relu.then_some(&y[..]) };
+            let (_, s) = cpu_forward(&x, &gamma, &beta, d, relu);
+            let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, beta: &beta, mean: &s.mean, invstd: &s.invstd, relu };
             let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
-            let what = format!("ymask={relu} {}", tag(d));
+            let what = format!("relu={relu} {}", tag(d));
             assert_within_an_ulp(&format!("bn_bwd_final_f32 dgamma {what}"), &got.dgamma, &want.dgamma);
             assert_within_an_ulp(&format!("bn_bwd_final_f32 dbeta {what}"), &got.dbeta, &want.dbeta);
             assert_within_an_ulp(&format!("bn_bwd_dx_f32 dx {what}"), &got.dx, &want.dx);
@@ -481,21 +542,119 @@ fn backward_matches_the_cpu_to_an_ulp() {
     }
 }
 
-/// The header's promise: with `ymask`, dgamma, dbeta and dx are bit for bit those of the
-/// unfused kernels given `relu_backward(y, dy)` materialised (full-precision inputs).
+/// The header's promise for `relu`: the fused backward of `b` (its `relu` ignored), whose mask
+/// the kernels recompute from x, gives bit for bit the partial sums, dgamma, dbeta and dx of the
+/// unfused kernels on `relu_backward(y, dy)`, y the output `bn_normalize_f32` with relu stored
+/// from the same x, parameters and statistics; panics at the first difference, naming the entry.
+/// Returns `bn_normalize_f32`'s output before the clamp (relu = 0), to count what it held.
+fn check_fused_is_unfused_of_stored(k: &Kernels, b: BwdIn, d: Nchw, what: &str) -> Vec<f32> {
+    let stored = normalize(k, b.x, (b.mean, b.invstd), b.gamma, b.beta, d, true);
+    let masked = cpu(&stored).relu_backward(&cpu(b.dy)).unwrap().as_f32().to_vec();
+    let (got, pg) = backward_and_partial(k, &BwdIn { relu: true, ..b }, d);
+    let (want, pw) = backward_and_partial(k, &BwdIn { dy: &masked, relu: false, ..b }, d);
+    let what = format!("with the recomputed mask against without it on relu_backward(stored y, dy), {what}");
+    let odd = pg.iter().zip(&pw).position(|(g, w)| g != w || *g == u64::MAX);
+    assert!(odd.is_none(), "bn_bwd_partial_f32 partial sums {what}: element {odd:?} differs or was never written");
+    assert_grads_bits(&what, &got, &want);
+    normalize(k, b.x, (b.mean, b.invstd), b.gamma, b.beta, d, false)
+}
+
+/// x of `d` as f32 ([`inputs`] from -2 with [`with_awkward_values`]) or bf16 ([`bf16_inputs`],
+/// with its infinities and NaNs when `non_finite`), and the fused-ReLU backward's other inputs:
+/// statistics of x from the kernels, then [`relu_edges`] (x at the mean, outputs of exactly
+/// +0 and -0), dy random. With `non_finite`, the last channel's invstd is NaN (every output NaN,
+/// all masked) and the one before's +inf (outputs +-inf, NaN at the mean).
+struct ReluCase {
+    x: Vec<f32>,
+    xb: Vec<u16>,
+    dy: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    bf16: bool,
+}
+
+impl ReluCase {
+    fn new(k: &Kernels, d: Nchw, seed: u64, bf16: bool, non_finite: bool) -> ReluCase {
+        let (mut x, mut gamma, mut beta) = inputs(d, -2.0, seed);
+        with_awkward_values(&mut x, &mut Rng(seed ^ 0x5A));
+        let xb = if bf16 { bf16_inputs(d, -2.0, seed, non_finite) } else { Vec::new() };
+        let xw = if bf16 { X::Bf16(&xb).f32() } else { x };
+        let Stats { mut mean, mut invstd, .. } = statistics(k, X::F32(&xw), d);
+        relu_edges(&xw, &mut gamma, &mut beta, &mut mean, &invstd, d);
+        if non_finite {
+            invstd[d.c - 1] = f32::NAN;
+            if d.c >= 2 {
+                invstd[d.c - 2] = f32::INFINITY;
+            }
+        }
+        let dy = Rng(seed ^ 0xD9).vec(d.len(), -1.0, 1.0);
+        ReluCase { x: xw, xb, dy, gamma, beta, mean, invstd, bf16 }
+    }
+
+    /// The backward's inputs (`relu` set).
+    fn input(&self) -> BwdIn<'_> {
+        let x = if self.bf16 { X::Bf16(&self.xb) } else { X::F32(&self.x) };
+        BwdIn { x, dy: &self.dy, gamma: &self.gamma, beta: &self.beta, mean: &self.mean, invstd: &self.invstd, relu: true }
+    }
+}
+
+/// The header's promise, at every shape, with f32 and bf16 x, finite and not: the fused-ReLU
+/// backward is bit for bit the unfused one on the gradient masked by the stored output. The
+/// finite cases have outputs of exactly -0 and +0 before the clamp (where a channel has two
+/// elements), and the exact-sum inputs of `backward_is_bit_exact_when_the_sums_are_exact` too.
 #[test]
-fn fused_relu_backward_is_the_unfused_backward_of_the_masked_gradient() {
+fn fused_relu_backward_is_the_unfused_backward_of_the_stored_output() {
     let k = sim::load("batch_norm");
-    let d = SHAPES[0];
-    let (x, gamma, beta) = inputs(d, -2.0, 81);
-    let dy = Rng(82).vec(d.len(), -1.0, 1.0);
-    let (_, s) = cpu_forward(&x, &gamma, &beta, d, false);
-    let (_, _, _, _, _, y) = exact_backward_inputs(d, 83);
-    let masked = cpu(&y).relu_backward(&cpu(&dy)).unwrap().as_f32().to_vec();
-    let fused = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &s.mean, invstd: &s.invstd, relu_out: Some(&y) };
-    let unfused = BwdIn { dy: &masked, relu_out: None, ..fused };
-    let (got, want) = (backward(&k, &fused, d), backward(&k, &unfused, d));
-    assert_grads_bits("with ymask against without it on relu_backward(y, dy)", &got, &want);
+    for (i, d) in SHAPES.into_iter().enumerate() {
+        for (bf16, non_finite) in [(false, false), (true, false), (true, true)] {
+            let seed = 81 + i as u64;
+            let case = ReluCase::new(&k, d, seed, bf16, non_finite);
+            let what = format!("{}, bf16 x: {bf16}, non-finite: {non_finite}", tag(d));
+            let plain = check_fused_is_unfused_of_stored(&k, case.input(), d, &what);
+            if !non_finite && d.n * d.h * d.w >= 2 {
+                let (pos, neg) = signed_zeros(&plain);
+                assert!(pos >= 1 && neg >= 1, "{what}: {pos} outputs +0 and {neg} -0 before the clamp; the test wants both");
+            }
+        }
+        let (x, dy, gamma, beta, mean, invstd) = exact_backward_inputs(d, 51 + i as u64);
+        let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, beta: &beta, mean: &mean, invstd: &invstd, relu: true };
+        check_fused_is_unfused_of_stored(&k, b, d, &format!("exact sums {}", tag(d)));
+    }
+}
+
+/// The fused-ReLU check notices, in each backward entry on its own, a recomputed mask that is
+/// not the stored output's: masking on x > 0 instead of yhat > 0; beta left out; an `fma.rn`
+/// in place of the rounded multiply and add (it keeps the remainder that `relu_edges` leaves
+/// positive where the output is exactly +0); `setp.ge` in place of `setp.gt` (it lets the
+/// gradient through where the output is exactly +-0).
+#[test]
+fn a_wrong_relu_recompute_is_caught() {
+    let d = Nchw { n: 3, c: 5, h: 7, w: 7 };
+    let case = ReluCase::new(&sim::load("batch_norm"), d, 141, false, false);
+    // Per entry: (x, yhat, invstd, beta, predicate) registers of the recompute.
+    for (entry, x, invstd, beta, p) in [("bn_bwd_partial_f32", "%f2", "%f5", "%f7", "%p5"), ("bn_bwd_dx_f32", "%f1", "%f6", "%f8", "%p4")] {
+        let setp = format!("setp.gt.f32 {p}, %f4, 0f00000000;");
+        let mul_add = format!("mul.rn.f32 %f4, %f4, {invstd};\n    add.rn.f32 %f4, %f4, {beta};");
+        let faults = [
+            ("a mask on x > 0", setp.clone(), format!("setp.gt.f32 {p}, {x}, 0f00000000;")),
+            ("beta left out", format!("add.rn.f32 %f4, %f4, {beta};"), String::new()),
+            ("an fma", mul_add, format!("fma.rn.f32 %f4, %f4, {invstd}, {beta};")),
+            ("setp.ge", setp.clone(), setp.replace("setp.gt", "setp.ge")),
+        ];
+        for (fault, from, to) in faults {
+            let k = sim::load_edited("batch_norm", |t| edit_entry(t, entry, &from, &to));
+            let check = std::panic::AssertUnwindSafe(|| {
+                check_fused_is_unfused_of_stored(&k, case.input(), d, "(planted fault)");
+            });
+            let err = match std::panic::catch_unwind(check) {
+                Ok(()) => panic!("{entry} recomputing the mask with {fault} gave the stored output's gradients"),
+                Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+            };
+            assert!(err.starts_with(entry) && err.contains("recomputed mask"), "{entry} with {fault}: not caught by the comparison: {err}");
+        }
+    }
 }
 
 /// The statistics check notices a final kernel that takes its shift K from the wrong element
@@ -516,8 +675,8 @@ fn a_shift_read_from_the_wrong_element_is_caught() {
 fn a_wrong_coefficient_offset_is_caught() {
     let k = sim::load_edited("batch_norm", |t| t.replacen("ld.global.nc.f64 %fd5, [%rd5+24];", "ld.global.nc.f64 %fd5, [%rd5+32];", 1));
     let d = SHAPES[0];
-    let (x, dy, gamma, mean, invstd, _) = exact_backward_inputs(d, 51);
-    let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &mean, invstd: &invstd, relu_out: None };
+    let (x, dy, gamma, beta, mean, invstd) = exact_backward_inputs(d, 51);
+    let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, beta: &beta, mean: &mean, invstd: &invstd, relu: false };
     let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
     assert_bits("dgamma (untouched by the fault)", &got.dgamma, &want.dgamma);
     assert!(got.dx.iter().zip(&want.dx).any(|(g, w)| g.to_bits() != w.to_bits()), "dx with sdy read from sdyx's slot matched the CPU");
@@ -579,10 +738,13 @@ fn every_kernel_walks_channels_and_planes_past_a_short_grid() {
         assert_stats(&format!("short grid {}", tag(d)), &statistics(&k, X::F32(&x), d), &want);
         let y = normalize(&k, X::F32(&x), (&want.mean, &want.invstd), &gamma, &beta, d, false);
         assert_bits(&format!("bn_normalize_f32 short grid {}", tag(d)), &y, &want_y);
-        let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, mean: &want.mean, invstd: &want.invstd, relu_out: None };
+        let b = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, beta: &beta, mean: &want.mean, invstd: &want.invstd, relu: false };
         let (got, want) = (backward(&k, &b, d), cpu_backward(&b, d));
         assert_within_an_ulp("bn_bwd_final_f32 dgamma short grid", &got.dgamma, &want.dgamma);
         assert_within_an_ulp("bn_bwd_dx_f32 dx short grid", &got.dx, &want.dx);
+        // The fused ReLU's per-channel values, reloaded as the walk moves to another channel.
+        let case = ReluCase::new(&k, d, 93, false, false);
+        check_fused_is_unfused_of_stored(&k, case.input(), d, &format!("short grid {}", tag(d)));
     });
 }
 
@@ -633,7 +795,7 @@ fn f32_bits(v: &[f32]) -> Vec<u32> {
 
 /// Every kernel that reads x, given bf16 `xb` (`xbf16 = 1`) and given its widened f32 values
 /// (`xbf16 = 0`): the partial sums, statistics, normalised output (with and without the fused
-/// ReLU), backward partial sums, dgamma, dbeta and dx (with and without `ymask`) bit for bit
+/// ReLU), backward partial sums, dgamma, dbeta and dx (with and without `relu`) bit for bit
 /// alike; panics at the first difference, naming the entry.
 fn check_bf16_x_matches_widened(k: &Kernels, xb: &[u16], d: Nchw, seed: u64, tag: &str) {
     let xw = X::Bf16(xb).f32();
@@ -654,12 +816,11 @@ fn check_bf16_x_matches_widened(k: &Kernels, xb: &[u16], d: Nchw, seed: u64, tag
         assert_same_bits(&format!("bn_normalize_f32 relu={relu} {tag}"), &f32_bits(&yb), &f32_bits(&yw), crate::POISON.into());
     }
     let dy = Rng(seed ^ 0xD7).vec(d.len(), -1.0, 1.0);
-    let (_, _, _, _, _, y) = exact_backward_inputs(d, seed ^ 0x4D);
-    for fused in [false, true] {
-        let b = BwdIn { x: xb, dy: &dy, gamma: &gamma, mean: &sw.mean, invstd: &sw.invstd, relu_out: fused.then_some(&y[..]) };
+    for relu in [false, true] {
+        let b = BwdIn { x: xb, dy: &dy, gamma: &gamma, beta: &beta, mean: &sw.mean, invstd: &sw.invstd, relu };
         let (gb, pb) = backward_and_partial(k, &b, d);
         let (gw, pw) = backward_and_partial(k, &BwdIn { x: xw, ..b }, d);
-        let what = format!("ymask={fused} {tag}");
+        let what = format!("relu={relu} {tag}");
         assert_same_bits(&format!("bn_bwd_partial_f32 partial sums {what}"), &pb, &pw, u64::MAX);
         for (name, g, w) in [
             ("bn_bwd_final_f32 dgamma", &gb.dgamma, &gw.dgamma),
@@ -771,9 +932,9 @@ fn access_batch_norm() {
     let (c, planes) = (d.c as u32, (d.n * d.c) as u32);
     let (x, gamma, beta) = inputs(d, -2.0, 101);
     let xb = bf16_bits(&x);
-    let (_, dy, _, mean, invstd, y) = exact_backward_inputs(d, 103);
+    let (_, dy, _, _, mean, invstd) = exact_backward_inputs(d, 103);
     let mut mem = Memory::default();
-    let [gd, bd, dyd, md, id, yd] = [&gamma, &beta, &dy, &mean, &invstd, &y].map(|v| mem.upload(v));
+    let [gd, bd, dyd, md, id] = [&gamma, &beta, &dy, &mean, &invstd].map(|v| mem.upload(v));
     let partial = mem.poisoned(pieces as usize * d.c * 2 * 8);
     let shape = dims(ops::partial_cfg(pieces, c, block));
     // The C lanes of the final kernels: warps of 32 channels.
@@ -795,9 +956,9 @@ fn access_batch_norm() {
     ];
     for x in [X::F32(&x), X::Bf16(&xb)] {
         let xd = x.upload(&mut mem);
-        let (what, what_ymask, shift_bytes) = match x {
-            X::F32(_) => ("2 x 64 x 32 x 32", "2 x 64 x 32 x 32, ymask", 4 * 32u64),
-            X::Bf16(_) => ("2 x 64 x 32 x 32, bf16 x", "2 x 64 x 32 x 32, bf16 x, ymask", 2 * 32u64),
+        let (what, what_relu, shift_bytes) = match x {
+            X::F32(_) => ("2 x 64 x 32 x 32", "2 x 64 x 32 x 32, relu", 4 * 32u64),
+            X::Bf16(_) => ("2 x 64 x 32 x 32, bf16 x", "2 x 64 x 32 x 32, bf16 x, relu", 2 * 32u64),
         };
         let args = [Arg::U64(partial), Arg::U64(xd), Arg::U32(c), Arg::U32(hw(d)), Arg::U32(ops::PLANE_CHUNK), Arg::U32(nchunk), x.xbf16()];
         let p = profile(&k, &mut mem, "bn_stats_partial_f32", shape, &args, what);
@@ -841,21 +1002,33 @@ fn access_batch_norm() {
         let p = profile(&k, &mut mem, "bn_normalize_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what);
         assert_coalesced("bn_normalize_f32", &p);
 
-        // The backward with the fused ReLU's mask, so that every load is taken.
+        // The backward with the fused ReLU, so that every load is taken: per element x and dy
+        // (the mask is recomputed from x), per channel and warp the uniform mean, invstd,
+        // gamma and beta (1 sector each).
         let args = [
             Arg::U64(partial),
             Arg::U64(xd),
             Arg::U64(dyd),
             Arg::U64(md),
+            Arg::U64(id),
+            Arg::U64(gd),
+            Arg::U64(bd),
             Arg::U32(c),
             Arg::U32(hw(d)),
             Arg::U32(ops::PLANE_CHUNK),
             Arg::U32(nchunk),
-            Arg::U64(yd),
+            Arg::U32(1),
             x.xbf16(),
         ];
-        let p = profile(&k, &mut mem, "bn_bwd_partial_f32", shape, &args, what_ymask);
+        let p = profile(&k, &mut mem, "bn_bwd_partial_f32", shape, &args, what_relu);
         assert_coalesced("bn_bwd_partial_f32", &p);
+        let x_bytes = match x {
+            X::F32(_) => 4 * d.len() as u64,
+            X::Bf16(_) => 2 * d.len() as u64,
+        };
+        // Blocks of 8 warps, one per (piece, channel): 4 uniform loads of 4 bytes a warp.
+        let uniform = (pieces * c) as u64 * 8 * 4 * 4;
+        assert_eq!(p.load.bytes, x_bytes + 4 * d.len() as u64 + uniform, "bn_bwd_partial_f32 load bytes ({what_relu}): {p}");
 
         let p = profile(&k, &mut mem, "bn_bwd_final_f32", dims(ops::grid_1d(c)), &bwd_final_args, what);
         // Per warp: the partial loads as above, mean / invstd / gamma coalesced (4 sectors
@@ -869,15 +1042,23 @@ fn access_batch_norm() {
             Arg::U64(xd),
             Arg::U64(dyd),
             Arg::U64(coef),
+            Arg::U64(md),
+            Arg::U64(id),
+            Arg::U64(gd),
+            Arg::U64(bd),
             Arg::U32(c),
             Arg::U32(hw(d)),
             Arg::U32(planes),
             Arg::F64(count(d)),
-            Arg::U64(yd),
+            Arg::U32(1),
             x.xbf16(),
         ];
-        let p = profile(&k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what_ymask);
+        let p = profile(&k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what_relu);
         assert_coalesced("bn_bwd_dx_f32", &p);
+        // Per element x and dy; per plane and warp (4 blocks of 8 warps a 1024-element plane)
+        // the 5 coefficients (8 bytes) and the 4 f32 values of the recompute.
+        let uniform = planes as u64 * 4 * 8 * (5 * 8 + 4 * 4);
+        assert_eq!(p.load.bytes, x_bytes + 4 * d.len() as u64 + uniform, "bn_bwd_dx_f32 load bytes ({what_relu}): {p}");
     }
 
     // conv5's planes: 196 values, block 224 (7 warps, the last of 4 lanes); 4 uniform loads a

@@ -38,23 +38,28 @@ pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32, 
             (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32, unbiased as f32)
         })
         .collect();
+    let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
+    let invstd: Vec<f32> = stats.iter().map(|s| s.1).collect();
+    let y = normalize(x, gamma, beta, &mean, &invstd, d, relu);
+    Forward { y, mean, invstd, var_unbiased: stats.iter().map(|s| s.2).collect() }
+}
+
+/// The normalising pass of [`forward_train`] with the given statistics: `y = ((gamma *
+/// (x - mean)) * invstd) + beta`, each op rounded to f32 in that order (no fused multiply-add),
+/// clamped at 0 when `relu`. The backward of the fused ReLU recomputes the forward's output
+/// with it, bit for bit.
+pub fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32], d: Nchw, relu: bool) -> Vec<f32> {
     let hw = d.h * d.w;
     let mut y = vec![0.0; x.len()];
     y.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, out)| {
         let c = plane % d.c;
-        let (mean, invstd, _) = stats[c];
-        let (g, b) = (gamma[c], beta[c]);
+        let (m, is, g, b) = (mean[c], invstd[c], gamma[c], beta[c]);
         for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-            let y = g * (v - mean) * invstd + b;
+            let y = g * (v - m) * is + b;
             *o = if relu { super::relu(y) } else { y };
         }
     });
-    Forward {
-        y,
-        mean: stats.iter().map(|s| s.0).collect(),
-        invstd: stats.iter().map(|s| s.1).collect(),
-        var_unbiased: stats.iter().map(|s| s.2).collect(),
-    }
+    y
 }
 
 /// `dx = gamma * invstd / M * (M dy - sum(dy) - xhat * sum(dy * xhat))`, with M = N*H*W.
@@ -88,4 +93,49 @@ pub fn backward(x: &[f32], dy: &[f32], gamma: &[f32], mean: &[f32], invstd: &[f3
         }
     });
     Backward { dx, dgamma: sums.iter().map(|s| s.1 as f32).collect(), dbeta: sums.iter().map(|s| s.0 as f32).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{elementwise, CpuStorage};
+    use crate::backend::BackendStorage;
+    use rand::{Rng, SeedableRng};
+
+    /// The fused ReLU's backward (`relu`: the mask recomputed from x by [`normalize`]) is bit
+    /// for bit the plain backward of the gradient masked by the forward's stored output, on
+    /// random inputs whose outputs include exact zeros: -0 before the clamp in a constant
+    /// channel (x at its mean, gamma < 0, beta = -0), +0 where beta cancels one element's
+    /// `gamma (x - mean) invstd` in every other channel.
+    #[test]
+    fn relu_backward_with_the_recomputed_mask_is_that_of_the_stored_output() {
+        let d = Nchw { n: 3, c: 5, h: 4, w: 7 };
+        let hw = d.h * d.w;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut vec = |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
+        let (mut x, mut gamma, mut beta, dy) = (vec(d.len(), -2.0, 3.0), vec(d.c, 0.5, 1.5), vec(d.c, -0.5, 0.5), vec(d.len(), -1.0, 1.0));
+        for n in 0..d.n {
+            x[n * d.c * hw..(n * d.c + 1) * hw].fill(0.75);
+        }
+        (gamma[0], beta[0]) = (-gamma[0], -0.0);
+        // beta changes no statistic: those of this forward are the final forward's.
+        let s = forward_train(&x, &gamma, &beta, d, 1e-5, false);
+        for c in 1..d.c {
+            beta[c] = -(gamma[c] * (x[c * hw + 3] - s.mean[c]) * s.invstd[c]);
+        }
+        let f = forward_train(&x, &gamma, &beta, d, 1e-5, true);
+        let plain = normalize(&x, &gamma, &beta, &f.mean, &f.invstd, d, false);
+        let zeros = |bits: u32| plain.iter().filter(|v| v.to_bits() == bits).count();
+        assert_eq!((zeros(0), zeros(0x8000_0000)), (d.c - 1, d.n * hw), "exact zeros before the clamp");
+
+        let want = backward(&x, &elementwise::relu_backward(&f.y, &dy), &gamma, &f.mean, &f.invstd, d);
+        let cpu = |v: &[f32]| CpuStorage::F32(v.to_vec());
+        let got = cpu(&x).batch_norm_backward(&cpu(&dy), &cpu(&gamma), &cpu(&beta), &cpu(&f.mean), &cpu(&f.invstd), d, true).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(got.dx.as_f32()), bits(&want.dx), "dx");
+        assert_eq!(bits(got.dgamma.as_f32()), bits(&want.dgamma), "dgamma");
+        assert_eq!(bits(got.dbeta.as_f32()), bits(&want.dbeta), "dbeta");
+        // The mask mattered: the unmasked gradient gives another dbeta.
+        assert_ne!(bits(&backward(&x, &dy, &gamma, &f.mean, &f.invstd, d).dbeta), bits(&want.dbeta));
+    }
 }

@@ -188,23 +188,27 @@ impl BackendStorage for CpuStorage {
         &self,
         dy: &Self,
         gamma: &Self,
+        beta: &Self,
         mean: &Self,
         invstd: &Self,
         d: Nchw,
-        relu_out: Option<&Self>,
+        relu: bool,
     ) -> Result<BatchNormBackward<Self>> {
         check_len("batch_norm_backward", "input", self.len(), d.len())?;
         check_len("batch_norm_backward", "dy", dy.len(), d.len())?;
-        // The fused ReLU's backward, materialised: the reference for the masked GPU kernels.
-        let masked = match relu_out {
-            Some(y) => {
-                check_len("batch_norm_backward", "relu output", y.len(), d.len())?;
-                Some(elementwise::relu_backward(y.as_f32(), dy.as_f32()))
-            }
-            None => None,
-        };
+        for (what, p) in [("gamma", gamma), ("beta", beta), ("mean", mean), ("invstd", invstd)] {
+            check_len("batch_norm_backward", what, p.len(), d.c)?;
+        }
+        let (x, gamma, mean, invstd) = (self.as_f32(), gamma.as_f32(), mean.as_f32(), invstd.as_f32());
+        // The fused ReLU's backward, materialised: the forward's output recomputed from x (the
+        // same statistics and formula give it bit for bit), then the gradient masked where it
+        // is not > 0; the reference for the masking GPU kernels.
+        let masked = relu.then(|| {
+            let y = batch_norm::normalize(x, gamma, beta.as_f32(), mean, invstd, d, true);
+            elementwise::relu_backward(&y, dy.as_f32())
+        });
         let dy = masked.as_deref().unwrap_or(dy.as_f32());
-        let b = batch_norm::backward(self.as_f32(), dy, gamma.as_f32(), mean.as_f32(), invstd.as_f32(), d);
+        let b = batch_norm::backward(x, dy, gamma, mean, invstd, d);
         Ok(BatchNormBackward { dx: CpuStorage::F32(b.dx), dgamma: CpuStorage::F32(b.dgamma), dbeta: CpuStorage::F32(b.dbeta) })
     }
 
@@ -223,12 +227,13 @@ impl BackendStorage for CpuStorage {
         x: &Self,
         dy: &Self,
         gamma: &Self,
+        beta: &Self,
         mean: &Self,
         invstd: &Self,
         d: Nchw,
-        relu_out: Option<&Self>,
+        relu: bool,
     ) -> Result<BatchNormBackward<Self>> {
-        x.batch_norm_backward(dy, gamma, mean, invstd, d, relu_out)
+        x.batch_norm_backward(dy, gamma, beta, mean, invstd, d, relu)
     }
 
     fn max_pool2x2(&self, d: Nchw) -> Result<Self> {

@@ -221,12 +221,13 @@ impl BackendStorage for CudaStorage {
         &self,
         dy: &Self,
         gamma: &Self,
+        beta: &Self,
         mean: &Self,
         invstd: &Self,
         d: Nchw,
-        relu_out: Option<&Self>,
+        relu: bool,
     ) -> Result<BatchNormBackward<Self>> {
-        ops::batch_norm_backward(ops::BnInput::F32(self), dy, gamma, mean, invstd, d, relu_out)
+        ops::batch_norm_backward(ops::BnInput::F32(self), dy, gamma, beta, mean, invstd, d, relu)
     }
 
     /// NCHW bf16 in the bf16 convolution mode (see `norm_input.rs`).
@@ -251,12 +252,13 @@ impl BackendStorage for CudaStorage {
         x: &Self::NormInput,
         dy: &Self,
         gamma: &Self,
+        beta: &Self,
         mean: &Self,
         invstd: &Self,
         d: Nchw,
-        relu_out: Option<&Self>,
+        relu: bool,
     ) -> Result<BatchNormBackward<Self>> {
-        ops::batch_norm_backward(x.view(), dy, gamma, mean, invstd, d, relu_out)
+        ops::batch_norm_backward(x.view(), dy, gamma, beta, mean, invstd, d, relu)
     }
 
     fn max_pool2x2(&self, d: Nchw) -> Result<Self> {

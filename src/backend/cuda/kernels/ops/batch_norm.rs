@@ -69,8 +69,8 @@ pub fn plane_cfg(hw: u32, planes: u32) -> LaunchConfig {
 /// (grid (ceil(HW/B), min(N*C, 65535)), block B = min(256, HW rounded up to 32)).
 ///
 /// With `relu`, the ReLU that follows is fused into `bn_normalize_f32`: `y = max(bn(x), 0)`
-/// (the statistics are those of x, unchanged). Pass that `y` as `relu_out` to
-/// [`batch_norm_backward`].
+/// (the statistics are those of x, unchanged). Its backward is [`batch_norm_backward`] with
+/// `relu`, which needs x, gamma, beta and the statistics, not `y`.
 pub fn batch_norm_train(
     x: BnInput,
     gamma: &CudaStorage,
@@ -156,35 +156,37 @@ pub fn batch_norm_train(
     Ok(BatchNormForward { y, mean, invstd, var_unbiased })
 }
 
-/// Backward of [`batch_norm_train`], `x` its input as it was given there. Kernels: `bn_bwd_partial_f32` (grid as the stats),
-/// `bn_bwd_final_f32` (grid ceil(C/256), block 256; writes dgamma, dbeta and an f64
-/// coefficient table [C, 8]), `bn_bwd_dx_f32` (grid as the normalisation).
+/// Backward of [`batch_norm_train`], `x` its input as it was given there and `gamma`, `beta`,
+/// `mean`, `invstd` the parameters and statistics it used. Kernels: `bn_bwd_partial_f32` (grid
+/// as the stats), `bn_bwd_final_f32` (grid ceil(C/256), block 256; writes dgamma, dbeta and an
+/// f64 coefficient table [C, 8]), `bn_bwd_dx_f32` (grid as the normalisation).
 ///
-/// `relu_out` is the output `y` of a forward with `relu` (the fused ReLU): then both
-/// `bn_bwd_partial_f32` and `bn_bwd_dx_f32` read the gradient as `y > 0 ? dy : 0`, which gives
-/// bit for bit the result of passing `relu_backward(y, dy)` with `relu_out = None`. `None`:
-/// plain batch norm (`dy` is the gradient of the normalised output).
+/// `relu`: the forward had the fused ReLU. Then both `bn_bwd_partial_f32` and `bn_bwd_dx_f32`
+/// read the gradient as `yhat > 0 ? dy : 0`, with `yhat` the forward's output before its clamp
+/// recomputed from x, gamma, beta and the statistics by `bn_normalize_f32`'s own instruction
+/// sequence: bit for bit the result of passing `relu_backward(y, dy)` (y the stored output)
+/// without `relu`, and without reading y. Without it: plain batch norm (`dy` is the gradient
+/// of the normalised output; beta is not read).
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     x: BnInput,
     dy: &CudaStorage,
     gamma: &CudaStorage,
+    beta: &CudaStorage,
     mean: &CudaStorage,
     invstd: &CudaStorage,
     d: Nchw,
-    relu_out: Option<&CudaStorage>,
+    relu: bool,
 ) -> Result<BatchNormBackward<CudaStorage>> {
     let _r = nvtx::range("batch_norm_backward");
     check_len("batch_norm_backward", "input", x.len(), d.len())?;
     check_len("batch_norm_backward", "dy", dy.len(), d.len())?;
     check_len("batch_norm_backward", "gamma", gamma.len(), d.c)?;
+    check_len("batch_norm_backward", "beta", beta.len(), d.c)?;
     check_len("batch_norm_backward", "mean", mean.len(), d.c)?;
     check_len("batch_norm_backward", "invstd", invstd.len(), d.c)?;
-    for o in [dy, gamma, mean, invstd] {
+    for o in [dy, gamma, beta, mean, invstd] {
         x.same_device("batch_norm_backward", o)?;
-    }
-    if let Some(y) = relu_out {
-        check_len("batch_norm_backward", "relu output", y.len(), d.len())?;
-        x.same_device("batch_norm_backward", y)?;
     }
     count("batch_norm_backward", x.len())?;
     let dev = x.device().clone();
@@ -203,10 +205,7 @@ pub fn batch_norm_backward(
     let chunk = PLANE_CHUNK;
     let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
     let mut coef = scratch_f64(&dev, d.c * 8)?;
-    // The fused ReLU's output as a raw device pointer (0: no ReLU). `relu_out` stays borrowed
-    // until the launches are queued; when its owner drops it later, the pool hands its block
-    // only to work queued after them on the same stream.
-    let ymask: u64 = relu_out.map_or(0, |y| y.raw_ptr());
+    let relu = relu as u32;
     let (x_ptr, xbf16) = (x.raw_ptr(), x.xbf16());
     launch!(
         dev,
@@ -216,11 +215,14 @@ pub fn batch_norm_backward(
         &x_ptr,
         dy.slice(),
         mean.slice(),
+        invstd.slice(),
+        gamma.slice(),
+        beta.slice(),
         &c,
         &hw,
         &chunk,
         &nchunk,
-        &ymask,
+        &relu,
         &xbf16
     )?;
     let count_f = (d.n * d.h * d.w) as f64;
@@ -247,11 +249,15 @@ pub fn batch_norm_backward(
         &x_ptr,
         dy.slice(),
         coef.slice(),
+        mean.slice(),
+        invstd.slice(),
+        gamma.slice(),
+        beta.slice(),
         &c,
         &hw,
         &planes,
         &count_f,
-        &ymask,
+        &relu,
         &xbf16
     )?;
     Ok(BatchNormBackward { dx, dgamma, dbeta })
