@@ -294,6 +294,17 @@ fn bn_pool_relu(c: &mut Criterion) {
         run(&mut g, &t.dev, &format!("batch_norm_relu_train_{label}/backward_bf16_input"), Throughput::Bytes(4 * bytes), || {
             xb.batch_norm_backward(&dy, &gamma, &beta, &fb.mean, &fb.invstd, d, true).map(|b| b.dx)
         });
+        // The same, its dx written as the convolution's NHWC bf16 operand (bn_bwd_dx_nhwc_bf16;
+        // 2 bytes a dx where the line above writes 4 and the convolution's cast then moves 6).
+        settings::set_bf16_conv(true);
+        run(
+            &mut g,
+            &t.dev,
+            &format!("batch_norm_relu_train_{label}/backward_bf16_input_nhwc_bf16_dx"),
+            Throughput::Bytes(7 * bytes / 2),
+            || xb.batch_norm_backward_for_conv(&dy, &gamma, &beta, &fb.mean, &fb.invstd, d, true).map(|b| b.dx),
+        );
+        settings::set_bf16_conv(false);
     }
     let dy_pool = rand_storage(&t.dev, d.len() / 4, 64);
     run(&mut g, &t.dev, &format!("max_pool2x2_{label}/forward"), Throughput::Bytes(bytes + bytes / 4), || x.max_pool2x2(d));

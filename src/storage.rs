@@ -116,6 +116,92 @@ impl NormInput {
             _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device().to_string(), rhs: dy.device().to_string() }),
         }
     }
+
+    /// [`NormInput::batch_norm_backward`] with the input gradient in the form the convolution
+    /// before the batch norm reads it ([`BackendStorage::batch_norm_backward_for_conv`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_backward_for_conv(
+        &self,
+        dy: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        mean: &Storage,
+        invstd: &Storage,
+        d: Nchw,
+        relu: bool,
+    ) -> Result<BatchNormBackward<Storage, ConvGrad>> {
+        const OP: &str = "batch_norm_backward";
+        fn wrap<S, D>(b: BatchNormBackward<S, D>, w: fn(S) -> Storage, g: fn(D) -> ConvGrad) -> BatchNormBackward<Storage, ConvGrad> {
+            BatchNormBackward { dx: g(b.dx), dgamma: w(b.dgamma), dbeta: w(b.dbeta) }
+        }
+        match (self, same_device(OP, &[dy, gamma, beta, mean, invstd])?) {
+            (NormInput::Cpu(x), OneDevice::Cpu(p)) => {
+                Ok(wrap(CpuStorage::batch_norm_backward_for_conv(x, p[0], p[1], p[2], p[3], p[4], d, relu)?, Storage::Cpu, ConvGrad::Cpu))
+            }
+            (NormInput::Cuda(x), OneDevice::Cuda(p)) => Ok(wrap(
+                CudaStorage::batch_norm_backward_for_conv(x, p[0], p[1], p[2], p[3], p[4], d, relu)?,
+                Storage::Cuda,
+                ConvGrad::Cuda,
+            )),
+            _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device().to_string(), rhs: dy.device().to_string() }),
+        }
+    }
+}
+
+/// A convolution's upstream gradient as the training-mode batch norm after it hands it over
+/// ([`BackendStorage::ConvGrad`] of the device that ran it): f32, or NHWC bf16 in the CUDA bf16
+/// mode.
+pub enum ConvGrad {
+    Cpu(<CpuStorage as BackendStorage>::ConvGrad),
+    Cuda(<CudaStorage as BackendStorage>::ConvGrad),
+}
+
+impl ConvGrad {
+    /// The element type held.
+    pub fn dtype(&self) -> DType {
+        match self {
+            ConvGrad::Cpu(g) => g.dtype(),
+            ConvGrad::Cuda(g) => g.dtype(),
+        }
+    }
+
+    /// The values as NCHW f32 on the host (`d` the batch norm's dimensions; bf16 widened
+    /// exactly and transposed back; waits for the device).
+    pub fn to_host_f32(self, d: Nchw) -> Result<Vec<f32>> {
+        match self {
+            ConvGrad::Cpu(g) => g.to_host_f32(),
+            ConvGrad::Cuda(g) => g.into_f32_nchw(d)?.to_host_f32(),
+        }
+    }
+
+    /// Both gradients of the convolution, this being its upstream gradient: see
+    /// [`BackendStorage::conv2d_backward_from`] and [`Storage::conv2d_backward`].
+    pub fn conv2d_backward(
+        &self,
+        x: &Storage,
+        w: &Storage,
+        s: &ConvSpec,
+        kept: &ConvKept,
+        need: [bool; 2],
+    ) -> Result<[Option<Storage>; 2]> {
+        const OP: &str = "conv2d_backward";
+        match (self, same_device(OP, &[x, w])?, kept) {
+            (ConvGrad::Cpu(dy), OneDevice::Cpu(v), ConvKept::Cpu(k)) => {
+                Ok(CpuStorage::conv2d_backward_from(dy, v[0], v[1], s, k, need)?.map(|g| g.map(Storage::Cpu)))
+            }
+            (ConvGrad::Cuda(dy), OneDevice::Cuda(v), ConvKept::Cuda(k)) => {
+                Ok(CudaStorage::conv2d_backward_from(dy, v[0], v[1], s, k, need)?.map(|g| g.map(Storage::Cuda)))
+            }
+            _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device_name().into(), rhs: x.device().to_string() }),
+        }
+    }
+
+    fn device_name(&self) -> &'static str {
+        match self {
+            ConvGrad::Cpu(_) => "cpu",
+            ConvGrad::Cuda(_) => "cuda",
+        }
+    }
 }
 
 fn wrap_forward<S>(f: BatchNormForward<S>, w: fn(S) -> Storage) -> BatchNormForward<Storage> {

@@ -9,7 +9,9 @@
 //! - The intermediate as held: f32 on the CPU and in the CUDA fp32 mode; bf16 in the CUDA bf16
 //!   mode (half the bytes), with the values of the f32 convolution output bit for bit, for
 //!   channel counts cuDNN's bf16 kernels take (multiples of 8) and for the f32 fallback (3 input
-//!   channels).
+//!   channels). Likewise the batch norm's input gradient as it hands it to the convolution: f32,
+//!   or in the CUDA bf16 mode NHWC bf16 (`bn_bwd_dx_nhwc_bf16`), the f32 gradient's values
+//!   rounded, bit for bit.
 //! - The CUDA op against the CPU's, max-normalised: within 1e-3 in fp32 (the same sums in
 //!   another order, about 1e-6 relative before batch norm divides by the channel's spread), and
 //!   within 3e-2 in the bf16 mode (each convolution within 1e-2 of the CPU's, as
@@ -33,7 +35,7 @@
 mod common;
 
 use common::{cuda_device, max_rel_err, rand_vec};
-use hyperseg_engine::backend::{ConvKeep, ConvSpec};
+use hyperseg_engine::backend::{ConvKeep, ConvSpec, Nchw};
 use hyperseg_engine::{settings, DType, Device, Error, Result, Tensor};
 
 /// One layer: input `[n, c_in, hw, hw]`, `c_out` filters of `k x k`, padding `k / 2`.
@@ -125,6 +127,30 @@ fn held_intermediate(dev: &Device, c: Case, ops: &[Vec<f32>; 5], want: DType, mo
     Ok(())
 }
 
+/// The batch norm's input gradient as it hands it to the convolution before it
+/// (`batch_norm_backward_for_conv`): its element type, and its values against the f32
+/// gradient's, rounded to bf16 where it is bf16, bit for bit.
+fn handed_gradient(dev: &Device, c: Case, ops: &[Vec<f32>; 5], want: DType, mode: &str) -> Result<()> {
+    let x = Tensor::from_slice(&ops[0], [c.n, c.c_in, c.hw, c.hw], dev)?;
+    let w = Tensor::from_slice(&ops[1], [c.c_out, c.c_in, c.k, c.k], dev)?;
+    let param = |v: &[f32]| Tensor::from_slice(v, [c.c_out], dev);
+    let (gamma, beta, dy) = (param(&ops[2])?, param(&ops[3])?, Tensor::from_slice(&ops[4], [c.n, c.c_out, c.hw, c.hw], dev)?);
+    let s = ConvSpec { n: c.n, c_in: c.c_in, h: c.hw, w: c.hw, c_out: c.c_out, kh: c.k, kw: c.k, stride: 1, pad: c.k / 2 };
+    let d = Nchw { n: c.n, c: c.c_out, h: c.hw, w: c.hw };
+    let (held, _) = x.storage().conv2d_for_norm(&w.storage(), &s, ConvKeep::NOTHING)?;
+    let f = held.batch_norm_train(&gamma.storage(), &beta.storage(), d, EPS, c.relu)?;
+    let args = (&dy.storage(), &gamma.storage(), &beta.storage(), &f.mean, &f.invstd);
+    let f32_dx = held.batch_norm_backward(args.0, args.1, args.2, args.3, args.4, d, c.relu)?.dx.to_host_f32()?;
+    let handed = held.batch_norm_backward_for_conv(args.0, args.1, args.2, args.3, args.4, d, c.relu)?.dx;
+    assert_eq!(handed.dtype(), want, "{dev} {mode} {c:?}: the handed gradient's type");
+    let want_values: Vec<f32> = match want {
+        DType::BF16 => f32_dx.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
+        _ => f32_dx,
+    };
+    assert_bits(&handed.to_host_f32(d)?, &want_values, &format!("{dev} {mode} {c:?} handed gradient"));
+    Ok(())
+}
+
 /// The fp32 and (when `bf16`) bf16 modes of every case on `dev`: fused against composed, and
 /// the held intermediate. Returns the fused results per mode and case. Deterministic mode, so
 /// that cuDNN's algorithms give the same bits on every call.
@@ -138,7 +164,9 @@ fn run_device(dev: &Device, bf16: bool) -> Result<Vec<Vec<Results>>> {
         for (i, &c) in CASES.iter().enumerate() {
             let ops = operands(c, 100 * i as u64);
             let bf16_held = m == 1 && matches!(dev, Device::Cuda(_));
-            held_intermediate(dev, c, &ops, if bf16_held { DType::BF16 } else { DType::F32 }, mode)?;
+            let held = if bf16_held { DType::BF16 } else { DType::F32 };
+            held_intermediate(dev, c, &ops, held, mode)?;
+            handed_gradient(dev, c, &ops, held, mode)?;
             out[m].push(fused_is_composed(dev, c, &ops, mode)?);
         }
     }

@@ -221,9 +221,10 @@ pub struct BatchNormForward<S> {
     pub var_unbiased: S,
 }
 
-/// Gradients of batch norm in training mode.
-pub struct BatchNormBackward<S> {
-    pub dx: S,
+/// Gradients of batch norm in training mode: the input's in the form `D` (the storage itself,
+/// or [`BackendStorage::ConvGrad`] for the convolution before it), the parameters' as `S`.
+pub struct BatchNormBackward<S, D = S> {
+    pub dx: D,
     pub dgamma: S,
     pub dbeta: S,
 }
@@ -358,6 +359,22 @@ pub trait BackendStorage: Sized + Send + Sync {
         let dw = if need[1] { Some(x.conv2d_backward_weight(self, s)?) } else { None };
         Ok([dx, dw])
     }
+    /// A convolution's upstream gradient as the training-mode batch norm after it hands it over
+    /// ([`batch_norm_backward_for_conv`](Self::batch_norm_backward_for_conv)): `Self` on the CPU
+    /// and in the CUDA backend's f32 modes; in the CUDA bf16 mode the NHWC bf16 copy that the
+    /// bf16 convolution reads, written by the batch norm's backward kernel (the f32 gradient's
+    /// values rounded to bf16, as the convolution would round them).
+    type ConvGrad: Send + Sync;
+    /// [`conv2d_backward`](Self::conv2d_backward) of an upstream gradient in the form
+    /// [`ConvGrad`](Self::ConvGrad), with the same values.
+    fn conv2d_backward_from(
+        dy: &Self::ConvGrad,
+        x: &Self,
+        w: &Self,
+        s: &ConvSpec,
+        kept: &Self::ConvKept,
+        need: [bool; 2],
+    ) -> Result<[Option<Self>; 2]>;
 
     // ---- batch norm --------------------------------------------------------------------------
     /// Training-mode batch norm over `[n, c, h, w]` with batch statistics; with `relu`, the
@@ -408,6 +425,21 @@ pub trait BackendStorage: Sized + Send + Sync {
         d: Nchw,
         relu: bool,
     ) -> Result<BatchNormBackward<Self>>;
+    /// [`batch_norm_backward_of`](Self::batch_norm_backward_of) with the input gradient in the
+    /// form the convolution before the batch norm reads it ([`ConvGrad`](Self::ConvGrad), for
+    /// [`conv2d_backward_from`](Self::conv2d_backward_from)): the same values, in the CUDA bf16
+    /// mode rounded to bf16 and laid out NHWC by the kernel that computes them.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward_for_conv(
+        x: &Self::NormInput,
+        dy: &Self,
+        gamma: &Self,
+        beta: &Self,
+        mean: &Self,
+        invstd: &Self,
+        d: Nchw,
+        relu: bool,
+    ) -> Result<BatchNormBackward<Self, Self::ConvGrad>>;
 
     // ---- pooling ----------------------------------------------------------------------------------
     /// 2x2 max pooling, stride 2, floor mode: `[n, c, h/2, w/2]`.

@@ -6,7 +6,9 @@
 //! CUDA bf16 mode NCHW bf16, the very values the f32 tensor of [`Tensor::conv2d`] would hold, at
 //! half the memory and half the traffic of every pass that reads it). The backward pass runs the
 //! batch-norm backward on it, then the convolution's backward on the resulting gradient with the
-//! operand copies the forward pass kept. With the ReLU, the batch-norm backward recomputes its
+//! operand copies the forward pass kept; that gradient too is handed over in the form the
+//! convolution reads ([`crate::storage::ConvGrad`]; in the CUDA bf16 mode the batch-norm kernel
+//! writes it as the NHWC bf16 copy the bf16 convolution would otherwise cast it to). With the ReLU, the batch-norm backward recomputes its
 //! mask (where the output was > 0) from that held input, gamma, beta and the statistics, so the
 //! op's output is not kept for the backward pass. Values and gradients are bit for bit those of
 //! [`Tensor::conv2d`] followed by [`Tensor::batch_norm_train`] or
@@ -48,7 +50,7 @@ impl Tensor {
         let op = if relu { "conv2d_batch_norm_relu" } else { "conv2d_batch_norm" };
         let y = y.record(op, &[self, weight, gamma, beta], move |g, need| -> Result<Grads> {
             let (g_, b_, mean, invstd) = (g_.storage(), b_.storage(), mean.storage(), invstd.storage());
-            let b = conv_out.batch_norm_backward(&g.storage(), &g_, &b_, &mean, &invstd, d, relu)?;
+            let b = conv_out.batch_norm_backward_for_conv(&g.storage(), &g_, &b_, &mean, &invstd, d, relu)?;
             let [dx, dw] = if need[0] || need[1] {
                 b.dx.conv2d_backward(&x.storage(), &w.storage(), &s, &kept, [need[0], need[1]])?
             } else {

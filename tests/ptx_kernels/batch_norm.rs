@@ -1,6 +1,7 @@
-//! `kernels/batch_norm.ptx`: all six entries (statistics partial / final, normalise with and
+//! `kernels/batch_norm.ptx`: all seven entries (statistics partial / final, normalise with and
 //! without the fused ReLU, backward partial / final / dx with and without the fused ReLU,
-//! `relu`, whose mask they recompute from x) against the CPU backend's batch norm
+//! `relu`, whose mask they recompute from x; dx also as NHWC bf16, `bn_bwd_dx_nhwc_bf16`,
+//! against `bn_bwd_dx_f32` rounded and transposed) against the CPU backend's batch norm
 //! (`cpu::batch_norm::forward_train` / `backward`, through `CpuStorage`, which recomputes the
 //! output with `cpu::batch_norm::normalize` and composes `cpu::elementwise::relu_backward` for
 //! the fused case), with the launch shapes and arguments of `ops::batch_norm_train` /
@@ -190,6 +191,14 @@ fn backward(k: &Kernels, b: &BwdIn, d: Nchw) -> Grads {
 
 /// [`backward`], and the bits of the partial sums `[P, C, 2]` (f64) the final kernel read.
 fn backward_and_partial(k: &Kernels, b: &BwdIn, d: Nchw) -> (Grads, Vec<u64>) {
+    let (grads, partial, _) = backward_all(k, b, d, false);
+    (grads, partial)
+}
+
+/// [`backward_and_partial`], and with `nhwc` also `bn_bwd_dx_nhwc_bf16` on the same
+/// coefficients, as `ops::batch_norm_backward_to(.., DxForm::Bf16Nhwc)` launches it (grid
+/// `transpose_cfg(C, HW, N)`, a poisoned output): the bits of its output `[N, HW, C]`.
+fn backward_all(k: &Kernels, b: &BwdIn, d: Nchw, nhwc: bool) -> (Grads, Vec<u64>, Option<Vec<u16>>) {
     let (nchunk, pieces, block) = ops::plane_split("batch_norm_backward", d.n, d.c, d.h * d.w).unwrap();
     let (c, planes) = (d.c as u32, (d.n * d.c) as u32);
     let mut mem = Memory::default();
@@ -245,8 +254,16 @@ fn backward_and_partial(k: &Kernels, b: &BwdIn, d: Nchw) -> (Grads, Vec<u64>) {
         b.x.xbf16(),
     ];
     run(k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args);
+    let nhwc = nhwc.then(|| {
+        let out = mem.poisoned(2 * b.x.len());
+        let mut args = args;
+        args[0] = Arg::U64(out);
+        args[10] = Arg::U32(d.n as u32);
+        run(k, &mut mem, "bn_bwd_dx_nhwc_bf16", dims(ops::transpose_cfg(c, hw(d), d.n as u32)), &args);
+        mem.download::<u16>(out, b.x.len())
+    });
     let grads = Grads { dx: mem.download(dx, b.x.len()), dgamma: mem.download(dgamma, d.c), dbeta: mem.download(dbeta, d.c) };
-    (grads, mem.download(partial, pieces as usize * d.c * 2))
+    (grads, mem.download(partial, pieces as usize * d.c * 2), nhwc)
 }
 
 /// The CPU backend's backward of the same inputs (the output recomputed and `relu_backward`
@@ -907,6 +924,119 @@ fn a_wrong_bf16_x_read_is_caught() {
     }
 }
 
+/// `got` and `want` bf16 bits, equal and all written (the poison is 0xFFFF).
+fn assert_bf16_bits(what: &str, got: &[u16], want: &[u16]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] == 0xFFFF || got[i] != want[i]) {
+        panic!("{what}: element {i} has bits {:#06x}, the reference {:#06x} (0xffff: never written)", got[i], want[i]);
+    }
+}
+
+/// `v [N, C, HW]` as `[N, HW, C]`.
+fn to_nhwc<T: Copy>(v: &[T], d: Nchw) -> Vec<T> {
+    let hw = d.h * d.w;
+    (0..v.len()).map(|o| (o / (hw * d.c), (o / d.c) % hw, o % d.c)).map(|(n, p, c)| v[(n * d.c + c) * hw + p]).collect()
+}
+
+/// Shapes of the NHWC dx checks, besides [`SHAPES`]: C and HW not multiples of 32 (partial
+/// tiles both ways), C under a tile, and 35 channel tiles (the tile loop by gridDim.y when cut).
+const NHWC_SHAPES: [Nchw; 3] = [Nchw { n: 2, c: 40, h: 5, w: 9 }, Nchw { n: 3, c: 8, h: 7, w: 7 }, Nchw { n: 1, c: 1100, h: 1, w: 3 }];
+
+/// `bn_bwd_dx_nhwc_bf16` against its definition: `bn_bwd_dx_f32`'s dx from the same
+/// coefficients, rounded to bf16 and transposed to NHWC: on the host (`half`), and by
+/// `transpose_f32_to_bf16` (kernels/bf16.ptx) in the simulator. Panics at the first difference.
+fn check_nhwc_dx(k: &Kernels, t: &Kernels, b: &BwdIn, d: Nchw, what: &str) {
+    let (grads, _, nhwc) = backward_all(k, b, d, true);
+    let got = nhwc.expect("the NHWC output");
+    let want = to_nhwc(&bf16_bits(&grads.dx), d);
+    assert_bf16_bits(&format!("bn_bwd_dx_nhwc_bf16 {what}"), &got, &want);
+    let mut mem = Memory::default();
+    let (dx, out) = (mem.upload(&grads.dx), mem.poisoned(2 * grads.dx.len()));
+    let (c, hw, n) = (d.c as u32, hw(d), d.n as u32);
+    run(
+        t,
+        &mut mem,
+        "transpose_f32_to_bf16",
+        dims(ops::transpose_cfg(c, hw, n)),
+        &[Arg::U64(out), Arg::U64(dx), Arg::U32(c), Arg::U32(hw), Arg::U32(n)],
+    );
+    assert_same_bits(
+        &format!("bn_bwd_dx_nhwc_bf16 against transpose_f32_to_bf16, {what}"),
+        &got,
+        &mem.download::<u16>(out, grads.dx.len()),
+        0xFFFF,
+    );
+}
+
+/// The header's promise for `bn_bwd_dx_nhwc_bf16`, at every shape, plain and with the fused
+/// ReLU (its awkward cases: outputs of exactly +-0, x at the mean, and with bf16 x infinities
+/// and NaNs), with f32 and bf16 x.
+#[test]
+fn nhwc_dx_is_the_rounded_transpose_of_dx() {
+    let (k, t) = (sim::load("batch_norm"), sim::load("bf16"));
+    for (i, d) in SHAPES.into_iter().chain(NHWC_SHAPES).enumerate() {
+        let seed = 141 + i as u64;
+        let (x, gamma, beta) = inputs(d, -2.0, seed);
+        let dy = Rng(seed ^ 0x77).vec(d.len(), -1.0, 1.0);
+        let want = cpu_forward(&x, &gamma, &beta, d, false).1;
+        let plain = BwdIn { x: X::F32(&x), dy: &dy, gamma: &gamma, beta: &beta, mean: &want.mean, invstd: &want.invstd, relu: false };
+        check_nhwc_dx(&k, &t, &plain, d, &format!("{}, plain", tag(d)));
+        for (bf16, non_finite) in [(false, false), (true, false), (true, true)] {
+            let case = ReluCase::new(&k, d, seed, bf16, non_finite);
+            check_nhwc_dx(&k, &t, &case.input(), d, &format!("{}, relu, bf16 x: {bf16}, non-finite: {non_finite}", tag(d)));
+        }
+    }
+}
+
+/// `bn_bwd_dx_nhwc_bf16` with gridDim.y cut to 2: it walks the channel tiles by gridDim.y (and
+/// reuses its tile after a barrier), still bit-exact.
+#[test]
+fn nhwc_dx_walks_channel_tiles_past_a_short_grid() {
+    let (k, t) = (sim::load("batch_norm"), sim::load("bf16"));
+    for d in [NHWC_SHAPES[2], Nchw { n: 3, c: 70, h: 6, w: 6 }] {
+        let case = ReluCase::new(&k, d, 151, true, false);
+        crate::with_grid_y_cap(2, || check_nhwc_dx(&k, &t, &case.input(), d, &format!("short grid {}", tag(d))));
+    }
+}
+
+/// Faults planted in `bn_bwd_dx_nhwc_bf16`, each caught by [`check_nhwc_dx`] or by the
+/// simulator: either barrier missing, the store phase reading the tile untransposed, the
+/// ReLU's recompute without beta, a 4-byte step through bf16 x, and rounding by truncation.
+/// 3 channel tiles on a grid cut to 2 rows of blocks, so that a block reuses its tile (what
+/// the second barrier guards).
+#[test]
+fn a_wrong_nhwc_dx_is_caught() {
+    let t = sim::load("bf16");
+    let d = Nchw { n: 2, c: 70, h: 5, w: 9 };
+    let case = ReluCase::new(&sim::load("batch_norm"), d, 161, true, false);
+    let entry = "bn_bwd_dx_nhwc_bf16";
+    let faults = [
+        ("the first barrier missing", "    bar.sync 0;\n    // Store:", "    // Store:"),
+        ("the second barrier missing", "    bar.sync 0;                              // the next tile reuses bn_tile\n", ""),
+        ("the tile read untransposed", "    mad.lo.u32 %r18, %r4, 33, %r14;", "    mad.lo.u32 %r18, %r14, 33, %r4;"),
+        ("beta left out of the mask", "    add.rn.f32 %f4, %f4, %f8;", ""),
+        ("a 4-byte step through bf16 x", "    selp.u32 %r24, 1, 2, %p5;", "    selp.u32 %r24, 2, 2, %p5;"),
+        ("rounding by truncation", "    add.u32 %r17, %r17, 0x7FFF;\n    add.u32 %r17, %r17, %r21;\n", ""),
+    ];
+    for (fault, from, to) in faults {
+        let k = sim::load_edited("batch_norm", |text| {
+            let edited = edit_entry(text, entry, from, to);
+            assert_ne!(edited, text, "{fault}: the edit changed nothing");
+            edited
+        });
+        let check =
+            std::panic::AssertUnwindSafe(|| crate::with_grid_y_cap(2, || check_nhwc_dx(&k, &t, &case.input(), d, "(planted fault)")));
+        let err = match std::panic::catch_unwind(check) {
+            Ok(()) => panic!("{entry} with {fault} gave the right bits"),
+            Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+        };
+        let by_check = err.contains("bn_bwd_dx_nhwc_bf16 ");
+        let by_sim =
+            err.starts_with(entry) || err.contains("race") || err.contains("outside every allocation") || err.contains("no thread");
+        assert!(by_check || by_sim, "{entry} with {fault}: not caught: {err}");
+    }
+}
+
 /// How the batch-norm kernels access memory (see `access.rs`), at conv1_2's planes scaled down
 /// (64 channels of 32 x 32, 2 images: one piece a plane, P = 2, block 256), each entry that
 /// reads x with f32 x and with bf16 x (`xbf16 = 1`):
@@ -1055,6 +1185,15 @@ fn access_batch_norm() {
         ];
         let p = profile(&k, &mut mem, "bn_bwd_dx_f32", dims(ops::plane_cfg(hw(d), planes)), &args, what_relu);
         assert_coalesced("bn_bwd_dx_f32", &p);
+        // The same dx stored NHWC bf16: lanes load a channel's consecutive positions (its
+        // coefficients at one address), store a position's consecutive channels (64 bytes)
+        // through the padded tile.
+        let mut nhwc_args = args;
+        nhwc_args[0] = Arg::U64(mem.poisoned(2 * d.len()));
+        nhwc_args[10] = Arg::U32(d.n as u32);
+        let nhwc_shape = dims(ops::transpose_cfg(c, hw(d), d.n as u32));
+        let pn = profile(&k, &mut mem, "bn_bwd_dx_nhwc_bf16", nhwc_shape, &nhwc_args, what_relu);
+        assert_coalesced("bn_bwd_dx_nhwc_bf16", &pn);
         // Per element x and dy; per plane and warp (4 blocks of 8 warps a 1024-element plane)
         // the 5 coefficients (8 bytes) and the 4 f32 values of the recompute.
         let uniform = planes as u64 * 4 * 8 * (5 * 8 + 4 * 4);

@@ -212,6 +212,14 @@ impl BackendStorage for CpuStorage {
         Ok(BatchNormBackward { dx: CpuStorage::F32(b.dx), dgamma: CpuStorage::F32(b.dgamma), dbeta: CpuStorage::F32(b.dbeta) })
     }
 
+    /// The f32 gradient: the CPU's bf16 mode rounds it inside the convolution
+    /// (`conv::with_bf16_mode`).
+    type ConvGrad = CpuStorage;
+
+    fn conv2d_backward_from(dy: &Self, x: &Self, w: &Self, s: &ConvSpec, kept: &(), need: [bool; 2]) -> Result<[Option<Self>; 2]> {
+        dy.conv2d_backward(x, w, s, kept, need)
+    }
+
     /// The f32 output: the CPU's bf16 mode rounds it in place (`conv::with_bf16_mode`).
     type NormInput = CpuStorage;
 
@@ -224,6 +232,19 @@ impl BackendStorage for CpuStorage {
     }
 
     fn batch_norm_backward_of(
+        x: &Self,
+        dy: &Self,
+        gamma: &Self,
+        beta: &Self,
+        mean: &Self,
+        invstd: &Self,
+        d: Nchw,
+        relu: bool,
+    ) -> Result<BatchNormBackward<Self>> {
+        x.batch_norm_backward(dy, gamma, beta, mean, invstd, d, relu)
+    }
+
+    fn batch_norm_backward_for_conv(
         x: &Self,
         dy: &Self,
         gamma: &Self,

@@ -39,19 +39,19 @@
 pub mod allocator;
 pub mod bf16;
 pub mod blas;
+pub mod conv_bn;
 pub mod cudnn;
 pub mod device;
 pub mod error;
 pub mod graph;
 pub mod info;
 pub mod kernels;
-pub mod norm_input;
 pub mod nvtx;
 pub mod staging;
 pub mod storage;
 
 pub use allocator::MemoryStats;
 pub use bf16::CudaBf16;
+pub use conv_bn::{CudaConvGrad, CudaNormInput};
 pub use device::CudaDevice;
-pub use norm_input::CudaNormInput;
 pub use storage::CudaStorage;

@@ -230,7 +230,24 @@ impl BackendStorage for CudaStorage {
         ops::batch_norm_backward(ops::BnInput::F32(self), dy, gamma, beta, mean, invstd, d, relu)
     }
 
-    /// NCHW bf16 in the bf16 convolution mode (see `norm_input.rs`).
+    /// NHWC bf16 in the bf16 convolution mode (see `conv_bn.rs`).
+    type ConvGrad = super::CudaConvGrad;
+
+    fn conv2d_backward_from(
+        dy: &Self::ConvGrad,
+        x: &Self,
+        w: &Self,
+        s: &ConvSpec,
+        kept: &Self::ConvKept,
+        need: [bool; 2],
+    ) -> Result<[Option<Self>; 2]> {
+        match dy {
+            super::CudaConvGrad::F32(dy) => super::cudnn::conv2d_backward(dy, x, w, s, kept, need),
+            super::CudaConvGrad::Bf16Nhwc(dy) => super::cudnn::conv2d_backward_from_bf16(dy, x, w, s, kept, need),
+        }
+    }
+
+    /// NCHW bf16 in the bf16 convolution mode (see `conv_bn.rs`).
     type NormInput = super::CudaNormInput;
 
     fn conv2d_for_norm(&self, w: &Self, s: &ConvSpec, keep: ConvKeep) -> Result<(Self::NormInput, Self::ConvKept)> {
@@ -259,6 +276,21 @@ impl BackendStorage for CudaStorage {
         relu: bool,
     ) -> Result<BatchNormBackward<Self>> {
         ops::batch_norm_backward(x.view(), dy, gamma, beta, mean, invstd, d, relu)
+    }
+
+    /// NHWC bf16 in the bf16 convolution mode (`bn_bwd_dx_nhwc_bf16`), f32 otherwise.
+    fn batch_norm_backward_for_conv(
+        x: &Self::NormInput,
+        dy: &Self,
+        gamma: &Self,
+        beta: &Self,
+        mean: &Self,
+        invstd: &Self,
+        d: Nchw,
+        relu: bool,
+    ) -> Result<BatchNormBackward<Self, Self::ConvGrad>> {
+        let form = if crate::settings::bf16_conv() { ops::DxForm::Bf16Nhwc } else { ops::DxForm::F32 };
+        ops::batch_norm_backward_to(x.view(), dy, gamma, beta, mean, invstd, d, relu, form)
     }
 
     fn max_pool2x2(&self, d: Nchw) -> Result<Self> {

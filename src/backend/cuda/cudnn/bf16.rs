@@ -29,7 +29,7 @@
 //! (x, w; dy; where the separate computations cast x, w; dy, w; x, dy).
 
 use super::descriptors::ConvData;
-use super::{place, run, Computed, Direction, Form, Operand};
+use super::{place, run, Computed, Direction, Form, Operand, OPERAND_NAMES};
 use crate::backend::cuda::{CudaBf16, CudaDevice, CudaNormInput, CudaStorage};
 use crate::backend::ConvSpec;
 use crate::error::{Error, Result};
@@ -83,6 +83,16 @@ fn rounded(t: &CudaStorage) -> Result<CudaStorage> {
     CudaBf16::from_f32(t)?.to_f32()
 }
 
+/// `op` (as `p`) with every value rounded to bf16, NCHW f32: from its f32 tensor, or widened
+/// from its NHWC bf16 copy when it came as that alone (the same values).
+fn rounded_operand(op: Operand, p: Planes, what: &str) -> Result<CudaStorage> {
+    match (op.f32, op.bf16) {
+        (Some(f), _) => rounded(f),
+        (None, Some(copy)) => copy.transposed_to_f32(p.batch, p.hw, p.c),
+        (None, None) => op.f32("conv2d", what).and_then(rounded),
+    }
+}
+
 /// An operand's NHWC bf16 copy: the one it came with, or one made here.
 enum OperandCopy<'a> {
     Given(&'a CudaBf16),
@@ -91,10 +101,10 @@ enum OperandCopy<'a> {
 
 impl<'a> OperandCopy<'a> {
     /// `op`'s copy, made from its f32 tensor (as `p`) unless it came with one.
-    fn of(op: Operand<'a>, p: Planes) -> Result<OperandCopy<'a>> {
+    fn of(op: Operand<'a>, p: Planes, what: &str) -> Result<OperandCopy<'a>> {
         match op.bf16 {
             Some(c) => Ok(OperandCopy::Given(c)),
-            None => CudaBf16::transposed_from_f32(op.f32, p.batch, p.c, p.hw).map(OperandCopy::Made),
+            None => CudaBf16::transposed_from_f32(op.f32("conv2d", what)?, p.batch, p.c, p.hw).map(OperandCopy::Made),
         }
     }
 
@@ -120,7 +130,7 @@ impl<'a> OperandCopy<'a> {
 /// it: the values the f32 result holds) and the copies made here. The caller checked the
 /// lengths and that no extent is 0.
 pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, form: Form) -> Result<Computed> {
-    let dev = a.f32.device();
+    let dev = a.device();
     check_bf16_conv(dev)?;
     let p = planes(s);
     let [ia, ib, io] = dir.roles();
@@ -129,7 +139,7 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, for
     // (The device's cuDNN lock, taken here and released at once: `run` takes it again.)
     let refused = dev.dnn().bf16_refused.contains(&key);
     if channels_aligned && !refused {
-        let (ca, cb) = (OperandCopy::of(a, p[ia])?, OperandCopy::of(b, p[ib])?);
+        let (ca, cb) = (OperandCopy::of(a, p[ia], OPERAND_NAMES[ia])?, OperandCopy::of(b, p[ib], OPERAND_NAMES[ib])?);
         let out = CudaBf16::alloc(dev, p[io].len())?;
         match run(dev, dir, s, place(dir, ca.ptr(), cb.ptr(), out.raw_ptr()), ConvData::NhwcBf16) {
             Ok(()) => {
@@ -151,7 +161,7 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, for
             Err(e) => return Err(e),
         }
     }
-    let (ar, br) = (rounded(a.f32)?, rounded(b.f32)?);
+    let (ar, br) = (rounded_operand(a, p[ia], OPERAND_NAMES[ia])?, rounded_operand(b, p[ib], OPERAND_NAMES[ib])?);
     let out = dev.alloc(p[io].len())?;
     run(dev, dir, s, place(dir, ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
     let out = match form {

@@ -46,9 +46,9 @@ use self::algo::{
 };
 use self::descriptors::{ConvData, Descriptors};
 use super::bf16::CudaBf16;
+use super::conv_bn::CudaNormInput;
 use super::device::CudaDevice;
 use super::error::{cuda_error, CudaResultExt};
-use super::norm_input::CudaNormInput;
 use super::storage::CudaStorage;
 use crate::backend::{ConvKeep, ConvSpec};
 use crate::error::{Error, Result};
@@ -363,14 +363,6 @@ fn check_spec(op: &'static str, s: &ConvSpec) -> Result<bool> {
     Ok(s.n > 0 && s.c_in > 0 && s.c_out > 0 && s.kh > 0 && s.kw > 0)
 }
 
-fn same(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
-    if a.device().same_device(b.device()) {
-        Ok(())
-    } else {
-        Err(cuda_error(op, "operands on different CUDA devices"))
-    }
-}
-
 /// The names of x, w and y in error messages, indexed as [`Direction::roles`].
 const OPERAND_NAMES: [&str; 3] = ["input", "weight", "dy"];
 
@@ -389,15 +381,37 @@ fn place(dir: Direction, a: u64, b: u64, out: u64) -> Operands {
 
 /// One operand of a convolution computation: the engine's NCHW f32 tensor and, in the bf16
 /// mode, the NHWC bf16 copy of it that an earlier computation made (reused, not cast again).
+/// At least one of the two: an operand can come as its bf16 copy alone (a batch norm's
+/// backward writes the convolution's dy that way, [`conv2d_backward_from`]).
 #[derive(Clone, Copy)]
 struct Operand<'a> {
-    f32: &'a CudaStorage,
+    f32: Option<&'a CudaStorage>,
     bf16: Option<&'a CudaBf16>,
 }
 
 impl<'a> From<&'a CudaStorage> for Operand<'a> {
     fn from(f32: &'a CudaStorage) -> Operand<'a> {
-        Operand { f32, bf16: None }
+        Operand { f32: Some(f32), bf16: None }
+    }
+}
+
+impl<'a> Operand<'a> {
+    /// The device holding the operand.
+    fn device(&self) -> &'a CudaDevice {
+        match (self.f32, self.bf16) {
+            (Some(f), _) => f.device(),
+            (None, Some(c)) => c.device(),
+            (None, None) => unreachable!("an operand has its f32 tensor or its bf16 copy (Operand's invariant)"),
+        }
+    }
+
+    /// The f32 tensor; an error naming `what` when the operand came as its bf16 copy alone
+    /// (which only the bf16 mode computes with).
+    fn f32(&self, op: &'static str, what: &str) -> Result<&'a CudaStorage> {
+        self.f32.ok_or_else(|| Error::InvalidValue {
+            name: op,
+            msg: format!("the {what} is held only as its bf16 copy, which only the bf16 convolution mode reads"),
+        })
     }
 }
 
@@ -446,13 +460,17 @@ fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, form: Form) -> 
     let lens = operand_lens(s);
     let [ia, ib, io] = dir.roles();
     for (operand, i) in [(a, ia), (b, ib)] {
-        check(op, OPERAND_NAMES[i], operand.f32.len(), lens[i])?;
+        if let Some(f) = operand.f32 {
+            check(op, OPERAND_NAMES[i], f.len(), lens[i])?;
+        }
         if let Some(copy) = operand.bf16 {
             check(op, &format!("the bf16 copy of the {}", OPERAND_NAMES[i]), copy.len(), lens[i])?;
         }
     }
-    same(op, a.f32, b.f32)?;
-    let dev = a.f32.device();
+    let dev = a.device();
+    if !dev.same_device(b.device()) {
+        return Err(cuda_error(op, "operands on different CUDA devices"));
+    }
     if !nonempty {
         let out = match form {
             Form::Bf16 if crate::settings::bf16_conv() => CudaNormInput::Bf16(CudaBf16::zeros(dev, lens[io])?),
@@ -463,8 +481,9 @@ fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, form: Form) -> 
     if crate::settings::bf16_conv() {
         return bf16::convolve(dir, s, a, b, form);
     }
+    let (af, bf) = (a.f32(op, OPERAND_NAMES[ia])?, b.f32(op, OPERAND_NAMES[ib])?);
     let out = dev.alloc(lens[io])?;
-    run(dev, dir, s, place(dir, a.f32.raw_ptr(), b.f32.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
+    run(dev, dir, s, place(dir, af.raw_ptr(), bf.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
     Ok(Computed { out: CudaNormInput::F32(out), copies: [None, None] })
 }
 
@@ -510,17 +529,44 @@ pub fn conv2d_backward(
     kept: &KeptOperands,
     need: [bool; 2],
 ) -> Result<[Option<CudaStorage>; 2]> {
+    backward(dy.into(), x, w, s, kept, need)
+}
+
+/// [`conv2d_backward`] with dy given as its NHWC bf16 copy alone (`[n][h w, c_out]`, the bf16
+/// mode: what a batch norm's backward writes for the convolution before it), so that no f32
+/// dy is read or cast. The same values as [`conv2d_backward`] on an f32 dy whose values round
+/// to that copy.
+pub fn conv2d_backward_from_bf16(
+    dy: &CudaBf16,
+    x: &CudaStorage,
+    w: &CudaStorage,
+    s: &ConvSpec,
+    kept: &KeptOperands,
+    need: [bool; 2],
+) -> Result<[Option<CudaStorage>; 2]> {
+    backward(Operand { f32: None, bf16: Some(dy) }, x, w, s, kept, need)
+}
+
+fn backward(
+    dy: Operand,
+    x: &CudaStorage,
+    w: &CudaStorage,
+    s: &ConvSpec,
+    kept: &KeptOperands,
+    need: [bool; 2],
+) -> Result<[Option<CudaStorage>; 2]> {
     let mut dy_copy = None;
     let dx = if need[0] {
-        let w = Operand { f32: w, bf16: kept.weight.as_ref() };
-        let mut c = compute(Direction::BackwardData, s, dy.into(), w, Form::F32)?;
+        let w = Operand { f32: Some(w), bf16: kept.weight.as_ref() };
+        let mut c = compute(Direction::BackwardData, s, dy, w, Form::F32)?;
         dy_copy = c.copies[0].take();
         Some(c.out.into_f32()?)
     } else {
         None
     };
     let dw = if need[1] {
-        let (x, dy) = (Operand { f32: x, bf16: kept.input.as_ref() }, Operand { f32: dy, bf16: dy_copy.as_ref() });
+        let x = Operand { f32: Some(x), bf16: kept.input.as_ref() };
+        let dy = Operand { f32: dy.f32, bf16: dy.bf16.or(dy_copy.as_ref()) };
         Some(compute(Direction::BackwardFilter, s, x, dy, Form::F32)?.out.into_f32()?)
     } else {
         None

@@ -2,7 +2,7 @@
 //! normalise, ReLU fused when asked) and backward.
 
 use super::*;
-use crate::backend::cuda::CudaBf16;
+use crate::backend::cuda::{CudaBf16, CudaConvGrad};
 
 /// The input `x` of the batch-norm kernels: f32, or bf16 (their trailing `xbf16` flag; each
 /// value widened exactly as it is read, so the results are bit for bit those of the f32 kernels
@@ -156,6 +156,17 @@ pub fn batch_norm_train(
     Ok(BatchNormForward { y, mean, invstd, var_unbiased })
 }
 
+/// The form of the input gradient [`batch_norm_backward_to`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DxForm {
+    /// NCHW f32 (`bn_bwd_dx_f32`).
+    F32,
+    /// NHWC bf16, rounded as `transpose_f32_to_bf16` rounds (`bn_bwd_dx_nhwc_bf16`): the
+    /// upstream gradient of the convolution before the batch norm as the bf16 convolution reads
+    /// it.
+    Bf16Nhwc,
+}
+
 /// Backward of [`batch_norm_train`], `x` its input as it was given there and `gamma`, `beta`,
 /// `mean`, `invstd` the parameters and statistics it used. Kernels: `bn_bwd_partial_f32` (grid
 /// as the stats), `bn_bwd_final_f32` (grid ceil(C/256), block 256; writes dgamma, dbeta and an
@@ -178,19 +189,44 @@ pub fn batch_norm_backward(
     d: Nchw,
     relu: bool,
 ) -> Result<BatchNormBackward<CudaStorage>> {
-    let _r = nvtx::range("batch_norm_backward");
-    check_len("batch_norm_backward", "input", x.len(), d.len())?;
-    check_len("batch_norm_backward", "dy", dy.len(), d.len())?;
-    check_len("batch_norm_backward", "gamma", gamma.len(), d.c)?;
-    check_len("batch_norm_backward", "beta", beta.len(), d.c)?;
-    check_len("batch_norm_backward", "mean", mean.len(), d.c)?;
-    check_len("batch_norm_backward", "invstd", invstd.len(), d.c)?;
+    let b = batch_norm_backward_to(x, dy, gamma, beta, mean, invstd, d, relu, DxForm::F32)?;
+    Ok(BatchNormBackward { dx: b.dx.into_f32_nchw(d)?, dgamma: b.dgamma, dbeta: b.dbeta })
+}
+
+/// [`batch_norm_backward`] writing the input gradient in the form `form`: with
+/// [`DxForm::Bf16Nhwc`] the last kernel is `bn_bwd_dx_nhwc_bf16` (launch [`transpose_cfg`] with
+/// rows = C, cols = H W, batch = N), which computes every value as `bn_bwd_dx_f32` does and
+/// stores it rounded to bf16 in NHWC order: bit for bit `transpose_f32_to_bf16` of the f32
+/// gradient, without writing or reading that.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward_to(
+    x: BnInput,
+    dy: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    mean: &CudaStorage,
+    invstd: &CudaStorage,
+    d: Nchw,
+    relu: bool,
+    form: DxForm,
+) -> Result<BatchNormBackward<CudaStorage, CudaConvGrad>> {
+    const OP: &str = "batch_norm_backward";
+    let _r = nvtx::range(OP);
+    check_len(OP, "input", x.len(), d.len())?;
+    check_len(OP, "dy", dy.len(), d.len())?;
+    check_len(OP, "gamma", gamma.len(), d.c)?;
+    check_len(OP, "beta", beta.len(), d.c)?;
+    check_len(OP, "mean", mean.len(), d.c)?;
+    check_len(OP, "invstd", invstd.len(), d.c)?;
     for o in [dy, gamma, beta, mean, invstd] {
-        x.same_device("batch_norm_backward", o)?;
+        x.same_device(OP, o)?;
     }
-    count("batch_norm_backward", x.len())?;
+    count(OP, x.len())?;
     let dev = x.device().clone();
-    let mut dx = dev.alloc(x.len())?;
+    let dx = match form {
+        DxForm::F32 => CudaConvGrad::F32(dev.alloc(x.len())?),
+        DxForm::Bf16Nhwc => CudaConvGrad::Bf16Nhwc(CudaBf16::alloc(&dev, x.len())?),
+    };
     if d.c == 0 {
         return Ok(BatchNormBackward { dx, dgamma: dev.alloc(0)?, dbeta: dev.alloc(0)? });
     }
@@ -200,8 +236,8 @@ pub fn batch_norm_backward(
     let mut dgamma = dev.alloc(d.c)?;
     let mut dbeta = dev.alloc(d.c)?;
     let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
-    let planes = count("batch_norm_backward", d.n * d.c)?;
-    let (nchunk, pieces, block) = plane_split("batch_norm_backward", d.n, d.c, d.h * d.w)?;
+    let planes = count(OP, d.n * d.c)?;
+    let (nchunk, pieces, block) = plane_split(OP, d.n, d.c, d.h * d.w)?;
     let chunk = PLANE_CHUNK;
     let mut partial = scratch_f64(&dev, pieces as usize * d.c * 2)?;
     let mut coef = scratch_f64(&dev, d.c * 8)?;
@@ -241,24 +277,51 @@ pub fn batch_norm_backward(
         &pieces,
         &count_f
     )?;
-    launch!(
-        dev,
-        entry::BN_BWD_DX_F32,
-        plane_cfg(hw, planes),
-        dx.slice_mut(),
-        &x_ptr,
-        dy.slice(),
-        coef.slice(),
-        mean.slice(),
-        invstd.slice(),
-        gamma.slice(),
-        beta.slice(),
-        &c,
-        &hw,
-        &planes,
-        &count_f,
-        &relu,
-        &xbf16
-    )?;
+    match &dx {
+        CudaConvGrad::F32(out) => {
+            let out_ptr = out.raw_ptr();
+            launch!(
+                dev,
+                entry::BN_BWD_DX_F32,
+                plane_cfg(hw, planes),
+                &out_ptr,
+                &x_ptr,
+                dy.slice(),
+                coef.slice(),
+                mean.slice(),
+                invstd.slice(),
+                gamma.slice(),
+                beta.slice(),
+                &c,
+                &hw,
+                &planes,
+                &count_f,
+                &relu,
+                &xbf16
+            )?
+        }
+        CudaConvGrad::Bf16Nhwc(out) => {
+            let (out_ptr, n) = (out.raw_ptr(), count(OP, d.n)?);
+            launch!(
+                dev,
+                entry::BN_BWD_DX_NHWC_BF16,
+                transpose_cfg(c, hw, n),
+                &out_ptr,
+                &x_ptr,
+                dy.slice(),
+                coef.slice(),
+                mean.slice(),
+                invstd.slice(),
+                gamma.slice(),
+                beta.slice(),
+                &c,
+                &hw,
+                &n,
+                &count_f,
+                &relu,
+                &xbf16
+            )?
+        }
+    }
     Ok(BatchNormBackward { dx, dgamma, dbeta })
 }
