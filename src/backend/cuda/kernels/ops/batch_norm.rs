@@ -277,51 +277,33 @@ pub fn batch_norm_backward_to(
         &pieces,
         &count_f
     )?;
-    match &dx {
-        CudaConvGrad::F32(out) => {
-            let out_ptr = out.raw_ptr();
-            launch!(
-                dev,
-                entry::BN_BWD_DX_F32,
-                plane_cfg(hw, planes),
-                &out_ptr,
-                &x_ptr,
-                dy.slice(),
-                coef.slice(),
-                mean.slice(),
-                invstd.slice(),
-                gamma.slice(),
-                beta.slice(),
-                &c,
-                &hw,
-                &planes,
-                &count_f,
-                &relu,
-                &xbf16
-            )?
-        }
+    // The same arguments either way but the last launch dimension: planes (N C) for the f32
+    // kernel, images (N) for the transposing one.
+    let (dx_entry, dx_cfg, out_ptr, outer) = match &dx {
+        CudaConvGrad::F32(out) => (entry::BN_BWD_DX_F32, plane_cfg(hw, planes), out.raw_ptr(), planes),
         CudaConvGrad::Bf16Nhwc(out) => {
-            let (out_ptr, n) = (out.raw_ptr(), count(OP, d.n)?);
-            launch!(
-                dev,
-                entry::BN_BWD_DX_NHWC_BF16,
-                transpose_cfg(c, hw, n),
-                &out_ptr,
-                &x_ptr,
-                dy.slice(),
-                coef.slice(),
-                mean.slice(),
-                invstd.slice(),
-                gamma.slice(),
-                beta.slice(),
-                &c,
-                &hw,
-                &n,
-                &count_f,
-                &relu,
-                &xbf16
-            )?
+            let n = count(OP, d.n)?;
+            (entry::BN_BWD_DX_NHWC_BF16, transpose_cfg(c, hw, n), out.raw_ptr(), n)
         }
-    }
+    };
+    launch!(
+        dev,
+        dx_entry as BN_BWD_DX_F32 | BN_BWD_DX_NHWC_BF16,
+        dx_cfg,
+        &out_ptr,
+        &x_ptr,
+        dy.slice(),
+        coef.slice(),
+        mean.slice(),
+        invstd.slice(),
+        gamma.slice(),
+        beta.slice(),
+        &c,
+        &hw,
+        &outer,
+        &count_f,
+        &relu,
+        &xbf16
+    )?;
     Ok(BatchNormBackward { dx, dgamma, dbeta })
 }
