@@ -198,9 +198,38 @@ fn fused_conv_batch_norm_is_the_composition() -> Result<()> {
             }
         }
     }
+    if got.len() == 2 {
+        mode_switched_mid_backward(&gpu)?;
+    }
     if std::env::var("HYPERSEG_KERNEL_TIMINGS").as_deref() == Ok("1") && got.len() == 2 {
         timings(&gpu)?;
     }
+    Ok(())
+}
+
+/// The bf16 mode switched off between the batch norm's backward (which handed the gradient over
+/// as its NHWC bf16 copy) and the convolution's: the convolution widens the copy and computes in
+/// f32, bit for bit the f32 computations on the widened gradient, no error.
+fn mode_switched_mid_backward(gpu: &Device) -> Result<()> {
+    use hyperseg_engine::storage::Storage;
+    let _saved = settings::save();
+    settings::set_deterministic(true);
+    settings::set_bf16_conv(true);
+    let c = CASES[1];
+    let ops = operands(c, 400);
+    let s = ConvSpec { n: c.n, c_in: c.c_in, h: c.hw, w: c.hw, c_out: c.c_out, kh: c.k, kw: c.k, stride: 1, pad: c.k / 2 };
+    let d = Nchw { n: c.n, c: c.c_out, h: c.hw, w: c.hw };
+    let up = |v: &[f32]| Storage::from_vec(gpu, v.to_vec());
+    let (x, w, gamma, beta, dy) = (up(&ops[0])?, up(&ops[1])?, up(&ops[2])?, up(&ops[3])?, up(&ops[4])?);
+    let (held, kept) = x.conv2d_for_norm(&w, &s, ConvKeep { input: true, weight: true })?;
+    let f = held.batch_norm_train(&gamma, &beta, d, EPS, c.relu)?;
+    let handed = held.batch_norm_backward_for_conv(&dy, &gamma, &beta, &f.mean, &f.invstd, d, c.relu)?.dx;
+    assert_eq!(handed.dtype(), DType::BF16);
+    settings::set_bf16_conv(false);
+    let [dx, dw] = handed.conv2d_backward(&x, &w, &s, &kept, [true, true])?;
+    let g = up(&handed.to_host_f32(d)?)?;
+    assert_bits(&dx.ok_or(Error::NoGraph)?.to_host_f32()?, &g.conv2d_backward_input(&w, &s)?.to_host_f32()?, "switched mode: dx");
+    assert_bits(&dw.ok_or(Error::NoGraph)?.to_host_f32()?, &x.conv2d_backward_weight(&g, &s)?.to_host_f32()?, "switched mode: dw");
     Ok(())
 }
 

@@ -26,7 +26,8 @@
 //! (`conv2d_keeping`; 2 bytes per element of each convolution's input and weight, about
 //! 0.16 GB at the paper's batch of 5), and the backward pass casts dy once for both
 //! gradients (`conv2d_backward`). Per layer and step that is 3 casts to bf16 instead of 6
-//! (x, w; dy; where the separate computations cast x, w; dy, w; x, dy).
+//! (x, w; dy; where the separate computations cast x, w; dy, w; x, dy); 2 when a batch norm's
+//! backward wrote dy as its NHWC bf16 copy (`conv2d_backward_from_bf16`, the fused VGG layer).
 
 use super::descriptors::ConvData;
 use super::{place, run, Computed, Direction, Form, Operand, OPERAND_NAMES};
@@ -83,13 +84,43 @@ fn rounded(t: &CudaStorage) -> Result<CudaStorage> {
     CudaBf16::from_f32(t)?.to_f32()
 }
 
-/// `op` (as `p`) with every value rounded to bf16, NCHW f32: from its f32 tensor, or widened
-/// from its NHWC bf16 copy when it came as that alone (the same values).
-fn rounded_operand(op: Operand, p: Planes, what: &str) -> Result<CudaStorage> {
+/// An operand's NCHW f32 values: its tensor, or, when it came as its NHWC bf16 copy alone, that
+/// copy widened (exactly).
+pub(super) enum F32Values<'a> {
+    Tensor(&'a CudaStorage),
+    Widened(CudaStorage),
+}
+
+impl F32Values<'_> {
+    pub(super) fn get(&self) -> &CudaStorage {
+        match self {
+            F32Values::Tensor(t) => t,
+            F32Values::Widened(t) => t,
+        }
+    }
+}
+
+/// The NCHW f32 values of `op`, the operand of role `role` ([`Direction::roles`]) of `s`.
+pub(super) fn f32_values<'a>(op: Operand<'a>, s: &ConvSpec, role: usize) -> Result<F32Values<'a>> {
     match (op.f32, op.bf16) {
-        (Some(f), _) => rounded(f),
-        (None, Some(copy)) => copy.transposed_to_f32(p.batch, p.hw, p.c),
-        (None, None) => op.f32("conv2d", what).and_then(rounded),
+        (Some(f), _) => Ok(F32Values::Tensor(f)),
+        (None, Some(copy)) => {
+            let p = planes(s)[role];
+            copy.transposed_to_f32(p.batch, p.hw, p.c).map(F32Values::Widened)
+        }
+        (None, None) => Err(Error::InvalidValue {
+            name: "conv2d",
+            msg: format!("the {} has neither its tensor nor its bf16 copy", OPERAND_NAMES[role]),
+        }),
+    }
+}
+
+/// `op` (role `role` of `s`) with every value rounded to bf16, NCHW f32: its f32 tensor rounded,
+/// or its NHWC bf16 copy widened when it came as that alone (the same values).
+fn rounded_operand(op: Operand, s: &ConvSpec, role: usize) -> Result<CudaStorage> {
+    match f32_values(op, s, role)? {
+        F32Values::Tensor(f) => rounded(f),
+        F32Values::Widened(w) => Ok(w),
     }
 }
 
@@ -100,11 +131,12 @@ enum OperandCopy<'a> {
 }
 
 impl<'a> OperandCopy<'a> {
-    /// `op`'s copy, made from its f32 tensor (as `p`) unless it came with one.
-    fn of(op: Operand<'a>, p: Planes, what: &str) -> Result<OperandCopy<'a>> {
+    /// `op`'s copy (role `role` of `s`), made from its f32 tensor unless it came with one.
+    fn of(op: Operand<'a>, s: &ConvSpec, role: usize) -> Result<OperandCopy<'a>> {
+        let p = planes(s)[role];
         match op.bf16 {
             Some(c) => Ok(OperandCopy::Given(c)),
-            None => CudaBf16::transposed_from_f32(op.f32("conv2d", what)?, p.batch, p.c, p.hw).map(OperandCopy::Made),
+            None => CudaBf16::transposed_from_f32(f32_values(op, s, role)?.get(), p.batch, p.c, p.hw).map(OperandCopy::Made),
         }
     }
 
@@ -139,7 +171,7 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, for
     // (The device's cuDNN lock, taken here and released at once: `run` takes it again.)
     let refused = dev.dnn().bf16_refused.contains(&key);
     if channels_aligned && !refused {
-        let (ca, cb) = (OperandCopy::of(a, p[ia], OPERAND_NAMES[ia])?, OperandCopy::of(b, p[ib], OPERAND_NAMES[ib])?);
+        let (ca, cb) = (OperandCopy::of(a, s, ia)?, OperandCopy::of(b, s, ib)?);
         let out = CudaBf16::alloc(dev, p[io].len())?;
         match run(dev, dir, s, place(dir, ca.ptr(), cb.ptr(), out.raw_ptr()), ConvData::NhwcBf16) {
             Ok(()) => {
@@ -161,7 +193,7 @@ pub(super) fn convolve(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, for
             Err(e) => return Err(e),
         }
     }
-    let (ar, br) = (rounded_operand(a, p[ia], OPERAND_NAMES[ia])?, rounded_operand(b, p[ib], OPERAND_NAMES[ib])?);
+    let (ar, br) = (rounded_operand(a, s, ia)?, rounded_operand(b, s, ib)?);
     let out = dev.alloc(p[io].len())?;
     run(dev, dir, s, place(dir, ar.raw_ptr(), br.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
     let out = match form {

@@ -404,15 +404,6 @@ impl<'a> Operand<'a> {
             (None, None) => unreachable!("an operand has its f32 tensor or its bf16 copy (Operand's invariant)"),
         }
     }
-
-    /// The f32 tensor; an error naming `what` when the operand came as its bf16 copy alone
-    /// (which only the bf16 mode computes with).
-    fn f32(&self, op: &'static str, what: &str) -> Result<&'a CudaStorage> {
-        self.f32.ok_or_else(|| Error::InvalidValue {
-            name: op,
-            msg: format!("the {what} is held only as its bf16 copy, which only the bf16 convolution mode reads"),
-        })
-    }
 }
 
 /// A computation's result, and the NHWC bf16 copies of its two operands it made (bf16 mode
@@ -481,9 +472,11 @@ fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, form: Form) -> 
     if crate::settings::bf16_conv() {
         return bf16::convolve(dir, s, a, b, form);
     }
-    let (af, bf) = (a.f32(op, OPERAND_NAMES[ia])?, b.f32(op, OPERAND_NAMES[ib])?);
+    // An operand given as its bf16 copy alone (the mode was switched since it was made): its
+    // values, widened.
+    let (af, bf) = (bf16::f32_values(a, s, ia)?, bf16::f32_values(b, s, ib)?);
     let out = dev.alloc(lens[io])?;
-    run(dev, dir, s, place(dir, af.raw_ptr(), bf.raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
+    run(dev, dir, s, place(dir, af.get().raw_ptr(), bf.get().raw_ptr(), out.raw_ptr()), ConvData::NchwF32)?;
     Ok(Computed { out: CudaNormInput::F32(out), copies: [None, None] })
 }
 
