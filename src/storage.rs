@@ -93,6 +93,30 @@ impl NormInput {
         }
     }
 
+    /// [`Storage::batch_norm_eval`] of this input, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_eval(
+        &self,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Storage> {
+        const OP: &str = "batch_norm_eval";
+        match (self, same_device(OP, &[gamma, beta, running_mean, running_var])?) {
+            (NormInput::Cpu(x), OneDevice::Cpu(p)) => {
+                Ok(Storage::Cpu(CpuStorage::batch_norm_eval_of(x, p[0], p[1], p[2], p[3], d, eps, relu)?))
+            }
+            (NormInput::Cuda(x), OneDevice::Cuda(p)) => {
+                Ok(Storage::Cuda(CudaStorage::batch_norm_eval_of(x, p[0], p[1], p[2], p[3], d, eps, relu)?))
+            }
+            _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device().to_string(), rhs: gamma.device().to_string() }),
+        }
+    }
+
     /// [`Storage::batch_norm_backward`] of this input, bit for bit.
     #[allow(clippy::too_many_arguments)]
     pub fn batch_norm_backward(
@@ -476,6 +500,25 @@ impl Storage {
                 Ok(wrap_forward(x.batch_norm_train(g, b, d, eps, relu)?, Storage::Cuda))
             }
             (x, g, b) => Err(mismatch("batch_norm", x, if x.device().same(&g.device()) { b } else { g })),
+        }
+    }
+
+    /// [`BackendStorage::batch_norm_eval`] on the device of `self` (x); every other operand must
+    /// be there too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_eval(
+        &self,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Storage> {
+        match same_device("batch_norm_eval", &[self, gamma, beta, running_mean, running_var])? {
+            OneDevice::Cpu(p) => Ok(Storage::Cpu(p[0].batch_norm_eval(p[1], p[2], p[3], p[4], d, eps, relu)?)),
+            OneDevice::Cuda(p) => Ok(Storage::Cuda(p[0].batch_norm_eval(p[1], p[2], p[3], p[4], d, eps, relu)?)),
         }
     }
 

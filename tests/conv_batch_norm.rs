@@ -1,6 +1,7 @@
-//! The fused training op of a VGG layer, [`Tensor::conv2d_batch_norm_train`]: a convolution
-//! whose output is held only as the batch norm's input (NCHW bf16 in the CUDA bf16 convolution
-//! mode), then training-mode batch norm, with or without the ReLU.
+//! The fused ops of a VGG layer, [`Tensor::conv2d_batch_norm_train`] and
+//! [`Tensor::conv2d_batch_norm_eval`]: a convolution whose output is held only as the batch
+//! norm's input (NCHW bf16 in the CUDA bf16 convolution mode), then batch norm, with or without
+//! the ReLU.
 //!
 //! - On every device and in both modes (fp32, and bf16 convolutions): bit for bit the
 //!   composition it replaces, `conv2d` then `batch_norm_train` / `batch_norm_relu_train`: the
@@ -25,9 +26,15 @@
 //!   convolution (`cudnn::bf16_refusals`): the fallback gives the same values without the NHWC
 //!   path and `transpose_bf16`.
 //!
+//! - Eval mode ([`Tensor::conv2d_batch_norm_eval`]), on every device and in both modes: the
+//!   output unrecorded (the intermediate held as the batch norm's input) and recorded (the
+//!   composition of the recorded ops) bit for bit `conv2d` then `batch_norm_eval` /
+//!   `batch_norm_relu_eval`; on the CPU within 1e-5 of the f64 definition; CUDA against the CPU
+//!   within the training output's limits.
 //! - With `HYPERSEG_KERNEL_TIMINGS=1` and a GPU, a training step's forward and backward pass of
 //!   the paper model's layers at batch 5, fused and composed, in TF32 and in the bf16 mode, with
-//!   the peak device memory of each (`TIME` lines, not asserted).
+//!   the peak device memory of each, and the eval-mode forward, fused and composed (`TIME`
+//!   lines, not asserted).
 //!
 //! Its own test binary with one test, because the modes are process-wide settings. Without a
 //! GPU the CUDA part prints that it was skipped; with HYPERSEG_REQUIRE_GPU=1 it fails.
@@ -58,9 +65,11 @@ const CASES: [Case; 4] = [
 
 const EPS: f32 = 1e-5;
 
-/// The output, the batch mean and variance, then the gradients of x, w, gamma and beta.
-type Results = [Vec<f32>; 7];
-const NAMES: [&str; 7] = ["output", "batch mean", "batch variance", "input gradient", "weight gradient", "gamma gradient", "beta gradient"];
+/// The output, the batch mean and variance, then the gradients of x, w, gamma and beta; last,
+/// the eval-mode output ([`eval_is_composed`]).
+type Results = [Vec<f32>; 8];
+const NAMES: [&str; 8] =
+    ["output", "batch mean", "batch variance", "input gradient", "weight gradient", "gamma gradient", "beta gradient", "eval output"];
 
 /// The case's operands: x, w, gamma, beta and the upstream gradient (random, seeded).
 fn operands(c: Case, seed: u64) -> [Vec<f32>; 5] {
@@ -94,7 +103,7 @@ fn layer(dev: &Device, c: Case, ops: &[Vec<f32>; 5], fused: bool) -> Result<Resu
     // d(sum(y * g))/dy = g exactly.
     y.mul(&g)?.sum_all()?.backward()?;
     let grad = |t: &Tensor| -> Result<Vec<f32>> { t.grad().ok_or(Error::NoGraph)?.to_vec() };
-    Ok([y.to_vec()?, stats.mean.to_vec()?, stats.var_unbiased.to_vec()?, grad(&x)?, grad(&w)?, grad(&gamma)?, grad(&beta)?])
+    Ok([y.to_vec()?, stats.mean.to_vec()?, stats.var_unbiased.to_vec()?, grad(&x)?, grad(&w)?, grad(&gamma)?, grad(&beta)?, Vec::new()])
 }
 
 fn assert_bits(a: &[f32], b: &[f32], what: &str) {
@@ -151,6 +160,46 @@ fn handed_gradient(dev: &Device, c: Case, ops: &[Vec<f32>; 5], want: DType, mode
     Ok(())
 }
 
+/// The case's running statistics (mean, variance) for eval mode.
+fn running_stats(c: Case, seed: u64) -> [Vec<f32>; 2] {
+    [rand_vec(c.c_out, seed).iter().map(|v| 0.5 * v).collect(), rand_vec(c.c_out, seed + 1).iter().map(|v| v.abs() + 0.5).collect()]
+}
+
+/// Eval mode, [`Tensor::conv2d_batch_norm_eval`]: unrecorded (the held intermediate) and
+/// recorded (the composition of the recorded ops) equal `conv2d` then `batch_norm_eval` /
+/// `batch_norm_relu_eval` bit for bit; on the CPU the output is within 1e-5 of the f64
+/// definition (`gamma (x - mean) / sqrt(var + eps) + beta`) given the f32 convolution. Returns
+/// the output.
+fn eval_is_composed(dev: &Device, c: Case, ops: &[Vec<f32>; 5], mode: &str) -> Result<Vec<f32>> {
+    let [rm, rv] = running_stats(c, 7 + c.c_out as u64);
+    let t = |v: &[f32], shape: Vec<usize>| Tensor::from_slice(v, shape, dev);
+    let (x, w) = (t(&ops[0], vec![c.n, c.c_in, c.hw, c.hw])?, t(&ops[1], vec![c.c_out, c.c_in, c.k, c.k])?);
+    let (gamma, beta, m, v) = (t(&ops[2], vec![c.c_out])?, t(&ops[3], vec![c.c_out])?, t(&rm, vec![c.c_out])?, t(&rv, vec![c.c_out])?);
+    let held = x.conv2d_batch_norm_eval(&w, 1, c.k / 2, &gamma, &beta, &m, &v, EPS, c.relu)?;
+    let (xv, wv) = (x.to_variable()?, w.to_variable()?);
+    let recorded = xv.conv2d_batch_norm_eval(&wv, 1, c.k / 2, &gamma, &beta, &m, &v, EPS, c.relu)?;
+    let conv = x.conv2d(&w, None, 1, c.k / 2)?;
+    let composed =
+        if c.relu { conv.batch_norm_relu_eval(&gamma, &beta, &m, &v, EPS)? } else { conv.batch_norm_eval(&gamma, &beta, &m, &v, EPS)? };
+    let (held, composed) = (held.to_vec()?, composed.to_vec()?);
+    assert_bits(&held, &composed, &format!("{dev} {mode} {c:?} eval output, unrecorded"));
+    assert_bits(&recorded.to_vec()?, &composed, &format!("{dev} {mode} {c:?} eval output, recorded"));
+    if matches!(dev, Device::Cpu) {
+        let conv = conv.to_vec()?;
+        let hw = c.hw * c.hw;
+        let want: Vec<f32> = (0..conv.len())
+            .map(|i| {
+                let ch = i / hw % c.c_out;
+                let y = ops[2][ch] as f64 * (conv[i] as f64 - rm[ch] as f64) / (rv[ch] as f64 + EPS as f64).sqrt() + ops[3][ch] as f64;
+                (if c.relu { y.max(0.0) } else { y }) as f32
+            })
+            .collect();
+        let e = max_rel_err(&held, &want);
+        assert!(e <= 1e-5, "{mode} {c:?}: eval output {e:.1e} off the f64 definition");
+    }
+    Ok(held)
+}
+
 /// The fp32 and (when `bf16`) bf16 modes of every case on `dev`: fused against composed, and
 /// the held intermediate. Returns the fused results per mode and case. Deterministic mode, so
 /// that cuDNN's algorithms give the same bits on every call.
@@ -167,7 +216,9 @@ fn run_device(dev: &Device, bf16: bool) -> Result<Vec<Vec<Results>>> {
             let held = if bf16_held { DType::BF16 } else { DType::F32 };
             held_intermediate(dev, c, &ops, held, mode)?;
             handed_gradient(dev, c, &ops, held, mode)?;
-            out[m].push(fused_is_composed(dev, c, &ops, mode)?);
+            let mut results = fused_is_composed(dev, c, &ops, mode)?;
+            results[7] = eval_is_composed(dev, c, &ops, mode)?;
+            out[m].push(results);
         }
     }
     Ok(out)
@@ -190,8 +241,9 @@ fn fused_conv_batch_norm_is_the_composition() -> Result<()> {
     }
     for (m, (mode, limit)) in [("fp32", 1e-3), ("bf16", 3e-2)].into_iter().enumerate().take(got.len()) {
         for (i, c) in CASES.iter().enumerate() {
-            // With the ReLU: the output and the statistics (see the module doc).
-            for k in 0..if c.relu { 3 } else { 7 } {
+            // With the ReLU: the outputs and the statistics (see the module doc).
+            let compared = if c.relu { vec![0, 1, 2, 7] } else { (0..8).collect() };
+            for k in compared {
                 let e = max_rel_err(&got[m][i][k], &cpu[m][i][k]);
                 eprintln!("{mode} {c:?} {}: CUDA vs CPU {e:.2e}", NAMES[k]);
                 assert!(e <= limit, "{mode} {c:?} {}: CUDA off the CPU by {e:.2e} (limit {limit:.0e})", NAMES[k]);
@@ -274,6 +326,20 @@ fn timings(gpu: &Device) -> Result<()> {
             println!(
                 "TIME conv_batch_norm {name} {mode}: forward + backward, composed {composed:.3} ms (peak +{composed_mib:.0} MiB), fused {fused:.3} ms (peak +{fused_mib:.0} MiB)"
             );
+            let [rm, rv] = running_stats(c, 9);
+            let (m, v) = (Tensor::from_slice(&rm, [c.c_out], gpu)?, Tensor::from_slice(&rv, [c.c_out], gpu)?);
+            let eval = |fused: bool| -> Result<()> {
+                hyperseg_engine::no_grad(|| {
+                    if fused {
+                        x.conv2d_batch_norm_eval(&w, 1, 1, &gamma, &beta, &m, &v, EPS, true).map(drop)
+                    } else {
+                        x.conv2d(&w, None, 1, 1)?.batch_norm_relu_eval(&gamma, &beta, &m, &v, EPS).map(drop)
+                    }
+                })
+            };
+            let (composed, _) = measure(&mut || eval(false))?;
+            let (fused, _) = measure(&mut || eval(true))?;
+            println!("TIME conv_batch_norm {name} {mode}: eval forward, composed {composed:.3} ms, fused {fused:.3} ms");
         }
     }
     Ok(())

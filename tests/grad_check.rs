@@ -75,6 +75,40 @@ fn batch_norm_relu_train(dev: &Device) -> Result<()> {
 }
 test_device!(batch_norm_relu_train, grad_batch_norm_relu_train_cpu, grad_batch_norm_relu_train_cuda);
 
+/// Eval-mode batch norm with the fused ReLU: as for `batch_norm_relu_train`, step 1e-3 and
+/// inputs whose outputs are all at least 0.01 away from the kink (asserted), some negative.
+fn batch_norm_relu_eval(dev: &Device) -> Result<()> {
+    let (shape, c) = (vec![2, 3, 4, 5], 3);
+    let x = rand_vec(120, 80);
+    let gamma: Vec<f32> = rand_vec(c, 51).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let beta: Vec<f32> = rand_vec(c, 52).iter().map(|v| 0.3 * v).collect();
+    let (rm, rv) = (rand_vec(c, 53), rand_vec(c, 54).iter().map(|v| v.abs() + 0.5).collect::<Vec<f32>>());
+    let stats = |d: &Device| -> Result<(Tensor, Tensor)> { Ok((Tensor::from_slice(&rm, [c], d)?, Tensor::from_slice(&rv, [c], d)?)) };
+    let y = no_grad(|| {
+        let t = |v: &[f32], s: Vec<usize>| Tensor::from_slice(v, s, &Device::Cpu);
+        let (m, v) = stats(&Device::Cpu)?;
+        t(&x, shape.clone())?.batch_norm_eval(&t(&gamma, vec![c])?, &t(&beta, vec![c])?, &m, &v, 1e-5)?.to_vec()
+    })?;
+    assert!(y.iter().all(|v| v.abs() > 0.01), "an output is too close to the kink");
+    assert!(y.iter().any(|&v| v < 0.0) && y.iter().any(|&v| v > 0.0));
+    let (m, v) = stats(dev)?;
+    GradCheck { h: 1e-3, ..Default::default() }
+        .run(dev, &[x, gamma, beta], &[shape, vec![c], vec![c]], |t| t[0].batch_norm_relu_eval(&t[1], &t[2], &m, &v, 1e-5))
+}
+test_device!(batch_norm_relu_eval, grad_batch_norm_relu_eval_cpu, grad_batch_norm_relu_eval_cuda);
+
+/// The eval-mode VGG layer with a gradient recorded (the composition of the two recorded ops):
+/// input, weight, gamma and beta, without the ReLU.
+fn conv_batch_norm_eval(dev: &Device) -> Result<()> {
+    let (xs, ws, c) = (vec![2, 3, 5, 4], vec![4, 3, 3, 3], 4);
+    let rm = Tensor::from_vec(rand_vec(c, 55), [c], dev)?;
+    let rv = Tensor::from_vec(rand_vec(c, 56).iter().map(|v| v.abs() + 0.5).collect(), [c], dev)?;
+    let inputs = vec![rand_vec(120, 57), rand_vec(108, 58), rand_vec(c, 59).iter().map(|v| v + 1.5).collect(), rand_vec(c, 60)];
+    GradCheck::default()
+        .run(dev, &inputs, &[xs, ws, vec![c], vec![c]], |t| t[0].conv2d_batch_norm_eval(&t[1], 1, 1, &t[2], &t[3], &rm, &rv, 1e-5, false))
+}
+test_device!(conv_batch_norm_eval, grad_conv_batch_norm_eval_cpu, grad_conv_batch_norm_eval_cuda);
+
 /// The fused VGG-layer op, convolution then batch norm: input, weight, gamma and beta.
 fn conv_batch_norm_train(dev: &Device) -> Result<()> {
     let (xs, ws, c) = (vec![2, 3, 5, 4], vec![4, 3, 3, 3], 4);

@@ -398,9 +398,26 @@ pub trait BackendStorage: Sized + Send + Sync {
         relu: bool,
     ) -> Result<BatchNormBackward<Self>>;
 
+    /// Eval-mode batch norm over `[n, c, h, w]` with running statistics, in one pass: the
+    /// normalisation of [`batch_norm_train`](Self::batch_norm_train), `y = ((gamma * (x -
+    /// mean)) * invstd) + beta` with each op rounded (clamped at 0 when `relu`), where `mean` is
+    /// the running mean and `invstd = f32(1 / sqrt(f64(running_var) + f64(eps)))`, formed as the
+    /// training statistics form theirs.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_eval(
+        &self,
+        gamma: &Self,
+        beta: &Self,
+        running_mean: &Self,
+        running_var: &Self,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Self>;
+
     // ---- a convolution whose output only a batch norm reads ------------------------------------
-    /// A convolution's output held for the training-mode batch norm that reads it next, and
-    /// for that batch norm's backward pass: `Self` on the CPU and in the CUDA backend's f32
+    /// A convolution's output held for the batch norm that reads it next (and, in training, for
+    /// that batch norm's backward pass): `Self` on the CPU and in the CUDA backend's f32
     /// modes; NCHW bf16 in the CUDA bf16 mode, where the convolution's result is bf16 (the very
     /// values an f32 output would hold, at half the bytes).
     type NormInput: Send + Sync;
@@ -412,6 +429,19 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// the same results bit for bit.
     fn batch_norm_train_of(x: &Self::NormInput, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool)
         -> Result<BatchNormForward<Self>>;
+    /// [`batch_norm_eval`](Self::batch_norm_eval) of a [`NormInput`](Self::NormInput), with the
+    /// same result bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_eval_of(
+        x: &Self::NormInput,
+        gamma: &Self,
+        beta: &Self,
+        running_mean: &Self,
+        running_var: &Self,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Self>;
     /// [`batch_norm_backward`](Self::batch_norm_backward) of a [`NormInput`](Self::NormInput),
     /// with the same results bit for bit.
     #[allow(clippy::too_many_arguments)]

@@ -27,15 +27,29 @@ impl ConvBnRelu {
         Ok(ConvBnRelu { conv: Conv2d::new(ConvConfig::same(c_in, c_out, k), rng, device)?, bn: BatchNorm2d::new(c_out, device)? })
     }
 
-    /// conv, batch norm (batch statistics when `train`), ReLU. In training, one fused op
-    /// ([`Tensor::conv2d_batch_norm_train`]: the convolution's output is held only as the batch
-    /// norm's input, bf16 in the CUDA bf16 mode); its running statistics are updated as
-    /// [`BatchNorm2d::forward_relu`] does.
+    /// conv, batch norm (batch statistics when `train`, else the running ones), ReLU, as one
+    /// fused op ([`Tensor::conv2d_batch_norm_train`], [`Tensor::conv2d_batch_norm_eval`]: the
+    /// convolution's output is held only as the batch norm's input, bf16 in the CUDA bf16
+    /// mode); in training its running statistics are updated as [`BatchNorm2d::forward_relu`]
+    /// does.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.conv.bias.is_some() {
-            return self.bn.forward_relu(&self.conv.forward(x)?, train);
-        }
         let (bn, conv) = (&self.bn, &self.conv);
+        if conv.bias.is_some() {
+            return bn.forward_relu(&conv.forward(x)?, train);
+        }
+        if !train {
+            return x.conv2d_batch_norm_eval(
+                &conv.weight,
+                conv.stride,
+                conv.pad,
+                &bn.gamma,
+                &bn.beta,
+                &bn.running_mean,
+                &bn.running_var,
+                bn.eps,
+                true,
+            );
+        }
         let (y, stats) = x.conv2d_batch_norm_train(&conv.weight, conv.stride, conv.pad, &bn.gamma, &bn.beta, bn.eps, true)?;
         bn.update_running(&stats)?;
         Ok(y)

@@ -39,16 +39,15 @@ impl BatchNorm2d {
         self.forward_impl(x, train, false)
     }
 
-    /// `relu(self.forward(x, train))`, with the ReLU fused into the batch-norm kernels in
-    /// training mode.
+    /// `relu(self.forward(x, train))`, with the ReLU fused into the batch-norm kernels.
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_impl(x, train, true)
     }
 
     fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if !train {
-            let y = x.batch_norm_eval(&self.gamma, &self.beta, &self.running_mean, &self.running_var, self.eps)?;
-            return if relu { y.relu() } else { Ok(y) };
+            let (g, b, m, v) = (&self.gamma, &self.beta, &self.running_mean, &self.running_var);
+            return if relu { x.batch_norm_relu_eval(g, b, m, v, self.eps) } else { x.batch_norm_eval(g, b, m, v, self.eps) };
         }
         let (y, stats) = if relu {
             x.batch_norm_relu_train(&self.gamma, &self.beta, self.eps)?

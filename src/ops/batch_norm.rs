@@ -1,6 +1,6 @@
 //! 2-D batch norm: training mode (batch statistics, a fused forward and backward kernel, with
-//! or without a fused ReLU) and eval mode (running statistics, composed from per-channel scale
-//! and shift so that autograd derives its backward).
+//! or without a fused ReLU) and eval mode (running statistics, one normalising pass, ReLU fused
+//! when asked).
 
 use super::{when, Grads};
 use crate::backend::{BatchNormForward, Nchw};
@@ -88,11 +88,57 @@ impl Tensor {
         Ok((y, stats))
     }
 
-    /// Eval-mode batch norm: `gamma * (x - running_mean) / sqrt(running_var + eps) + beta`.
+    /// Eval-mode batch norm: `gamma * (x - running_mean) / sqrt(running_var + eps) + beta`, in
+    /// one pass over `self [n, c, h, w]` ([`crate::backend::BackendStorage::batch_norm_eval`]: the
+    /// training mode's normalisation with the running statistics, `1 / sqrt(var + eps)` formed
+    /// in f64). The running statistics are constants here (buffers, not trained): gradients
+    /// flow to `self`, gamma and beta.
     pub fn batch_norm_eval(&self, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f32) -> Result<Tensor> {
-        check(self, &[gamma, beta, running_mean, running_var], "batch_norm_eval")?;
-        let scale = gamma.div(&running_var.affine(1.0, eps)?.sqrt()?)?;
-        let shift = beta.sub(&running_mean.mul(&scale)?)?;
-        self.mul_channels(&scale)?.add_channels(&shift)
+        self.batch_norm_eval_impl(gamma, beta, running_mean, running_var, eps, false)
+    }
+
+    /// [`Tensor::batch_norm_eval`] followed by ReLU, in the same pass.
+    pub fn batch_norm_relu_eval(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor> {
+        self.batch_norm_eval_impl(gamma, beta, running_mean, running_var, eps, true)
+    }
+
+    pub(super) fn batch_norm_eval_impl(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let d = check(self, &[gamma, beta, running_mean, running_var], "batch_norm_eval")?;
+        let storage = self.storage();
+        let y =
+            storage.batch_norm_eval(&gamma.storage(), &beta.storage(), &running_mean.storage(), &running_var.storage(), d, eps, relu)?;
+        drop(storage);
+        let y = Tensor::from_storage(y, self.shape().clone())?;
+        let out = relu.then(|| y.detach());
+        let (x, g_, mean, var) = (self.detach(), gamma.detach(), running_mean.detach(), running_var.detach());
+        let op = if relu { "batch_norm_relu_eval" } else { "batch_norm_eval" };
+        Ok(y.record(op, &[self, gamma, beta], move |g, need| -> Result<Grads> {
+            // With the ReLU, the gradient where the output was not > 0 is 0.
+            let g = match &out {
+                Some(y) => Tensor::from_storage(y.storage().relu_backward(&g.storage())?, g.shape().clone())?,
+                None => g.clone(),
+            };
+            let std = var.affine(1.0, eps)?.sqrt()?;
+            Ok(vec![
+                when(need[0], || g.mul_channels(&g_.div(&std)?))?,
+                when(need[1], || g.mul(&x.add_channels(&mean.neg()?)?)?.sum_channels()?.div(&std))?,
+                when(need[2], || g.sum_channels())?,
+            ])
+        }))
     }
 }

@@ -1,5 +1,6 @@
 //! A convolution followed by training-mode batch norm (and, optionally, the ReLU after it) as
-//! one recorded op: a VGG layer in training.
+//! one recorded op: a VGG layer in training; and the same layer in eval mode
+//! ([`Tensor::conv2d_batch_norm_eval`]).
 //!
 //! The convolution's output is never a tensor: it exists only as the batch norm's input, which
 //! the backend holds in the form that batch norm reads ([`crate::storage::NormInput`]; in the
@@ -17,7 +18,8 @@
 use super::batch_norm::{check_batch, check_params, forward_parts, BatchStats};
 use super::conv::{conv_keep, conv_spec};
 use super::{when, Grads};
-use crate::backend::Nchw;
+use crate::autograd::grad_enabled;
+use crate::backend::{ConvKeep, Nchw};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -64,5 +66,38 @@ impl Tensor {
             ])
         });
         Ok((y, stats))
+    }
+
+    /// `batch_norm_eval(conv2d(self, weight, stride, pad), gamma, beta, running_mean,
+    /// running_var, eps)`, then ReLU when `relu`: a VGG layer in eval mode (inference,
+    /// validation). When nothing is recorded (no-grad mode, or no operand needs a gradient, as in
+    /// inference) the convolution's output is held only as the backend's batch-norm input (in the
+    /// CUDA bf16 mode NCHW bf16, exactly the values of the f32 output) and keeps nothing for a
+    /// backward pass; otherwise it is the composition of the two recorded ops. Either way the
+    /// values are bit for bit those of the composition.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_batch_norm_eval(
+        &self,
+        weight: &Tensor,
+        stride: usize,
+        pad: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let recorded = grad_enabled() && [self, weight, gamma, beta].iter().any(|t| t.requires_grad());
+        if recorded {
+            return self.conv2d(weight, None, stride, pad)?.batch_norm_eval_impl(gamma, beta, running_mean, running_var, eps, relu);
+        }
+        let s = conv_spec(self, weight, stride, pad)?;
+        let d = Nchw { n: s.n, c: s.c_out, h: s.out_h(), w: s.out_w() };
+        check_params(self, &[gamma, beta, running_mean, running_var], "batch_norm_eval", d.c)?;
+        let (conv_out, _) = self.storage().conv2d_for_norm(&weight.storage(), &s, ConvKeep::NOTHING)?;
+        let y =
+            conv_out.batch_norm_eval(&gamma.storage(), &beta.storage(), &running_mean.storage(), &running_var.storage(), d, eps, relu)?;
+        Tensor::from_storage(y, [d.n, d.c, d.h, d.w])
     }
 }

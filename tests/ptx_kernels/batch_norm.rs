@@ -1,11 +1,11 @@
-//! `kernels/batch_norm.ptx`: all seven entries (statistics partial / final, normalise with and
-//! without the fused ReLU, backward partial / final / dx with and without the fused ReLU,
+//! `kernels/batch_norm.ptx`: the seven training-mode entries (statistics partial / final,
+//! normalise with and without the fused ReLU, backward partial / final / dx with and without the fused ReLU,
 //! `relu`, whose mask they recompute from x; dx also as NHWC bf16, `bn_bwd_dx_nhwc_bf16`,
 //! against `bn_bwd_dx_f32` rounded and transposed) against the CPU backend's batch norm
 //! (`cpu::batch_norm::forward_train` / `backward`, through `CpuStorage`, which recomputes the
 //! output with `cpu::batch_norm::normalize` and composes `cpu::elementwise::relu_backward` for
 //! the fused case), with the launch shapes and arguments of `ops::batch_norm_train` /
-//! `ops::batch_norm_backward`.
+//! `ops::batch_norm_backward`. Eval mode's entry: `batch_norm_eval.rs`.
 //!
 //! What is bit-exact and what is not:
 //! - The statistics are summed in f64 both sides, but by different formulas (the kernel: one

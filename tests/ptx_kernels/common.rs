@@ -10,9 +10,10 @@ thread_local! {
 
 /// The source of every kernel module's tests (one per `.ptx` file), for the checks that each
 /// kernel entry has a simulator test and an access profile.
-pub const MODULE_SOURCES: [&str; 11] = [
+pub const MODULE_SOURCES: [&str; 12] = [
     include_str!("adam.rs"),
     include_str!("batch_norm.rs"),
+    include_str!("batch_norm_eval.rs"),
     include_str!("bf16.rs"),
     include_str!("elementwise.rs"),
     include_str!("finite.rs"),

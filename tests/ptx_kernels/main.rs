@@ -12,6 +12,7 @@ mod sim;
 
 mod adam;
 mod batch_norm;
+mod batch_norm_eval;
 mod bf16;
 mod elementwise;
 mod finite;

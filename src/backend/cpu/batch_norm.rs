@@ -1,5 +1,6 @@
-//! Training-mode batch norm over NCHW on the host, forward and backward, with statistics
-//! accumulated in f64: the CPU reference for the CUDA batch-norm kernels.
+//! Batch norm over NCHW on the host: training mode forward and backward, with statistics
+//! accumulated in f64, and eval mode (running statistics); the CPU reference for the CUDA
+//! batch-norm kernels.
 
 use rayon::prelude::*;
 
@@ -60,6 +61,28 @@ pub fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &
         }
     });
     y
+}
+
+/// Eval mode's `invstd` of each channel from its running variance: `1 / sqrt(var + eps)` in
+/// f64, rounded once, as [`forward_train`] forms the batch's.
+pub fn eval_invstd(running_var: &[f32], eps: f32) -> Vec<f32> {
+    running_var.iter().map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32).collect()
+}
+
+/// Eval-mode batch norm: [`normalize`] with the running mean and [`eval_invstd`] of the
+/// running variance, one pass.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_eval(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    d: Nchw,
+    eps: f32,
+    relu: bool,
+) -> Vec<f32> {
+    normalize(x, gamma, beta, running_mean, &eval_invstd(running_var, eps), d, relu)
 }
 
 /// `dx = gamma * invstd / M * (M dy - sum(dy) - xhat * sum(dy * xhat))`, with M = N*H*W.

@@ -212,6 +212,24 @@ impl BackendStorage for CpuStorage {
         Ok(BatchNormBackward { dx: CpuStorage::F32(b.dx), dgamma: CpuStorage::F32(b.dgamma), dbeta: CpuStorage::F32(b.dbeta) })
     }
 
+    fn batch_norm_eval(
+        &self,
+        gamma: &Self,
+        beta: &Self,
+        running_mean: &Self,
+        running_var: &Self,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Self> {
+        check_len("batch_norm_eval", "input", self.len(), d.len())?;
+        for (what, p) in [("gamma", gamma), ("beta", beta), ("running mean", running_mean), ("running variance", running_var)] {
+            check_len("batch_norm_eval", what, p.len(), d.c)?;
+        }
+        let (gamma, beta) = (gamma.as_f32(), beta.as_f32());
+        Ok(CpuStorage::F32(batch_norm::forward_eval(self.as_f32(), gamma, beta, running_mean.as_f32(), running_var.as_f32(), d, eps, relu)))
+    }
+
     /// The f32 gradient: the CPU's bf16 mode rounds it inside the convolution
     /// (`conv::with_bf16_mode`).
     type ConvGrad = CpuStorage;
@@ -229,6 +247,19 @@ impl BackendStorage for CpuStorage {
 
     fn batch_norm_train_of(x: &Self, gamma: &Self, beta: &Self, d: Nchw, eps: f32, relu: bool) -> Result<BatchNormForward<Self>> {
         x.batch_norm_train(gamma, beta, d, eps, relu)
+    }
+
+    fn batch_norm_eval_of(
+        x: &Self,
+        gamma: &Self,
+        beta: &Self,
+        running_mean: &Self,
+        running_var: &Self,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Self> {
+        x.batch_norm_eval(gamma, beta, running_mean, running_var, d, eps, relu)
     }
 
     fn batch_norm_backward_of(

@@ -217,6 +217,19 @@ impl BackendStorage for CudaStorage {
         ops::batch_norm_train(ops::BnInput::F32(self), gamma, beta, d, eps, relu)
     }
 
+    fn batch_norm_eval(
+        &self,
+        gamma: &Self,
+        beta: &Self,
+        running_mean: &Self,
+        running_var: &Self,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Self> {
+        ops::batch_norm_eval(ops::BnInput::F32(self), gamma, beta, running_mean, running_var, d, eps, relu)
+    }
+
     fn batch_norm_backward(
         &self,
         dy: &Self,
@@ -263,6 +276,19 @@ impl BackendStorage for CudaStorage {
         relu: bool,
     ) -> Result<BatchNormForward<Self>> {
         ops::batch_norm_train(x.view(), gamma, beta, d, eps, relu)
+    }
+
+    fn batch_norm_eval_of(
+        x: &Self::NormInput,
+        gamma: &Self,
+        beta: &Self,
+        running_mean: &Self,
+        running_var: &Self,
+        d: Nchw,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Self> {
+        ops::batch_norm_eval(x.view(), gamma, beta, running_mean, running_var, d, eps, relu)
     }
 
     fn batch_norm_backward_of(

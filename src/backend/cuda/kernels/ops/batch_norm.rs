@@ -1,5 +1,6 @@
 //! Launch wrappers of `kernels/batch_norm.ptx`: training-mode batch norm forward (statistics, then
-//! normalise, ReLU fused when asked) and backward.
+//! normalise, ReLU fused when asked) and backward, and eval-mode batch norm (running statistics,
+//! one normalising pass).
 
 use super::*;
 use crate::backend::cuda::{CudaBf16, CudaConvGrad};
@@ -102,7 +103,6 @@ pub fn batch_norm_train(
         return Ok(BatchNormForward { y, mean, invstd, var_unbiased });
     }
     let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
-    let planes = count("batch_norm", d.n * d.c)?;
     let (nchunk, pieces, block) = plane_split("batch_norm", d.n, d.c, d.h * d.w)?;
     let chunk = PLANE_CHUNK;
     let (x_ptr, xbf16) = (x.raw_ptr(), x.xbf16());
@@ -136,9 +136,28 @@ pub fn batch_norm_train(
         &eps,
         &xbf16
     )?;
-    let relu = relu as u32;
+    normalize(&mut y, x, &mean, &invstd, gamma, beta, d, relu)?;
+    Ok(BatchNormForward { y, mean, invstd, var_unbiased })
+}
+
+/// `bn_normalize_f32` (launch [`plane_cfg`]) of `x` into `y` with the given per-channel
+/// statistics: `y = ((gamma * (x - mean)) * invstd) + beta`, clamped at 0 when `relu`.
+#[allow(clippy::too_many_arguments)]
+fn normalize(
+    y: &mut CudaStorage,
+    x: BnInput,
+    mean: &CudaStorage,
+    invstd: &CudaStorage,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    d: Nchw,
+    relu: bool,
+) -> Result<()> {
+    let (c, hw) = (d.c as u32, (d.h * d.w) as u32);
+    let planes = count("batch_norm", d.n * d.c)?;
+    let (x_ptr, xbf16, relu) = (x.raw_ptr(), x.xbf16(), relu as u32);
     launch!(
-        dev,
+        x.device(),
         entry::BN_NORMALIZE_F32,
         plane_cfg(hw, planes),
         y.slice_mut(),
@@ -152,8 +171,42 @@ pub fn batch_norm_train(
         &planes,
         &relu,
         &xbf16
-    )?;
-    Ok(BatchNormForward { y, mean, invstd, var_unbiased })
+    )
+}
+
+/// Eval-mode batch norm over `[n, c, h, w]` of `x`, f32 or bf16 ([`BnInput`]), with the running
+/// statistics: `bn_eval_invstd_f32` (grid ceil(C/256), block 256) forms `invstd = 1 / sqrt(var +
+/// eps)` per channel as the training statistics' kernel forms its own, then `bn_normalize_f32`
+/// (launch [`plane_cfg`]) normalises with `running_mean` and it, clamping at 0 when `relu`: one
+/// pass over the activation, bit for bit the CPU's `cpu::batch_norm::forward_eval`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_eval(
+    x: BnInput,
+    gamma: &CudaStorage,
+    beta: &CudaStorage,
+    running_mean: &CudaStorage,
+    running_var: &CudaStorage,
+    d: Nchw,
+    eps: f32,
+    relu: bool,
+) -> Result<CudaStorage> {
+    let _r = nvtx::range("batch_norm_eval");
+    check_len("batch_norm_eval", "input", x.len(), d.len())?;
+    for (name, p) in [("gamma", gamma), ("beta", beta), ("running mean", running_mean), ("running variance", running_var)] {
+        check_len("batch_norm_eval", name, p.len(), d.c)?;
+        x.same_device("batch_norm_eval", p)?;
+    }
+    count("batch_norm_eval", x.len())?;
+    let dev = x.device().clone();
+    let mut y = dev.alloc(x.len())?;
+    if x.is_empty() {
+        return Ok(y);
+    }
+    let c = d.c as u32;
+    let mut invstd = dev.alloc(d.c)?;
+    launch!(dev, entry::BN_EVAL_INVSTD_F32, grid_1d(c), invstd.slice_mut(), running_var.slice(), &eps, &c)?;
+    normalize(&mut y, x, running_mean, &invstd, gamma, beta, d, relu)?;
+    Ok(y)
 }
 
 /// The form of the input gradient [`batch_norm_backward_to`] writes.
