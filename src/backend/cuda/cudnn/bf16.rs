@@ -30,7 +30,7 @@
 //! backward wrote dy as its NHWC bf16 copy (`conv2d_backward_from_bf16`, the fused VGG layer).
 
 use super::descriptors::ConvData;
-use super::{place, run, Computed, Direction, Form, Operand, OPERAND_NAMES};
+use super::{place, run, Computed, Direction, Form, Operand};
 use crate::backend::cuda::{CudaBf16, CudaDevice, CudaNormInput, CudaStorage};
 use crate::backend::ConvSpec;
 use crate::error::{Error, Result};
@@ -102,16 +102,12 @@ impl F32Values<'_> {
 
 /// The NCHW f32 values of `op`, the operand of role `role` ([`Direction::roles`]) of `s`.
 pub(super) fn f32_values<'a>(op: Operand<'a>, s: &ConvSpec, role: usize) -> Result<F32Values<'a>> {
-    match (op.f32, op.bf16) {
-        (Some(f), _) => Ok(F32Values::Tensor(f)),
-        (None, Some(copy)) => {
+    match op {
+        Operand::F32(f) | Operand::WithCopy(f, _) => Ok(F32Values::Tensor(f)),
+        Operand::Bf16(copy) => {
             let p = planes(s)[role];
             copy.transposed_to_f32(p.batch, p.hw, p.c).map(F32Values::Widened)
         }
-        (None, None) => Err(Error::InvalidValue {
-            name: "conv2d",
-            msg: format!("the {} has neither its tensor nor its bf16 copy", OPERAND_NAMES[role]),
-        }),
     }
 }
 
@@ -134,7 +130,7 @@ impl<'a> OperandCopy<'a> {
     /// `op`'s copy (role `role` of `s`), made from its f32 tensor unless it came with one.
     fn of(op: Operand<'a>, s: &ConvSpec, role: usize) -> Result<OperandCopy<'a>> {
         let p = planes(s)[role];
-        match op.bf16 {
+        match op.bf16() {
             Some(c) => Ok(OperandCopy::Given(c)),
             None => CudaBf16::transposed_from_f32(f32_values(op, s, role)?.get(), p.batch, p.c, p.hw).map(OperandCopy::Made),
         }

@@ -379,29 +379,64 @@ fn place(dir: Direction, a: u64, b: u64, out: u64) -> Operands {
     Operands { x: p[0], w: p[1], y: p[2] }
 }
 
-/// One operand of a convolution computation: the engine's NCHW f32 tensor and, in the bf16
-/// mode, the NHWC bf16 copy of it that an earlier computation made (reused, not cast again).
-/// At least one of the two: an operand can come as its bf16 copy alone (a batch norm's
-/// backward writes the convolution's dy that way, [`conv2d_backward_from`]).
+/// One operand of a convolution computation: the engine's NCHW f32 tensor, its NHWC bf16 copy
+/// that an earlier computation made in the bf16 mode (reused, not cast again), or both. An
+/// operand can come as its bf16 copy alone: a batch norm's backward writes the convolution's dy
+/// that way ([`conv2d_backward_from_bf16`]).
 #[derive(Clone, Copy)]
-struct Operand<'a> {
-    f32: Option<&'a CudaStorage>,
-    bf16: Option<&'a CudaBf16>,
+enum Operand<'a> {
+    /// The f32 tensor, without a copy.
+    F32(&'a CudaStorage),
+    /// The f32 tensor and its bf16 copy.
+    WithCopy(&'a CudaStorage, &'a CudaBf16),
+    /// The bf16 copy alone.
+    Bf16(&'a CudaBf16),
 }
 
 impl<'a> From<&'a CudaStorage> for Operand<'a> {
     fn from(f32: &'a CudaStorage) -> Operand<'a> {
-        Operand { f32: Some(f32), bf16: None }
+        Operand::F32(f32)
     }
 }
 
 impl<'a> Operand<'a> {
+    /// The f32 tensor, with its copy where there is one.
+    fn with_copy(f32: &'a CudaStorage, copy: Option<&'a CudaBf16>) -> Operand<'a> {
+        match copy {
+            Some(c) => Operand::WithCopy(f32, c),
+            None => Operand::F32(f32),
+        }
+    }
+
+    /// This operand, given `copy` as its bf16 copy unless it has one.
+    fn or_copy(self, copy: Option<&'a CudaBf16>) -> Operand<'a> {
+        match (self, copy) {
+            (Operand::F32(f), Some(c)) => Operand::WithCopy(f, c),
+            _ => self,
+        }
+    }
+
+    /// The f32 tensor, unless the operand came as its copy alone.
+    fn f32(self) -> Option<&'a CudaStorage> {
+        match self {
+            Operand::F32(f) | Operand::WithCopy(f, _) => Some(f),
+            Operand::Bf16(_) => None,
+        }
+    }
+
+    /// The bf16 copy, where there is one.
+    fn bf16(self) -> Option<&'a CudaBf16> {
+        match self {
+            Operand::WithCopy(_, c) | Operand::Bf16(c) => Some(c),
+            Operand::F32(_) => None,
+        }
+    }
+
     /// The device holding the operand.
-    fn device(&self) -> &'a CudaDevice {
-        match (self.f32, self.bf16) {
-            (Some(f), _) => f.device(),
-            (None, Some(c)) => c.device(),
-            (None, None) => unreachable!("an operand has its f32 tensor or its bf16 copy (Operand's invariant)"),
+    fn device(self) -> &'a CudaDevice {
+        match self {
+            Operand::F32(f) | Operand::WithCopy(f, _) => f.device(),
+            Operand::Bf16(c) => c.device(),
         }
     }
 }
@@ -451,10 +486,10 @@ fn compute(dir: Direction, s: &ConvSpec, a: Operand, b: Operand, form: Form) -> 
     let lens = operand_lens(s);
     let [ia, ib, io] = dir.roles();
     for (operand, i) in [(a, ia), (b, ib)] {
-        if let Some(f) = operand.f32 {
+        if let Some(f) = operand.f32() {
             check(op, OPERAND_NAMES[i], f.len(), lens[i])?;
         }
-        if let Some(copy) = operand.bf16 {
+        if let Some(copy) = operand.bf16() {
             check(op, &format!("the bf16 copy of the {}", OPERAND_NAMES[i]), copy.len(), lens[i])?;
         }
     }
@@ -537,7 +572,7 @@ pub fn conv2d_backward_from_bf16(
     kept: &KeptOperands,
     need: [bool; 2],
 ) -> Result<[Option<CudaStorage>; 2]> {
-    backward(Operand { f32: None, bf16: Some(dy) }, x, w, s, kept, need)
+    backward(Operand::Bf16(dy), x, w, s, kept, need)
 }
 
 fn backward(
@@ -550,7 +585,7 @@ fn backward(
 ) -> Result<[Option<CudaStorage>; 2]> {
     let mut dy_copy = None;
     let dx = if need[0] {
-        let w = Operand { f32: Some(w), bf16: kept.weight.as_ref() };
+        let w = Operand::with_copy(w, kept.weight.as_ref());
         let mut c = compute(Direction::BackwardData, s, dy, w, Form::F32)?;
         dy_copy = c.copies[0].take();
         Some(c.out.into_f32()?)
@@ -558,8 +593,8 @@ fn backward(
         None
     };
     let dw = if need[1] {
-        let x = Operand { f32: Some(x), bf16: kept.input.as_ref() };
-        let dy = Operand { f32: dy.f32, bf16: dy.bf16.or(dy_copy.as_ref()) };
+        let x = Operand::with_copy(x, kept.input.as_ref());
+        let dy = dy.or_copy(dy_copy.as_ref());
         Some(compute(Direction::BackwardFilter, s, x, dy, Form::F32)?.out.into_f32()?)
     } else {
         None
