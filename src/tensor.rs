@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::autograd::{grad_enabled, BackwardFn, Node};
+use crate::autograd::{grad_enabled, BackwardFn, Input, Node};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -35,8 +35,9 @@ pub(crate) struct TensorInner {
     storage: Arc<RwLock<Storage>>,
     shape: Shape,
     device: Device,
-    /// How this tensor was computed, when that is recorded for backward.
-    node: Option<Node>,
+    /// How this tensor was computed, when that is recorded for backward (shared with the nodes
+    /// of the ops that read this tensor).
+    node: Option<Arc<Node>>,
     /// For variables (trainable leaves): the gradient accumulated by `backward`.
     grad: Option<Mutex<Option<Tensor>>>,
 }
@@ -59,7 +60,7 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
-    fn build(storage: Storage, shape: Shape, node: Option<Node>, variable: bool) -> Tensor {
+    fn build(storage: Storage, shape: Shape, node: Option<Arc<Node>>, variable: bool) -> Tensor {
         let device = storage.device();
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
@@ -150,7 +151,8 @@ impl Tensor {
 
     /// Records `self` (an untracked op output) as the result of `op`. The returned tensor
     /// shares `self`'s storage, so a backward closure may capture `self` (the output) without
-    /// making the graph own itself.
+    /// making the graph own itself. The node keeps no handle on the values of `inputs` (see
+    /// [`Input`]): the closure must capture (detached) whatever it reads.
     pub(crate) fn record(
         self,
         op: &'static str,
@@ -161,12 +163,12 @@ impl Tensor {
         if !track {
             return self;
         }
-        let node = Node { op, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward) as BackwardFn };
-        self.view_with_node(self.0.shape.clone(), Some(node))
+        let node = Node { op, inputs: inputs.iter().map(|t| Input::of(t)).collect(), backward: Box::new(backward) as BackwardFn };
+        self.view_with_node(self.0.shape.clone(), Some(Arc::new(node)))
     }
 
     /// A tensor that shares this one's storage under a new shape of the same element count.
-    pub(crate) fn view_with_node(&self, shape: Shape, node: Option<Node>) -> Tensor {
+    pub(crate) fn view_with_node(&self, shape: Shape, node: Option<Arc<Node>>) -> Tensor {
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
             storage: self.0.storage.clone(),
@@ -209,7 +211,14 @@ impl Tensor {
     pub(crate) fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
         self.0.storage.write().unwrap_or_else(|e| e.into_inner())
     }
-    pub(crate) fn node(&self) -> Option<&Node> {
+    /// A weak handle on the storage: dead once every tensor sharing it is dropped (tests of
+    /// what the tape keeps alive).
+    #[cfg(test)]
+    pub(crate) fn storage_weak(&self) -> std::sync::Weak<RwLock<Storage>> {
+        Arc::downgrade(&self.0.storage)
+    }
+    /// The node that recorded how this tensor was computed, if any.
+    pub(crate) fn node(&self) -> Option<&Arc<Node>> {
         self.0.node.as_ref()
     }
     pub(crate) fn shares_storage_with_nothing(&self) -> bool {

@@ -3,16 +3,17 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::NoGradGuard;
+use super::{Input, NoGradGuard};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorId};
 
-/// Tensors reachable from `root` through tracked inputs, inputs before the ops that use them.
-fn topological_order(root: &Tensor) -> Vec<Tensor> {
+/// The tracked inputs reachable from `root` (root included), inputs before the ops that use
+/// them; each tensor once.
+fn topological_order(root: &Input) -> Vec<&Input> {
     let mut order = Vec::new();
     let mut visited = HashSet::new();
-    // Iterative post-order DFS: (tensor, children already pushed).
-    let mut stack = vec![(root.clone(), false)];
+    // Iterative post-order DFS: (input, children already pushed).
+    let mut stack = vec![(root, false)];
     while let Some((t, expanded)) = stack.pop() {
         if expanded {
             order.push(t);
@@ -21,11 +22,11 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
         if !visited.insert(t.id()) {
             continue;
         }
-        stack.push((t.clone(), true));
+        stack.push((t, true));
         if let Some(node) = t.node() {
             for input in node.inputs.iter().filter(|i| i.requires_grad()) {
                 if !visited.contains(&input.id()) {
-                    stack.push((input.clone(), false));
+                    stack.push((input, false));
                 }
             }
         }
@@ -44,17 +45,18 @@ impl Tensor {
             return Err(Error::NoGraph);
         }
         let _no_grad = NoGradGuard::new();
-        let order = topological_order(self);
+        let root = Input::of(self);
+        let order = topological_order(&root);
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-        grads.insert(self.id(), Tensor::full(1.0, self.shape().clone(), self.device())?);
+        grads.insert(root.id(), Tensor::full(1.0, root.shape().clone(), self.device())?);
         for t in order.iter().rev() {
             let Some(g) = grads.remove(&t.id()) else { continue };
-            if t.is_variable() {
-                t.accumulate_grad(g)?;
+            if let Some(variable) = t.variable() {
+                variable.accumulate_grad(g)?;
                 continue;
             }
             let Some(node) = t.node() else { continue };
-            let needs: Vec<bool> = node.inputs.iter().map(Tensor::requires_grad).collect();
+            let needs: Vec<bool> = node.inputs.iter().map(Input::requires_grad).collect();
             let input_grads = (node.backward)(&g, &needs)?;
             drop(g);
             for ((input, gi), need) in node.inputs.iter().zip(input_grads).zip(&needs) {

@@ -11,31 +11,54 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, name: &'static str) -> Result<Te
     a.same_device(b, name)?;
     a.same_shape(b, name)?;
     let out = a.storage().binary(&b.storage(), op)?;
-    let (x, y) = (a.detach(), b.detach());
-    Tensor::from_op(out, a.shape().clone(), name, &[a, b], move |g, need| -> Result<Grads> {
-        Ok(match op {
-            BinaryOp::Add => vec![Some(g.clone()), Some(g.clone())],
-            BinaryOp::Sub => vec![Some(g.clone()), when(need[1], || g.neg())?],
-            BinaryOp::Mul => vec![when(need[0], || g.mul(&y))?, when(need[1], || g.mul(&x))?],
-            BinaryOp::Div => vec![when(need[0], || g.div(&y))?, when(need[1], || g.mul(&x)?.div(&y.sqr()?)?.neg())?],
-        })
-    })
+    let (shape, inputs) = (a.shape().clone(), [a, b]);
+    // Each backward captures only the operands it reads (the tape keeps none).
+    match op {
+        BinaryOp::Add => Tensor::from_op(out, shape, name, &inputs, |g, _| Ok(vec![Some(g.clone()), Some(g.clone())])),
+        BinaryOp::Sub => Tensor::from_op(out, shape, name, &inputs, |g, need| Ok(vec![Some(g.clone()), when(need[1], || g.neg())?])),
+        BinaryOp::Mul => {
+            let (x, y) = (a.detach(), b.detach());
+            Tensor::from_op(out, shape, name, &inputs, move |g, need| -> Result<Grads> {
+                Ok(vec![when(need[0], || g.mul(&y))?, when(need[1], || g.mul(&x))?])
+            })
+        }
+        BinaryOp::Div => {
+            let (x, y) = (a.detach(), b.detach());
+            Tensor::from_op(out, shape, name, &inputs, move |g, need| -> Result<Grads> {
+                Ok(vec![when(need[0], || g.div(&y))?, when(need[1], || g.mul(&x)?.div(&y.sqr()?)?.neg())?])
+            })
+        }
+    }
 }
 
 fn unary(a: &Tensor, op: UnaryOp, name: &'static str) -> Result<Tensor> {
     let out = Tensor::from_storage(a.storage().unary(op)?, a.shape().clone())?;
-    let (x, y) = (a.detach(), out.clone());
-    Ok(out.record(name, &[a], move |g, _| -> Result<Grads> {
-        let dx = match op {
-            UnaryOp::Neg => g.neg()?,
-            UnaryOp::Sqr => g.mul(&x)?.affine(2.0, 0.0)?,
-            UnaryOp::Sqrt => g.div(&y)?.affine(0.5, 0.0)?,
-            UnaryOp::Exp => g.mul(&y)?,
-            UnaryOp::Log => g.div(&x)?,
-            UnaryOp::Relu => Tensor::from_storage(y.storage().relu_backward(&g.storage())?, g.shape().clone())?,
-        };
-        Ok(vec![Some(dx)])
-    }))
+    let one = |dx: Tensor| -> Result<Grads> { Ok(vec![Some(dx)]) };
+    // Each backward captures only what it reads: the input (sqr, log), the output (sqrt, exp,
+    // relu; it shares the recorded output's storage) or nothing (neg).
+    Ok(match op {
+        UnaryOp::Neg => out.record(name, &[a], move |g, _| one(g.neg()?)),
+        UnaryOp::Sqr => {
+            let x = a.detach();
+            out.record(name, &[a], move |g, _| one(g.mul(&x)?.affine(2.0, 0.0)?))
+        }
+        UnaryOp::Log => {
+            let x = a.detach();
+            out.record(name, &[a], move |g, _| one(g.div(&x)?))
+        }
+        UnaryOp::Sqrt => {
+            let y = out.clone();
+            out.record(name, &[a], move |g, _| one(g.div(&y)?.affine(0.5, 0.0)?))
+        }
+        UnaryOp::Exp => {
+            let y = out.clone();
+            out.record(name, &[a], move |g, _| one(g.mul(&y)?))
+        }
+        UnaryOp::Relu => {
+            let y = out.clone();
+            out.record(name, &[a], move |g, _| one(Tensor::from_storage(y.storage().relu_backward(&g.storage())?, g.shape().clone())?))
+        }
+    })
 }
 
 impl Tensor {
