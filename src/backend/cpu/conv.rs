@@ -25,7 +25,17 @@ fn is_pointwise(s: &ConvSpec) -> bool {
     s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0
 }
 
-/// Unfolds one image `[c_in, h, w]` into columns `[c_in*kh*kw, out_h*out_w]`.
+/// The outputs `o` of `0..n_out` whose input `o * stride + k - pad` falls inside `0..n_in`: a
+/// range, since that input grows with `o` (stride >= 1).
+fn inside(n_out: usize, k: usize, stride: usize, pad: usize, n_in: usize) -> std::ops::Range<usize> {
+    let lo = pad.saturating_sub(k).div_ceil(stride);
+    let hi = (n_in + pad).saturating_sub(k).div_ceil(stride).min(n_out);
+    lo.min(hi)..hi
+}
+
+/// Unfolds one image `[c_in, h, w]` into columns `[c_in*kh*kw, out_h*out_w]`: per row of the
+/// column matrix, the padding's zeros at both ends and the inside copied (one slice copy at
+/// stride 1).
 pub fn im2col(x: &[f32], s: &ConvSpec, col: &mut [f32]) {
     let (oh, ow) = (s.out_h(), s.out_w());
     col.par_chunks_mut(oh * ow).enumerate().for_each(|(row, out)| {
@@ -33,23 +43,34 @@ pub fn im2col(x: &[f32], s: &ConvSpec, col: &mut [f32]) {
         let ky = (row / s.kw) % s.kh;
         let kx = row % s.kw;
         let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+        let (rows, cols) = (inside(oh, ky, s.stride, s.pad, s.h), inside(ow, kx, s.stride, s.pad, s.w));
         for oy in 0..oh {
-            let iy = (oy * s.stride + ky) as isize - s.pad as isize;
             let dst = &mut out[oy * ow..(oy + 1) * ow];
-            if iy < 0 || iy >= s.h as isize {
+            if !rows.contains(&oy) {
                 dst.fill(0.0);
                 continue;
             }
-            let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
-            for (ox, d) in dst.iter_mut().enumerate() {
-                let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                *d = if ix < 0 || ix >= s.w as isize { 0.0 } else { src[ix as usize] };
+            let iy = oy * s.stride + ky - s.pad;
+            let src = &plane[iy * s.w..(iy + 1) * s.w];
+            dst[..cols.start].fill(0.0);
+            dst[cols.end..].fill(0.0);
+            if cols.is_empty() {
+                continue;
+            }
+            let first = cols.start * s.stride + kx - s.pad;
+            if s.stride == 1 {
+                dst[cols.clone()].copy_from_slice(&src[first..first + cols.len()]);
+            } else {
+                for (d, &v) in dst[cols.clone()].iter_mut().zip(src[first..].iter().step_by(s.stride)) {
+                    *d = v;
+                }
             }
         }
     });
 }
 
-/// Folds columns `[c_in*kh*kw, out_h*out_w]` back into one image `[c_in, h, w]`, summing overlaps.
+/// Folds columns `[c_in*kh*kw, out_h*out_w]` back into one image `[c_in, h, w]`, summing
+/// overlaps (in the order of the kernel's taps, as [`im2col`] lays them out).
 pub fn col2im(col: &[f32], s: &ConvSpec, x: &mut [f32]) {
     let (oh, ow) = (s.out_h(), s.out_w());
     let k2 = s.kh * s.kw;
@@ -58,17 +79,17 @@ pub fn col2im(col: &[f32], s: &ConvSpec, x: &mut [f32]) {
         for r in 0..k2 {
             let (ky, kx) = (r / s.kw, r % s.kw);
             let src = &col[(c * k2 + r) * oh * ow..(c * k2 + r + 1) * oh * ow];
-            for oy in 0..oh {
-                let iy = (oy * s.stride + ky) as isize - s.pad as isize;
-                if iy < 0 || iy >= s.h as isize {
-                    continue;
-                }
-                let row = &mut plane[iy as usize * s.w..(iy as usize + 1) * s.w];
-                for ox in 0..ow {
-                    let ix = (ox * s.stride + kx) as isize - s.pad as isize;
-                    if ix >= 0 && ix < s.w as isize {
-                        row[ix as usize] += src[oy * ow + ox];
-                    }
+            let cols = inside(ow, kx, s.stride, s.pad, s.w);
+            if cols.is_empty() {
+                continue;
+            }
+            for oy in inside(oh, ky, s.stride, s.pad, s.h) {
+                let iy = oy * s.stride + ky - s.pad;
+                let row = &mut plane[iy * s.w..(iy + 1) * s.w];
+                let first = cols.start * s.stride + kx - s.pad;
+                let from = &src[oy * ow + cols.start..oy * ow + cols.end];
+                for (d, &v) in row[first..].iter_mut().step_by(s.stride).zip(from) {
+                    *d += v;
                 }
             }
         }
@@ -129,4 +150,88 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvSpec) -> Vec<f32> {
         }
     }
     dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// im2col by its definition, element by element.
+    fn im2col_by_definition(x: &[f32], s: &ConvSpec) -> Vec<f32> {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let mut col = vec![f32::NAN; s.c_in * s.kh * s.kw * oh * ow];
+        for c in 0..s.c_in {
+            for ky in 0..s.kh {
+                for kx in 0..s.kw {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let (iy, ix) = ((oy * s.stride + ky) as isize - s.pad as isize, (ox * s.stride + kx) as isize - s.pad as isize);
+                            let inside = (0..s.h as isize).contains(&iy) && (0..s.w as isize).contains(&ix);
+                            col[(((c * s.kh + ky) * s.kw + kx) * oh + oy) * ow + ox] =
+                                if inside { x[(c * s.h + iy as usize) * s.w + ix as usize] } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    /// col2im by its definition: each column element added to its input pixel, taps in order.
+    fn col2im_by_definition(col: &[f32], s: &ConvSpec) -> Vec<f32> {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let mut x = vec![0.0f32; s.c_in * s.h * s.w];
+        for c in 0..s.c_in {
+            for ky in 0..s.kh {
+                for kx in 0..s.kw {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let (iy, ix) = ((oy * s.stride + ky) as isize - s.pad as isize, (ox * s.stride + kx) as isize - s.pad as isize);
+                            if (0..s.h as isize).contains(&iy) && (0..s.w as isize).contains(&ix) {
+                                x[(c * s.h + iy as usize) * s.w + ix as usize] += col[(((c * s.kh + ky) * s.kw + kx) * oh + oy) * ow + ox];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        x
+    }
+
+    /// Kernels, strides and paddings of the model and around it: 3x3 pad 1, 1x1, 7x7 pad 3 on
+    /// a smaller image (fc6), padding wider than the kernel reaches, strides 2 and 3, odd sizes,
+    /// a 1x1 image with pad 2 and stride 2 (the middle tap reads only padding).
+    const SPECS: [(usize, usize, usize, usize, usize, usize); 9] = [
+        (3, 9, 7, 3, 1, 1),
+        (2, 5, 5, 1, 1, 0),
+        (2, 3, 3, 7, 1, 3),
+        (1, 4, 6, 3, 1, 4),
+        (2, 9, 8, 3, 2, 1),
+        (2, 10, 11, 5, 3, 2),
+        (1, 7, 7, 2, 2, 0),
+        (3, 1, 6, 3, 1, 1),
+        (1, 1, 1, 3, 2, 2),
+    ];
+
+    #[test]
+    fn im2col_and_col2im_are_their_definitions_bit_for_bit() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for (c_in, h, w, k, stride, pad) in SPECS {
+            let s = ConvSpec { n: 1, c_in, h, w, c_out: 1, kh: k, kw: k, stride, pad };
+            let x: Vec<f32> = (0..c_in * h * w).map(|_| next()).collect();
+            let mut col = vec![f32::NAN; c_in * k * k * s.out_h() * s.out_w()];
+            im2col(&x, &s, &mut col);
+            let want = im2col_by_definition(&x, &s);
+            assert!(col.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "im2col of {s:?}");
+            let col: Vec<f32> = (0..col.len()).map(|_| next()).collect();
+            let mut back = vec![f32::NAN; x.len()];
+            col2im(&col, &s, &mut back);
+            let want = col2im_by_definition(&col, &s);
+            assert!(back.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "col2im of {s:?}");
+        }
+    }
 }
