@@ -242,7 +242,9 @@ fn conv(c: &mut Criterion) {
             // the bf16 mode: no cast of x or w, one of dy): compare with the two lines above.
             let (_, kept) = x.conv2d_keeping(&w, &s, ConvKeep { input: true, weight: true }).expect("conv2d_keeping");
             let both = Throughput::Elements(2 * s.flops() as u64);
-            run(&mut g, &t.dev, &format!("{name}/backward_both{suffix}"), both, || dy.conv2d_backward(&x, &w, &s, &kept, [true, true]));
+            run(&mut g, &t.dev, &format!("{name}/backward_both{suffix}"), both, || {
+                dy.conv2d_backward(Some(&x), &w, &s, &kept, [true, true])
+            });
         }
         settings::set_allow_tf32(false);
         settings::set_bf16_conv(false);

@@ -26,6 +26,15 @@ pub enum ConvKept {
 }
 
 impl ConvKept {
+    /// Whether it holds the convolution's input as its weight gradient reads it
+    /// ([`BackendStorage::kept_input`]): then the backward pass needs no input tensor.
+    pub fn holds_input(&self) -> bool {
+        match self {
+            ConvKept::Cpu(k) => CpuStorage::kept_input(k),
+            ConvKept::Cuda(k) => CudaStorage::kept_input(k),
+        }
+    }
+
     fn device_name(&self) -> &'static str {
         match self {
             ConvKept::Cpu(_) => "cpu",
@@ -202,21 +211,22 @@ impl ConvGrad {
     /// [`BackendStorage::conv2d_backward_from`] and [`Storage::conv2d_backward`].
     pub fn conv2d_backward(
         &self,
-        x: &Storage,
+        x: Option<&Storage>,
         w: &Storage,
         s: &ConvSpec,
         kept: &ConvKept,
         need: [bool; 2],
     ) -> Result<[Option<Storage>; 2]> {
         const OP: &str = "conv2d_backward";
-        match (self, same_device(OP, &[x, w])?, kept) {
+        let operands: Vec<&Storage> = std::iter::once(w).chain(x).collect();
+        match (self, same_device(OP, &operands)?, kept) {
             (ConvGrad::Cpu(dy), OneDevice::Cpu(v), ConvKept::Cpu(k)) => {
-                Ok(CpuStorage::conv2d_backward_from(dy, v[0], v[1], s, k, need)?.map(|g| g.map(Storage::Cpu)))
+                Ok(CpuStorage::conv2d_backward_from(dy, v.get(1).copied(), v[0], s, k, need)?.map(|g| g.map(Storage::Cpu)))
             }
             (ConvGrad::Cuda(dy), OneDevice::Cuda(v), ConvKept::Cuda(k)) => {
-                Ok(CudaStorage::conv2d_backward_from(dy, v[0], v[1], s, k, need)?.map(|g| g.map(Storage::Cuda)))
+                Ok(CudaStorage::conv2d_backward_from(dy, v.get(1).copied(), v[0], s, k, need)?.map(|g| g.map(Storage::Cuda)))
             }
-            _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device_name().into(), rhs: x.device().to_string() }),
+            _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device_name().into(), rhs: w.device().to_string() }),
         }
     }
 
@@ -471,16 +481,21 @@ impl Storage {
     /// [`Storage::conv2d_keeping`] returned for `x` and `w`.
     pub fn conv2d_backward(
         &self,
-        x: &Storage,
+        x: Option<&Storage>,
         w: &Storage,
         s: &ConvSpec,
         kept: &ConvKept,
         need: [bool; 2],
     ) -> Result<[Option<Storage>; 2]> {
         const OP: &str = "conv2d_backward";
-        match (same_device(OP, &[self, x, w])?, kept) {
-            (OneDevice::Cpu(v), ConvKept::Cpu(k)) => Ok(v[0].conv2d_backward(v[1], v[2], s, k, need)?.map(|g| g.map(Storage::Cpu))),
-            (OneDevice::Cuda(v), ConvKept::Cuda(k)) => Ok(v[0].conv2d_backward(v[1], v[2], s, k, need)?.map(|g| g.map(Storage::Cuda))),
+        let operands: Vec<&Storage> = [self, w].into_iter().chain(x).collect();
+        match (same_device(OP, &operands)?, kept) {
+            (OneDevice::Cpu(v), ConvKept::Cpu(k)) => {
+                Ok(v[0].conv2d_backward(v.get(2).copied(), v[1], s, k, need)?.map(|g| g.map(Storage::Cpu)))
+            }
+            (OneDevice::Cuda(v), ConvKept::Cuda(k)) => {
+                Ok(v[0].conv2d_backward(v.get(2).copied(), v[1], s, k, need)?.map(|g| g.map(Storage::Cuda)))
+            }
             _ => Err(Error::DeviceMismatch { op: OP, lhs: self.device().to_string(), rhs: kept.device_name().into() }),
         }
     }

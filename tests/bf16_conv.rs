@@ -119,6 +119,7 @@ fn bf16_convolution_mode() -> Result<()> {
     let Device::Cuda(dev) = &gpu else { unreachable!("a CUDA device") };
     transposes_match_the_cpu(&gpu)?;
     kept_copies_are_used(dev)?;
+    conv_input_is_not_kept(&gpu)?;
     let _mode = bf16_modes();
     for (c, ops, cpu) in &cpu_results {
         let got = conv_and_grads(&gpu, *c, ops)?;
@@ -141,12 +142,45 @@ fn bf16_convolution_mode() -> Result<()> {
     Ok(())
 }
 
+/// What the autograd graph keeps of a convolution's f32 input, from the device's live bytes: in
+/// the bf16 mode nothing (the weight gradient reads the kept NHWC bf16 copy), so dropping the
+/// input's last handle frees it; in fp32 the backward pass keeps it. The gradients work either
+/// way.
+fn conv_input_is_not_kept(gpu: &Device) -> Result<()> {
+    let Device::Cuda(dev) = gpu else { unreachable!("a CUDA device") };
+    let _saved = bf16_modes();
+    let c = CASES[1];
+    let [xv, wv, _] = operands(c, 60);
+    for bf16 in [false, true] {
+        settings::set_bf16_conv(bf16);
+        let a = Tensor::from_slice(&xv, [c.n, c.c_in, c.hw, c.hw], gpu)?.to_variable()?;
+        let w = Tensor::from_slice(&wv, [c.c_out, c.c_in, c.k, c.k], gpu)?.to_variable()?;
+        // A recorded intermediate with a buffer of its own (affine's backward keeps nothing).
+        let x = a.affine(2.0, 0.0)?;
+        let y = x.conv2d(&w, None, c.stride, c.pad)?;
+        gpu.synchronize()?;
+        let before = dev.memory_stats().current_bytes;
+        drop(x);
+        let freed = before - dev.memory_stats().current_bytes;
+        if bf16 {
+            assert!(freed >= 4 * xv.len(), "bf16 mode: dropping the convolution's input freed {freed} bytes, not its {}", 4 * xv.len());
+        } else {
+            assert_eq!(freed, 0, "fp32 mode: the convolution's input was freed, though its weight gradient reads it");
+        }
+        y.sum_all()?.backward()?;
+        assert!(a.grad().is_some() && w.grad().is_some(), "bf16={bf16}: a gradient is missing");
+    }
+    Ok(())
+}
+
 /// A training step's operand copies, on the GPU in deterministic mode (the same algorithms
 /// each call, so equal operands give equal bits): the forward pass keeps exactly what it is
 /// asked to, each copy being the operand's transposing cast; the backward pass computes with
 /// the copies it is given (other copies give the gradients of other operands, so it does not
 /// cast the operands again); with the forward's copies it is bit for bit the separate
-/// computations, for each subset of the gradients; copies of the wrong length are an error.
+/// computations, for each subset of the gradients; the weight gradient from the input's copy
+/// alone (no x) is the same, and after the bf16 mode is switched off it widens the copy; without
+/// x nor its copy it is an error; copies of the wrong length are an error.
 fn kept_copies_are_used(dev: &hyperseg_engine::backend::cuda::CudaDevice) -> Result<()> {
     use hyperseg_engine::backend::cuda::cudnn::{
         conv2d, conv2d_backward, conv2d_backward_input, conv2d_backward_weight, conv2d_keeping, KeptOperands,
@@ -184,20 +218,33 @@ fn kept_copies_are_used(dev: &hyperseg_engine::backend::cuda::CudaDevice) -> Res
     }
 
     let separate = [bits(&conv2d_backward_input(&dy, &w, &s)?)?, bits(&conv2d_backward_weight(&x, &dy, &s)?)?];
-    assert_eq!(both(conv2d_backward(&dy, &x, &w, &s, &kept, [true, true])?)?, separate, "backward with the kept copies");
-    assert_eq!(both(conv2d_backward(&dy, &x, &w, &s, &KeptOperands::default(), [true, true])?)?, separate, "backward with no copies");
-    let [dx, dw] = conv2d_backward(&dy, &x, &w, &s, &kept, [true, false])?;
+    assert_eq!(both(conv2d_backward(&dy, Some(&x), &w, &s, &kept, [true, true])?)?, separate, "backward with the kept copies");
+    assert_eq!(both(conv2d_backward(&dy, Some(&x), &w, &s, &KeptOperands::default(), [true, true])?)?, separate, "backward with no copies");
+    let [dx, dw] = conv2d_backward(&dy, Some(&x), &w, &s, &kept, [true, false])?;
     assert!(dw.is_none() && bits(&dx.expect("dx"))? == separate[0], "backward, dx alone");
-    let [dx, dw] = conv2d_backward(&dy, &x, &w, &s, &kept, [false, true])?;
+    let [dx, dw] = conv2d_backward(&dy, Some(&x), &w, &s, &kept, [false, true])?;
     assert!(dx.is_none() && bits(&dw.expect("dw"))? == separate[1], "backward, dw alone");
 
     let other = KeptOperands { input: Some(x_copy(&x2)?), weight: Some(w_copy(&w2)?) };
     let want = [bits(&conv2d_backward_input(&dy, &w2, &s)?)?, bits(&conv2d_backward_weight(&x2, &dy, &s)?)?];
     assert_ne!(want, separate, "other operands, the same gradients");
-    assert_eq!(both(conv2d_backward(&dy, &x, &w, &s, &other, [true, true])?)?, want, "backward did not read the copies it was given");
+    assert_eq!(both(conv2d_backward(&dy, Some(&x), &w, &s, &other, [true, true])?)?, want, "backward did not read the copies it was given");
+
+    // The input's kept copy is all the weight gradient reads: no x needed, the same bits.
+    let [_, dw] = conv2d_backward(&dy, None, &w, &s, &kept, [false, true])?;
+    assert_eq!(bits(&dw.expect("dw"))?, separate[1], "backward from the kept copy of x alone");
+    let no_copy = KeptOperands { input: None, weight: None };
+    assert!(conv2d_backward(&dy, None, &w, &s, &no_copy, [false, true]).is_err(), "dw without x nor its copy was not an error");
+    assert!(conv2d_backward(&dy, None, &w, &s, &no_copy, [true, false]).is_ok(), "dx alone needs no x");
+    // The mode switched off since: the copy widened, dw on x rounded to bf16.
+    settings::set_bf16_conv(false);
+    let [_, dw] = conv2d_backward(&dy, None, &w, &s, &kept, [false, true])?;
+    let rounded_x = dev.upload(&bf16(&x.to_host_f32()?))?;
+    assert_eq!(bits(&dw.expect("dw"))?, bits(&conv2d_backward_weight(&rounded_x, &dy, &s)?)?, "mode switched: dw from the widened copy");
+    settings::set_bf16_conv(true);
 
     let short = KeptOperands { input: Some(CudaBf16::alloc(dev, 5)?), weight: None };
-    assert!(conv2d_backward(&dy, &x, &w, &s, &short, [false, true]).is_err(), "a copy of the wrong length was accepted");
+    assert!(conv2d_backward(&dy, Some(&x), &w, &s, &short, [false, true]).is_err(), "a copy of the wrong length was accepted");
 
     settings::set_bf16_conv(false);
     let (_, k) = conv2d_keeping(&x, &w, &s, ConvKeep { input: true, weight: true })?;
@@ -246,7 +293,7 @@ fn timings(gpu: &Device) -> Result<()> {
             })?;
             let kept = median(&mut || {
                 let (_, kept) = x.conv2d_keeping(&w, &s, ConvKeep { input: true, weight: true })?;
-                dy.conv2d_backward(&x, &w, &s, &kept, [true, true]).map(drop)
+                dy.conv2d_backward(Some(&x), &w, &s, &kept, [true, true]).map(drop)
             })?;
             println!("TIME bf16_conv {name} {mode}: forward + both backward, separate calls {separate:.3} ms, with the forward's copies {kept:.3} ms");
         }

@@ -90,6 +90,15 @@ impl ConvKeep {
     pub const NOTHING: ConvKeep = ConvKeep { input: false, weight: false };
 }
 
+/// The error of a convolution's backward asked for the weight gradient without its input, which
+/// what the forward pass kept does not replace ([`BackendStorage::kept_input`]).
+pub fn missing_conv_input() -> crate::error::Error {
+    crate::error::Error::InvalidValue {
+        name: "conv2d_backward",
+        msg: "the weight gradient needs the convolution's input, and the forward pass kept no copy of it".into(),
+    }
+}
+
 /// A broadcast over a buffer viewed as `[outer, mid, inner]`, with a vector of `mid` values
 /// (a per-channel bias for NCHW: outer = N, mid = C, inner = H*W; a per-column bias for a
 /// matrix: outer = rows, mid = cols, inner = 1).
@@ -348,15 +357,31 @@ pub trait BackendStorage: Sized + Send + Sync {
     fn conv2d_backward_input(&self, w: &Self, s: &ConvSpec) -> Result<Self>;
     /// Gradient with respect to the weights, `self` being x.
     fn conv2d_backward_weight(&self, dy: &Self, s: &ConvSpec) -> Result<Self>;
+    /// Whether `kept` holds the convolution's input in the form its weight gradient reads, so
+    /// that [`conv2d_backward`](Self::conv2d_backward) needs no `x` (and the tensor need not be
+    /// kept for it): the CUDA bf16 mode's NHWC bf16 copy. False by default.
+    fn kept_input(kept: &Self::ConvKept) -> bool {
+        let _ = kept;
+        false
+    }
     /// Both gradients of a convolution, `self` being dy: `[dx, dw]`, each computed only where
     /// `need` says so, reading what the forward pass kept (`kept`, from
     /// [`conv2d_keeping`](Self::conv2d_keeping) on `x` and `w`) and preparing dy once for both.
-    /// The values are those of [`conv2d_backward_input`](Self::conv2d_backward_input) and
+    /// `x` may be `None` where the weight gradient is not needed or `kept` holds the input
+    /// ([`kept_input`](Self::kept_input)). The values are those of
+    /// [`conv2d_backward_input`](Self::conv2d_backward_input) and
     /// [`conv2d_backward_weight`](Self::conv2d_backward_weight), which this default calls.
-    fn conv2d_backward(&self, x: &Self, w: &Self, s: &ConvSpec, kept: &Self::ConvKept, need: [bool; 2]) -> Result<[Option<Self>; 2]> {
+    fn conv2d_backward(
+        &self,
+        x: Option<&Self>,
+        w: &Self,
+        s: &ConvSpec,
+        kept: &Self::ConvKept,
+        need: [bool; 2],
+    ) -> Result<[Option<Self>; 2]> {
         let _ = kept;
         let dx = if need[0] { Some(self.conv2d_backward_input(w, s)?) } else { None };
-        let dw = if need[1] { Some(x.conv2d_backward_weight(self, s)?) } else { None };
+        let dw = if need[1] { Some(x.ok_or_else(missing_conv_input)?.conv2d_backward_weight(self, s)?) } else { None };
         Ok([dx, dw])
     }
     /// A convolution's upstream gradient as the training-mode batch norm after it hands it over
@@ -369,7 +394,7 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// [`ConvGrad`](Self::ConvGrad), with the same values.
     fn conv2d_backward_from(
         dy: &Self::ConvGrad,
-        x: &Self,
+        x: Option<&Self>,
         w: &Self,
         s: &ConvSpec,
         kept: &Self::ConvKept,

@@ -9,6 +9,7 @@ use super::{when, Grads};
 use crate::autograd::grad_enabled;
 use crate::backend::{BroadcastSpec, ConvKeep, ConvSpec};
 use crate::error::{Error, Result};
+use crate::storage::ConvKept;
 use crate::tensor::Tensor;
 
 /// The geometry of convolving `x [n, c_in, h, w]` with `weight [c_out, c_in, kh, kw]`, checked.
@@ -35,6 +36,14 @@ pub(super) fn conv_keep(x: &Tensor, weight: &Tensor) -> ConvKeep {
     ConvKeep { input: recording && weight.requires_grad(), weight: recording && x.requires_grad() }
 }
 
+/// The input tensor as a convolution's backward pass needs it: for the weight gradient, unless
+/// the forward pass kept the input's copy that gradient reads instead
+/// ([`ConvKept::holds_input`]; the CUDA bf16 mode), so that the graph does not keep the f32
+/// input alive for nothing.
+pub(super) fn kept_input_tensor(x: &Tensor, weight: &Tensor, kept: &ConvKept) -> Option<Tensor> {
+    (weight.requires_grad() && !kept.holds_input()).then(|| x.detach())
+}
+
 impl Tensor {
     /// Convolves `self [n, c_in, h, w]` with `weight [c_out, c_in, kh, kw]`, adding `bias [c_out]`.
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
@@ -51,12 +60,13 @@ impl Tensor {
             y = y.broadcast_add(&b.storage(), bs)?;
         }
         let out = Tensor::from_storage(y, [n, c_out, oh, ow])?;
-        let (x, wt) = (self.detach(), weight.detach());
+        let (x, wt) = (kept_input_tensor(self, weight, &kept), weight.detach());
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         Ok(out.record("conv2d", &inputs, move |g, need| -> Result<Grads> {
             let gs = g.storage();
-            let [dx, dw] = gs.conv2d_backward(&x.storage(), &wt.storage(), &s, &kept, [need[0], need[1]])?;
+            let x = x.as_ref().map(|x| x.storage());
+            let [dx, dw] = gs.conv2d_backward(x.as_deref(), &wt.storage(), &s, &kept, [need[0], need[1]])?;
             let mut grads = vec![
                 dx.map(|dx| Tensor::from_storage(dx, [n, c_in, h, w])).transpose()?,
                 dw.map(|dw| Tensor::from_storage(dw, [c_out, c_in, kh, kw])).transpose()?,

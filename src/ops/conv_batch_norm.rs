@@ -16,7 +16,7 @@
 //! [`Tensor::batch_norm_relu_train`].
 
 use super::batch_norm::{check_batch, check_params, forward_parts, BatchStats};
-use super::conv::{conv_keep, conv_spec};
+use super::conv::{conv_keep, conv_spec, kept_input_tensor};
 use super::{when, Grads};
 use crate::autograd::grad_enabled;
 use crate::backend::{ConvKeep, Nchw};
@@ -48,18 +48,19 @@ impl Tensor {
         let (y, mean, invstd, stats) = forward_parts(f, d.c)?;
         let y = Tensor::from_storage(y, [d.n, d.c, d.h, d.w])?;
         // beta is read by the backward only with the ReLU (its mask is recomputed from conv_out).
-        let (x, w, g_, b_) = (self.detach(), weight.detach(), gamma.detach(), beta.detach());
+        let (x, w, g_, b_) = (kept_input_tensor(self, weight, &kept), weight.detach(), gamma.detach(), beta.detach());
+        let x_shape = self.shape().clone();
         let op = if relu { "conv2d_batch_norm_relu" } else { "conv2d_batch_norm" };
         let y = y.record(op, &[self, weight, gamma, beta], move |g, need| -> Result<Grads> {
             let (g_, b_, mean, invstd) = (g_.storage(), b_.storage(), mean.storage(), invstd.storage());
             let b = conv_out.batch_norm_backward_for_conv(&g.storage(), &g_, &b_, &mean, &invstd, d, relu)?;
             let [dx, dw] = if need[0] || need[1] {
-                b.dx.conv2d_backward(&x.storage(), &w.storage(), &s, &kept, [need[0], need[1]])?
+                b.dx.conv2d_backward(x.as_ref().map(|x| x.storage()).as_deref(), &w.storage(), &s, &kept, [need[0], need[1]])?
             } else {
                 [None, None]
             };
             Ok(vec![
-                dx.map(|dx| Tensor::from_storage(dx, x.shape().clone())).transpose()?,
+                dx.map(|dx| Tensor::from_storage(dx, x_shape.clone())).transpose()?,
                 dw.map(|dw| Tensor::from_storage(dw, w.shape().clone())).transpose()?,
                 when(need[2], || Tensor::from_storage(b.dgamma, [d.c]))?,
                 when(need[3], || Tensor::from_storage(b.dbeta, [d.c]))?,

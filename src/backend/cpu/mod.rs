@@ -234,7 +234,7 @@ impl BackendStorage for CpuStorage {
     /// (`conv::with_bf16_mode`).
     type ConvGrad = CpuStorage;
 
-    fn conv2d_backward_from(dy: &Self, x: &Self, w: &Self, s: &ConvSpec, kept: &(), need: [bool; 2]) -> Result<[Option<Self>; 2]> {
+    fn conv2d_backward_from(dy: &Self, x: Option<&Self>, w: &Self, s: &ConvSpec, kept: &(), need: [bool; 2]) -> Result<[Option<Self>; 2]> {
         dy.conv2d_backward(x, w, s, kept, need)
     }
 

@@ -209,7 +209,19 @@ impl BackendStorage for CudaStorage {
         super::cudnn::conv2d_backward_weight(self, dy, s)
     }
 
-    fn conv2d_backward(&self, x: &Self, w: &Self, s: &ConvSpec, kept: &Self::ConvKept, need: [bool; 2]) -> Result<[Option<Self>; 2]> {
+    /// The NHWC bf16 copy of the input (the bf16 mode, when the forward pass kept it).
+    fn kept_input(kept: &Self::ConvKept) -> bool {
+        kept.input.is_some()
+    }
+
+    fn conv2d_backward(
+        &self,
+        x: Option<&Self>,
+        w: &Self,
+        s: &ConvSpec,
+        kept: &Self::ConvKept,
+        need: [bool; 2],
+    ) -> Result<[Option<Self>; 2]> {
         super::cudnn::conv2d_backward(self, x, w, s, kept, need)
     }
 
@@ -248,7 +260,7 @@ impl BackendStorage for CudaStorage {
 
     fn conv2d_backward_from(
         dy: &Self::ConvGrad,
-        x: &Self,
+        x: Option<&Self>,
         w: &Self,
         s: &ConvSpec,
         kept: &Self::ConvKept,

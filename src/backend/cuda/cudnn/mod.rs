@@ -548,10 +548,12 @@ pub fn conv2d_backward_weight(x: &CudaStorage, dy: &CudaStorage, s: &ConvSpec) -
 /// `[dx, dw]` where `need` asks for them: the values of [`conv2d_backward_input`] and
 /// [`conv2d_backward_weight`]. In the bf16 mode the operand copies come from `kept` where the
 /// forward pass kept them, and dy is cast once for both gradients: per layer and training
-/// step, one cast to bf16 where the separate calls make four (dy twice, w and x).
+/// step, one cast to bf16 where the separate calls make four (dy twice, w and x). `x` may be
+/// `None` where dw is not needed or `kept` holds its copy (which is then all that is read; if
+/// the bf16 mode was switched off since, the copy widened: x's values rounded to bf16).
 pub fn conv2d_backward(
     dy: &CudaStorage,
-    x: &CudaStorage,
+    x: Option<&CudaStorage>,
     w: &CudaStorage,
     s: &ConvSpec,
     kept: &KeptOperands,
@@ -566,7 +568,7 @@ pub fn conv2d_backward(
 /// to that copy.
 pub fn conv2d_backward_from_bf16(
     dy: &CudaBf16,
-    x: &CudaStorage,
+    x: Option<&CudaStorage>,
     w: &CudaStorage,
     s: &ConvSpec,
     kept: &KeptOperands,
@@ -577,7 +579,7 @@ pub fn conv2d_backward_from_bf16(
 
 fn backward(
     dy: Operand,
-    x: &CudaStorage,
+    x: Option<&CudaStorage>,
     w: &CudaStorage,
     s: &ConvSpec,
     kept: &KeptOperands,
@@ -593,7 +595,11 @@ fn backward(
         None
     };
     let dw = if need[1] {
-        let x = Operand::with_copy(x, kept.input.as_ref());
+        let x = match (x, kept.input.as_ref()) {
+            (Some(x), copy) => Operand::with_copy(x, copy),
+            (None, Some(copy)) => Operand::Bf16(copy),
+            (None, None) => return Err(crate::backend::missing_conv_input()),
+        };
         let dy = dy.or_copy(dy_copy.as_ref());
         Some(compute(Direction::BackwardFilter, s, x, dy, Form::F32)?.out.into_f32()?)
     } else {
