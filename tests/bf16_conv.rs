@@ -161,9 +161,13 @@ fn conv_input_is_not_kept(gpu: &Device) -> Result<()> {
         gpu.synchronize()?;
         let before = dev.memory_stats().current_bytes;
         drop(x);
-        let freed = before - dev.memory_stats().current_bytes;
+        let freed = before as i64 - dev.memory_stats().current_bytes as i64;
         if bf16 {
-            assert!(freed >= 4 * xv.len(), "bf16 mode: dropping the convolution's input freed {freed} bytes, not its {}", 4 * xv.len());
+            assert!(
+                freed >= 4 * xv.len() as i64,
+                "bf16 mode: dropping the convolution's input freed {freed} bytes, not its {}",
+                4 * xv.len()
+            );
         } else {
             assert_eq!(freed, 0, "fp32 mode: the convolution's input was freed, though its weight gradient reads it");
         }

@@ -261,7 +261,8 @@ fn fused_conv_batch_norm_is_the_composition() -> Result<()> {
 
 /// The bf16 mode switched off between the batch norm's backward (which handed the gradient over
 /// as its NHWC bf16 copy) and the convolution's: the convolution widens the copy and computes in
-/// f32, bit for bit the f32 computations on the widened gradient, no error.
+/// f32, bit for bit the f32 computations on the widened gradient, no error; given the input as
+/// its kept copy alone (as autograd gives it), the weight gradient is that of the input rounded.
 fn mode_switched_mid_backward(gpu: &Device) -> Result<()> {
     use hyperseg_engine::storage::Storage;
     let _saved = settings::save();
@@ -279,9 +280,15 @@ fn mode_switched_mid_backward(gpu: &Device) -> Result<()> {
     assert_eq!(handed.dtype(), DType::BF16);
     settings::set_bf16_conv(false);
     let [dx, dw] = handed.conv2d_backward(Some(&x), &w, &s, &kept, [true, true])?;
+    // As autograd calls it in the bf16 mode (the input's kept copy, no x): dw of x rounded.
+    let [_, dw_from_copy] = handed.conv2d_backward(None, &w, &s, &kept, [false, true])?;
     let g = up(&handed.to_host_f32(d)?)?;
     assert_bits(&dx.ok_or(Error::NoGraph)?.to_host_f32()?, &g.conv2d_backward_input(&w, &s)?.to_host_f32()?, "switched mode: dx");
     assert_bits(&dw.ok_or(Error::NoGraph)?.to_host_f32()?, &x.conv2d_backward_weight(&g, &s)?.to_host_f32()?, "switched mode: dw");
+    let dw = dw_from_copy;
+    let x_rounded = up(&ops[0].iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect::<Vec<f32>>())?;
+    let want = x_rounded.conv2d_backward_weight(&g, &s)?.to_host_f32()?;
+    assert_bits(&dw.ok_or(Error::NoGraph)?.to_host_f32()?, &want, "switched mode: dw from the kept copy of x");
     Ok(())
 }
 

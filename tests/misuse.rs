@@ -103,3 +103,23 @@ fn non_finite_flags_nan_and_infinity_across_tensors() {
     assert!(non_finite(&[&t(with_inf), &b]).unwrap().to_scalar().unwrap().is_nan());
     assert!(matches!(non_finite(&[]), Err(Error::BadShape { .. })));
 }
+
+/// A convolution's backward without its input: the weight gradient, with nothing kept that
+/// replaces the input (always so on the CPU), is an error naming the missing input; the input
+/// gradient alone needs no input.
+#[test]
+fn a_weight_gradient_without_the_input_is_an_error() {
+    use hyperseg_engine::backend::{ConvKeep, ConvSpec};
+    use hyperseg_engine::storage::Storage;
+    let dev = Device::Cpu;
+    let s = ConvSpec { n: 1, c_in: 2, h: 4, w: 4, c_out: 3, kh: 3, kw: 3, stride: 1, pad: 1 };
+    let x = Storage::from_vec(&dev, (0..32).map(|i| i as f32 * 0.1).collect()).unwrap();
+    let w = Storage::from_vec(&dev, (0..54).map(|i| i as f32 * 0.01 - 0.2).collect()).unwrap();
+    let (y, kept) = x.conv2d_keeping(&w, &s, ConvKeep { input: true, weight: true }).unwrap();
+    assert!(!kept.holds_input(), "the CPU keeps no copy of the input");
+    let err = y.conv2d_backward(None, &w, &s, &kept, [false, true]).err().expect("dw without x");
+    assert!(matches!(err, Error::InvalidValue { name: "conv2d_backward", .. }), "{err}");
+    assert!(err.to_string().contains("input"), "{err}");
+    let [dx, dw] = y.conv2d_backward(None, &w, &s, &kept, [true, false]).unwrap();
+    assert!(dx.is_some() && dw.is_none());
+}

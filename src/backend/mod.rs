@@ -370,7 +370,10 @@ pub trait BackendStorage: Sized + Send + Sync {
     /// `x` may be `None` where the weight gradient is not needed or `kept` holds the input
     /// ([`kept_input`](Self::kept_input)). The values are those of
     /// [`conv2d_backward_input`](Self::conv2d_backward_input) and
-    /// [`conv2d_backward_weight`](Self::conv2d_backward_weight), which this default calls.
+    /// [`conv2d_backward_weight`](Self::conv2d_backward_weight), which this default calls; from
+    /// the kept copy alone, those of the input as that copy holds it (in the CUDA bf16 mode, the
+    /// input rounded to bf16: what the bf16 weight gradient reads anyway, and what an f32 one
+    /// reads if the mode was switched off since the forward pass).
     fn conv2d_backward(
         &self,
         x: Option<&Self>,

@@ -99,4 +99,23 @@ mod tests {
             assert!((rv - (0.9 + 0.1 * unbiased)).abs() < 1e-6, "running var {rv} vs {}", 0.9 + 0.1 * unbiased);
         }
     }
+
+    /// An eval-mode forward's gradient uses the running statistics of its forward pass, even
+    /// when a training step updates them in place before the backward pass.
+    #[test]
+    fn eval_backward_uses_the_statistics_of_its_forward() {
+        let dev = Device::Cpu;
+        let bn = BatchNorm2d::new(2, &dev).unwrap();
+        let x = Tensor::from_vec((0..12).map(|i| i as f32 * 0.3 - 1.0).collect(), [2, 2, 3, 1], &dev).unwrap().to_variable().unwrap();
+        // Running mean 0 and variance 1: d(sum y)/dx = gamma / sqrt(1 + eps) = 1 / sqrt(1 + eps).
+        let y = bn.forward(&x, false).unwrap();
+        let batch: Vec<f32> = (0..12).map(|i| (i * 5 % 7) as f32 * 2.0).collect();
+        bn.forward(&Tensor::from_vec(batch, [2, 2, 3, 1], &dev).unwrap(), true).unwrap();
+        assert!(bn.running_var.to_vec().unwrap()[0] > 1.5, "the training step did not move the running variance");
+        y.sum_all().unwrap().backward().unwrap();
+        let want = 1.0 / (1.0f32 + bn.eps).sqrt();
+        for g in x.grad().unwrap().to_vec().unwrap() {
+            assert!((g - want).abs() < 1e-6, "gradient {g}, not {want}: the backward read the updated statistics");
+        }
+    }
 }

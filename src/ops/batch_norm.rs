@@ -3,6 +3,7 @@
 //! when asked).
 
 use super::{when, Grads};
+use crate::autograd::grad_enabled;
 use crate::backend::{BatchNormForward, Nchw};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -124,8 +125,16 @@ impl Tensor {
             storage.batch_norm_eval(&gamma.storage(), &beta.storage(), &running_mean.storage(), &running_var.storage(), d, eps, relu)?;
         drop(storage);
         let y = Tensor::from_storage(y, self.shape().clone())?;
+        if !(grad_enabled() && [self, gamma, beta].iter().any(|t| t.requires_grad())) {
+            return Ok(y);
+        }
+        // What the backward reads, taken now: the running statistics are updated in place by
+        // later training steps. Its scale is `gamma / sqrt(var + eps)` in f32 (the forward's
+        // invstd is formed in f64: they differ by an ulp at most).
+        let (std, neg_mean) = (running_var.affine(1.0, eps)?.sqrt()?, running_mean.neg()?);
         let out = relu.then(|| y.detach());
-        let (x, g_, mean, var) = (self.detach(), gamma.detach(), running_mean.detach(), running_var.detach());
+        let x = gamma.requires_grad().then(|| self.detach());
+        let g_ = gamma.detach();
         let op = if relu { "batch_norm_relu_eval" } else { "batch_norm_eval" };
         Ok(y.record(op, &[self, gamma, beta], move |g, need| -> Result<Grads> {
             // With the ReLU, the gradient where the output was not > 0 is 0.
@@ -133,10 +142,12 @@ impl Tensor {
                 Some(y) => Tensor::from_storage(y.storage().relu_backward(&g.storage())?, g.shape().clone())?,
                 None => g.clone(),
             };
-            let std = var.affine(1.0, eps)?.sqrt()?;
             Ok(vec![
                 when(need[0], || g.mul_channels(&g_.div(&std)?))?,
-                when(need[1], || g.mul(&x.add_channels(&mean.neg()?)?)?.sum_channels()?.div(&std))?,
+                when(need[1], || {
+                    let x = x.as_ref().ok_or(Error::NoGraph)?;
+                    g.mul(&x.add_channels(&neg_mean)?)?.sum_channels()?.div(&std)
+                })?,
                 when(need[2], || g.sum_channels())?,
             ])
         }))
