@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::autograd::{grad_enabled, BackwardFn, Input, Node};
+use crate::autograd::{records, BackwardFn, Input, Node};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -159,7 +159,7 @@ impl Tensor {
         inputs: &[&Tensor],
         backward: impl Fn(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
     ) -> Tensor {
-        let track = grad_enabled() && inputs.iter().any(|t| t.requires_grad());
+        let track = records(inputs);
         if !track {
             return self;
         }

@@ -66,6 +66,12 @@ pub fn grad_enabled() -> bool {
     GRAD_ENABLED.with(|g| g.get())
 }
 
+/// Whether an op on `inputs` records its backward now: in grad mode, when one of them
+/// [requires a gradient](crate::Tensor::requires_grad).
+pub fn records(inputs: &[&Tensor]) -> bool {
+    grad_enabled() && inputs.iter().any(|t| t.requires_grad())
+}
+
 /// Disables recording on this thread until dropped (restoring the previous mode).
 pub struct NoGradGuard {
     previous: bool,

@@ -3,7 +3,7 @@
 //! when asked).
 
 use super::{when, Grads};
-use crate::autograd::grad_enabled;
+use crate::autograd::records;
 use crate::backend::{BatchNormForward, Nchw};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -125,7 +125,7 @@ impl Tensor {
             storage.batch_norm_eval(&gamma.storage(), &beta.storage(), &running_mean.storage(), &running_var.storage(), d, eps, relu)?;
         drop(storage);
         let y = Tensor::from_storage(y, self.shape().clone())?;
-        if !(grad_enabled() && [self, gamma, beta].iter().any(|t| t.requires_grad())) {
+        if !records(&[self, gamma, beta]) {
             return Ok(y);
         }
         // What the backward reads, taken now: the running statistics are updated in place by

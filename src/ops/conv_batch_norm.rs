@@ -18,7 +18,7 @@
 use super::batch_norm::{check_batch, check_params, forward_parts, BatchStats};
 use super::conv::{conv_keep, conv_spec, kept_input_tensor};
 use super::{when, Grads};
-use crate::autograd::grad_enabled;
+use crate::autograd::records;
 use crate::backend::{ConvKeep, Nchw};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -89,8 +89,7 @@ impl Tensor {
         eps: f32,
         relu: bool,
     ) -> Result<Tensor> {
-        let recorded = grad_enabled() && [self, weight, gamma, beta].iter().any(|t| t.requires_grad());
-        if recorded {
+        if records(&[self, weight, gamma, beta]) {
             return self.conv2d(weight, None, stride, pad)?.batch_norm_eval_impl(gamma, beta, running_mean, running_var, eps, relu);
         }
         let s = conv_spec(self, weight, stride, pad)?;

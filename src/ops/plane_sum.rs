@@ -1,7 +1,7 @@
 //! The factored dense path's fused first layer: pixel-major per-tap planes, bilinearly
 //! sampled at pixels, summed, plus the bias, through ReLU. Inference only.
 
-use crate::autograd::grad_enabled;
+use crate::autograd::records;
 use crate::backend::{PlaneSumSpec, SamplePoint};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -19,7 +19,7 @@ use crate::tensor::Tensor;
 pub fn upsample_sum_bias_relu(planes: &[&Tensor], bias: &Tensor, points: &[SamplePoint], in_h: usize, in_w: usize) -> Result<Tensor> {
     const OP: &str = "upsample_sum_bias_relu";
     let first = planes.first().ok_or_else(|| Error::bad_shape(OP, "no planes given"))?;
-    if grad_enabled() && (bias.requires_grad() || planes.iter().any(|p| p.requires_grad())) {
+    if records(&[&[bias], planes].concat()) {
         return Err(Error::InvalidValue {
             name: OP,
             msg: "it has no backward (inference only): call it under no_grad or on detached tensors".into(),
