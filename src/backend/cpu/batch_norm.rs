@@ -36,7 +36,7 @@ pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32, 
             let sq: f64 = planes(d, c).map(|r| x[r].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum();
             let var = sq / count;
             let unbiased = if count > 1.0 { sq / (count - 1.0) } else { var };
-            (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32, unbiased as f32)
+            (mean as f32, invstd(var, eps), unbiased as f32)
         })
         .collect();
     let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
@@ -63,10 +63,15 @@ pub fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &
     y
 }
 
-/// Eval mode's `invstd` of each channel from its running variance: `1 / sqrt(var + eps)` in
-/// f64, rounded once, as [`forward_train`] forms the batch's.
+/// `1 / sqrt(var + eps)` in f64, rounded once to f32: a channel's invstd in both modes.
+fn invstd(var: f64, eps: f32) -> f32 {
+    (1.0 / (var + eps as f64).sqrt()) as f32
+}
+
+/// Eval mode's `invstd` of each channel from its running variance, formed as [`forward_train`]
+/// forms the batch's.
 pub fn eval_invstd(running_var: &[f32], eps: f32) -> Vec<f32> {
-    running_var.iter().map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32).collect()
+    running_var.iter().map(|&v| invstd(v as f64, eps)).collect()
 }
 
 /// Eval-mode batch norm: [`normalize`] with the running mean and [`eval_invstd`] of the
