@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use hyperseg_engine::backend::{ConvSpec, GemmSpec};
 use hyperseg_engine::storage::Storage;
 use hyperseg_engine::Device;
@@ -62,4 +62,9 @@ criterion_group! {
     config = config();
     targets = gemm, conv
 }
-criterion_main!(cpu);
+fn main() {
+    // As the command-line tool does: the parallel regions start on this thread.
+    hyperseg_engine::use_calling_thread();
+    cpu();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -12,6 +12,8 @@ use hyperseg_engine::train::{bundled_sample, evaluate, train, Silent, TrainOptio
 use hyperseg_engine::Device;
 
 fn main() -> hyperseg_engine::Result<()> {
+    // On the CPU, the engine's parallel regions start on this thread instead of waking a pool thread.
+    hyperseg_engine::use_calling_thread();
     let (device, why) = Device::best_available();
     println!("{why}");
     let (train_dir, val_dir) = bundled_sample();

@@ -33,6 +33,7 @@ pub mod tensor;
 pub mod train;
 
 pub use autograd::{no_grad, NoGradGuard};
+pub use backend::cpu::use_calling_thread;
 pub use backend::SamplePoint;
 pub use device::Device;
 pub use dtype::DType;

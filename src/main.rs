@@ -9,6 +9,8 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
+    // The CPU backend's parallel regions start on this thread (see use_calling_thread).
+    hyperseg_engine::use_calling_thread();
     if let Err(e) = cli::run(args) {
         eprintln!("error: {e}");
         std::process::exit(1);

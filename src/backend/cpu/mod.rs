@@ -14,10 +14,12 @@ mod gemm;
 mod loss;
 mod pool;
 pub(crate) mod resample;
+mod threads;
 
 pub use conv::{col2im, im2col};
 pub use elementwise::{keep_threshold, relu};
 pub use gemm::gemm_f32;
+pub use threads::use_calling_thread;
 
 use crate::backend::*;
 use crate::dtype::DType;
