@@ -3,6 +3,8 @@
 //! the im2col copy (the image already is the column matrix). [`with_bf16_mode`] adds the bf16
 //! convolution mode's roundings.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::gemm::{gemm_f32, round_to_bf16};
@@ -27,7 +29,7 @@ fn is_pointwise(s: &ConvSpec) -> bool {
 
 /// The outputs `o` of `0..n_out` whose input `o * stride + k - pad` falls inside `0..n_in`: a
 /// range, since that input grows with `o` (stride >= 1).
-fn inside(n_out: usize, k: usize, stride: usize, pad: usize, n_in: usize) -> std::ops::Range<usize> {
+fn inside(n_out: usize, k: usize, stride: usize, pad: usize, n_in: usize) -> Range<usize> {
     let lo = pad.saturating_sub(k).div_ceil(stride);
     let hi = (n_in + pad).saturating_sub(k).div_ceil(stride).min(n_out);
     lo.min(hi)..hi
@@ -38,12 +40,18 @@ fn inside(n_out: usize, k: usize, stride: usize, pad: usize, n_in: usize) -> std
 /// stride 1).
 pub fn im2col(x: &[f32], s: &ConvSpec, col: &mut [f32]) {
     let (oh, ow) = (s.out_h(), s.out_w());
+    let same_width = s.stride == 1 && ow == s.w;
     col.par_chunks_mut(oh * ow).enumerate().for_each(|(row, out)| {
         let c = row / (s.kh * s.kw);
         let ky = (row / s.kw) % s.kh;
         let kx = row % s.kw;
         let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
         let (rows, cols) = (inside(oh, ky, s.stride, s.pad, s.h), inside(ow, kx, s.stride, s.pad, s.w));
+        if same_width {
+            let shift = (ky as isize - s.pad as isize) * s.w as isize + kx as isize - s.pad as isize;
+            unfold_tap_same_width(plane, s.w, rows, cols, shift, out);
+            return;
+        }
         for oy in 0..oh {
             let dst = &mut out[oy * ow..(oy + 1) * ow];
             if !rows.contains(&oy) {
@@ -69,6 +77,29 @@ pub fn im2col(x: &[f32], s: &ConvSpec, col: &mut [f32]) {
     });
 }
 
+/// One tap's row of [`im2col`] for a stride-1 convolution whose output is as wide as its input
+/// (`kw = 2*pad + 1`: every VGG layer), where output pixel `i` reads input pixel `i + shift`.
+/// The inside (`rows` x `cols`) is one copy of the plane from its first to its last pixel;
+/// the pixels in between that wrapped around to a neighbouring row, and the padding rows, are
+/// then zeroed. Deep layers' rows are a few pixels wide, so this is far fewer copies than one
+/// per row.
+fn unfold_tap_same_width(plane: &[f32], w: usize, rows: Range<usize>, cols: Range<usize>, shift: isize, out: &mut [f32]) {
+    if rows.is_empty() || cols.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    out[..rows.start * w].fill(0.0);
+    out[rows.end * w..].fill(0.0);
+    let (first, last) = (rows.start * w + cols.start, (rows.end - 1) * w + cols.end);
+    let from = first.wrapping_add_signed(shift);
+    out[first..last].copy_from_slice(&plane[from..from + (last - first)]);
+    for ox in (0..cols.start).chain(cols.end..w) {
+        for v in out[rows.start * w + ox..rows.end * w].iter_mut().step_by(w) {
+            *v = 0.0;
+        }
+    }
+}
+
 /// Folds columns `[c_in*kh*kw, out_h*out_w]` back into one image `[c_in, h, w]`, summing
 /// overlaps (in the order of the kernel's taps, as [`im2col`] lays them out).
 pub fn col2im(col: &[f32], s: &ConvSpec, x: &mut [f32]) {
@@ -88,8 +119,14 @@ pub fn col2im(col: &[f32], s: &ConvSpec, x: &mut [f32]) {
                 let row = &mut plane[iy * s.w..(iy + 1) * s.w];
                 let first = cols.start * s.stride + kx - s.pad;
                 let from = &src[oy * ow + cols.start..oy * ow + cols.end];
-                for (d, &v) in row[first..].iter_mut().step_by(s.stride).zip(from) {
-                    *d += v;
+                if s.stride == 1 {
+                    for (d, &v) in row[first..first + from.len()].iter_mut().zip(from) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, &v) in row[first..].iter_mut().step_by(s.stride).zip(from) {
+                        *d += v;
+                    }
                 }
             }
         }
@@ -200,8 +237,10 @@ mod tests {
 
     /// Kernels, strides and paddings of the model and around it: 3x3 pad 1, 1x1, 7x7 pad 3 on
     /// a smaller image (fc6), padding wider than the kernel reaches, strides 2 and 3, odd sizes,
-    /// a 1x1 image with pad 2 and stride 2 (the middle tap reads only padding).
-    const SPECS: [(usize, usize, usize, usize, usize, usize); 9] = [
+    /// a 1x1 image with pad 2 and stride 2 (the middle tap reads only padding), and "same"
+    /// stride-1 convolutions (output as wide as the input, im2col's one-copy path) on images
+    /// narrower than the kernel, one pixel wide, or a single pixel.
+    const SPECS: [(usize, usize, usize, usize, usize, usize); 13] = [
         (3, 9, 7, 3, 1, 1),
         (2, 5, 5, 1, 1, 0),
         (2, 3, 3, 7, 1, 3),
@@ -211,6 +250,10 @@ mod tests {
         (1, 7, 7, 2, 2, 0),
         (3, 1, 6, 3, 1, 1),
         (1, 1, 1, 3, 2, 2),
+        (2, 4, 6, 5, 1, 2),
+        (2, 6, 2, 5, 1, 2),
+        (1, 2, 1, 3, 1, 1),
+        (1, 1, 1, 3, 1, 1),
     ];
 
     #[test]
