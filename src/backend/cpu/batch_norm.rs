@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::buffer::filled_by_chunks;
 use crate::backend::Nchw;
 
 pub struct Forward {
@@ -51,16 +52,14 @@ pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32, 
 /// with it, bit for bit.
 pub fn normalize(x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32], d: Nchw, relu: bool) -> Vec<f32> {
     let hw = d.h * d.w;
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, out)| {
+    filled_by_chunks(x.len(), hw, |plane, out| {
         let c = plane % d.c;
         let (m, is, g, b) = (mean[c], invstd[c], gamma[c], beta[c]);
         for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
             let y = g * (v - m) * is + b;
             *o = if relu { super::relu(y) } else { y };
         }
-    });
-    y
+    })
 }
 
 /// `1 / sqrt(var + eps)` in f64, rounded once to f32: a channel's invstd in both modes.
@@ -109,8 +108,7 @@ pub fn backward(x: &[f32], dy: &[f32], gamma: &[f32], mean: &[f32], invstd: &[f3
         })
         .collect();
     let hw = d.h * d.w;
-    let mut dx = vec![0.0; x.len()];
-    dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, out)| {
+    let dx = filled_by_chunks(x.len(), hw, |plane, out| {
         let c = plane % d.c;
         let (sdy, sdyx) = sums[c];
         let (m, is, g) = (mean[c] as f64, invstd[c] as f64, gamma[c] as f64);

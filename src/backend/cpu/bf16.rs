@@ -79,7 +79,7 @@ pub fn bias_relu_assign(y: &mut [bf16], b: &[f32]) {
 /// `op(A) op(B)` of two bf16 matrices, accumulated in f32 (as cuBLAS with
 /// `CUBLAS_COMPUTE_32F`), f32 result; the caller rounds it when the output is bf16.
 pub fn gemm(a: &[bf16], b: &[bf16], g: GemmSpec) -> Vec<f32> {
-    let mut c = vec![0.0; g.m * g.n];
+    let mut c = super::buffer::zeros(g.m * g.n);
     gemm_f32(&to_f32(a), &to_f32(b), &mut c, g, 0.0);
     c
 }

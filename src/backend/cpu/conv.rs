@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::buffer::zeros;
 use super::gemm::{gemm_f32, round_to_bf16};
 use crate::backend::{ConvSpec, GemmSpec};
 
@@ -136,8 +137,8 @@ pub fn col2im(col: &[f32], s: &ConvSpec, x: &mut [f32]) {
 /// `y[n] = W * im2col(x[n])`: `[n, c_out, out_h, out_w]`.
 pub fn forward(x: &[f32], w: &[f32], s: &ConvSpec) -> Vec<f32> {
     let (ohw, kdim, in_len) = (s.out_h() * s.out_w(), s.c_in * s.kh * s.kw, s.c_in * s.h * s.w);
-    let mut y = vec![0.0; s.n * s.c_out * ohw];
-    let mut col = if is_pointwise(s) { Vec::new() } else { vec![0.0; kdim * ohw] };
+    let mut y = zeros(s.n * s.c_out * ohw);
+    let mut col = if is_pointwise(s) { Vec::new() } else { zeros(kdim * ohw) };
     let g = GemmSpec { m: s.c_out, n: ohw, k: kdim, trans_a: false, trans_b: false };
     for (img, out) in y.chunks_mut(s.c_out * ohw).enumerate() {
         let xi = &x[img * in_len..(img + 1) * in_len];
@@ -154,8 +155,8 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvSpec) -> Vec<f32> {
 /// `dx[n] = col2im(W^T * dy[n])`.
 pub fn backward_input(dy: &[f32], w: &[f32], s: &ConvSpec) -> Vec<f32> {
     let (ohw, kdim, in_len) = (s.out_h() * s.out_w(), s.c_in * s.kh * s.kw, s.c_in * s.h * s.w);
-    let mut dx = vec![0.0; s.n * in_len];
-    let mut col = vec![0.0; kdim * ohw];
+    let mut dx = zeros(s.n * in_len);
+    let mut col = zeros(kdim * ohw);
     let g = GemmSpec { m: kdim, n: ohw, k: s.c_out, trans_a: true, trans_b: false };
     for (img, out) in dx.chunks_mut(in_len).enumerate() {
         let dyi = &dy[img * s.c_out * ohw..(img + 1) * s.c_out * ohw];
@@ -173,7 +174,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], s: &ConvSpec) -> Vec<f32> {
 pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvSpec) -> Vec<f32> {
     let (ohw, kdim, in_len) = (s.out_h() * s.out_w(), s.c_in * s.kh * s.kw, s.c_in * s.h * s.w);
     let mut dw = vec![0.0; s.c_out * kdim];
-    let mut col = if is_pointwise(s) { Vec::new() } else { vec![0.0; kdim * ohw] };
+    let mut col = if is_pointwise(s) { Vec::new() } else { zeros(kdim * ohw) };
     let g = GemmSpec { m: s.c_out, n: kdim, k: ohw, trans_a: false, trans_b: true };
     for img in 0..s.n {
         let xi = &x[img * in_len..(img + 1) * in_len];

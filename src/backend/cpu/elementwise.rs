@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::buffer::filled_by_chunks;
 use crate::backend::{hash_u32, BinaryOp, BlockCopy, BroadcastSpec, UnaryOp};
 
 /// Below this many elements a loop is cheaper than waking rayon's threads.
@@ -118,15 +119,13 @@ pub fn sum(x: &[f32]) -> f32 {
 
 /// `out[o, m, i] = f(x[o, m, i], v[m])`.
 pub fn broadcast(x: &[f32], v: &[f32], s: BroadcastSpec, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
     let inner = s.inner.max(1);
-    out.par_chunks_mut(inner).zip(x.par_chunks(inner)).enumerate().for_each(|(row, (o, xs))| {
+    filled_by_chunks(x.len(), inner, |row, o| {
         let b = v[row % s.mid];
-        for (d, &a) in o.iter_mut().zip(xs) {
+        for (d, &a) in o.iter_mut().zip(&x[row * inner..]) {
             *d = f(a, b);
         }
-    });
-    out
+    })
 }
 
 /// `out[m] = sum over o, i of x[o, m, i]`, accumulated in f64.

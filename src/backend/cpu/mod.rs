@@ -8,6 +8,7 @@
 mod adam;
 mod batch_norm;
 pub mod bf16;
+mod buffer;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -142,7 +143,7 @@ impl BackendStorage for CpuStorage {
     fn gemm(&self, b: &Self, g: GemmSpec) -> Result<Self> {
         check_len("matmul", "lhs", self.len(), g.m * g.k)?;
         check_len("matmul", "rhs", b.len(), g.k * g.n)?;
-        let mut c = vec![0.0; g.m * g.n];
+        let mut c = buffer::zeros(g.m * g.n);
         if crate::settings::bf16_gemm() {
             let (a, b) = (gemm::round_to_bf16(self.as_f32()), gemm::round_to_bf16(b.as_f32()));
             gemm::gemm_f32(&a, &b, &mut c, g, 0.0);

@@ -2,8 +2,7 @@
 //! for the CUDA pooling kernels. The backward routes each window's gradient to its first
 //! maximum in row-major order, recomputed from the input (no index buffer is kept).
 
-use rayon::prelude::*;
-
+use super::buffer::filled_by_chunks;
 use crate::backend::Nchw;
 
 /// Row-major offset inside the window (0..4) of the window's first maximum.
@@ -26,11 +25,10 @@ fn window(plane: &[f32], w: usize, oy: usize, ox: usize) -> [f32; 4] {
 
 pub fn max_pool2x2(x: &[f32], d: Nchw) -> Vec<f32> {
     let (oh, ow) = (d.h / 2, d.w / 2);
-    let mut y = vec![0.0; d.n * d.c * oh * ow];
     if oh * ow == 0 {
-        return y;
+        return Vec::new();
     }
-    y.par_chunks_mut(oh * ow).enumerate().for_each(|(p, out)| {
+    filled_by_chunks(d.n * d.c * oh * ow, oh * ow, |p, out| {
         let plane = &x[p * d.h * d.w..(p + 1) * d.h * d.w];
         for oy in 0..oh {
             for ox in 0..ow {
@@ -38,17 +36,15 @@ pub fn max_pool2x2(x: &[f32], d: Nchw) -> Vec<f32> {
                 out[oy * ow + ox] = v[argmax4(v)];
             }
         }
-    });
-    y
+    })
 }
 
 pub fn max_pool2x2_backward(x: &[f32], dy: &[f32], d: Nchw) -> Vec<f32> {
     let (oh, ow) = (d.h / 2, d.w / 2);
-    let mut dx = vec![0.0; x.len()];
     if oh * ow == 0 {
-        return dx;
+        return vec![0.0; x.len()];
     }
-    dx.par_chunks_mut(d.h * d.w).enumerate().for_each(|(p, out)| {
+    filled_by_chunks(x.len(), d.h * d.w, |p, out| {
         let plane = &x[p * d.h * d.w..(p + 1) * d.h * d.w];
         let g = &dy[p * oh * ow..(p + 1) * oh * ow];
         for oy in 0..oh {
@@ -57,6 +53,5 @@ pub fn max_pool2x2_backward(x: &[f32], dy: &[f32], d: Nchw) -> Vec<f32> {
                 out[(2 * oy + a / 2) * d.w + 2 * ox + a % 2] += g[oy * ow + ox];
             }
         }
-    });
-    dx
+    })
 }

@@ -2,8 +2,7 @@
 //! dense upsampling forward and backward, and the sparse hypercolumn gather forward and its
 //! backward scatter. The CPU reference for `kernels/upsample.ptx` and `kernels/gather.ptx`.
 
-use rayon::prelude::*;
-
+use super::buffer::filled_by_chunks;
 use crate::backend::{GatherSpec, Nchw, PlaneSumSpec, SamplePoint};
 use crate::error::{Error, Result};
 
@@ -37,11 +36,10 @@ fn axis(in_len: usize, out_len: usize) -> Vec<Lerp> {
 
 pub fn upsample_forward(x: &[f32], d: Nchw, out_h: usize, out_w: usize) -> Vec<f32> {
     let (ly, lx) = (axis(d.h, out_h), axis(d.w, out_w));
-    let mut y = vec![0.0; d.n * d.c * out_h * out_w];
     if out_h * out_w == 0 {
-        return y;
+        return Vec::new();
     }
-    y.par_chunks_mut(out_h * out_w).enumerate().for_each(|(p, out)| {
+    filled_by_chunks(d.n * d.c * out_h * out_w, out_h * out_w, |p, out| {
         let plane = &x[p * d.h * d.w..(p + 1) * d.h * d.w];
         for (oy, a) in ly.iter().enumerate() {
             let (r0, r1) = (&plane[a.i0 * d.w..(a.i0 + 1) * d.w], &plane[a.i1 * d.w..(a.i1 + 1) * d.w]);
@@ -49,17 +47,15 @@ pub fn upsample_forward(x: &[f32], d: Nchw, out_h: usize, out_w: usize) -> Vec<f
                 out[oy * out_w + ox] = a.w0 * (b.w0 * r0[b.i0] + b.w1 * r0[b.i1]) + a.w1 * (b.w0 * r1[b.i0] + b.w1 * r1[b.i1]);
             }
         }
-    });
-    y
+    })
 }
 
 pub fn upsample_backward(dy: &[f32], d: Nchw, out_h: usize, out_w: usize) -> Vec<f32> {
     let (ly, lx) = (axis(d.h, out_h), axis(d.w, out_w));
-    let mut dx = vec![0.0; d.len()];
     if d.h * d.w == 0 {
-        return dx;
+        return vec![0.0; d.len()];
     }
-    dx.par_chunks_mut(d.h * d.w).enumerate().for_each(|(p, plane)| {
+    filled_by_chunks(d.len(), d.h * d.w, |p, plane| {
         let g = &dy[p * out_h * out_w..(p + 1) * out_h * out_w];
         for (oy, a) in ly.iter().enumerate() {
             for (ox, b) in lx.iter().enumerate() {
@@ -70,8 +66,7 @@ pub fn upsample_backward(dy: &[f32], d: Nchw, out_h: usize, out_w: usize) -> Vec
                 plane[a.i1 * d.w + b.i1] += a.w1 * b.w1 * v;
             }
         }
-    });
-    dx
+    })
 }
 
 /// Checks tap lengths and point coordinates against a gather spec.
@@ -102,11 +97,11 @@ pub fn point_weights(p: &SamplePoint, h: usize, w: usize, in_h: usize, in_w: usi
 /// `[points, total_channels]`: row `p` holds every tap bilinearly sampled at point `p`.
 pub fn gather_forward(taps: &[&[f32]], points: &[SamplePoint], g: &GatherSpec) -> Vec<f32> {
     let ctot = g.total_channels();
-    let mut out = vec![0.0; points.len() * ctot];
     if ctot == 0 {
-        return out;
+        return Vec::new();
     }
-    out.par_chunks_mut(ctot).zip(points).for_each(|(row, p)| {
+    filled_by_chunks(points.len() * ctot, ctot, |i, row| {
+        let p = &points[i];
         let mut col = 0;
         for (tap, &(c, h, w)) in taps.iter().zip(&g.taps) {
             let wts = point_weights(p, h, w, g.in_h, g.in_w);
@@ -117,8 +112,7 @@ pub fn gather_forward(taps: &[&[f32]], points: &[SamplePoint], g: &GatherSpec) -
             }
             col += c;
         }
-    });
-    out
+    })
 }
 
 /// `[points, cols]`: `relu(bias + sum_i z_i)`, `z_i` being pixel-major plane `i`
@@ -139,11 +133,11 @@ pub(crate) fn plane_sum_with<T: Copy + Sync>(
     widen: impl Fn(T) -> f32 + Sync,
 ) -> Vec<f32> {
     let cols = s.cols;
-    let mut out = vec![0.0; points.len() * cols];
     if cols == 0 {
-        return out;
+        return Vec::new();
     }
-    out.par_chunks_mut(cols).zip(points).for_each(|(row, p)| {
+    filled_by_chunks(points.len() * cols, cols, |i, row| {
+        let p = &points[i];
         for (i, (plane, &(h, w))) in planes.iter().zip(&s.planes).enumerate() {
             let img = &plane[p.image as usize * h * w * cols..(p.image as usize + 1) * h * w * cols];
             let [(o0, w0), (o1, w1), (o2, w2), (o3, w3)] = point_weights(p, h, w, s.in_h, s.in_w);
@@ -159,8 +153,7 @@ pub(crate) fn plane_sum_with<T: Copy + Sync>(
         for (v, &b) in row.iter_mut().zip(bias) {
             *v = super::relu(*v + b);
         }
-    });
-    out
+    })
 }
 
 /// One gradient per tap: each point's row scattered back with the forward's weights, points
@@ -177,9 +170,8 @@ pub fn gather_backward(grad: &[f32], points: &[SamplePoint], g: &GatherSpec) -> 
         }
     }
     for &(c, h, w) in &g.taps {
-        let mut dtap = vec![0.0; g.n * c * h * w];
         let wts: Vec<[(usize, f32); 4]> = points.iter().map(|p| point_weights(p, h, w, g.in_h, g.in_w)).collect();
-        dtap.par_chunks_mut(h * w).enumerate().for_each(|(plane_idx, plane)| {
+        let dtap = filled_by_chunks(g.n * c * h * w, h * w, |plane_idx, plane| {
             let (img, ch) = (plane_idx / c, plane_idx % c);
             for &pi in &by_image[img] {
                 let v = grad[pi * ctot + col + ch];
