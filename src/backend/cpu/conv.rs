@@ -8,7 +8,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::buffer::zeros;
-use super::gemm::{gemm_f32, round_to_bf16};
+use super::gemm::{gemm_f32, gemm_f32_strided_serial, round_to_bf16};
 use crate::backend::{ConvSpec, GemmSpec};
 
 /// Runs one convolution computation `f` on its two operands, with the bf16 convolution mode's
@@ -175,19 +175,55 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvSpec) -> Vec<f32> {
     let (ohw, kdim, in_len) = (s.out_h() * s.out_w(), s.c_in * s.kh * s.kw, s.c_in * s.h * s.w);
     let mut dw = vec![0.0; s.c_out * kdim];
     let mut col = if is_pointwise(s) { Vec::new() } else { zeros(kdim * ohw) };
-    let g = GemmSpec { m: s.c_out, n: kdim, k: ohw, trans_a: false, trans_b: true };
     for img in 0..s.n {
         let xi = &x[img * in_len..(img + 1) * in_len];
         let dyi = &dy[img * s.c_out * ohw..(img + 1) * s.c_out * ohw];
-        let beta = if img == 0 { 0.0 } else { 1.0 };
         if is_pointwise(s) {
-            gemm_f32(dyi, xi, &mut dw, g, beta);
+            add_weight_grad(&mut dw, dyi, xi, s, img == 0);
         } else {
             im2col(xi, s, &mut col);
-            gemm_f32(dyi, &col, &mut dw, g, beta);
+            add_weight_grad(&mut dw, dyi, &col, s, img == 0);
         }
     }
     dw
+}
+
+/// Pixels per piece of a pieced weight gradient ([`add_weight_grad`]).
+const PIECE_PIXELS: usize = 512;
+/// The largest weight gradient (in floats) that is computed in pieces: the gemm crate spreads
+/// a GEMM over threads by its output only, and runs one this small on one thread however long
+/// its sum.
+const PIECED_MAX_OUTPUT: usize = 4096;
+
+/// Adds one image's term of the weight gradient, `dy_i * col_i^T` (`dy_i` `[c_out, out_hw]`,
+/// `col_i` `[c_in*kh*kw, out_hw]`), to `dw`, or writes it there when `first`. A small gradient
+/// of many pixels (the first layers') is summed in pieces of [`PIECE_PIXELS`] pixels, one GEMM
+/// each on all threads, then added piece by piece in order: the pieces are fixed, so the result
+/// is the same on any number of threads.
+fn add_weight_grad(dw: &mut [f32], dyi: &[f32], col: &[f32], s: &ConvSpec, first: bool) {
+    let (ohw, kdim) = (s.out_h() * s.out_w(), s.c_in * s.kh * s.kw);
+    if s.c_out * kdim > PIECED_MAX_OUTPUT || ohw < 2 * PIECE_PIXELS {
+        let g = GemmSpec { m: s.c_out, n: kdim, k: ohw, trans_a: false, trans_b: true };
+        gemm_f32(dyi, col, dw, g, if first { 0.0 } else { 1.0 });
+        return;
+    }
+    let pieces: Vec<Vec<f32>> = (0..ohw.div_ceil(PIECE_PIXELS))
+        .into_par_iter()
+        .map(|p| {
+            let (lo, hi) = (p * PIECE_PIXELS, ((p + 1) * PIECE_PIXELS).min(ohw));
+            let mut part = vec![0.0; s.c_out * kdim];
+            let g = GemmSpec { m: s.c_out, n: kdim, k: hi - lo, trans_a: false, trans_b: true };
+            gemm_f32_strided_serial(&dyi[lo..], ohw, &col[lo..], ohw, &mut part, g, 0.0);
+            part
+        })
+        .collect();
+    for (p, part) in pieces.iter().enumerate() {
+        if first && p == 0 {
+            dw.copy_from_slice(part);
+        } else {
+            dw.iter_mut().zip(part).for_each(|(d, &v)| *d += v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +312,51 @@ mod tests {
             col2im(&col, &s, &mut back);
             let want = col2im_by_definition(&col, &s);
             assert!(back.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "col2im of {s:?}");
+        }
+    }
+
+    /// The weight gradient by its definition, in f64.
+    fn weight_grad_by_definition(x: &[f32], dy: &[f32], s: &ConvSpec) -> Vec<f64> {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let mut dw = vec![0.0f64; s.c_out * s.c_in * s.kh * s.kw];
+        for n in 0..s.n {
+            let col = im2col_by_definition(&x[n * s.c_in * s.h * s.w..(n + 1) * s.c_in * s.h * s.w], s);
+            for co in 0..s.c_out {
+                for (r, row) in col.chunks(oh * ow).enumerate() {
+                    let g = &dy[(n * s.c_out + co) * oh * ow..(n * s.c_out + co + 1) * oh * ow];
+                    dw[co * s.c_in * s.kh * s.kw + r] += row.iter().zip(g).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>();
+                }
+            }
+        }
+        dw
+    }
+
+    /// Weight gradients small enough to be summed in pixel pieces (two whole pieces and a
+    /// partial one; the first layer of the tiny preset), and one just too large for it: the
+    /// definition, and the same bits on one thread as on three.
+    #[test]
+    fn a_pieced_weight_gradient_is_the_definition_on_any_number_of_threads() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let specs = [
+            ConvSpec { n: 2, c_in: 2, h: 40, w: 29, c_out: 3, kh: 3, kw: 3, stride: 1, pad: 1 },
+            ConvSpec { n: 1, c_in: 3, h: 64, w: 64, c_out: 8, kh: 3, kw: 3, stride: 1, pad: 1 },
+            ConvSpec { n: 2, c_in: 5, h: 32, w: 33, c_out: 1, kh: 1, kw: 1, stride: 1, pad: 0 },
+            ConvSpec { n: 1, c_in: 57, h: 32, w: 32, c_out: 8, kh: 3, kw: 3, stride: 1, pad: 1 },
+        ];
+        for s in specs {
+            let x: Vec<f32> = (0..s.n * s.c_in * s.h * s.w).map(|_| next()).collect();
+            let dy: Vec<f32> = (0..s.n * s.c_out * s.out_h() * s.out_w()).map(|_| next()).collect();
+            let on =
+                |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| backward_weight(&x, &dy, &s));
+            let (one, three) = (on(1), on(3));
+            assert!(one.iter().zip(&three).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}: 1 and 3 threads differ");
+            for (a, b) in one.iter().zip(weight_grad_by_definition(&x, &dy, &s)) {
+                assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()) * (s.out_h() * s.out_w()) as f64 / 64.0, "{s:?}: {a} vs {b}");
+            }
         }
     }
 }
