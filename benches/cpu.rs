@@ -1,6 +1,9 @@
 //! The CPU backend's two heavy kernels, reported in GFLOP/s (criterion's "elem/s" with
 //! `Throughput::Elements(flops)`): the GEMM of the MLP's first layer (1600 x 5568 by
-//! 5568 x 4096, 73 GFLOP) and a 3x3 64 -> 64 convolution on 1x64x56x56, forward and backward.
+//! 5568 x 4096, 73 GFLOP) and a 3x3 64 -> 64 convolution on 1x64x56x56, forward and backward;
+//! and the sparse hypercolumn gather of a training step of the tiny preset (1600 points of a
+//! batch of 5, six taps, 184 channels), forward and backward, in bytes of hypercolumns per
+//! second.
 //!
 //! Run: `cargo bench --bench cpu`.
 
@@ -8,7 +11,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
-use hyperseg_engine::backend::{ConvSpec, GemmSpec};
+use hyperseg_engine::backend::{ConvSpec, GatherSpec, GemmSpec, SamplePoint};
 use hyperseg_engine::storage::Storage;
 use hyperseg_engine::Device;
 use rand::{Rng, SeedableRng};
@@ -49,6 +52,22 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
+fn gather(c: &mut Criterion) {
+    let g =
+        GatherSpec { n: 5, in_h: 64, in_w: 64, taps: vec![(8, 64, 64), (16, 32, 32), (32, 16, 16), (32, 8, 8), (32, 4, 4), (64, 2, 2)] };
+    let taps: Vec<Storage> = g.taps.iter().enumerate().map(|(i, &(ch, h, w))| rand_storage(g.n * ch * h * w, 10 + i as u64)).collect();
+    let taps: Vec<&Storage> = taps.iter().collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let points: Vec<SamplePoint> =
+        (0..1600).map(|_| SamplePoint { image: rng.random_range(0..5), y: rng.random_range(0..64), x: rng.random_range(0..64) }).collect();
+    let grad = rand_storage(points.len() * g.total_channels(), 7);
+    let mut group = c.benchmark_group("cpu_gather_tiny_1600x184");
+    group.throughput(Throughput::Bytes((points.len() * g.total_channels() * 4) as u64));
+    group.bench_function("forward", |b| b.iter(|| black_box(Storage::gather_hypercolumns(&taps, &points, &g).expect("gather"))));
+    group.bench_function("backward", |b| b.iter(|| black_box(grad.gather_hypercolumns_backward(&points, &g, true).expect("scatter"))));
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -60,7 +79,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = cpu;
     config = config();
-    targets = gemm, conv
+    targets = gemm, conv, gather
 }
 fn main() {
     // As the command-line tool does: the parallel regions start on this thread.
