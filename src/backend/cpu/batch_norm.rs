@@ -50,6 +50,12 @@ fn lane_sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f64;
     acc.map(|lanes| lanes.iter().sum())
 }
 
+/// [`lane_sums`] of one slice and one term: the sum over `i` of `f(a[i])`.
+#[inline]
+fn lane_sum(a: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    lane_sums(a, a, |v, _| [f(v)])[0]
+}
+
 /// Per-channel statistics over N, H, W, then `y = gamma * (x - mean) * invstd + beta`, clamped
 /// at 0 when `relu`.
 pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32, relu: bool) -> Forward {
@@ -57,9 +63,9 @@ pub fn forward_train(x: &[f32], gamma: &[f32], beta: &[f32], d: Nchw, eps: f32, 
     let stats: Vec<(f32, f32, f32)> = (0..d.c)
         .into_par_iter()
         .map(|c| {
-            let sum: f64 = planes(d, c).map(|r| lane_sums(&x[r.clone()], &x[r], |v, _| [v as f64])[0]).sum();
+            let sum: f64 = planes(d, c).map(|r| lane_sum(&x[r], |v| v as f64)).sum();
             let mean = sum / count;
-            let sq: f64 = planes(d, c).map(|r| lane_sums(&x[r.clone()], &x[r], |v, _| [(v as f64 - mean).powi(2)])[0]).sum();
+            let sq: f64 = planes(d, c).map(|r| lane_sum(&x[r], |v| (v as f64 - mean).powi(2))).sum();
             let var = sq / count;
             let unbiased = if count > 1.0 { sq / (count - 1.0) } else { var };
             (mean as f32, invstd(var, eps), unbiased as f32)

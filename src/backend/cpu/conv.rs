@@ -293,13 +293,18 @@ mod tests {
         (1, 1, 1, 3, 1, 1),
     ];
 
-    #[test]
-    fn im2col_and_col2im_are_their_definitions_bit_for_bit() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
+    /// Uniform values in [-1, 1) from a seeded linear congruential generator.
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        }
+    }
+
+    #[test]
+    fn im2col_and_col2im_are_their_definitions_bit_for_bit() {
+        let mut next = uniform(0x9E37_79B9_7F4A_7C15);
         for (c_in, h, w, k, stride, pad) in SPECS {
             let s = ConvSpec { n: 1, c_in, h, w, c_out: 1, kh: k, kw: k, stride, pad };
             let x: Vec<f32> = (0..c_in * h * w).map(|_| next()).collect();
@@ -336,11 +341,7 @@ mod tests {
     /// definition, and the same bits on one thread as on three.
     #[test]
     fn a_pieced_weight_gradient_is_the_definition_on_any_number_of_threads() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut next = uniform(0x2545_F491_4F6C_DD1D);
         let specs = [
             ConvSpec { n: 2, c_in: 2, h: 40, w: 29, c_out: 3, kh: 3, kw: 3, stride: 1, pad: 1 },
             ConvSpec { n: 1, c_in: 3, h: 64, w: 64, c_out: 8, kh: 3, kw: 3, stride: 1, pad: 1 },
